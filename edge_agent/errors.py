@@ -1,0 +1,54 @@
+"""The one exception hierarchy. Foreign errors are translated where they enter.
+
+Messages say what was wrong and, where it helps, what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "BudgetExceededError",
+    "ConfigError",
+    "EdgeAgentError",
+    "ModelError",
+    "OutboxError",
+    "PublishError",
+    "SourceError",
+    "StateError",
+]
+
+
+class EdgeAgentError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class ConfigError(EdgeAgentError):
+    """A configuration file or value is invalid. The message names file and key path."""
+
+
+class ModelError(EdgeAgentError):
+    """A model or its card is missing, corrupt, or does not match its card."""
+
+
+class BackendUnavailableError(ModelError):
+    """The inference runtime a model needs is not installed or failed to load."""
+
+
+class BudgetExceededError(ModelError):
+    """A model would exceed the device profile's memory or latency budget."""
+
+
+class SourceError(EdgeAgentError):
+    """A sensor source failed (device gone, bad data that cannot be skipped)."""
+
+
+class PublishError(EdgeAgentError):
+    """The MQTT link failed (refused CONNACK, TLS, ACL denial)."""
+
+
+class OutboxError(EdgeAgentError):
+    """The durable outbox could not store or read a record."""
+
+
+class StateError(EdgeAgentError):
+    """The state directory or a state file could not be read or written."""

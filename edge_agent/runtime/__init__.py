@@ -1,0 +1,1 @@
+"""Inference: model cards, backends behind one interface, and the backend registry."""
