@@ -24,6 +24,7 @@ _COMMANDS = (
     "run",
     "config",
     "profile",
+    "bench",
 )
 
 log = logging.getLogger("edge_agent")
