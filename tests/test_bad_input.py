@@ -23,7 +23,8 @@ def _copy_model(tmp_path):
 def test_malformed_config_exits_2_naming_file_and_key(tmp_path):
     cfg = tmp_path / "agent.toml"
     cfg.write_text(
-        'device_id = "gw"\n[[streams]]\nname = "s"\nsource = {kind = "synthetic", rate_hz = "fast"}\n'
+        'device_id = "gw"\n[[streams]]\nname = "s"\n'
+        'source = {kind = "synthetic", rate_hz = "fast"}\n'
     )
     r = run_cli("run", "--config", str(cfg), "--state-dir", str(tmp_path / "st"))
     assert r.returncode == 2

@@ -1,6 +1,5 @@
 """The demo end to end through the real CLI, and the demo's events against ground truth."""
 
-import numpy as np
 import pytest
 
 from edge_agent.pipeline.alarms import AlarmPolicy, Transition
