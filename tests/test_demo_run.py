@@ -28,7 +28,7 @@ def test_demo_run_scores_windows_and_reports_events(tmp_path):
     assert s["model"]["precision"] == "int8"
 
 
-def _events(model_dir, spec=SignalSpec()):
+def _events(model_dir):
     model = load_model(model_dir, Profile(name="t"))
     pre = model.card.preprocessing
     pipe = StreamPipeline(
@@ -38,7 +38,7 @@ def _events(model_dir, spec=SignalSpec()):
         window=pre.window,
         hop=pre.hop,
     )
-    sig = SyntheticSignal(spec)
+    sig = SyntheticSignal(SignalSpec())
     evs = []
     for start in range(0, N_SAMPLES, 256):
         evs += pipe.process(Block(sig.render(start, 256), start / 100.0, start, 100.0))
