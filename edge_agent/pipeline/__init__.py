@@ -1,0 +1,1 @@
+"""Windows, features, scoring, alarms, and sensor health: pure logic on sample blocks."""
