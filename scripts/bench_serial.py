@@ -7,7 +7,8 @@ Side by side in one run, for the binary frame format and CSV lines:
 CPU is time.process_time() of this process only (the writer is another process),
 so "cpu %" is the agent side's cost. Usage:
 
-    PYTHONPATH=. python scripts/bench_serial.py [--frames 20000] [--samples-per-frame 32] [--channels 4]
+    PYTHONPATH=. python scripts/bench_serial.py [--frames 20000] [--samples-per-frame 32]
+                                                [--channels 4]
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Result:
 
     def row(self) -> str:
         return (
-            f"{self.name:<16} {self.samples / self.wall_s:>12,.0f} {self.frames / self.wall_s:>11,.0f}"
+            f"{self.name:<18} {self.samples / self.wall_s:>12,.0f}"
+            f" {self.frames / self.wall_s:>11,.0f}"
             f" {self.wall_s:>7.3f} {100 * self.cpu_s / self.wall_s:>6.0f}%"
             f" {self.samples / max(self.cpu_s, 1e-9):>14,.0f}"
         )
@@ -114,7 +116,8 @@ def main() -> int:
         f" = {total:,} samples; csv: {total:,} lines"
     )
     print(
-        f"{'':<16} {'samples/s':>12} {'frames/s':>11} {'wall s':>7} {'cpu':>7} {'samples/cpu-s':>14}"
+        f"{'':<18} {'samples/s':>12} {'frames/s':>11} {'wall s':>7} {'cpu':>7}"
+        f" {'samples/cpu-s':>14}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in ("binary", "csv"):
