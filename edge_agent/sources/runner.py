@@ -67,7 +67,8 @@ class SourceRunner:
     ) -> None:
         self.source = source
         self._q: collections.deque[Block] = collections.deque()
-        self._max = max_blocks
+        cap = source.max_queue_blocks
+        self._max = min(max_blocks, cap) if cap else max_blocks
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"src-{source.name}", daemon=True)
