@@ -153,9 +153,23 @@ def test_arbitrary_bytes_never_raise(data: bytes, chunk: int) -> None:
         assert n >= 0
 
 
+def _cut_frame(n: int, cut: int) -> bytes:
+    """The start of a real 3-channel frame, as a board reset mid-frame leaves it."""
+    frame = encode_frame(np.full((n, 3), 7.0), frame_seq=999)
+    return frame[: cut % len(frame)]
+
+
+# garbage that looks like frames: random bytes, cut frames, bare sync pairs
+_garbage = st.one_of(
+    st.binary(max_size=80),
+    st.builds(_cut_frame, st.integers(1, 5), st.integers(0, 200)),
+    st.builds(lambda b: b"\xa5\x5a" + b, st.binary(max_size=12)),
+)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    garbage=st.lists(st.binary(max_size=80), min_size=4, max_size=8),
+    garbage=st.lists(_garbage, min_size=4, max_size=8),
     n_frames=st.integers(1, 3),
     n_samples=st.integers(1, 5),
     stype=st.sampled_from([SampleType.FLOAT32, SampleType.INT16]),
