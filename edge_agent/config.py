@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.errors import ConfigError
+from edge_agent.pipeline.sensor_health import SensorHealthConfig
 from edge_agent.schema import check, from_mapping
 
 if sys.version_info >= (3, 11):
@@ -160,6 +161,7 @@ class StreamConfig:
     max_batch: int = field(default=16, metadata=check("positive"))
     queue_blocks: int = field(default=256, metadata=check("positive"))
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
+    sensor_health: SensorHealthConfig = field(default_factory=SensorHealthConfig)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ __all__ = [
     "ModelError",
     "OutboxError",
     "PublishError",
+    "SourceDisconnectedError",
     "SourceError",
     "StateError",
 ]
@@ -40,6 +41,13 @@ class BudgetExceededError(ModelError):
 
 class SourceError(EdgeAgentError):
     """A sensor source failed (device gone, bad data that cannot be skipped)."""
+
+
+class SourceDisconnectedError(SourceError):
+    """The sensor device or broker went away (unplugged, re-enumerating, link down).
+
+    Expected on a shop floor: the runner reconnects with backoff for as long as it
+    takes, without spending its restart budget (which is for crash loops)."""
 
 
 class PublishError(EdgeAgentError):

@@ -45,6 +45,9 @@ class Source(ABC):
     `open`, `read` and `close`."""
 
     kind: ClassVar[str]
+    # Upper bound on the runner's queue for this kind; 1 = only the newest block
+    # (cameras: a slow model scores the current frame, never a backlog).
+    max_queue_blocks: ClassVar[int | None] = None
 
     def __init__(self, name: str, options: Any) -> None:
         self.name = name

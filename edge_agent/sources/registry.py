@@ -13,6 +13,9 @@ __all__ = ["create_source", "options_type", "source_kinds"]
 _KINDS: dict[str, str] = {
     "synthetic": "edge_agent.sources.synthetic",
     "replay": "edge_agent.sources.replay",
+    "serial": "edge_agent.sources.serial",
+    "mqtt": "edge_agent.sources.mqtt_source",
+    "camera": "edge_agent.sources.camera",
 }
 
 

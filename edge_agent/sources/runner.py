@@ -3,7 +3,9 @@
 Overflow policy: when the consumer falls behind, the oldest block is dropped and
 counted (`dropped_blocks`), so memory stays bounded and the newest data wins. A
 failing source is reopened with exponential backoff inside a restart budget; past
-the budget it is reported `failed` (degraded), never a crash of the agent.
+the budget it is reported `failed` (degraded), never a crash of the agent. A device
+that vanished (SourceDisconnectedError: unplugged, re-enumerating, broker down) is
+waited for with capped backoff indefinitely and does not spend the budget.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from edge_agent.errors import SourceError
+from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.sources.base import Block, Source
 
 __all__ = ["RestartBudget", "SourceRunner", "SourceState"]
@@ -65,7 +67,8 @@ class SourceRunner:
     ) -> None:
         self.source = source
         self._q: collections.deque[Block] = collections.deque()
-        self._max = max_blocks
+        cap = source.max_queue_blocks
+        self._max = min(max_blocks, cap) if cap else max_blocks
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"src-{source.name}", daemon=True)
@@ -74,6 +77,7 @@ class SourceRunner:
         self.state = SourceState.STARTING
         self.last_error = ""
         self.restarts = 0
+        self.disconnects = 0  # SourceDisconnectedError while reading (device vanished)
         self.dropped_blocks = 0
         self.samples_in = 0
         self.last_sample_monotonic: float | None = None
@@ -118,6 +122,15 @@ class SourceRunner:
         while not self._stop.is_set():
             try:
                 self.source.open()
+            except SourceDisconnectedError as e:
+                # an unplugged device: wait for it as long as it takes, budget untouched
+                self.last_error = str(e)
+                if self.state is not SourceState.RECONNECTING:
+                    log.warning("source %s: %s; waiting for it", self.source.name, e)
+                self.state = SourceState.RECONNECTING
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
             except SourceError as e:
                 self.last_error = str(e)
                 log.warning("source %s: open failed: %s", self.source.name, e)
@@ -151,6 +164,11 @@ class SourceRunner:
                 log.warning("source %s: %s; reopening", self.source.name, e)
                 self.source.close()
                 self.state = SourceState.RECONNECTING
+                if isinstance(e, SourceDisconnectedError):
+                    self.disconnects += 1
+                    if not self._open():
+                        return
+                    continue
                 if not self.budget.allow(time.monotonic()):
                     self._fail(f"restart budget exhausted: {e}")
                     return
