@@ -24,7 +24,6 @@ _COMMANDS = (
     "run",
     "config",
     "profile",
-    "status",
 )
 
 log = logging.getLogger("edge_agent")
