@@ -24,6 +24,7 @@ _COMMANDS = (
     "run",
     "config",
     "profile",
+    "status",
 )
 
 log = logging.getLogger("edge_agent")

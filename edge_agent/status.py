@@ -112,37 +112,50 @@ def fmt_duration(s: float) -> str:
     return f"{d}d{h:02d}h"
 
 
-def _down(reason: str, *, stale: bool, age: float | None) -> Assessment:
-    return Assessment(Verdict.DOWN, (reason,), stale=stale, age_s=age)
+def _file_problem(snap: Snapshot) -> str:
+    """Why the file tells nothing about a running agent, or "" if it may."""
+    if not snap.exists:
+        return f"never ran here: no {STATUS_FILE} in {snap.state_dir}"
+    if snap.state is None:
+        return f"{STATUS_FILE} unreadable: {snap.error}"
+    fmt = snap.state.get("v")
+    if fmt != STATUS_FORMAT:
+        return f"{STATUS_FILE} has format v={fmt!r}; this edge-agent reads v={STATUS_FORMAT}"
+    return ""
+
+
+def _process_problem(st: Mapping[str, Any], pid_alive: bool | None, age: float | None) -> str:
+    """Why the agent that wrote `st` is not running now, or "" if it is."""
+    ago = "" if age is None else f"{fmt_duration(age)} ago"
+    if not get(st, "running", bool, False):
+        return "agent stopped (clean exit)" + (f" {ago}" if ago else "")
+    if pid_alive is False:
+        pid = get(st, "pid", int, 0)
+        return f"agent not running: pid {pid} is gone (crashed or killed)" + (
+            f"; last status {ago}" if ago else ""
+        )
+    if age is None or age > STALE_AFTER_S:
+        return f"agent not responding: status last written {ago or 'never'}"
+    return ""
 
 
 def assess(snap: Snapshot, now: float) -> Assessment:
     """The verdict. DOWN: the agent does not run (or does no work at all);
     DEGRADED: it runs but something needs attention; OK: nothing to report."""
-    if not snap.exists:
-        return _down(f"never ran here: no {STATUS_FILE} in {snap.state_dir}", stale=False, age=None)
+    problem = _file_problem(snap)
+    if problem:
+        return Assessment(Verdict.DOWN, (problem,), stale=snap.exists)
     st = snap.state
-    if st is None:
-        return _down(f"{STATUS_FILE} unreadable: {snap.error}", stale=True, age=None)
-    fmt = st.get("v")
-    if fmt != STATUS_FORMAT:
-        return _down(f"{STATUS_FILE} has format v={fmt!r}; this edge-agent reads v=1", stale=True, age=None)
+    assert st is not None  # _file_problem checked it
     written = num(st, "written_at")
     age = None if written is None else max(0.0, now - written)
-    pid = get(st, "pid", int, 0)
-    if not get(st, "running", bool, False):
-        when = f" {fmt_duration(age)} ago" if age is not None else ""
-        return _down(f"agent stopped (clean exit){when}", stale=True, age=age)
-    if snap.pid_alive is False:
-        when = f"; last status {fmt_duration(age)} ago" if age is not None else ""
-        return _down(f"agent not running: pid {pid} is gone (crashed or killed){when}", stale=True, age=age)
-    if age is None or age > STALE_AFTER_S:
-        ago = "never" if age is None else f"{fmt_duration(age)} ago"
-        return _down(f"agent not responding: status last written {ago}", stale=True, age=age)
+    problem = _process_problem(st, snap.pid_alive, age)
+    if problem:
+        return Assessment(Verdict.DOWN, (problem,), stale=True, age_s=age)
     reasons, notes = _running_findings(st, now)
-    health = st.get("health")
-    if not get(health, "live", bool, True):
-        return Assessment(Verdict.DOWN, ("pipeline stalled: agent runs but makes no progress", *reasons), tuple(notes), age_s=age)
+    if not get(st.get("health"), "live", bool, True):
+        reasons.insert(0, "pipeline stalled: agent runs but makes no progress")
+        return Assessment(Verdict.DOWN, tuple(reasons), tuple(notes), age_s=age)
     verdict = Verdict.DEGRADED if reasons else Verdict.OK
     return Assessment(verdict, tuple(reasons), tuple(notes), age_s=age)
 
@@ -188,15 +201,26 @@ def _stream_findings(s: Any, up: float | None, reasons: list[str], notes: list[s
         reasons.append(f"stream {name}: source {state}{why}")
     elif state == "finished":
         notes.append(f"stream {name}: source finished (end of data)")
+    failed = get(s, "error", str, "")
+    if failed:
+        reasons.append(f"stream {name}: scoring stopped: {failed}")
     conf = num(s, "rate_hz_configured")
     meas = num(s, "rate_hz_measured")
     warm = up is None or up > RATE_GRACE_S
-    if state == "running" and warm and conf and meas is not None and meas < conf * RATE_LOW_FRACTION:
+    if (
+        state == "running"
+        and warm
+        and conf
+        and meas is not None
+        and meas < conf * RATE_LOW_FRACTION
+    ):
         reasons.append(f"stream {name}: {meas:.3g} Hz, configured {conf:.3g} Hz")
     fallback = get(s.get("model") if isinstance(s, Mapping) else None, "fallback", str, "")
     if fallback:
         reasons.append(f"stream {name}: model fallback: {fallback}")
-    for issue in get(s.get("sensor_health") if isinstance(s, Mapping) else None, "active", list, []):
+    for issue in get(
+        s.get("sensor_health") if isinstance(s, Mapping) else None, "active", list, []
+    ):
         reasons.append(f"stream {name}: sensor: {issue}")
     dropped = get(s, "dropped_blocks", int, 0)
     if dropped:
@@ -225,9 +249,15 @@ def summary_line(state: Mapping[str, Any], now: float) -> str:
     windows = sum(get(s, "windows", int, 0) for s in streams)
     alarms = sum(get(s, "alarms", int, 0) for s in streams)
     m = state.get("mqtt")
-    link = "off" if not get(m, "enabled", bool, False) else ("up" if get(m, "connected", bool, False) else "down")
+    link = (
+        "off"
+        if not get(m, "enabled", bool, False)
+        else ("up" if get(m, "connected", bool, False) else "down")
+    )
     depth = get(state.get("outbox"), "depth", int, 0)
-    base = f"{len(streams)} stream(s), {windows} windows, {alarms} alarms, mqtt {link}, outbox {depth}"
+    base = (
+        f"{len(streams)} stream(s), {windows} windows, {alarms} alarms, mqtt {link}, outbox {depth}"
+    )
     if a.verdict is Verdict.OK:
         return f"OK: {base}"
     return f"{a.verdict.value}: {a.reasons[0]}; {base}"

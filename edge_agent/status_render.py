@@ -29,6 +29,13 @@ def _cut(line: str, width: int) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
+def _wrap(text: str, width: int, bullet: str) -> list[str]:
+    # Paths and hostnames carry hyphens: break only at spaces (or inside overlong words).
+    return textwrap.wrap(
+        text, width, initial_indent=bullet, subsequent_indent="   ", break_on_hyphens=False
+    )
+
+
 def _clock(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -56,16 +63,18 @@ def _num(v: float | None, fmt: str) -> str:
 def render_text(snap: Snapshot, a: Assessment, now: float, *, width: int = DEFAULT_WIDTH) -> str:
     st = snap.state or {}
     lines: list[str] = []
-    head = f"edge-agent status: {a.verdict.value}" + (" (STALE: last known state)" if a.stale else "")
+    head = f"edge-agent status: {a.verdict.value}" + (
+        " (STALE: last known state)" if a.stale else ""
+    )
     ident = "  ".join(
         x for x in (get(st, "device_id", str, ""), get(st.get("profile"), "name", str, "")) if x
     )
     pad = width - len(head) - len(ident)
     lines.append(head + " " * pad + ident if ident and pad >= 2 else head)
     for r in a.reasons:
-        lines += textwrap.wrap(r, width, initial_indent=" ! ", subsequent_indent="   ")
+        lines += _wrap(r, width, " ! ")
     for n in a.notes:
-        lines += textwrap.wrap(n, width, initial_indent=" - ", subsequent_indent="   ")
+        lines += _wrap(n, width, " - ")
     if snap.state is None:
         lines.append(f"{'state':<{LABEL}}{snap.state_dir}")
         return "\n".join(_cut(x, width) for x in lines) + "\n"
@@ -97,12 +106,16 @@ def _agent_lines(st: Mapping[str, Any], a: Assessment, now: float) -> list[str]:
 def _stream_lines(streams: list[Any]) -> list[str]:
     if not streams:
         return [f"{'streams':<{LABEL}}none"]
-    out = ["  " + " ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(_COLS))]
+    out = [
+        "  " + " ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(_COLS))
+    ]
     for s in streams:
         conf, meas = num(s, "rate_hz_configured"), num(s, "rate_hz_measured")
         rate = f"{_num(meas, '.4g')}/{_num(conf, '.4g')}"
         score = f"{_num(num(s, 'last_score'), '.3g')}/{_num(num(s, 'threshold'), '.3g')}"
-        alarm = ("OPEN " if get(s, "alarm_open", bool, False) else "") + str(get(s, "alarms", int, 0))
+        alarm = ("OPEN " if get(s, "alarm_open", bool, False) else "") + str(
+            get(s, "alarms", int, 0)
+        )
         drops = get(s, "dropped_blocks", int, 0) + get(s, "skipped_windows", int, 0)
         cells = (
             get(s, "name", str, "?"),
@@ -114,8 +127,8 @@ def _stream_lines(streams: list[Any]) -> list[str]:
             _compact(drops),
         )
         row = []
-        for i, ((_, w), c) in enumerate(zip(_COLS, cells, strict=True)):
-            c = _cut(c, w) if len(c) > w else c
+        for i, ((_, w), cell) in enumerate(zip(_COLS, cells, strict=True)):
+            c = _cut(cell, w)
             row.append(f"{c:<{w}}" if i < 2 else f"{c:>{w}}")
         out.append("  " + " ".join(row))
         m = s.get("model") if isinstance(s, Mapping) else None

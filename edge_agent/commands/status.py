@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.config import DEFAULT_STATE_DIR
+from edge_agent.config import DEFAULT_STATE_DIR, default_state_dir, user_state_dir
 from edge_agent.errors import ConfigError
 from edge_agent.status import STATUS_FILE, Snapshot, assess
 from edge_agent.status_render import render_text
@@ -40,8 +40,13 @@ def register(sub: Any) -> None:
         description="Show the agent's health from <state_dir>/status.json. "
         "Exit code: 0 OK, 1 DEGRADED, 3 DOWN, 2 bad usage.",
     )
-    p.add_argument("--state-dir", help=f"state directory (default: from config, else {DEFAULT_STATE_DIR})")
-    p.add_argument("--config", help=f"config file to take state_dir from (default: {DEFAULT_CONFIG} if present)")
+    p.add_argument(
+        "--state-dir", help=f"state directory (default: from config, else {DEFAULT_STATE_DIR})"
+    )
+    p.add_argument(
+        "--config",
+        help=f"config file to take state_dir from (default: {DEFAULT_CONFIG} if present)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--watch", nargs="?", type=float, const=DEFAULT_WATCH_S, default=None, metavar="SECS",
@@ -51,7 +56,8 @@ def register(sub: Any) -> None:
 
 
 def resolve_state_dir(state_dir: str | None, config: str | None) -> Path:
-    """--state-dir, else the config's state_dir, else the default config's, else the default.
+    """--state-dir, else the config's state_dir, else the default config's, else the
+    default dir that holds a status file (the service's, then the user's).
 
     Only the one key is read (no full validation): status must work even while the
     config is being fixed.
@@ -64,15 +70,24 @@ def resolve_state_dir(state_dir: str | None, config: str | None) -> Path:
     except FileNotFoundError:
         if config:
             raise ConfigError(f"{path}: no such file") from None
-        return Path(DEFAULT_STATE_DIR)
+        return _default_dir()
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         if config:
             raise ConfigError(f"{path}: cannot read state_dir: {e}") from e
-        return Path(DEFAULT_STATE_DIR)
+        return _default_dir()
     sd = data.get("state_dir", DEFAULT_STATE_DIR)
     if not isinstance(sd, str) or not sd:
         raise ConfigError(f"{path.name}: state_dir: expected a non-empty string")
     return Path(sd)
+
+
+def _default_dir() -> Path:
+    # A technician is usually not the service user: /var/lib/edge-agent is readable
+    # but not writable for them, so look for the file rather than for write access.
+    for d in (Path(DEFAULT_STATE_DIR), user_state_dir()):
+        if (d / STATUS_FILE).exists():
+            return d
+    return default_state_dir()
 
 
 def pid_alive(pid: int) -> bool:
