@@ -107,7 +107,7 @@ def _stream_lines(streams: list[Any]) -> list[str]:
     if not streams:
         return [f"{'streams':<{LABEL}}none"]
     out = [
-        "  " + " ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(_COLS))
+        "  " + " ".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(_COLS))
     ]
     for s in streams:
         conf, meas = num(s, "rate_hz_configured"), num(s, "rate_hz_measured")
