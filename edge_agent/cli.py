@@ -24,6 +24,7 @@ _COMMANDS = (
     "run",
     "config",
     "profile",
+    "bench",
     "status",
 )
 

@@ -106,9 +106,7 @@ def _agent_lines(st: Mapping[str, Any], a: Assessment, now: float) -> list[str]:
 def _stream_lines(streams: list[Any]) -> list[str]:
     if not streams:
         return [f"{'streams':<{LABEL}}none"]
-    out = [
-        "  " + " ".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(_COLS))
-    ]
+    out = ["  " + " ".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(_COLS))]
     for s in streams:
         conf, meas = num(s, "rate_hz_configured"), num(s, "rate_hz_measured")
         rate = f"{_num(meas, '.4g')}/{_num(conf, '.4g')}"

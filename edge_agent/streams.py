@@ -93,9 +93,10 @@ class StreamRuntime:
                 for b in blocks:
                     for ev in self.pipeline.process(b):
                         sink(ev)
-                if blocks:
                     on_progress()
-                elif self.runner.done:
+                    if stop.is_set():  # e.g. --max-windows reached: do not run ahead
+                        return
+                if not blocks and self.runner.done:
                     return
         except Exception as e:
             # The scoring loop must not die silently: mark the stream failed and say why.
