@@ -22,7 +22,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 out="$root/dist"
-py="${PYTHON:-python3}"
+py="${PYTHON:-python3}"  # must match the target's /usr/bin/python3 (minor version)
 deps=1
 extras=""
 wheelhouse=""
