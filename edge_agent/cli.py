@@ -25,6 +25,7 @@ _COMMANDS = (
     "config",
     "profile",
     "bench",
+    "status",
 )
 
 log = logging.getLogger("edge_agent")

@@ -10,6 +10,7 @@ __all__ = [
     "BudgetExceededError",
     "ConfigError",
     "EdgeAgentError",
+    "MetricsError",
     "ModelError",
     "OutboxError",
     "PublishError",
@@ -60,3 +61,7 @@ class OutboxError(EdgeAgentError):
 
 class StateError(EdgeAgentError):
     """The state directory or a state file could not be read or written."""
+
+
+class MetricsError(EdgeAgentError):
+    """A metric was used against its declaration, or the metrics endpoint cannot listen."""
