@@ -7,6 +7,7 @@ and password files (with `mosquitto_passwd -b`).
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import ipaddress
 import shutil
 import socket
@@ -156,6 +157,9 @@ class Broker:
         self._proc: subprocess.Popen[bytes] | None = None
         lines = [
             f"listener {self.port} 127.0.0.1",
+            # Started as root (CI containers) mosquitto would switch to user "mosquitto"
+            # and then could not write its persistence db or log in our temp dir.
+            f"user {getpass.getuser()}",
             f"allow_anonymous {'false' if password_file else 'true'}",
             "persistence true",
             f"persistence_location {self.dir}/",

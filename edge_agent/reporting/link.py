@@ -83,6 +83,16 @@ class LinkStats:
     reconnects: int
 
 
+class _Client(paho.Client):
+    """paho's Client, minus a socket leak in our connect-then-loop_start cycle."""
+
+    def loop_start(self) -> MQTTErrorCode:
+        # connect() made a wake-up socket pair and loop_start() makes a new one without
+        # closing it; close it first (paho 2.2), or every reconnect leaks two sockets.
+        self._reset_sockets(sockpair_only=True)
+        return super().loop_start()
+
+
 def read_password(cfg: MqttConfig) -> str | None:
     """The password from `password_file` or the systemd credential; None if neither is set."""
     if cfg.password_file:
@@ -152,8 +162,8 @@ class MqttLink:
         self._thread: threading.Thread | None = None
         self._client = self._make_client(client_id)
 
-    def _make_client(self, client_id: str) -> paho.Client:
-        c = paho.Client(
+    def _make_client(self, client_id: str) -> _Client:
+        c = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
