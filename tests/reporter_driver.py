@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_agent.config import load_config  # noqa: E402
-from edge_agent.reporting import Reporter  # noqa: E402
+from edge_agent.config import load_config
+from edge_agent.reporting import Reporter
 
 
 def emit(obj: object) -> None:

@@ -67,7 +67,10 @@ class Subscriber:
 
     def _on_message(self, client: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
         rec = Received(
-            msg.topic, bytes(msg.payload), bool(msg.retain), getattr(msg, "properties", None),
+            msg.topic,
+            bytes(msg.payload),
+            bool(msg.retain),
+            getattr(msg, "properties", None),
             time.time(),
         )
         with self._cond:

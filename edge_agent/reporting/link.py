@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import random
+import socket
 import ssl
 import threading
 import time
@@ -113,11 +114,23 @@ def read_password(cfg: MqttConfig) -> str | None:
         raise ConfigError(f"MQTT password file {path}: cannot read: {e}") from e
 
 
+def _close_sockets_of(e: BaseException) -> None:
+    """Close the sockets a failed paho connect left open (paho 2.2 does not close the
+    socket when the TLS handshake fails; it would otherwise leak until GC)."""
+    tb = e.__traceback__
+    while tb is not None:
+        for v in list(tb.tb_frame.f_locals.values()):
+            if isinstance(v, socket.socket):
+                v.close()
+        tb = tb.tb_next
+
+
 def describe_connect_error(e: OSError, broker: str) -> str:
     if isinstance(e, ssl.SSLCertVerificationError):
         return (
-            f"TLS handshake with {broker} failed: {e.verify_message or e} -- the broker's "
-            "certificate is not signed by mqtt.tls.ca_file (or its name does not match the host)"
+            f"TLS handshake with {broker} failed: certificate verify failed "
+            f"({e.verify_message}) -- the broker's certificate is not signed by "
+            "mqtt.tls.ca_file, or its name does not match the host"
         )
     if isinstance(e, ssl.SSLError):
         return f"TLS handshake with {broker} failed: {e.reason or e}"
@@ -260,6 +273,7 @@ class MqttLink:
             else:
                 self._client.connect(self._cfg.host, self._cfg.port, self._cfg.keepalive_s)
         except OSError as e:
+            _close_sockets_of(e)
             self._error(describe_connect_error(e, self.broker))
             self._set_state(LinkState.DISCONNECTED, None)
             return False
