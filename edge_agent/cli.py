@@ -24,7 +24,7 @@ _COMMANDS = (
     "run",
     "config",
     "profile",
-    "status",
+    "bench",
 )
 
 log = logging.getLogger("edge_agent")

@@ -33,8 +33,11 @@ __all__ = [
     "SourceSpec",
     "StreamConfig",
     "TlsConfig",
+    "default_state_dir",
+    "demo_stream",
     "load_config",
     "parse_config",
+    "user_state_dir",
 ]
 
 DEFAULT_STATE_DIR = "/var/lib/edge-agent"
@@ -129,10 +132,29 @@ class SourceSpec:
     options: Any  # the kind's own frozen options dataclass
 
 
+def _parse_source(raw: Any, path: str, source: str) -> SourceSpec:
+    from edge_agent.sources.registry import options_type, source_kinds
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{source}: {path}: expected a table like {{kind = "synthetic"}}')
+    kind = raw.get("kind")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{source}: {path}.kind: required, one of {', '.join(source_kinds())}")
+    try:
+        opts_cls = options_type(kind)
+    except KeyError:
+        raise ConfigError(
+            f"{source}: {path}.kind: unknown source kind {kind!r} "
+            f"(known: {', '.join(source_kinds())})"
+        ) from None
+    rest = {k: v for k, v in raw.items() if k != "kind"}
+    return SourceSpec(kind, from_mapping(opts_cls, rest, source=source, path=path))
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     name: str = field(metadata=check("nonempty"))
-    source: SourceSpec = field(metadata={"parse": lambda v, p, s: _parse_source(v, p, s)})
+    source: SourceSpec = field(metadata={"parse": _parse_source})
     model: str = "vibration-ae"
     # "auto": the device profile's preference; else "<precision>-<backend>", e.g. "int8-onnx".
     variant: str = "auto"
@@ -160,25 +182,6 @@ class AgentConfig:
 
     def with_overrides(self, **kw: Any) -> AgentConfig:
         return replace(self, **kw)
-
-
-def _parse_source(raw: Any, path: str, source: str) -> SourceSpec:
-    from edge_agent.sources.registry import options_type, source_kinds
-
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {path}: expected a table like {{kind = \"synthetic\"}}")
-    kind = raw.get("kind")
-    if not isinstance(kind, str):
-        raise ConfigError(f"{source}: {path}.kind: required, one of {', '.join(source_kinds())}")
-    try:
-        opts_cls = options_type(kind)
-    except KeyError:
-        raise ConfigError(
-            f"{source}: {path}.kind: unknown source kind {kind!r} "
-            f"(known: {', '.join(source_kinds())})"
-        ) from None
-    rest = {k: v for k, v in raw.items() if k != "kind"}
-    return SourceSpec(kind, from_mapping(opts_cls, rest, source=source, path=path))
 
 
 def parse_config(data: dict[str, Any], *, source: str = "<config>") -> AgentConfig:
@@ -217,3 +220,35 @@ def load_config(path: str | Path) -> AgentConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from e
     return parse_config(data, source=p.name)
+
+
+def user_state_dir() -> Path:
+    """Where a non-root user's agent keeps state when /var/lib/edge-agent is not theirs."""
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge-agent"
+
+
+def default_state_dir() -> Path:
+    """/var/lib/edge-agent if usable (the service), else the user's state dir."""
+    import os
+
+    p = Path(DEFAULT_STATE_DIR)
+    if (p.is_dir() and os.access(p, os.W_OK)) or (not p.exists() and os.access(p.parent, os.W_OK)):
+        return p
+    return user_state_dir()
+
+
+def demo_stream(*, bounded: bool) -> StreamConfig:
+    """The embedded demo: synthetic vibration signal + the bundled model.
+
+    Bounded runs (--max-windows/--duration) go as fast as scoring allows; an unbounded
+    demo runs in real time like a real sensor."""
+    from edge_agent.sources.synthetic import Options
+
+    return StreamConfig(
+        name="demo",
+        source=SourceSpec("synthetic", Options(speed=0.0 if bounded else 1.0)),
+        model="vibration-ae",
+    )

@@ -60,7 +60,7 @@ def check(name: str) -> dict[str, str]:
     return {"check": name}
 
 
-def _describe(tp: Any) -> str:
+def _describe(tp: Any) -> str:  # noqa: PLR0911 - one return per kind of type
     origin = typing.get_origin(tp)
     if tp is bool:
         return "true or false"

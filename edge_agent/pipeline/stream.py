@@ -1,0 +1,167 @@
+"""One stream's scoring loop: blocks in, anomaly events out.
+
+No I/O: the caller feeds blocks and takes events. The model can be swapped between
+batches (`swap_model`) so an OTA promotion never drops a window; an optional shadow
+hook sees every scored batch (OTA candidates run beside the active model there).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.pipeline.alarms import AlarmPolicy, Transition
+from edge_agent.pipeline.windows import Windower, Windows
+from edge_agent.runtime.model import LoadedModel
+from edge_agent.sources.base import Block
+
+__all__ = ["AnomalyEvent", "ShadowHook", "StreamPipeline", "StreamStats"]
+
+ShadowHook = Callable[[Windows, npt.NDArray[np.float64]], None]
+
+
+@dataclass(frozen=True)
+class AnomalyEvent:
+    stream: str
+    transition: Transition
+    window_start: int  # absolute sample index of the window where the state changed
+    ts: float  # timestamp of that window's last sample
+    score: float
+    peak: float
+    threshold: float
+    model: str
+    model_version: int
+    windows: int  # alarm length in windows (end events)
+
+    def to_payload(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["transition"] = self.transition.value
+        return d
+
+
+@dataclass
+class StreamStats:
+    windows: int = 0
+    skipped_windows: int = 0
+    batches: int = 0
+    alarms: int = 0
+    events: int = 0
+    last_score: float | None = None
+    score_sum: float = 0.0
+    score_max: float = 0.0
+    nonfinite_scores: int = 0
+    infer_s: float = 0.0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class StreamPipeline:
+    def __init__(
+        self,
+        name: str,
+        model: LoadedModel,
+        policy: AlarmPolicy,
+        *,
+        window: int,
+        hop: int,
+        max_batch: int = 16,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.policy = policy
+        self.window, self.hop = window, hop
+        self.max_batch = max_batch
+        self.windower = Windower(window, hop, len(model.card.preprocessing.channels))
+        self.stats = StreamStats()
+        self.shadow: ShadowHook | None = None
+        self._lock = threading.Lock()  # guards model swaps against a running batch
+        self._t_ref = (0.0, 0, 1.0)  # (t0, seq, rate) of the newest block, for timestamps
+
+    @property
+    def threshold(self) -> float:
+        return self.policy.threshold
+
+    def swap_model(self, model: LoadedModel, policy: AlarmPolicy | None = None) -> LoadedModel:
+        """Replace the model at the next batch boundary; returns the old one."""
+        with self._lock:
+            old, self.model = self.model, model
+            if policy is not None:
+                policy.state = self.policy.state  # an open alarm stays open across a swap
+                self.policy = policy
+            return old
+
+    def _ts(self, start: int) -> float:
+        t0, seq, rate = self._t_ref
+        return t0 + (start + self.window - 1 - seq) / rate
+
+    def process(self, block: Block, bad: npt.NDArray[np.bool_] | None = None) -> list[AnomalyEvent]:
+        self._t_ref = (block.t0, block.seq, block.rate_hz or 1.0)
+        w = self.windower.push(block.samples, block.seq, bad)
+        self.stats.skipped_windows += w.skipped
+        events: list[AnomalyEvent] = []
+        for i in range(0, len(w.data), self.max_batch):
+            part = Windows(w.data[i : i + self.max_batch], w.starts[i : i + self.max_batch], 0)
+            events.extend(self._score(part))
+        return events
+
+    def _score(self, w: Windows) -> list[AnomalyEvent]:
+        with self._lock:
+            model, policy = self.model, self.policy
+            scores = model.scores(w.data)
+            st = self.stats
+            finite = np.isfinite(scores)
+            if not finite.all():
+                # A model emitting NaN is a model fault, not an anomaly: count, don't alarm.
+                st.nonfinite_scores += int((~finite).sum())
+                scores = np.where(finite, scores, 0.0)
+            st.windows += len(scores)
+            st.batches += 1
+            st.last_score = float(scores[-1])
+            st.score_sum += float(scores.sum())
+            st.score_max = max(st.score_max, float(scores.max()))
+            changes = policy.update(scores)
+            if self.shadow is not None:
+                self.shadow(w, scores)
+        out = []
+        for ch in changes:
+            start = int(w.starts[ch.index])
+            if ch.transition is Transition.START:
+                st.alarms += 1
+            out.append(
+                AnomalyEvent(
+                    stream=self.name,
+                    transition=ch.transition,
+                    window_start=start,
+                    ts=self._ts(start),
+                    score=float(scores[ch.index]),
+                    peak=ch.peak,
+                    threshold=policy.threshold,
+                    model=model.card.name,
+                    model_version=model.card.version,
+                    windows=ch.windows,
+                )
+            )
+        st.events += len(out)
+        return out
+
+    def take_summary(self) -> dict[str, Any]:
+        """Telemetry since the last call: windows, score mean/max, alarms."""
+        st = self.stats
+        mean = st.score_sum / st.windows if st.windows else 0.0
+        return {
+            "stream": self.name,
+            "windows": st.windows,
+            "skipped_windows": st.skipped_windows,
+            "score_mean": mean if math.isfinite(mean) else None,
+            "score_max": st.score_max,
+            "alarms": st.alarms,
+            "alarm_open": self.policy.state.active,
+            "threshold": self.policy.threshold,
+            "model": self.model.card.name,
+            "model_version": self.model.card.version,
+        }
