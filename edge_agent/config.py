@@ -72,6 +72,9 @@ class MqttConfig:
     telemetry_interval_s: float = field(default=60.0, metadata=check("positive"))
     reconnect_min_s: float = field(default=1.0, metadata=check("positive"))
     reconnect_max_s: float = field(default=60.0, metadata=check("positive"))
+    # MQTT 5: how long the broker keeps our session (queued command messages, in-flight
+    # state) after we drop off. 3.1.1 sessions (clean_session=false) never expire.
+    session_expiry_s: int = field(default=86400, metadata=check("nonneg"))
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 
