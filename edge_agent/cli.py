@@ -47,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.log_level:
-        logging.basicConfig(level=args.log_level.upper())
     try:
         rc: int = args.func(args)
     except ConfigError as e:

@@ -6,10 +6,12 @@ import argparse
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_agent.bench import Figure, as_json, bench_family
 from edge_agent.errors import ModelError
+
+if TYPE_CHECKING:
+    from edge_agent.bench import Figure
 from edge_agent.profiles import load_profiles, select
 from edge_agent.resources import find_resource_dir
 
@@ -29,6 +31,8 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from edge_agent.bench import as_json, bench_family  # numpy + runtimes: only when benching
+
     models_dir = Path(args.models_dir) if args.models_dir else find_resource_dir("models")
     if models_dir is None:
         raise ModelError("no models directory found (use --models-dir)")

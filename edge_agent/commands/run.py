@@ -6,11 +6,13 @@ import argparse
 import logging
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_agent.agent import Agent, RunLimits
 from edge_agent.config import AgentConfig, default_state_dir, demo_stream, load_config
 from edge_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
 
 __all__ = ["build_config", "register"]
 
@@ -49,15 +51,29 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    # Heavy imports (numpy, runtimes, paho) only for `run`, so `status` stays instant.
+    from pathlib import Path
+
+    from edge_agent.agent import Agent, RunLimits
+    from edge_agent.logs import setup_logging
+    from edge_agent.metrics import Metrics, start_metrics_server, update_from_status
+    from edge_agent.reporting.reporter import Reporter
+
     cfg = build_config(args)
+    setup_logging(cfg.logging, args.log_level)
     agent = Agent(cfg, limits=RunLimits(args.max_windows, args.duration))
     agent.prepare()
+    agent.attach_reporter(Reporter(cfg, Path(cfg.state_dir), agent.birth))
+    metrics = Metrics()
+    server = start_metrics_server(cfg.metrics, metrics)
+    if server is not None:
+        agent.on_status = lambda snap: update_from_status(metrics, snap)
     agent.install_signal_handlers()
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        if server is not None:
+            server.stop()
     _summary(agent)
     return 1 if any(s.error for s in agent.streams) else 0
 
@@ -72,6 +88,15 @@ def _summary(agent: Agent) -> None:
             f"  {s['name']}: {s['windows']} windows, {s['alarms']} alarms, {s['events']} events, "
             f"model {m['name']} v{m['version']} on {m['backend']}"
             + (f", error: {s['error']}" if s["error"] else ""),
+            file=out,
+        )
+    ob = snap.get("outbox") or {}
+    mq = snap.get("mqtt") or {}
+    if ob:
+        link = "connected" if mq.get("connected") else "not connected"
+        print(
+            f"  outbox: {ob.get('depth', 0)} records waiting (broker {mq.get('broker', '?')} "
+            f"{link})",
             file=out,
         )
     print(f"  state: {agent.state_dir}", file=out)

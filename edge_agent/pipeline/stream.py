@@ -7,7 +7,6 @@ hook sees every scored batch (OTA candidates run beside the active model there).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from edge_agent.pipeline.windows import Windower, Windows
 from edge_agent.runtime.model import LoadedModel
 from edge_agent.sources.base import Block
 
-__all__ = ["AnomalyEvent", "ShadowHook", "StreamPipeline", "StreamStats"]
+__all__ = ["AnomalyEvent", "Interval", "ShadowHook", "StreamPipeline", "StreamStats"]
 
 ShadowHook = Callable[[Windows, npt.NDArray[np.float64]], None]
 
@@ -38,11 +37,26 @@ class AnomalyEvent:
     model: str
     model_version: int
     windows: int  # alarm length in windows (end events)
+    started_ts: float  # when the alarm started (== ts on start events)
 
     def to_payload(self) -> dict[str, Any]:
         d = asdict(self)
         d["transition"] = self.transition.value
         return d
+
+
+@dataclass
+class Interval:
+    """Scoring since the previous telemetry record."""
+
+    windows: int = 0
+    score_sum: float = 0.0
+    score_max: float | None = None
+    alarms: int = 0
+
+    @property
+    def score_mean(self) -> float | None:
+        return self.score_sum / self.windows if self.windows else None
 
 
 @dataclass
@@ -81,6 +95,8 @@ class StreamPipeline:
         self.shadow: ShadowHook | None = None
         self._lock = threading.Lock()  # guards model swaps against a running batch
         self._t_ref = (0.0, 0, 1.0)  # (t0, seq, rate) of the newest block, for timestamps
+        self._alarm_started_ts = 0.0
+        self._interval = Interval()
 
     @property
     def threshold(self) -> float:
@@ -124,44 +140,41 @@ class StreamPipeline:
             st.last_score = float(scores[-1])
             st.score_sum += float(scores.sum())
             st.score_max = max(st.score_max, float(scores.max()))
+            iv = self._interval
+            iv.windows += len(scores)
+            iv.score_sum += float(scores.sum())
+            iv.score_max = max(iv.score_max or 0.0, float(scores.max()))
             changes = policy.update(scores)
             if self.shadow is not None:
                 self.shadow(w, scores)
         out = []
         for ch in changes:
             start = int(w.starts[ch.index])
+            ts = self._ts(start)
             if ch.transition is Transition.START:
                 st.alarms += 1
+                self._interval.alarms += 1
+                self._alarm_started_ts = ts
             out.append(
                 AnomalyEvent(
                     stream=self.name,
                     transition=ch.transition,
                     window_start=start,
-                    ts=self._ts(start),
+                    ts=ts,
                     score=float(scores[ch.index]),
                     peak=ch.peak,
                     threshold=policy.threshold,
                     model=model.card.name,
                     model_version=model.card.version,
                     windows=ch.windows,
+                    started_ts=self._alarm_started_ts,
                 )
             )
         st.events += len(out)
         return out
 
-    def take_summary(self) -> dict[str, Any]:
-        """Telemetry since the last call: windows, score mean/max, alarms."""
-        st = self.stats
-        mean = st.score_sum / st.windows if st.windows else 0.0
-        return {
-            "stream": self.name,
-            "windows": st.windows,
-            "skipped_windows": st.skipped_windows,
-            "score_mean": mean if math.isfinite(mean) else None,
-            "score_max": st.score_max,
-            "alarms": st.alarms,
-            "alarm_open": self.policy.state.active,
-            "threshold": self.policy.threshold,
-            "model": self.model.card.name,
-            "model_version": self.model.card.version,
-        }
+    def take_interval(self) -> Interval:
+        """Figures since the previous call (for telemetry), and start a new interval."""
+        with self._lock:
+            iv, self._interval = self._interval, Interval()
+        return iv

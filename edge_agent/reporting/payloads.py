@@ -21,6 +21,7 @@ __all__ = [
     "envelope",
     "event_body",
     "ota_state_body",
+    "sensor_event_body",
     "status_offline",
     "status_online",
     "telemetry_body",
@@ -180,3 +181,21 @@ def ota_state_body(
     if state not in OTA_STATES:
         raise PublishError(f"OTA state must be one of {OTA_STATES}, got {state!r}")
     return {"state": state, "version": version, "slot": slot, "detail": detail}
+
+
+SENSOR_EVENT_TYPES = ("sensor_fault_start", "sensor_fault_end")
+
+
+def sensor_event_body(
+    *, stream: str, condition: str, channel: str, active: bool, detail: str, t: float
+) -> dict[str, Any]:
+    """A sensor fault (not a process anomaly) started or ended; on the events topic,
+    told apart from anomaly events by `event` (schema: sensor_event.json)."""
+    return {
+        "event": SENSOR_EVENT_TYPES[0] if active else SENSOR_EVENT_TYPES[1],
+        "stream": stream,
+        "condition": condition,
+        "channel": channel,
+        "detail": detail,
+        "t": t,
+    }

@@ -64,6 +64,7 @@ class Reporter:
                 subscriptions=(self._topics.commands_filter,),
             )
             self._drain = Drainer(self._outbox, self._link, window=cfg.mqtt.max_inflight)
+        self._final: dict[str, Any] | None = None  # figures frozen at stop()
 
     @property
     def topics(self) -> DeviceTopics:
@@ -79,7 +80,10 @@ class Reporter:
             log.info("MQTT disabled: records are kept in the outbox %s only", self._outbox.path)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Publish a clean retained "offline" (if connected), disconnect, close the outbox."""
+        """Publish a clean retained "offline" (if connected), disconnect, close the outbox.
+        Idempotent."""
+        if self._final is not None:
+            return
         deadline = time.monotonic() + timeout
         link, drain = self._link, self._drain
         if link is not None and drain is not None:
@@ -98,6 +102,8 @@ class Reporter:
                     log.exception("could not publish the offline status on stop")
             drain.stop(max(0.1, deadline - time.monotonic()))
             link.stop(max(0.1, deadline - time.monotonic()))
+        # Keep the last figures: the agent writes its final status after stopping us.
+        self._final = self._snapshot_now()
         self._outbox.close()
 
     # -- publishing ------------------------------------------------------------------------
@@ -170,6 +176,9 @@ class Reporter:
         return self._topics.status, encode(body)
 
     def snapshot(self) -> dict[str, Any]:
+        return self._final if self._final is not None else self._snapshot_now()
+
+    def _snapshot_now(self) -> dict[str, Any]:
         now = time.time()
         ob = self._outbox.stats()
         mqtt: dict[str, Any] = {

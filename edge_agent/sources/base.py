@@ -49,6 +49,13 @@ class Source(ABC):
     # (cameras: a slow model scores the current frame, never a backlog).
     max_queue_blocks: ClassVar[int | None] = None
 
+    @property
+    def live(self) -> bool:
+        """True when data arrives on its own clock (a sensor): a full queue drops the
+        oldest block. False when the source can wait (a file or generator running
+        faster than real time): a full queue blocks it instead."""
+        return getattr(self.options, "speed", 1.0) != 0
+
     def __init__(self, name: str, options: Any) -> None:
         self.name = name
         self.options = options

@@ -1,7 +1,9 @@
 """Runs one source in its own thread, feeding a bounded queue.
 
-Overflow policy: when the consumer falls behind, the oldest block is dropped and
-counted (`dropped_blocks`), so memory stays bounded and the newest data wins. A
+Overflow policy: when the consumer falls behind a live source, the oldest block is
+dropped and counted (`dropped_blocks`), so memory stays bounded and the newest data
+wins. A source that is not live (a file replayed, or the demo, faster than real
+time) is made to wait instead. A
 failing source is reopened with exponential backoff inside a restart budget; past
 the budget it is reported `failed` (degraded), never a crash of the agent. A device
 that vanished (SourceDisconnectedError: unplugged, re-enumerating, broker down) is
@@ -101,6 +103,7 @@ class SourceRunner:
                 self._cv.wait(timeout)
             out = list(self._q)
             self._q.clear()
+            self._cv.notify_all()  # a non-live source may be waiting for room
             return out
 
     @property
@@ -109,6 +112,11 @@ class SourceRunner:
 
     def _put(self, blk: Block) -> None:
         with self._cv:
+            if not self.source.live:
+                # Recorded or generated data waits for the consumer instead: dropping it
+                # would only lose what can be read at the consumer's own pace.
+                while len(self._q) >= self._max and not self._stop.is_set():
+                    self._cv.wait(READ_TIMEOUT_S)
             if len(self._q) >= self._max:
                 self._q.popleft()
                 self.dropped_blocks += 1
