@@ -161,7 +161,7 @@ class StreamConfig:
     variant: str = "auto"
     window: int = field(default=0, metadata=check("nonneg"))
     hop: int = field(default=0, metadata=check("nonneg"))
-    max_batch: int = field(default=16, metadata=check("positive"))
+    max_batch: int = field(default=64, metadata=check("positive"))
     queue_blocks: int = field(default=256, metadata=check("positive"))
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
     sensor_health: SensorHealthConfig = field(default_factory=SensorHealthConfig)

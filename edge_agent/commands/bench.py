@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
     p.add_argument("--family", default="vibration-ae")
     p.add_argument("--models-dir")
     p.add_argument("--windows", type=int, default=2048)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=64, help="windows per call (the default max_batch)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--profile", default="auto")
     p.add_argument("--json", action="store_true")

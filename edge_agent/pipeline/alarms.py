@@ -52,6 +52,9 @@ class AlarmPolicy:
     def update(self, scores: npt.NDArray[np.float64]) -> list[AlarmChange]:
         out: list[AlarmChange] = []
         s = self.state
+        if not s.active and (len(scores) == 0 or scores.max() < self.threshold):
+            s.above = 0  # the common case, all quiet: no per-window loop at all
+            return out
         # Per window, not per sample: a batch holds at most a few dozen windows.
         for i, v in enumerate(scores.tolist()):
             if not s.active:

@@ -7,6 +7,7 @@ hook sees every scored batch (OTA candidates run beside the active model there).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,9 @@ from edge_agent.sources.base import Block
 
 __all__ = ["AnomalyEvent", "Interval", "ShadowHook", "StreamPipeline", "StreamStats"]
 
-ShadowHook = Callable[[Windows, npt.NDArray[np.float64]], None]
+# Sees each scored batch: windows (normalised with the active model's statistics; see
+# LoadedModel.denormalize), the active model's scores, and the active model.
+ShadowHook = Callable[[Windows, npt.NDArray[np.float64], LoadedModel], None]
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,15 @@ class StreamPipeline:
         return self.policy.threshold
 
     def swap_model(self, model: LoadedModel, policy: AlarmPolicy | None = None) -> LoadedModel:
-        """Replace the model at the next batch boundary; returns the old one."""
+        """Replace the model at the next batch boundary; returns the old one.
+
+        Buffered samples are kept (no window is lost) and re-expressed in the new
+        model's normalisation."""
         with self._lock:
             old, self.model = self.model, model
+            scale, offset = _renormalization(old, model)
+            if scale is not None and offset is not None:
+                self.windower.rescale(scale, offset)
             if policy is not None:
                 policy.state = self.policy.state  # an open alarm stays open across a swap
                 self.policy = policy
@@ -117,8 +126,12 @@ class StreamPipeline:
 
     def process(self, block: Block, bad: npt.NDArray[np.bool_] | None = None) -> list[AnomalyEvent]:
         self._t_ref = (block.t0, block.seq, block.rate_hz or 1.0)
-        w = self.windower.push(block.samples, block.seq, bad)
+        with self._lock:
+            # Normalise once per sample, not once per window: windows overlap window/hop times.
+            w = self.windower.push(self.model.normalize(block.samples), block.seq, bad)
         self.stats.skipped_windows += w.skipped
+        if len(w.data) <= self.max_batch:
+            return self._score(w) if len(w.data) else []
         events: list[AnomalyEvent] = []
         for i in range(0, len(w.data), self.max_batch):
             part = Windows(w.data[i : i + self.max_batch], w.starts[i : i + self.max_batch], 0)
@@ -128,25 +141,28 @@ class StreamPipeline:
     def _score(self, w: Windows) -> list[AnomalyEvent]:
         with self._lock:
             model, policy = self.model, self.policy
-            scores = model.scores(w.data)
+            scores = model.scores_normalized(w.data)
             st = self.stats
-            finite = np.isfinite(scores)
-            if not finite.all():
+            total = float(scores.sum())
+            if not math.isfinite(total):  # one reduction instead of a mask on every batch
                 # A model emitting NaN is a model fault, not an anomaly: count, don't alarm.
+                finite = np.isfinite(scores)
                 st.nonfinite_scores += int((~finite).sum())
                 scores = np.where(finite, scores, 0.0)
-            st.windows += len(scores)
+                total = float(scores.sum())
+            n, peak = len(scores), float(scores.max())
+            st.windows += n
             st.batches += 1
             st.last_score = float(scores[-1])
-            st.score_sum += float(scores.sum())
-            st.score_max = max(st.score_max, float(scores.max()))
+            st.score_sum += total
+            st.score_max = max(st.score_max, peak)
             iv = self._interval
-            iv.windows += len(scores)
-            iv.score_sum += float(scores.sum())
-            iv.score_max = max(iv.score_max or 0.0, float(scores.max()))
+            iv.windows += n
+            iv.score_sum += total
+            iv.score_max = max(iv.score_max or 0.0, peak)
             changes = policy.update(scores)
             if self.shadow is not None:
-                self.shadow(w, scores)
+                self.shadow(w, scores, model)
         out = []
         for ch in changes:
             start = int(w.starts[ch.index])
@@ -178,3 +194,14 @@ class StreamPipeline:
         with self._lock:
             iv, self._interval = self._interval, Interval()
         return iv
+
+
+def _renormalization(
+    old: LoadedModel, new: LoadedModel
+) -> tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None]:
+    """(scale, offset) taking old-normalised samples to new-normalised, or (None, None)."""
+    om, os_ = old.norm_stats
+    nm, ns = new.norm_stats
+    if np.array_equal(om, nm) and np.array_equal(os_, ns):
+        return None, None
+    return (os_ / ns).astype(np.float32), ((om - nm) / ns).astype(np.float32)

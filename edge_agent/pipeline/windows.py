@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = ["Windower", "Windows"]
 
@@ -39,6 +38,7 @@ class Windower:
         self._expected: int | None = None  # next sample index we expect
         self.gaps = 0
         self.lost_samples = 0
+        self._any_bad = False  # fast path: most buffers hold no bad sample at all
 
     def push(
         self,
@@ -60,12 +60,23 @@ class Windower:
         self._expected = seq + n
         self._ensure(n)
         self._buf[self._len : self._len + n] = samples
-        badm = ~np.isfinite(samples).all(axis=1)
-        if bad is not None:
-            badm |= bad
-        self._bad[self._len : self._len + n] = badm
+        # One reduction tells whether any sample is NaN/inf (or huge): then look per row.
+        if bad is not None or not np.isfinite(samples.sum()):
+            badm = ~np.isfinite(samples).all(axis=1)
+            if bad is not None:
+                badm |= bad
+            self._bad[self._len : self._len + n] = badm
+            self._any_bad = self._any_bad or bool(badm.any())
+        else:
+            self._bad[self._len : self._len + n] = False
         self._len += n
         return self._cut()
+
+    def rescale(self, scale: npt.NDArray[np.float32], offset: npt.NDArray[np.float32]) -> None:
+        """Map buffered samples x -> x * scale + offset per channel (a model swap with
+        other normalisation statistics), so partial windows survive the swap."""
+        self._buf[: self._len] *= scale
+        self._buf[: self._len] += offset
 
     def _ensure(self, n: int) -> None:
         # Drop what no future window needs, then grow only if a huge block demands it.
@@ -76,6 +87,8 @@ class Windower:
             self._buf[:keep] = self._buf[drop : self._len]
             self._bad[:keep] = self._bad[drop : self._len]
             self._len, self._buf_start = keep, self._buf_start + drop
+            if self._any_bad:
+                self._any_bad = bool(self._bad[:keep].any())
         if self._len + n > self._cap:
             self._cap = 2 * (self._len + n)
             buf = np.empty((self._cap, self.channels), dtype=np.float32)
@@ -90,16 +103,21 @@ class Windower:
         if avail < 0:
             return Windows(np.empty((0, self.window, self.channels), np.float32), _NO_STARTS, 0)
         k = avail // self.hop + 1
-        offs = first + self.hop * np.arange(k)
-        view = sliding_window_view(self._buf[: self._len], self.window, axis=0)
-        data = view[offs].transpose(0, 2, 1)  # (k, window, channels)
-        badw = sliding_window_view(self._bad[: self._len], self.window)[offs].any(axis=1)
-        starts = self._buf_start + offs
-        self._next_start += k * self.hop
-        good = ~badw
-        return Windows(
-            np.ascontiguousarray(data[good]), starts[good].astype(np.int64), int(badw.sum())
+        w, hop = self.window, self.hop
+        rs, cs = self._buf.strides
+        # (k, window, channels) view onto the buffer, then one contiguous copy for the model
+        view: npt.NDArray[np.float32] = np.ndarray(
+            (k, w, self.channels), np.float32, self._buf, first * rs, (hop * rs, rs, cs)
         )
+        rel = hop * np.arange(k)
+        starts = self._buf_start + first + rel
+        self._next_start += k * hop
+        if not self._any_bad:
+            return Windows(view.copy(), starts, 0)
+        # bad samples per window from a running count: no (k, window) mask needed
+        counts = np.concatenate(([0], np.cumsum(self._bad[first : first + rel[-1] + w])))
+        good = (counts[rel + w] - counts[rel]) == 0
+        return Windows(view[good].copy(), starts[good], int(k - good.sum()))
 
 
 _NO_STARTS = np.empty(0, dtype=np.int64)

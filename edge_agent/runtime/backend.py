@@ -12,6 +12,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -21,11 +22,24 @@ from edge_agent.errors import ModelError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import ModelCard
 
-__all__ = ["Backend", "Quant", "dequantize", "quantize"]
+__all__ = ["SMALL_MODEL_BYTES", "Backend", "Quant", "dequantize", "model_threads", "quantize"]
 
 log = logging.getLogger(__name__)
 
 _INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+# Below this size a model's inference takes microseconds, and waking a second intra-op
+# thread costs more than it saves (measured: 47 vs 58 us per batch of 16, docs/benchmarks.md).
+SMALL_MODEL_BYTES = 1 << 20
+
+
+def model_threads(profile_threads: int, model_path: Path) -> int:
+    try:
+        small = model_path.stat().st_size < SMALL_MODEL_BYTES
+    except OSError:
+        small = False
+    return 1 if small else profile_threads
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,7 @@ class Backend(ABC):
         self.calls = 0
         self.total_s = 0.0
         self.loaded = False
+        self._shape: tuple[int, ...] = ()  # per-sample input shape, fixed at load
 
     # -- hooks -----------------------------------------------------------------
     @abstractmethod
@@ -81,8 +96,8 @@ class Backend(ABC):
             raise
         except Exception as e:  # runtimes raise their own types: translate at the edge
             raise ModelError(f"{self.card.path}: {self.key} could not load the model: {e}") from e
-        shape = self._sample_shape()
-        self.infer(np.zeros((1, *shape), dtype=np.float32))  # warm-up
+        self._shape = self._sample_shape()
+        self.infer(np.zeros((1, *self._shape), dtype=np.float32))  # warm-up
         self.calls, self.total_s = 0, 0.0
         self.loaded = True
         log.info(
@@ -101,12 +116,9 @@ class Backend(ABC):
 
     def infer(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Float batch in, float batch out, whatever the model's tensor types."""
-        expected = self._sample_shape()
-        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            raise ModelError(f"{self.card.name}: input shape {x.shape[1:]} != {expected}")
-        xin: npt.NDArray[np.generic] = (
-            quantize(x, self.input_quant) if self.input_quant else x.astype(np.float32, copy=False)
-        )
+        if x.shape[1:] != self._shape:
+            raise ModelError(f"{self.card.name}: input shape {x.shape[1:]} != {self._shape}")
+        xin: npt.NDArray[np.generic] = quantize(x, self.input_quant) if self.input_quant else x
         t0 = time.perf_counter()
         try:
             y = self._run(xin)
@@ -118,4 +130,4 @@ class Backend(ABC):
         self.calls += 1
         if self.output_quant:
             return dequantize(y, self.output_quant)
-        return np.asarray(y, dtype=np.float32)
+        return y  # type: ignore[return-value]  # float models return float32

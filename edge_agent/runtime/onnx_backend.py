@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import BackendUnavailableError
-from edge_agent.runtime.backend import Backend, Quant
+from edge_agent.runtime.backend import Backend, Quant, model_threads
 
 __all__ = ["OnnxBackend"]
 
@@ -27,7 +27,7 @@ class OnnxBackend(Backend):
         except ImportError as e:
             raise BackendUnavailableError(f"onnxruntime is not installed: {e}") from e
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.profile.threads
+        opts.intra_op_num_threads = model_threads(self.profile.threads, self.card.path)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         available = set(ort.get_available_providers())

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import BackendUnavailableError
-from edge_agent.runtime.backend import Backend, Quant
+from edge_agent.runtime.backend import Backend, Quant, model_threads
 
 __all__ = ["TfliteBackend", "interpreter_class"]
 
@@ -52,7 +52,10 @@ class TfliteBackend(Backend):
 
     def _load(self) -> None:
         cls = interpreter_class()
-        self.interp = cls(model_path=str(self.card.path), num_threads=self.profile.threads)
+        self.interp = cls(
+            model_path=str(self.card.path),
+            num_threads=model_threads(self.profile.threads, self.card.path),
+        )
         self.interp.allocate_tensors()
         self._in = self.interp.get_input_details()[0]
         self._out = self.interp.get_output_details()[0]
