@@ -64,14 +64,14 @@ class Source(ABC):
         self._lock = threading.Lock()
 
     @property
-    @abstractmethod
     def channels(self) -> tuple[str, ...]:
-        """Channel names, in sample column order."""
+        """Channel names, in sample column order (default: the options' `channels`)."""
+        return tuple(self.options.channels)
 
     @property
-    @abstractmethod
     def rate_hz(self) -> float:
-        """Nominal sample rate."""
+        """Nominal sample rate (default: the options' `rate_hz`)."""
+        return float(self.options.rate_hz)
 
     @abstractmethod
     def open(self) -> None:

@@ -72,14 +72,6 @@ class MqttSource(Source):
         self._meter = RateMeter(options.rate_window_s)
 
     @property
-    def channels(self) -> tuple[str, ...]:
-        return tuple(self.options.channels)
-
-    @property
-    def rate_hz(self) -> float:
-        return float(self.options.rate_hz)
-
-    @property
     def measured_rate_hz(self) -> float:
         return self._meter.rate_hz
 

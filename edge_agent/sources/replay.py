@@ -116,10 +116,6 @@ class ReplaySource(Source):
             self._load()
         return self._names
 
-    @property
-    def rate_hz(self) -> float:
-        return float(self.options.rate_hz)
-
     def _load(self) -> None:
         data, times, names, bad = load_table(Path(self.options.path), self.options)
         self._data, self._times, self._names = data, times, names

@@ -96,14 +96,6 @@ class SerialSource(Source):
         )
 
     @property
-    def channels(self) -> tuple[str, ...]:
-        return tuple(self.options.channels)
-
-    @property
-    def rate_hz(self) -> float:
-        return float(self.options.rate_hz)
-
-    @property
     def measured_rate_hz(self) -> float:
         """Samples/s actually received over the last `rate_window_s` (0.0 at first)."""
         return self._meter.rate_hz

@@ -49,10 +49,6 @@ class SyntheticSource(Source):
     def channels(self) -> tuple[str, ...]:
         return CHANNELS
 
-    @property
-    def rate_hz(self) -> float:
-        return float(self.options.rate_hz)
-
     def open(self) -> None:
         self._t_start = time.time()
 
