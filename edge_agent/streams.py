@@ -59,7 +59,9 @@ class StreamRuntime:
         self, sc: StreamConfig, cfg: AgentConfig, profile: Profile, models_dir: Path | None
     ) -> None:
         self.config = sc
-        self.model_dir = resolve_model_dir(sc.model, sc.variant, profile, models_dir)
+        self.model_dir = resolve_model_dir(
+            sc.model, sc.variant, profile, models_dir, Path(cfg.state_dir)
+        )
         model = load_model(self.model_dir, profile)
         pre = model.card.preprocessing
         self.source = create_source(sc.source.kind, sc.name, sc.source.options)

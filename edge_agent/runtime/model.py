@@ -129,13 +129,19 @@ def find_models(models_dir: Path) -> list[ModelCard]:
 
 
 def resolve_model_dir(
-    name: str, variant: str, profile: Profile, models_dir: Path | None = None
+    name: str,
+    variant: str,
+    profile: Profile,
+    models_dir: Path | None = None,
+    state_dir: Path | None = None,
 ) -> Path:
     """A stream's `model` setting -> one model directory.
 
     `name` may be a path, a model directory name, or a family; for a family, `variant`
-    ("int8-onnx", ...) or the profile's precision and backend order pick the variant,
-    skipping backends whose runtime is not installed."""
+    ("int8-onnx", ...) picks the variant; "auto" takes the choice measured on this
+    device (`edge-agent bench --select`, recorded in `state_dir`) when there is one,
+    else the profile's precision and backend order, skipping backends whose runtime
+    is not installed."""
     p = Path(name)
     if (p / CARD_FILE).is_file():
         return p
@@ -148,11 +154,10 @@ def resolve_model_dir(
     if not family:
         raise ModelError(f"model {name!r}: not found in {base} (neither a directory nor a family)")
     if variant != "auto":
-        for c in family:
-            if f"{c.precision}-{c.backend}" == variant:
-                return c.directory
-        have = ", ".join(sorted(f"{c.precision}-{c.backend}" for c in family))
-        raise ModelError(f"model {name!r}: no variant {variant!r} (have: {have})")
+        return _named_variant(name, family, variant)
+    measured = _measured_choice(name, family, state_dir)
+    if measured is not None:
+        return measured
     for prec in profile.precision:
         for be in profile.backends:
             if not runtime_available(be):
@@ -165,3 +170,32 @@ def resolve_model_dir(
         f"model {name!r}: no variant fits profile {profile.name} "
         f"(precision {profile.precision}, backends {profile.backends}); have: {have}"
     )
+
+
+def _named_variant(name: str, family: list[ModelCard], variant: str) -> Path:
+    for c in family:
+        if f"{c.precision}-{c.backend}" == variant:
+            return c.directory
+    have = ", ".join(sorted(f"{c.precision}-{c.backend}" for c in family))
+    raise ModelError(f"model {name!r}: no variant {variant!r} (have: {have})")
+
+
+def _measured_choice(family: str, cards: list[ModelCard], state_dir: Path | None) -> Path | None:
+    """The variant `bench --select` recorded for `family`, if it is still installed."""
+    if state_dir is None:
+        return None
+    from edge_agent.runtime.selection import selected_variant
+
+    chosen = selected_variant(state_dir, family)
+    if chosen is None:
+        return None
+    for c in cards:
+        if f"{c.precision}-{c.backend}" == chosen and runtime_available(c.backend):
+            log.info("model %s: variant %s, as measured by bench --select", family, chosen)
+            return c.directory
+    log.warning(
+        "model %s: recorded choice %s is not installed or has no runtime; using the profile",
+        family,
+        chosen,
+    )
+    return None
