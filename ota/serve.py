@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, ClassVar
 __all__ = ["BundleRequestHandler", "BundleServer", "start_server"]
 
 log = logging.getLogger(__name__)
+SHUTDOWN_POLL_S = 0.1  # how soon close() returns; the loop sleeps in select() meanwhile
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -85,12 +86,22 @@ class _Limited:
         return data
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A device that stops reading (size limit, reboot) is normal, not a traceback.
+        log.debug("http client %s went away", client_address, exc_info=True)
+
+
 class BundleServer:
     """A running server on its own daemon thread; `url(name)` gives a file's URL."""
 
     def __init__(self, httpd: ThreadingHTTPServer) -> None:
         self.httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="ota-http", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, args=(SHUTDOWN_POLL_S,), name="ota-http", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -115,6 +126,5 @@ def start_server(
 ) -> BundleServer:
     """Serve `files` (URL name -> path); port 0 picks a free port."""
     cls = type("BoundHandler", (handler,), {"files": dict(files)})
-    httpd = ThreadingHTTPServer((host, port), cls)
-    httpd.daemon_threads = True
+    httpd = _Server((host, port), cls)
     return BundleServer(httpd)
