@@ -10,9 +10,11 @@ __all__ = [
     "BudgetExceededError",
     "ConfigError",
     "EdgeAgentError",
+    "MetricsError",
     "ModelError",
     "OutboxError",
     "PublishError",
+    "SourceDisconnectedError",
     "SourceError",
     "StateError",
 ]
@@ -42,6 +44,13 @@ class SourceError(EdgeAgentError):
     """A sensor source failed (device gone, bad data that cannot be skipped)."""
 
 
+class SourceDisconnectedError(SourceError):
+    """The sensor device or broker went away (unplugged, re-enumerating, link down).
+
+    Expected on a shop floor: the runner reconnects with backoff for as long as it
+    takes, without spending its restart budget (which is for crash loops)."""
+
+
 class PublishError(EdgeAgentError):
     """The MQTT link failed (refused CONNACK, TLS, ACL denial)."""
 
@@ -52,3 +61,7 @@ class OutboxError(EdgeAgentError):
 
 class StateError(EdgeAgentError):
     """The state directory or a state file could not be read or written."""
+
+
+class MetricsError(EdgeAgentError):
+    """A metric was used against its declaration, or the metrics endpoint cannot listen."""

@@ -23,7 +23,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """durable=False skips the fsyncs: still never torn (rename), but may roll back to the
+    previous version on power loss. For files rewritten every second (status), where
+    fsync would only wear out an SD card."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,18 +34,20 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644) -> None:
+def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644, durable: bool = True) -> None:
     data = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
-    atomic_write_bytes(path, data, mode=mode)
+    atomic_write_bytes(path, data, mode=mode, durable=durable)
 
 
 def read_json(path: Path) -> Any:

@@ -165,7 +165,9 @@ def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
         precision=str(raw.get("precision", "fp32")),
         input=_tensor(_get(raw, "input", dict, w), f"{w}: input"),
         output=_tensor(_get(raw, "output", dict, w), f"{w}: output"),
-        preprocessing=Preprocessing(window, hop, channels, float(pre.get("rate_hz", 0.0)), mean, std),
+        preprocessing=Preprocessing(
+            window, hop, channels, float(pre.get("rate_hz", 0.0)), mean, std
+        ),
         score_kind=kind,
         threshold=float(_get(thr, "value", (int, float), f"{w}: threshold")),
         alarm=AlarmDefaults(
@@ -173,9 +175,7 @@ def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
             min_off=int(al.get("min_off", 3)),
             hysteresis=float(al.get("hysteresis", 0.8)),
         ),
-        golden=Golden(
-            inputs, scores, float(g.get("atol", 1e-4)), float(g.get("rtol", 1e-3))
-        ),
+        golden=Golden(inputs, scores, float(g.get("atol", 1e-4)), float(g.get("rtol", 1e-3))),
         raw=raw,
     )
 

@@ -1,0 +1,1 @@
+"""Sensor inputs. Each kind registers in `registry.py`; all share `base.Source`."""

@@ -54,7 +54,7 @@ class SyntheticSignal:
         if not s.anomalies or t1 <= s.first_anomaly_s:
             return []
         k0 = max(0, int((t0 - s.first_anomaly_s - s.anomaly_duration_s) // s.anomaly_every_s))
-        out = []
+        out: list[Anomaly] = []
         k = k0
         while True:
             a = self.anomaly_at_index(k)

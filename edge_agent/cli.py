@@ -1,0 +1,61 @@
+"""`edge-agent` command line. Each subcommand lives in `edge_agent/commands/<name>.py`
+with `register(subparsers)`; this module only dispatches.
+
+Exit codes (contract): 0 success, 1 failure, 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge_agent import __version__
+from edge_agent.errors import ConfigError, EdgeAgentError
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+# Order is the order shown by --help.
+_COMMANDS = (
+    "run",
+    "config",
+    "profile",
+    "bench",
+    "selftest",
+    "status",
+)
+
+log = logging.getLogger("edge_agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Anomaly detection on factory gateways: sensor streams in, alarms out.",
+    )
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    p.add_argument("--log-level", default=None, help="debug, info, warning, error")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMANDS:
+        importlib.import_module(f"edge_agent.commands.{name}").register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except ConfigError as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except EdgeAgentError as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    return rc

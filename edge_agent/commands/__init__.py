@@ -1,0 +1,1 @@
+"""One module per `edge-agent` subcommand; each defines `register(subparsers)`."""

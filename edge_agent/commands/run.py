@@ -1,0 +1,102 @@
+"""`edge-agent run`: run all configured streams until stopped (SIGTERM/SIGINT)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.config import AgentConfig, default_state_dir, demo_stream, load_config
+from edge_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
+
+__all__ = ["build_config", "register"]
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the agent (all configured streams) until stopped")
+    p.add_argument("--config", help="agent config file (TOML)")
+    p.add_argument(
+        "--demo", action="store_true", help="add the demo stream (synthetic source + bundled model)"
+    )
+    p.add_argument("--state-dir", help="override the config's state_dir")
+    p.add_argument("--max-windows", type=int, help="stop after scoring N windows")
+    p.add_argument("--duration", type=float, help="stop after S seconds")
+    p.set_defaults(func=_run)
+
+
+def build_config(args: argparse.Namespace) -> AgentConfig:
+    if args.config:
+        cfg = load_config(args.config)
+    else:
+        cfg = AgentConfig(state_dir=str(default_state_dir()), source_file="(defaults)")
+    if args.demo:
+        bounded = args.max_windows is not None or args.duration is not None
+        cfg = replace(cfg, streams=(*cfg.streams, demo_stream(bounded=bounded)))
+    if args.state_dir:
+        cfg = replace(cfg, state_dir=args.state_dir)
+    if not cfg.streams:
+        raise ConfigError(f"{cfg.source_file}: no [[streams]] configured (or use --demo)")
+    if args.max_windows is not None and args.max_windows <= 0:
+        raise ConfigError("--max-windows: expected a positive number")
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError("--duration: expected a positive number")
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Heavy imports (numpy, runtimes, paho) only for `run`, so `status` stays instant.
+    from pathlib import Path
+
+    from edge_agent.agent import Agent, RunLimits
+    from edge_agent.logs import setup_logging
+    from edge_agent.metrics import Metrics, start_metrics_server, update_from_status
+    from edge_agent.reporting.reporter import Reporter
+
+    cfg = build_config(args)
+    setup_logging(cfg.logging, args.log_level)
+    agent = Agent(cfg, limits=RunLimits(args.max_windows, args.duration))
+    agent.prepare()
+    agent.attach_reporter(Reporter(cfg, Path(cfg.state_dir), agent.birth))
+    metrics = Metrics()
+    server = start_metrics_server(cfg.metrics, metrics)
+    if server is not None:
+        agent.on_status = lambda snap: update_from_status(metrics, snap)
+    agent.install_signal_handlers()
+    try:
+        agent.run()
+    finally:
+        if server is not None:
+            server.stop()
+    _summary(agent)
+    return 1 if any(s.error for s in agent.streams) else 0
+
+
+def _summary(agent: Agent) -> None:
+    snap = agent.snapshot(running=False)
+    out = sys.stdout
+    print(f"edge-agent stopped: {agent.stop_reason or 'stopped'}", file=out)
+    for s in snap["streams"]:
+        m = s["model"]
+        print(
+            f"  {s['name']}: {s['windows']} windows, {s['alarms']} alarms, {s['events']} events, "
+            f"model {m['name']} v{m['version']} on {m['backend']}"
+            + (f", error: {s['error']}" if s["error"] else ""),
+            file=out,
+        )
+    ob = snap.get("outbox") or {}
+    mq = snap.get("mqtt") or {}
+    if ob:
+        link = "connected" if mq.get("connected") else "not connected"
+        print(
+            f"  outbox: {ob.get('depth', 0)} records waiting (broker {mq.get('broker', '?')} "
+            f"{link})",
+            file=out,
+        )
+    print(f"  state: {agent.state_dir}", file=out)

@@ -1,0 +1,1 @@
+"""Pure stream processing: windows, alarm policy, per-stream scoring loop."""

@@ -1,0 +1,274 @@
+"""Sensor health, kept apart from process anomalies. Pure: blocks and times in, events out.
+
+A broken sensor (unplugged, stalled, stuck, out of its physical range, sending NaN,
+or at the wrong rate) must not be reported as an anomalous machine. The monitor
+flags bad samples (`bad_mask`, which the pipeline does not score) and emits
+start/end HealthEvents per (condition, channel). Per-sample conditions end only
+after `clear_after_samples` clean samples in a row, so a sensor that drops one
+NaN every few samples gives one long event, not a flood.
+
+All checks are vectorised over the block (numpy), no per-sample Python loops.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.errors import ConfigError
+from edge_agent.schema import check
+from edge_agent.sources.base import Block
+
+__all__ = [
+    "ChannelRange",
+    "HealthCondition",
+    "HealthEvent",
+    "SensorHealthConfig",
+    "SensorHealthMonitor",
+]
+
+STREAM_LEVEL = ""  # HealthEvent.channel for conditions of the whole stream
+
+
+class HealthCondition(str, enum.Enum):
+    DISCONNECTED = "disconnected"  # the source is reconnecting (device or broker gone)
+    STALLED = "stalled"  # no samples for stall_after_s
+    STUCK = "stuck"  # the same value stuck_after_samples times in a row
+    OUT_OF_RANGE = "out_of_range"  # outside the channel's physical min/max
+    NON_FINITE = "non_finite"  # NaN or +-inf (invalid readings)
+    RATE = "rate"  # measured rate off the configured rate by more than rate_tolerance
+
+
+@dataclass(frozen=True)
+class ChannelRange:
+    """Physical limits of one channel; a reading outside is a sensor fault, not a process one."""
+
+    channel: str = field(metadata=check("nonempty"))
+    min: float
+    max: float
+
+    def __post_init__(self) -> None:
+        if not self.min < self.max:
+            raise ValueError(f"range for {self.channel!r}: min {self.min} must be < max {self.max}")
+
+
+@dataclass(frozen=True)
+class SensorHealthConfig:
+    ranges: tuple[ChannelRange, ...] = ()
+    # 0 = off: many real sensors (coarse temperature) legitimately repeat values
+    stuck_after_samples: int = field(default=0, metadata=check("nonneg"))
+    stall_after_s: float = field(default=10.0, metadata=check("positive"))
+    # relative: 0.5 flags a measured rate outside [0.5x, 1.5x] configured; 0 = off
+    rate_tolerance: float = field(default=0.5, metadata=check("nonneg"))
+    rate_window_s: float = field(default=10.0, metadata=check("positive"))
+    clear_after_samples: int = field(default=100, metadata=check("positive"))
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    stream: str
+    channel: str  # "" for stream-level conditions (disconnected, stalled, rate)
+    condition: HealthCondition
+    active: bool  # True = the condition started, False = it ended
+    detail: str
+    ts: float
+
+
+_SAMPLE_CONDITIONS = (
+    HealthCondition.NON_FINITE,
+    HealthCondition.OUT_OF_RANGE,
+    HealthCondition.STUCK,
+)
+_RATE_CLEAR = 0.8  # rate event ends inside 0.8 x tolerance: no flapping at the boundary
+
+
+class SensorHealthMonitor:
+    """One per stream. `rate_hz=None` disables the rate check (e.g. a replay at 10x)."""
+
+    def __init__(
+        self,
+        stream: str,
+        channels: tuple[str, ...],
+        rate_hz: float | None,
+        config: SensorHealthConfig,
+        now: float,
+    ) -> None:
+        self.stream = stream
+        self.channels = channels
+        self.rate_hz = rate_hz
+        self.cfg = config
+        n_ch = len(channels)
+        self._lo = np.full(n_ch, -np.inf)
+        self._hi = np.full(n_ch, np.inf)
+        for r in config.ranges:
+            if r.channel not in channels:
+                raise ConfigError(
+                    f"stream {stream}: sensor_health.ranges names unknown channel "
+                    f"{r.channel!r} (channels: {', '.join(channels)})"
+                )
+            i = channels.index(r.channel)
+            self._lo[i], self._hi[i] = r.min, r.max
+        self._active: dict[HealthCondition, npt.NDArray[np.bool_]] = {
+            c: np.zeros(n_ch, bool) for c in _SAMPLE_CONDITIONS
+        }
+        # clean samples since the condition was last seen, per channel
+        self._clean: dict[HealthCondition, npt.NDArray[np.int64]] = {
+            c: np.zeros(n_ch, np.int64) for c in _SAMPLE_CONDITIONS
+        }
+        self._prev: npt.NDArray[np.float32] | None = None
+        self._run = np.zeros(n_ch, np.int64)  # equal-value run length ending at last sample
+        self._started = now
+        self._last_data = now
+        self._arrivals: collections.deque[tuple[float, int]] = collections.deque()
+        self._stalled = False
+        self._rate_bad = False
+        self._connected = True
+
+    @property
+    def active(self) -> frozenset[tuple[HealthCondition, str]]:
+        """Conditions now in force, for status: (condition, channel or "")."""
+        out = {(c, self.channels[i]) for c, a in self._active.items() for i in np.flatnonzero(a)}
+        for c, on in (
+            (HealthCondition.STALLED, self._stalled),
+            (HealthCondition.RATE, self._rate_bad),
+            (HealthCondition.DISCONNECTED, not self._connected),
+        ):
+            if on:
+                out.add((c, STREAM_LEVEL))
+        return frozenset(out)
+
+    def observe(self, block: Block, now: float) -> tuple[list[HealthEvent], npt.NDArray[np.bool_]]:
+        """Events started/ended by this block, and which of its samples are not scorable."""
+        x = block.samples
+        n = len(x)
+        events: list[HealthEvent] = []
+        if self._stalled:
+            self._stalled = False
+            events.append(self._event("", HealthCondition.STALLED, False, "data resumed", now))
+        self._last_data = now
+        self._arrivals.append((now, n))
+        self._prune(now)
+        if n == 0:
+            return events, np.zeros(0, bool)
+        finite = np.isfinite(x)
+        flags = {
+            HealthCondition.NON_FINITE: ~finite,
+            HealthCondition.OUT_OF_RANGE: finite & ((x < self._lo) | (x > self._hi)),
+            HealthCondition.STUCK: self._stuck(x, finite),
+        }
+        for cond, f in flags.items():
+            events.extend(self._transitions(cond, f, x, now))
+        bad = flags[HealthCondition.NON_FINITE] | flags[HealthCondition.OUT_OF_RANGE]
+        bad |= flags[HealthCondition.STUCK]
+        return events, bad.any(axis=1)
+
+    def check(self, now: float) -> list[HealthEvent]:
+        """Time-based conditions (stall, rate); call periodically, e.g. once a second."""
+        events: list[HealthEvent] = []
+        idle = now - self._last_data
+        if not self._stalled and idle >= self.cfg.stall_after_s:
+            self._stalled = True
+            events.append(
+                self._event("", HealthCondition.STALLED, True, f"no samples for {idle:.1f} s", now)
+            )
+        events.extend(self._check_rate(now))
+        return events
+
+    def set_connected(self, connected: bool, now: float) -> list[HealthEvent]:
+        """Feed the runner's state (reconnecting = not connected); events on change."""
+        if connected == self._connected:
+            return []
+        self._connected = connected
+        detail = "source reconnected" if connected else "source disconnected, reconnecting"
+        return [self._event("", HealthCondition.DISCONNECTED, not connected, detail, now)]
+
+    def _prune(self, now: float) -> None:
+        while self._arrivals and self._arrivals[0][0] <= now - self.cfg.rate_window_s:
+            self._arrivals.popleft()
+
+    def _check_rate(self, now: float) -> list[HealthEvent]:
+        win = self.cfg.rate_window_s
+        self._prune(now)
+        tol = self.cfg.rate_tolerance
+        if self.rate_hz is None or tol <= 0 or now - self._started < win or self._stalled:
+            return []
+        measured = sum(k for _, k in self._arrivals) / win
+        off = abs(measured - self.rate_hz) / self.rate_hz
+        detail = f"measured {measured:.1f} Hz, configured {self.rate_hz:.1f} Hz"
+        if not self._rate_bad and off > tol:
+            self._rate_bad = True
+            return [self._event("", HealthCondition.RATE, True, detail, now)]
+        if self._rate_bad and off <= tol * _RATE_CLEAR:
+            self._rate_bad = False
+            return [self._event("", HealthCondition.RATE, False, detail, now)]
+        return []
+
+    def _stuck(
+        self, x: npt.NDArray[np.float32], finite: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.bool_]:
+        n = len(x)
+        limit = self.cfg.stuck_after_samples
+        prev = self._prev
+        self._prev = x[-1].copy()
+        first = np.zeros((1, x.shape[1]), bool) if prev is None else x[:1] == prev
+        eq = np.concatenate([first, x[1:] == x[:-1]]) & finite  # NaN never "stuck"
+        idx = np.arange(n)[:, None]
+        last_reset = np.maximum.accumulate(np.where(eq, -1, idx), axis=0)
+        # no reset yet in this block: the run carries over from the previous block
+        run = np.where(last_reset < 0, self._run + idx + 1, idx - last_reset + 1)
+        self._run = run[-1].astype(np.int64)
+        if limit <= 0:
+            return np.zeros(x.shape, bool)
+        return run >= limit
+
+    def _transitions(
+        self,
+        cond: HealthCondition,
+        flags: npt.NDArray[np.bool_],
+        x: npt.NDArray[np.float32],
+        now: float,
+    ) -> list[HealthEvent]:
+        n = len(flags)
+        seen = flags.any(axis=0)
+        # clean samples at the end of this block: n - 1 - index of last flagged sample
+        last_idx = n - 1 - np.argmax(flags[::-1], axis=0)
+        clean = np.where(seen, n - 1 - last_idx, self._clean[cond] + n)
+        was = self._active[cond]
+        starts = ~was & seen
+        now_active = (was | seen) & (clean < self.cfg.clear_after_samples)
+        ends = (was | seen) & ~now_active
+        self._clean[cond] = clean
+        self._active[cond] = now_active
+        events = []
+        for i in (int(j) for j in np.flatnonzero(starts | ends)):
+            ch = self.channels[i]
+            if starts[i]:
+                events.append(self._event(ch, cond, True, self._detail(cond, flags, x, i), now))
+            if ends[i]:
+                detail = f"{self.cfg.clear_after_samples} clean samples"
+                events.append(self._event(ch, cond, False, detail, now))
+        return events
+
+    def _detail(
+        self,
+        cond: HealthCondition,
+        flags: npt.NDArray[np.bool_],
+        x: npt.NDArray[np.float32],
+        i: int,
+    ) -> str:
+        k = int(flags[:, i].sum())
+        v = float(x[int(np.argmax(flags[:, i])), i])
+        if cond is HealthCondition.OUT_OF_RANGE:
+            return f"{k} samples outside [{self._lo[i]:g}, {self._hi[i]:g}], e.g. {v:g}"
+        if cond is HealthCondition.STUCK:
+            return f"value {v:g} repeated >= {self.cfg.stuck_after_samples} times"
+        return f"{k} non-finite samples"
+
+    def _event(
+        self, channel: str, cond: HealthCondition, active: bool, detail: str, now: float
+    ) -> HealthEvent:
+        return HealthEvent(self.stream, channel, cond, active, detail, now)

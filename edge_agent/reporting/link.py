@@ -1,0 +1,415 @@
+"""The MQTT link: one paho client, our reconnect loop, errors translated where they enter.
+
+paho runs its network thread only while a connection is up (`reconnect_on_failure` is
+off); between connections our supervisor thread waits an exponential backoff with
+jitter and connects again. The session is persistent (MQTT 5 clean_start=False with a
+session expiry; 3.1.1 clean_session=False), so paho re-sends its unacknowledged
+messages after a reconnect and the broker keeps our command subscription.
+
+Callbacks from paho arrive on paho's thread. The link never calls back into the
+outbox while holding paho's locks: acknowledgements go into `acks`, a queue the drain
+thread consumes.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import queue
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.config import MqttConfig
+from edge_agent.errors import ConfigError, PublishError
+from edge_agent.reporting.backoff import Backoff
+from edge_agent.reporting.topics import Topic
+
+__all__ = ["NOT_AUTHORIZED", "Ack", "Incoming", "LinkState", "LinkStats", "MqttLink"]
+
+log = logging.getLogger(__name__)
+
+# MQTT 5 reason code a broker uses when an ACL denies a publish.
+NOT_AUTHORIZED = 0x87
+# A paho-side bound on queued QoS>0 messages beyond our own window (command replies).
+_PAHO_INFLIGHT_HEADROOM = 10
+
+
+class LinkState(str, enum.Enum):
+    DISABLED = "disabled"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    REFUSED = "refused"
+    DISCONNECTED = "disconnected"
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A PUBACK: `reason` >= 0x80 means the broker refused the message (e.g. ACL)."""
+
+    mid: int
+    reason: int
+    reason_name: str
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation: bytes | None
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    state: LinkState
+    since: float | None
+    broker: str
+    last_error: str | None
+    refused: int
+    acl_denied: int
+    reconnects: int
+
+
+class _Client(paho.Client):
+    """paho's Client, minus a socket leak in our connect-then-loop_start cycle."""
+
+    def loop_start(self) -> MQTTErrorCode:
+        # connect() made a wake-up socket pair and loop_start() makes a new one without
+        # closing it; close it first (paho 2.2), or every reconnect leaks two sockets.
+        self._reset_sockets(sockpair_only=True)
+        return super().loop_start()
+
+
+def read_password(cfg: MqttConfig) -> str | None:
+    """The password from `password_file` or the systemd credential; None if neither is set."""
+    if cfg.password_file:
+        path = Path(cfg.password_file)
+    elif cfg.password_credential:
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            raise ConfigError(
+                f"mqtt.password_credential = {cfg.password_credential!r} but "
+                "$CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the systemd unit)"
+            )
+        path = Path(cred_dir) / cfg.password_credential
+    else:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(f"MQTT password file {path}: cannot read: {e}") from e
+
+
+def _close_sockets_of(e: BaseException) -> None:
+    """Close the sockets a failed paho connect left open (paho 2.2 does not close the
+    socket when the TLS handshake fails; it would otherwise leak until GC)."""
+    tb = e.__traceback__
+    while tb is not None:
+        for v in list(tb.tb_frame.f_locals.values()):
+            if isinstance(v, socket.socket):
+                v.close()
+        tb = tb.tb_next
+
+
+def describe_connect_error(e: OSError, broker: str) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (
+            f"TLS handshake with {broker} failed: certificate verify failed "
+            f"({e.verify_message}) -- the broker's certificate is not signed by "
+            "mqtt.tls.ca_file, or its name does not match the host"
+        )
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake with {broker} failed: {e.reason or e}"
+    return f"cannot connect to {broker}: {e.strerror or e}"
+
+
+class MqttLink:
+    """Connects, keeps connecting, publishes, and reports what the broker said."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        client_id: str,
+        will: Callable[[], tuple[Topic, bytes]],
+        on_connected: Callable[[bool], None],
+        on_message: Callable[[Incoming], None],
+        subscriptions: tuple[str, ...] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._will = will
+        self._on_connected = on_connected
+        self._on_message = on_message
+        self._subscriptions = subscriptions
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._backoff = Backoff(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
+        self.broker = f"{cfg.host}:{cfg.port}"
+        self.acks: queue.SimpleQueue[Ack] = queue.SimpleQueue()
+        # Called (on paho's thread) after an Ack is queued or the link came up.
+        self.wake_hook: Callable[[], None] = lambda: None
+        self.v5 = cfg.protocol == "5"
+        self._lock = threading.Lock()
+        self._state = LinkState.DISCONNECTED
+        self._since: float | None = None
+        self._last_error: str | None = None
+        self._refused = 0
+        self._acl_denied = 0
+        self._connects = 0
+        self._stop = threading.Event()
+        self._gone = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client = self._make_client(client_id)
+
+    def _make_client(self, client_id: str) -> _Client:
+        c = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
+            clean_session=None if self.v5 else False,
+            reconnect_on_failure=False,
+        )
+        c.max_inflight_messages_set(self._cfg.max_inflight + _PAHO_INFLIGHT_HEADROOM)
+        c.max_queued_messages_set(0)
+        password = read_password(self._cfg)
+        if self._cfg.username or password is not None:
+            c.username_pw_set(self._cfg.username or None, password)
+        tls = self._cfg.tls
+        if tls.enabled:
+            for what, f in (
+                ("ca_file", tls.ca_file),
+                ("cert_file", tls.cert_file),
+                ("key_file", tls.key_file),
+            ):
+                if f and not Path(f).is_file():
+                    raise ConfigError(f"mqtt.tls.{what}: {f}: no such file")
+            if bool(tls.cert_file) != bool(tls.key_file):
+                raise ConfigError("mqtt.tls: cert_file and key_file go together (mTLS)")
+            try:
+                c.tls_set(
+                    ca_certs=tls.ca_file or None,
+                    certfile=tls.cert_file or None,
+                    keyfile=tls.key_file or None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"mqtt.tls: cannot load certificates: {e}") from e
+            if tls.insecure:
+                c.tls_insecure_set(True)
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_publish = self._handle_publish
+        c.on_message = self._handle_message
+        return c
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._supervise, name="mqtt-link", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly (the broker does not publish the Last Will) and stop."""
+        self._stop.set()
+        try:
+            self._client.disconnect()
+        except (OSError, ValueError):
+            log.debug("disconnect on stop failed", exc_info=True)
+        self._gone.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._client.loop_stop()
+        self._set_state(LinkState.DISCONNECTED, None)
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            self._gone.clear()
+            if self._connect_once():
+                self._client.loop_start()
+                while not self._stop.is_set() and not self._gone.wait(1.0):
+                    pass
+                self._client.loop_stop()
+                if self._state is LinkState.CONNECTED:
+                    self._set_state(LinkState.DISCONNECTED, None)
+            if self._stop.is_set():
+                break
+            delay = self._backoff.next_delay(self._rng.random())
+            log.info("MQTT: next connection attempt to %s in %.1f s", self.broker, delay)
+            self._stop.wait(delay)
+
+    def _connect_once(self) -> bool:
+        topic, payload = self._will()
+        self._set_state(LinkState.CONNECTING, None)
+        try:
+            self._client.will_set(topic.value, payload, qos=1, retain=True)
+            props: Properties | None = None
+            if self.v5:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = self._cfg.session_expiry_s
+                self._client.connect(
+                    self._cfg.host,
+                    self._cfg.port,
+                    self._cfg.keepalive_s,
+                    clean_start=False,
+                    properties=props,
+                )
+            else:
+                self._client.connect(self._cfg.host, self._cfg.port, self._cfg.keepalive_s)
+        except OSError as e:
+            _close_sockets_of(e)
+            self._error(describe_connect_error(e, self.broker))
+            self._set_state(LinkState.DISCONNECTED, None)
+            return False
+        except ValueError as e:
+            self._error(f"cannot connect to {self.broker}: {e}")
+            self._set_state(LinkState.DISCONNECTED, None)
+            return False
+        return True
+
+    # -- paho callbacks (paho's thread) ----------------------------------------------------
+
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            with self._lock:
+                self._refused += 1
+            self._error(
+                f"broker {self.broker} refused the connection: {reason.getName()} "
+                f"(reason code 0x{reason.value:02x})"
+            )
+            self._set_state(LinkState.REFUSED, None)
+            self._gone.set()
+            return
+        with self._lock:
+            self._connects += 1
+        self._backoff.reset()
+        log.info("MQTT: connected to %s (session present: %s)", self.broker, flags.session_present)
+        for sub in self._subscriptions:
+            client.subscribe(sub, qos=1)
+        # The birth goes into the outbox before the drain may send anything.
+        try:
+            self._on_connected(flags.session_present)
+        except Exception:  # a failing birth must not kill paho's thread
+            log.exception("MQTT: on-connect handler failed")
+        self._set_state(LinkState.CONNECTED, time.time())
+        self.wake_hook()
+
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was = self._state
+        if not self._stop.is_set() and was is LinkState.CONNECTED:
+            self._error(f"lost the connection to {self.broker}: {reason.getName()}")
+        if was is not LinkState.REFUSED:
+            self._set_state(LinkState.DISCONNECTED, None)
+        self._gone.set()
+
+    def _handle_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        code = int(reason.value)
+        if code >= 0x80:
+            with self._lock:
+                if code == NOT_AUTHORIZED:
+                    self._acl_denied += 1
+            self._error(
+                f"broker refused a publish: {reason.getName()} (reason code 0x{code:02x}); "
+                "check the broker ACL for this device's topics"
+            )
+        self.acks.put(Ack(mid, code, reason.getName()))
+        self.wake_hook()
+
+    def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        response = getattr(props, "ResponseTopic", None) if props is not None else None
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        try:
+            self._on_message(Incoming(msg.topic, bytes(msg.payload), response, corr))
+        except Exception:  # a failing handler must not kill paho's thread
+            log.exception("MQTT: message handler failed for %s", msg.topic)
+
+    # -- publishing (any thread) ----------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        correlation: bytes | None = None,
+    ) -> int:
+        """Hand one QoS 1 message to paho; return its mid (the key of its Ack)."""
+        props: Properties | None = None
+        if correlation is not None and self.v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation
+        try:
+            info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        except (ValueError, TypeError, OSError) as e:
+            raise PublishError(f"cannot publish to {topic!r}: {e}") from e
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            # NO_CONN: paho keeps QoS 1 messages and sends them after the reconnect.
+            raise PublishError(f"cannot publish to {topic!r}: {paho.error_string(info.rc)}")
+        return int(info.mid)
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._state is LinkState.CONNECTED
+
+    def _set_state(self, state: LinkState, since: float | None) -> None:
+        with self._lock:
+            if state is not self._state:
+                self._since = since if since is not None else time.time()
+            self._state = state
+
+    def _error(self, msg: str) -> None:
+        log.error("MQTT: %s", msg)
+        with self._lock:
+            self._last_error = msg
+
+    def stats(self) -> LinkStats:
+        with self._lock:
+            return LinkStats(
+                state=self._state,
+                since=self._since,
+                broker=self.broker,
+                last_error=self._last_error,
+                refused=self._refused,
+                acl_denied=self._acl_denied,
+                reconnects=max(0, self._connects - 1),
+            )

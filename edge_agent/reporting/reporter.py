@@ -1,0 +1,219 @@
+"""The facade the agent uses: durable publish calls, commands, and a status snapshot.
+
+Every publish_* call stores its record in the outbox (durably, before it returns) and
+wakes the drain; nothing here blocks on the network. With `mqtt.enabled = false`
+the outbox still records (bounded by its budget) and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig
+from edge_agent.errors import EdgeAgentError
+from edge_agent.reporting.commands import CommandHandler, CommandRouter
+from edge_agent.reporting.drain import Drainer
+from edge_agent.reporting.link import Incoming, MqttLink
+from edge_agent.reporting.outbox import Kind, Outbox
+from edge_agent.reporting.payloads import encode, envelope, status_offline, status_online
+from edge_agent.reporting.topics import DeviceTopics, Topic
+
+__all__ = ["Reporter"]
+
+log = logging.getLogger(__name__)
+
+# How often stop() looks whether the clean "offline" status was acknowledged.
+_STOP_POLL_S = 0.02
+
+
+class Reporter:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        state_dir: Path,
+        birth: Callable[[], dict[str, Any]],
+    ) -> None:
+        self._cfg = cfg
+        self._device = cfg.device_id
+        self._birth = birth
+        self._topics = DeviceTopics(cfg.mqtt.prefix, cfg.device_id)
+        self._started_at = time.time()
+        self._outbox = Outbox(
+            Path(state_dir),
+            max_bytes=cfg.outbox.max_bytes,
+            sync=cfg.outbox.sync,
+            now=self._started_at,
+        )
+        self._router = CommandRouter(self._topics)
+        self._router.register("ping", self._cmd_ping)
+        self._router.register("rebirth", self._cmd_rebirth)
+        self._link: MqttLink | None = None
+        self._drain: Drainer | None = None
+        if cfg.mqtt.enabled:
+            self._link = MqttLink(
+                cfg.mqtt,
+                client_id=cfg.mqtt.client_id or f"edge-agent-{cfg.device_id}",
+                will=self._will,
+                on_connected=self._on_connected,
+                on_message=self._on_message,
+                subscriptions=(self._topics.commands_filter,),
+            )
+            self._drain = Drainer(self._outbox, self._link, window=cfg.mqtt.max_inflight)
+        self._final: dict[str, Any] | None = None  # figures frozen at stop()
+
+    @property
+    def topics(self) -> DeviceTopics:
+        return self._topics
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._drain is not None and self._link is not None:
+            self._drain.start()
+            self._link.start()
+        else:
+            log.info("MQTT disabled: records are kept in the outbox %s only", self._outbox.path)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish a clean retained "offline" (if connected), disconnect, close the outbox.
+        Idempotent."""
+        if self._final is not None:
+            return
+        deadline = time.monotonic() + timeout
+        link, drain = self._link, self._drain
+        if link is not None and drain is not None:
+            if link.connected:
+                try:
+                    self._append(
+                        Kind.STATUS, self._topics.status, status_offline(clean=True), retain=True
+                    )
+                    while (
+                        time.monotonic() < deadline
+                        and link.connected
+                        and self._outbox.pending(Kind.STATUS) > 0
+                    ):
+                        time.sleep(_STOP_POLL_S)
+                except EdgeAgentError:
+                    log.exception("could not publish the offline status on stop")
+            drain.stop(max(0.1, deadline - time.monotonic()))
+            link.stop(max(0.1, deadline - time.monotonic()))
+        # Keep the last figures: the agent writes its final status after stopping us.
+        self._final = self._snapshot_now()
+        self._outbox.close()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish_event(self, payload: dict[str, Any]) -> int:
+        """An anomaly start/end. Stored durably before this returns; returns its seq."""
+        return self._append(Kind.EVENT, self._topics.events, payload)
+
+    def publish_telemetry(self, payload: dict[str, Any]) -> int:
+        return self._append(Kind.TELEMETRY, self._topics.telemetry, payload)
+
+    def publish_ota_state(self, payload: dict[str, Any]) -> int:
+        return self._append(Kind.OTA, self._topics.ota_state, payload)
+
+    def _append(
+        self, kind: Kind, topic: Topic, body: Mapping[str, Any], *, retain: bool = False
+    ) -> int:
+        now = time.time()
+        seq = self._outbox.append(
+            kind,
+            topic.value,
+            lambda s: encode(envelope(self._device, s, now, body)),
+            now=now,
+            retain=retain,
+        )
+        if self._drain is not None:
+            self._drain.wake()
+        return seq
+
+    # -- commands --------------------------------------------------------------------------
+
+    def register_command(self, name: str, handler: CommandHandler) -> None:
+        self._router.register(name, handler)
+
+    def _cmd_ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": True, "uptime_s": round(time.time() - self._started_at, 3)}
+
+    def _cmd_rebirth(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"seq": self._publish_birth()}
+
+    def _on_message(self, msg: Incoming) -> None:
+        reply = self._router.dispatch(
+            msg.topic, msg.payload, msg.response_topic, msg.correlation, now=time.time()
+        )
+        if reply is not None and self._link is not None:
+            self._link.publish(reply.topic, reply.payload, correlation=reply.correlation)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _birth_body(self) -> dict[str, Any]:
+        try:
+            extra = dict(self._birth())
+        except Exception:  # the birth must go out even if the callback breaks
+            log.exception("birth callback failed; publishing a minimal birth")
+            extra = {}
+        extra.setdefault("agent_version", __version__)
+        extra.setdefault("commands", self._router.names())
+        return status_online(extra)
+
+    def _publish_birth(self) -> int:
+        return self._append(Kind.STATUS, self._topics.status, self._birth_body(), retain=True)
+
+    def _on_connected(self, session_present: bool) -> None:
+        self._publish_birth()
+
+    def _will(self) -> tuple[Topic, bytes]:
+        now = time.time()
+        seq = self._outbox.allocate_seq()
+        body = envelope(self._device, seq, now, status_offline(clean=False))
+        return self._topics.status, encode(body)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._final if self._final is not None else self._snapshot_now()
+
+    def _snapshot_now(self) -> dict[str, Any]:
+        now = time.time()
+        ob = self._outbox.stats()
+        mqtt: dict[str, Any] = {
+            "enabled": self._link is not None,
+            "connected": False,
+            "since": None,
+            "broker": None,
+            "last_publish": None,
+            "last_error": None,
+            "refused": 0,
+            "acl_denied": 0,
+            "reconnects": 0,
+        }
+        if self._link is not None and self._drain is not None:
+            st = self._link.stats()
+            mqtt.update(
+                connected=st.state.value == "connected",
+                state=st.state.value,
+                since=st.since,
+                broker=st.broker,
+                last_publish=self._drain.last_publish,
+                last_error=st.last_error,
+                refused=st.refused,
+                acl_denied=st.acl_denied,
+                reconnects=st.reconnects,
+                rejected=self._drain.rejected(),
+            )
+        age = ob.oldest_age_s(now)
+        return {
+            "mqtt": mqtt,
+            "outbox": {
+                "depth": ob.depth,
+                "bytes": ob.bytes,
+                "oldest_age_s": None if age is None else round(age, 3),
+                "drops": ob.drops,
+                "path": ob.path,
+            },
+        }

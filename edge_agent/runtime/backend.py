@@ -1,0 +1,133 @@
+"""The one narrow interface every inference backend implements.
+
+The base class owns the invariants: (de)quantisation of int8 tensors, the warm-up
+inference at load (so a slow first call never trips the watchdog), input shape
+checks, latency measurement and error translation. A backend supplies two hooks:
+`_load()` and `_run(x)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.errors import ModelError
+from edge_agent.profiles import Profile
+from edge_agent.runtime.card import ModelCard
+
+__all__ = ["SMALL_MODEL_BYTES", "Backend", "Quant", "dequantize", "model_threads", "quantize"]
+
+log = logging.getLogger(__name__)
+
+_INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+# Below this size a model's inference takes microseconds, and waking a second intra-op
+# thread costs more than it saves (measured: 47 vs 58 us per batch of 16, docs/benchmarks.md).
+SMALL_MODEL_BYTES = 1 << 20
+
+
+def model_threads(profile_threads: int, model_path: Path) -> int:
+    try:
+        small = model_path.stat().st_size < SMALL_MODEL_BYTES
+    except OSError:
+        small = False
+    return 1 if small else profile_threads
+
+
+@dataclass(frozen=True)
+class Quant:
+    scale: float
+    zero_point: int
+    dtype: str  # "int8" | "uint8"
+
+
+def quantize(x: npt.NDArray[np.float32], q: Quant) -> npt.NDArray[np.generic]:
+    """Round half to even, then clip to the integer range, as TFLite does."""
+    lo, hi = _INT_RANGE[q.dtype]
+    r = np.rint(x / np.float32(q.scale)) + q.zero_point
+    out: npt.NDArray[np.generic] = np.clip(r, lo, hi).astype(q.dtype)
+    return out
+
+
+def dequantize(y: npt.NDArray[np.generic], q: Quant) -> npt.NDArray[np.float32]:
+    out: npt.NDArray[np.float32] = (y.astype(np.float32) - np.float32(q.zero_point)) * np.float32(
+        q.scale
+    )
+    return out
+
+
+class Backend(ABC):
+    key: ClassVar[str]
+
+    def __init__(self, card: ModelCard, profile: Profile) -> None:
+        self.card = card
+        self.profile = profile
+        self.input_quant: Quant | None = None
+        self.output_quant: Quant | None = None
+        self.providers: list[str] = []
+        self.fallback: str = ""  # why an accelerator was not used, if one was wanted
+        self.calls = 0
+        self.total_s = 0.0
+        self.loaded = False
+        self._shape: tuple[int, ...] = ()  # per-sample input shape, fixed at load
+
+    # -- hooks -----------------------------------------------------------------
+    @abstractmethod
+    def _load(self) -> None:
+        """Open the model; set input_quant/output_quant from tensor details if integer I/O."""
+
+    @abstractmethod
+    def _run(self, x: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        """Run a batch already in the model's input dtype; return the raw output."""
+
+    # -- public ------------------------------------------------------------------
+    def load(self) -> None:
+        try:
+            self._load()
+        except ModelError:
+            raise
+        except Exception as e:  # runtimes raise their own types: translate at the edge
+            raise ModelError(f"{self.card.path}: {self.key} could not load the model: {e}") from e
+        self._shape = self._sample_shape()
+        self.infer(np.zeros((1, *self._shape), dtype=np.float32))  # warm-up
+        self.calls, self.total_s = 0, 0.0
+        self.loaded = True
+        log.info(
+            "loaded %s v%d on %s (%s)",
+            self.card.name,
+            self.card.version,
+            self.key,
+            ", ".join(self.providers) or "default",
+        )
+
+    def _sample_shape(self) -> tuple[int, ...]:
+        shape = self.card.input.shape[1:]
+        if any(s is None for s in shape):
+            raise ModelError(f"{self.card.name}: only the batch dimension may be dynamic")
+        return tuple(int(s) for s in shape if s is not None)
+
+    def infer(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Float batch in, float batch out, whatever the model's tensor types."""
+        if x.shape[1:] != self._shape:
+            raise ModelError(f"{self.card.name}: input shape {x.shape[1:]} != {self._shape}")
+        xin: npt.NDArray[np.generic] = quantize(x, self.input_quant) if self.input_quant else x
+        t0 = time.perf_counter()
+        try:
+            y = self._run(xin)
+        except ModelError:
+            raise
+        except Exception as e:
+            raise ModelError(f"{self.card.name}: inference failed on {self.key}: {e}") from e
+        self.total_s += time.perf_counter() - t0
+        self.calls += 1
+        if self.output_quant:
+            return dequantize(y, self.output_quant)
+        return y  # type: ignore[return-value]  # float models return float32

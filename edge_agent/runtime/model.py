@@ -1,0 +1,201 @@
+"""A loaded model: card + backend + the score function, and how to find one by name.
+
+`scores(raw_windows)` is the whole device path for a batch of windows: normalise with
+the card's statistics, infer, score. Golden vectors go through exactly this path.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.errors import BudgetExceededError, ModelError
+from edge_agent.profiles import Profile
+from edge_agent.resources import find_resource_dir
+from edge_agent.runtime.backend import Backend
+from edge_agent.runtime.card import CARD_FILE, ModelCard, load_card
+from edge_agent.runtime.registry import backend_class, runtime_available
+
+__all__ = ["LoadedModel", "find_models", "load_model", "resolve_model_dir", "score_outputs"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROFILE = Profile(name="default")
+
+
+def score_outputs(
+    kind: str, x_norm: npt.NDArray[np.float32], y: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float64]:
+    """Per-window anomaly score from the model output (pure)."""
+    if kind == "reconstruction_mse":
+        # float32 difference, float64 accumulation: exact enough, half the memory traffic
+        d = (x_norm - y).reshape(len(y), -1)
+        mse: npt.NDArray[np.float64] = np.einsum("ij,ij->i", d, d, dtype=np.float64) / d.shape[1]
+        return mse
+    if kind == "output":
+        return y.reshape(len(y), -1)[:, 0].astype(np.float64)
+    raise ModelError(f"unknown score kind {kind!r}")
+
+
+class LoadedModel:
+    def __init__(self, card: ModelCard, backend: Backend) -> None:
+        self.card = card
+        self.backend = backend
+        pre = card.preprocessing
+        self._mean = pre.mean.astype(np.float32)
+        self._inv_std = (1.0 / pre.std).astype(np.float32)
+
+    @property
+    def norm_stats(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(mean, std) per channel used by normalize()."""
+        return self._mean, (1.0 / self._inv_std).astype(np.float32)
+
+    def normalize(self, raw: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out: npt.NDArray[np.float32] = np.subtract(raw, self._mean, dtype=np.float32)
+        out *= self._inv_std
+        return out
+
+    def denormalize(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out: npt.NDArray[np.float32] = x / self._inv_std + self._mean
+        return out
+
+    def scores(self, raw_windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Raw windows (n, window, channels) -> one score per window."""
+        return self.scores_normalized(self.normalize(raw_windows))
+
+    def scores_normalized(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        return score_outputs(self.card.score_kind, x, self.backend.infer(x))
+
+    def check_golden(self) -> float:
+        """Run the card's golden vectors; ModelError if they do not reproduce.
+
+        Returns the worst |error| / allowed ratio (<= 1 passes)."""
+        g = self.card.golden
+        got = self.scores(g.inputs)
+        if not np.all(np.isfinite(got)):
+            raise ModelError(f"{self.card.name}: golden vectors give non-finite scores")
+        allowed = g.atol + g.rtol * np.abs(g.scores)
+        ratio = float(np.max(np.abs(got - g.scores) / allowed))
+        if ratio > 1.0:
+            i = int(np.argmax(np.abs(got - g.scores) / allowed))
+            raise ModelError(
+                f"{self.card.name}: golden vector {i} scores {got[i]:.6g}, card expects "
+                f"{g.scores[i]:.6g} (atol {g.atol}, rtol {g.rtol}): model or runtime differs"
+            )
+        return ratio
+
+    @property
+    def description(self) -> str:
+        c = self.card
+        return f"{c.name} v{c.version} ({c.precision}, {self.backend.key})"
+
+
+def load_model(
+    directory: Path | str,
+    profile: Profile | None = None,
+    *,
+    validate: bool = True,
+    card: ModelCard | None = None,
+) -> LoadedModel:
+    """Verify the file hash, load on the card's backend, warm up, check golden vectors."""
+    card = card or load_card(Path(directory))
+    prof = profile or DEFAULT_PROFILE
+    size_mb = card.path.stat().st_size / 2**20
+    if size_mb > prof.model_memory_mb:
+        raise BudgetExceededError(
+            f"{card.name}: {size_mb:.1f} MB model exceeds profile {prof.name}'s "
+            f"{prof.model_memory_mb} MB model budget"
+        )
+    backend = backend_class(card.backend)(card, prof)
+    backend.load()
+    model = LoadedModel(card, backend)
+    if validate:
+        model.check_golden()
+    return model
+
+
+def find_models(models_dir: Path) -> list[ModelCard]:
+    """Cards of every model directory under `models_dir` (hashes not checked here)."""
+    cards = []
+    for d in sorted(p.parent for p in models_dir.glob(f"*/{CARD_FILE}")):
+        try:
+            cards.append(load_card(d, verify_hash=False))
+        except ModelError as e:
+            log.warning("skipping %s: %s", d, e)
+    return cards
+
+
+def resolve_model_dir(
+    name: str,
+    variant: str,
+    profile: Profile,
+    models_dir: Path | None = None,
+    state_dir: Path | None = None,
+) -> Path:
+    """A stream's `model` setting -> one model directory.
+
+    `name` may be a path, a model directory name, or a family; for a family, `variant`
+    ("int8-onnx", ...) picks the variant; "auto" takes the choice measured on this
+    device (`edge-agent bench --select`, recorded in `state_dir`) when there is one,
+    else the profile's precision and backend order, skipping backends whose runtime
+    is not installed."""
+    p = Path(name)
+    if (p / CARD_FILE).is_file():
+        return p
+    base = models_dir or find_resource_dir("models")
+    if base is None:
+        raise ModelError(f"model {name!r}: no models directory found (set models_dir)")
+    if (base / name / CARD_FILE).is_file():
+        return base / name
+    family = [c for c in find_models(base) if c.family == name]
+    if not family:
+        raise ModelError(f"model {name!r}: not found in {base} (neither a directory nor a family)")
+    if variant != "auto":
+        return _named_variant(name, family, variant)
+    measured = _measured_choice(name, family, state_dir)
+    if measured is not None:
+        return measured
+    for prec in profile.precision:
+        for be in profile.backends:
+            if not runtime_available(be):
+                continue
+            for c in family:
+                if c.precision == prec and c.backend == be:
+                    return c.directory
+    have = ", ".join(sorted(f"{c.precision}-{c.backend}" for c in family))
+    raise ModelError(
+        f"model {name!r}: no variant fits profile {profile.name} "
+        f"(precision {profile.precision}, backends {profile.backends}); have: {have}"
+    )
+
+
+def _named_variant(name: str, family: list[ModelCard], variant: str) -> Path:
+    for c in family:
+        if f"{c.precision}-{c.backend}" == variant:
+            return c.directory
+    have = ", ".join(sorted(f"{c.precision}-{c.backend}" for c in family))
+    raise ModelError(f"model {name!r}: no variant {variant!r} (have: {have})")
+
+
+def _measured_choice(family: str, cards: list[ModelCard], state_dir: Path | None) -> Path | None:
+    """The variant `bench --select` recorded for `family`, if it is still installed."""
+    if state_dir is None:
+        return None
+    from edge_agent.runtime.selection import selected_variant
+
+    chosen = selected_variant(state_dir, family)
+    if chosen is None:
+        return None
+    for c in cards:
+        if f"{c.precision}-{c.backend}" == chosen and runtime_available(c.backend):
+            log.info("model %s: variant %s, as measured by bench --select", family, chosen)
+            return c.directory
+    log.warning(
+        "model %s: recorded choice %s is not installed or has no runtime; using the profile",
+        family,
+        chosen,
+    )
+    return None

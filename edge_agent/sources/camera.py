@@ -1,0 +1,178 @@
+"""Cameras (device index, video file, RTSP/HTTP URL) via OpenCV, imported only in open().
+
+Latest-frame policy: a grabber thread keeps only the newest frame; a slow model
+skips frames (counted, `frames_skipped`) instead of building a backlog, so what it
+scores is always current. Each delivered frame is grayscale, resized, scaled to
+[0, 1] and flattened: Block.samples has shape (1, height*width), one frame = one
+window. A file is paced at its own frame rate, like a live camera; its end sets
+`finished` (or loops). A lost live stream raises SourceDisconnectedError, so the
+runner shows `reconnecting` and reopens it with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.errors import SourceDisconnectedError, SourceError
+from edge_agent.schema import check
+from edge_agent.sources.base import Block, Source
+
+__all__ = ["CameraSource", "Options"]
+
+log = logging.getLogger(__name__)
+
+_FAIL_READS = 5  # consecutive failed grabs on a live stream = lost
+
+
+@dataclass(frozen=True)
+class Options:
+    url: str = ""  # file path or rtsp://... ; empty = use `device`
+    device: int = -1  # camera index (/dev/videoN); -1 = use `url`
+    width: int = field(default=64, metadata=check("positive"))
+    height: int = field(default=64, metadata=check("positive"))
+    fps_cap: float = field(default=5.0, metadata=check("positive"))
+    normalise: bool = True  # float32 in [0, 1]; else raw 0..255
+    loop: bool = False  # restart a file at its end (demo, tests)
+
+    def __post_init__(self) -> None:
+        if bool(self.url) == (self.device >= 0):
+            raise ValueError("camera: set exactly one of url (file/RTSP) or device (index)")
+
+
+class CameraSource(Source):
+    kind = "camera"
+    max_queue_blocks = 1  # the runner queue keeps the latest frame too
+
+    def __init__(self, name: str, options: Options) -> None:
+        super().__init__(name, options)
+        self._cap: Any = None
+        self._cv = threading.Condition()
+        self._latest: tuple[npt.NDArray[np.uint8], float, int] | None = None
+        self._grabbed = 0
+        self._eof = False
+        self._lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_delivered = 0.0
+        self._is_file = False
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return (f"pixels_{self.options.height}x{self.options.width}",)
+
+    @property
+    def rate_hz(self) -> float:
+        return float(self.options.fps_cap)
+
+    def open(self) -> None:
+        try:
+            import cv2
+        except ImportError as e:
+            raise SourceError("camera source needs OpenCV: pip install 'edge-agent[camera]'") from e
+        o: Options = self.options
+        target: str | int = o.url if o.url else o.device
+        cap = cv2.VideoCapture(target)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceDisconnectedError(f"camera {target!r}: cannot open")
+        self._is_file = bool(o.url) and "://" not in o.url
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._cap = cap
+        self._eof = self._lost = False
+        self._latest = None
+        self._stop.clear()
+        period = 1.0 / fps if self._is_file and 0 < fps < 1000 else 0.0
+        self._thread = threading.Thread(
+            target=self._grab, args=(cap, period), name=f"cam-{self.name}", daemon=True
+        )
+        self._thread.start()
+        log.info("source %s: camera %r open (%.1f fps reported)", self.name, target, fps)
+
+    def _grab(self, cap: Any, period: float) -> None:
+        fails = 0
+        next_due = time.monotonic()
+        while not self._stop.is_set():
+            ok, frame = cap.read()
+            if not ok:
+                if self._is_file and self.options.loop:
+                    cap.set(1, 0)  # CAP_PROP_POS_FRAMES: rewind
+                    continue
+                fails += 1
+                if self._is_file or fails >= _FAIL_READS:
+                    with self._cv:
+                        self._eof, self._lost = self._is_file, not self._is_file
+                        self._cv.notify_all()
+                    return
+                continue
+            fails = 0
+            with self._cv:
+                if self._latest is not None:
+                    self.count("frames_skipped")  # the latest-frame policy at work
+                self._grabbed += 1
+                self._latest = (frame, time.time(), self._grabbed)
+                self._cv.notify_all()
+            if period:
+                next_due += period
+                self._stop.wait(max(0.0, next_due - time.monotonic()))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+
+    def read(self, timeout: float) -> Block | None:
+        deadline = time.monotonic() + timeout
+        # frame-rate cap: a model never needs more frames than it can score
+        due = self._last_delivered + 1.0 / self.options.fps_cap
+        wait = due - time.monotonic()
+        if wait > 0:
+            if wait > timeout:
+                time.sleep(timeout)
+                return None
+            time.sleep(wait)
+        with self._cv:
+            while self._latest is None and not (self._eof or self._lost):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cv.wait(left)
+            latest, self._latest = self._latest, None
+            eof, lost = self._eof, self._lost
+        if latest is None:
+            if eof:
+                self.finished = True
+                self.count("end_of_stream")
+                return None
+            if lost:
+                self.count("stream_lost")
+                raise SourceDisconnectedError(f"camera {self.options.url!r}: stream lost")
+            return None
+        frame, ts, index = latest
+        self._last_delivered = time.monotonic()
+        self.count("frames")
+        return Block(self._prepare(frame), ts, index - 1, float(self.options.fps_cap))
+
+    def _prepare(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        import cv2
+
+        o: Options = self.options
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        small = cv2.resize(gray, (o.width, o.height), interpolation=cv2.INTER_AREA)
+        out = small.astype(np.float32).reshape(1, o.height * o.width)
+        if o.normalise:
+            out *= np.float32(1.0 / 255.0)
+        return out
+
+
+SOURCE_CLASS = CameraSource

@@ -1,0 +1,199 @@
+"""Runs one source in its own thread, feeding a bounded queue.
+
+Overflow policy: when the consumer falls behind a live source, the oldest block is
+dropped and counted (`dropped_blocks`), so memory stays bounded and the newest data
+wins. A source that is not live (a file replayed, or the demo, faster than real
+time) is made to wait instead. A
+failing source is reopened with exponential backoff inside a restart budget; past
+the budget it is reported `failed` (degraded), never a crash of the agent. A device
+that vanished (SourceDisconnectedError: unplugged, re-enumerating, broker down) is
+waited for with capped backoff indefinitely and does not spend the budget.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from edge_agent.errors import SourceDisconnectedError, SourceError
+from edge_agent.sources.base import Block, Source
+
+__all__ = ["RestartBudget", "SourceRunner", "SourceState"]
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT_S = 0.2  # bounds how long stop() waits for the thread
+
+
+class SourceState(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class RestartBudget:
+    """At most `budget` restarts within `window_s`; pure (time passed in)."""
+
+    budget: int = 5
+    window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque()
+
+    def allow(self, now: float) -> bool:
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+        if len(self._times) >= self.budget:
+            return False
+        self._times.append(now)
+        return True
+
+
+class SourceRunner:
+    def __init__(
+        self,
+        source: Source,
+        *,
+        max_blocks: int = 256,
+        budget: RestartBudget | None = None,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.source = source
+        self._q: collections.deque[Block] = collections.deque()
+        cap = source.max_queue_blocks
+        self._max = min(max_blocks, cap) if cap else max_blocks
+        self._cv = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"src-{source.name}", daemon=True)
+        self.budget = budget or RestartBudget()
+        self._backoff = (backoff_min_s, backoff_max_s)
+        self.state = SourceState.STARTING
+        self.last_error = ""
+        self.restarts = 0
+        self.disconnects = 0  # SourceDisconnectedError while reading (device vanished)
+        self.dropped_blocks = 0
+        self.samples_in = 0
+        self.last_sample_monotonic: float | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self.state not in (SourceState.FINISHED, SourceState.FAILED):
+            self.state = SourceState.STOPPED
+
+    def get(self, timeout: float) -> list[Block]:
+        """All queued blocks (possibly none after `timeout`)."""
+        with self._cv:
+            if not self._q and not self.done:
+                self._cv.wait(timeout)
+            out = list(self._q)
+            self._q.clear()
+            self._cv.notify_all()  # a non-live source may be waiting for room
+            return out
+
+    @property
+    def done(self) -> bool:
+        return self.state in (SourceState.FINISHED, SourceState.FAILED) or self._stop.is_set()
+
+    def _put(self, blk: Block) -> None:
+        with self._cv:
+            if not self.source.live:
+                # Recorded or generated data waits for the consumer instead: dropping it
+                # would only lose what can be read at the consumer's own pace.
+                while len(self._q) >= self._max and not self._stop.is_set():
+                    self._cv.wait(READ_TIMEOUT_S)
+            if len(self._q) >= self._max:
+                self._q.popleft()
+                self.dropped_blocks += 1
+            self._q.append(blk)
+            self.samples_in += len(blk.samples)
+            self.last_sample_monotonic = time.monotonic()
+            self._cv.notify()
+
+    def _open(self) -> bool:
+        delay = self._backoff[0]
+        while not self._stop.is_set():
+            try:
+                self.source.open()
+            except SourceDisconnectedError as e:
+                # an unplugged device: wait for it as long as it takes, budget untouched
+                self.last_error = str(e)
+                if self.state is not SourceState.RECONNECTING:
+                    log.warning("source %s: %s; waiting for it", self.source.name, e)
+                self.state = SourceState.RECONNECTING
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            except SourceError as e:
+                self.last_error = str(e)
+                log.warning("source %s: open failed: %s", self.source.name, e)
+                if not self.budget.allow(time.monotonic()):
+                    self._fail(f"restart budget exhausted: {e}")
+                    return False
+                self.restarts += 1
+                self.state = SourceState.RECONNECTING
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            self.state = SourceState.RUNNING
+            return True
+        return False
+
+    def _fail(self, why: str) -> None:
+        self.state = SourceState.FAILED
+        self.last_error = why
+        log.error("source %s failed: %s", self.source.name, why)
+        with self._cv:
+            self._cv.notify_all()
+
+    def _run(self) -> None:
+        if not self._open():
+            return
+        while not self._stop.is_set():
+            try:
+                blk = self.source.read(READ_TIMEOUT_S)
+            except SourceError as e:
+                self.last_error = str(e)
+                log.warning("source %s: %s; reopening", self.source.name, e)
+                self.source.close()
+                self.state = SourceState.RECONNECTING
+                if isinstance(e, SourceDisconnectedError):
+                    self.disconnects += 1
+                    if not self._open():
+                        return
+                    continue
+                if not self.budget.allow(time.monotonic()):
+                    self._fail(f"restart budget exhausted: {e}")
+                    return
+                self.restarts += 1
+                if not self._open():
+                    return
+                continue
+            except Exception as e:  # a bug in a source must not kill the agent
+                log.exception("source %s crashed", self.source.name)
+                self.source.close()
+                self._fail(f"internal error: {e!r}")
+                return
+            if blk is not None:
+                self._put(blk)
+            elif self.source.finished:
+                self.state = SourceState.FINISHED
+                with self._cv:
+                    self._cv.notify_all()
+                break
+        self.source.close()

@@ -1,0 +1,185 @@
+"""Serial sensor boards (USB-serial, UART): line CSV, key=value lines, or binary frames.
+
+The port is reopened by path on every reconnect, so a stable `/dev/serial/by-id/...`
+link follows the board across USB re-enumeration (ttyUSB0 -> ttyUSB1). A vanished
+device raises SourceDisconnectedError; the runner retries with backoff for as long
+as it takes. Parse problems are counted (see framing.py), never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from edge_agent.errors import SourceDisconnectedError, SourceError
+from edge_agent.schema import check
+from edge_agent.sources.base import Block, Source
+from edge_agent.sources.framing import (
+    MAX_FRAME_PAYLOAD,
+    MAX_LINE_BYTES,
+    BinaryFrameParser,
+    CsvLineParser,
+    KeyValueLineParser,
+    Parsed,
+    StreamParser,
+)
+from edge_agent.sources.rate import RateMeter
+
+__all__ = ["Options", "SerialSource", "make_parser"]
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 64 * 1024  # bounds one read(), hence one block, in memory
+_GONE = {errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.EIO, errno.EBUSY}
+
+
+@dataclass(frozen=True)
+class Options:
+    port: str = field(metadata=check("nonempty"))
+    channels: tuple[str, ...] = field(metadata=check("nonempty"))
+    format: Literal["binary", "csv", "kv"] = "binary"
+    baud: int = field(default=115200, metadata=check("positive"))
+    rate_hz: float = field(default=100.0, metadata=check("positive"))
+    int16_scale: float = field(default=1.0, metadata=check("positive"))
+    max_frame_bytes: int = field(default=MAX_FRAME_PAYLOAD, metadata=check("positive"))
+    max_line_bytes: int = field(default=MAX_LINE_BYTES, metadata=check("positive"))
+    rate_window_s: float = field(default=10.0, metadata=check("positive"))
+    # flock the port so a second agent (or a stray minicom) cannot steal bytes
+    exclusive: bool = True
+
+    def __post_init__(self) -> None:
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels: duplicate names in {list(self.channels)}")
+
+
+def make_parser(
+    fmt: str,
+    channels: tuple[str, ...],
+    *,
+    scale: float = 1.0,
+    max_frame_bytes: int = MAX_FRAME_PAYLOAD,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> StreamParser:
+    if fmt == "binary":
+        return BinaryFrameParser(len(channels), scale=scale, max_payload=max_frame_bytes)
+    if fmt == "csv":
+        return CsvLineParser(channels, max_line_bytes)
+    if fmt == "kv":
+        return KeyValueLineParser(channels, max_line_bytes)
+    raise ValueError(f"unknown wire format {fmt!r}")
+
+
+class SerialSource(Source):
+    kind = "serial"
+
+    def __init__(self, name: str, options: Options) -> None:
+        super().__init__(name, options)
+        self._ser: Any = None
+        self._parser = self._new_parser()
+        self._next = 0
+        self._meter = RateMeter(options.rate_window_s)
+        self._hinted = False
+
+    def _new_parser(self) -> StreamParser:
+        o: Options = self.options
+        return make_parser(
+            o.format,
+            o.channels,
+            scale=o.int16_scale,
+            max_frame_bytes=o.max_frame_bytes,
+            max_line_bytes=o.max_line_bytes,
+        )
+
+    @property
+    def measured_rate_hz(self) -> float:
+        """Samples/s actually received over the last `rate_window_s` (0.0 at first)."""
+        return self._meter.rate_hz
+
+    def open(self) -> None:
+        import serial  # pyserial; imported here so other source kinds never load it
+
+        o: Options = self.options
+        if not self._hinted and not o.port.startswith("/dev/serial/by-"):
+            self._hinted = True
+            log.info(
+                "source %s: port %s may change name on re-plug; prefer /dev/serial/by-id/...",
+                self.name,
+                o.port,
+            )
+        try:
+            self._ser = serial.Serial(o.port, o.baud, timeout=0, exclusive=o.exclusive)
+        except (serial.SerialException, OSError, ValueError) as e:
+            code = getattr(e, "errno", None)
+            if code in _GONE:
+                raise SourceDisconnectedError(f"serial port {o.port}: not present ({e})") from e
+            if code == errno.EACCES:
+                raise SourceError(
+                    f"serial port {o.port}: permission denied; add the service user "
+                    "to the 'dialout' group"
+                ) from e
+            if code in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise SourceError(
+                    f"serial port {o.port}: in use by another process (exclusive lock held)"
+                ) from e
+            raise SourceError(f"serial port {o.port}: cannot open: {e}") from e
+        self._parser = self._new_parser()
+        self._meter.reset()
+        log.info("source %s: opened %s at %d baud (%s)", self.name, o.port, o.baud, o.format)
+
+    def close(self) -> None:
+        ser, self._ser = self._ser, None
+        if ser is not None:
+            self._account(self._parser.flush())
+            with contextlib.suppress(OSError):  # already gone with the device
+                ser.close()
+
+    def read(self, timeout: float) -> Block | None:
+        import serial
+
+        if self._ser is None:
+            raise SourceDisconnectedError(f"serial port {self.options.port}: not open")
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                # wait here rather than via ser.timeout: setting that re-runs tcsetattr
+                ready, _, _ = select.select([self._ser.fileno()], [], [], remaining)
+                if not ready:
+                    return None
+                data = self._ser.read(READ_CHUNK_BYTES)  # timeout=0: what is there, bounded
+            except (serial.SerialException, OSError) as e:
+                self.count("disconnects")
+                self.close()
+                raise SourceDisconnectedError(f"serial port {self.options.port}: {e}") from e
+            if not data:
+                continue
+            parsed = self._parser.feed(data)
+            self._account(parsed)
+            n = len(parsed.samples)
+            if n:
+                return self._block(parsed, n)
+
+    def _block(self, parsed: Parsed, n: int) -> Block:
+        now = time.monotonic()
+        self._meter.add(now, n)
+        rate = float(self.options.rate_hz)
+        # the data carries no clock: the last sample arrived "now"
+        blk = Block(parsed.samples, time.time() - (n - 1) / rate, self._next, rate)
+        self._next += n
+        return blk
+
+    def _account(self, parsed: Parsed) -> None:
+        if parsed.frames:
+            self.count("frames", parsed.frames)
+        for what, k in parsed.errors.items():
+            self.count(what, k)
+
+
+SOURCE_CLASS = SerialSource

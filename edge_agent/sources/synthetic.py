@@ -1,0 +1,66 @@
+"""The demo source: the deterministic signal of `synth_signal.py`, paced or at full speed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from edge_agent.schema import check
+from edge_agent.sources.base import Block, Source
+from edge_agent.sources.pacing import Pacer
+from edge_agent.sources.synth_signal import CHANNELS, SignalSpec, SyntheticSignal
+
+__all__ = ["Options", "SyntheticSource"]
+
+
+@dataclass(frozen=True)
+class Options:
+    rate_hz: float = field(default=100.0, metadata=check("positive"))
+    seed: int = 0
+    block: int = field(default=32, metadata=check("positive"))
+    speed: float = field(default=1.0, metadata=check("nonneg"))
+    anomalies: bool = True
+    first_anomaly_s: float = field(default=30.0, metadata=check("nonneg"))
+    anomaly_every_s: float = field(default=60.0, metadata=check("positive"))
+    anomaly_duration_s: float = field(default=8.0, metadata=check("positive"))
+
+
+class SyntheticSource(Source):
+    kind = "synthetic"
+
+    def __init__(self, name: str, options: Options) -> None:
+        super().__init__(name, options)
+        o = options
+        self.signal = SyntheticSignal(
+            SignalSpec(
+                rate_hz=o.rate_hz,
+                seed=o.seed,
+                anomalies=o.anomalies,
+                first_anomaly_s=o.first_anomaly_s,
+                anomaly_every_s=o.anomaly_every_s,
+                anomaly_duration_s=o.anomaly_duration_s,
+            )
+        )
+        self._next = 0
+        self._pacer = Pacer(o.speed)
+        self._t_start = 0.0
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return CHANNELS
+
+    def open(self) -> None:
+        self._t_start = time.time()
+
+    def read(self, timeout: float) -> Block | None:
+        o = self.options
+        end_offset = (self._next + o.block) / o.rate_hz
+        if not self._pacer.wait(end_offset, timeout):
+            return None
+        samples = self.signal.render(self._next, o.block)
+        blk = Block(samples, self._t_start + self._next / o.rate_hz, self._next, o.rate_hz)
+        self._next += o.block
+        return blk
+
+
+SOURCE_CLASS = SyntheticSource

@@ -1,0 +1,263 @@
+"""The technician's verdict on `<state_dir>/status.json`, pure (time passed in).
+
+The agent writes status.json about once per second and at exit (contract in
+docs/status.md). `assess()` turns what was read from disk into a `Verdict`
+(OK / DEGRADED / DOWN) with human reasons; `edge_agent.status_render` draws
+it for an 80-column terminal; `edge-agent status` does the I/O.
+
+Field access is defensive on purpose: a technician's tool must say something
+useful about a half-written, older or newer file, never print a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+__all__ = [
+    "EXIT_CODES",
+    "OUTBOX_BACKLOG_S",
+    "RATE_LOW_FRACTION",
+    "STALE_AFTER_S",
+    "STATUS_FILE",
+    "STATUS_FORMAT",
+    "Assessment",
+    "Snapshot",
+    "Verdict",
+    "assess",
+    "fmt_duration",
+    "summary_line",
+]
+
+STATUS_FILE = "status.json"
+STATUS_FORMAT = 1
+STALE_AFTER_S = 10.0  # the agent writes every ~1 s; 10 missed writes = not responding
+OUTBOX_BACKLOG_S = 600.0  # oldest unsent record older than this: reporting is behind
+RATE_LOW_FRACTION = 0.5  # measured below half the configured rate: the sensor lags
+RATE_GRACE_S = 15.0  # rates need a few seconds after start to mean anything
+RECENT_ERRORS_S = 60.0
+
+T = TypeVar("T")
+
+
+class Verdict(str, enum.Enum):
+    OK = "OK"
+    DEGRADED = "DEGRADED"
+    DOWN = "DOWN"
+
+
+# 2 stays "bad usage" like every other command; 1 doubles as generic failure.
+EXIT_CODES: Mapping[Verdict, int] = {Verdict.OK: 0, Verdict.DEGRADED: 1, Verdict.DOWN: 3}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What was found on disk. `state` is None when missing or unreadable."""
+
+    state_dir: str
+    exists: bool
+    state: Mapping[str, Any] | None = None
+    error: str = ""
+    pid_alive: bool | None = None  # None: not checked / no pid in the file
+
+
+@dataclass(frozen=True)
+class Assessment:
+    verdict: Verdict
+    reasons: tuple[str, ...]  # why it is not OK (empty when OK)
+    notes: tuple[str, ...] = ()  # worth knowing, does not change the verdict
+    stale: bool = False  # the state shown is the last known one, not live
+    age_s: float | None = None  # now - written_at
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+
+def get(d: Any, key: str, typ: type[T], default: T) -> T:
+    """`d[key]` if `d` is a mapping and the value has type `typ`, else `default`."""
+    if not isinstance(d, Mapping):
+        return default
+    v = d.get(key, default)
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)  # type: ignore[return-value]
+    if isinstance(v, typ) and not (typ is not bool and isinstance(v, bool)):
+        return v
+    return default
+
+
+def num(d: Any, key: str) -> float | None:
+    v = d.get(key) if isinstance(d, Mapping) else None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return None
+
+
+def fmt_duration(s: float) -> str:
+    """Short human duration: 0.4 s, 42 s, 5m12s, 3h05m, 12d03h."""
+    s = max(0.0, s)
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    m, sec = divmod(int(s), 60)
+    if m < 60:
+        return f"{m}m{sec:02d}s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h"
+
+
+def _file_problem(snap: Snapshot) -> str:
+    """Why the file tells nothing about a running agent, or "" if it may."""
+    if not snap.exists:
+        return f"never ran here: no {STATUS_FILE} in {snap.state_dir}"
+    if snap.state is None:
+        return f"{STATUS_FILE} unreadable: {snap.error}"
+    fmt = snap.state.get("v")
+    if fmt != STATUS_FORMAT:
+        return f"{STATUS_FILE} has format v={fmt!r}; this edge-agent reads v={STATUS_FORMAT}"
+    return ""
+
+
+def _process_problem(st: Mapping[str, Any], pid_alive: bool | None, age: float | None) -> str:
+    """Why the agent that wrote `st` is not running now, or "" if it is."""
+    ago = "" if age is None else f"{fmt_duration(age)} ago"
+    if not get(st, "running", bool, False):
+        return "agent stopped (clean exit)" + (f" {ago}" if ago else "")
+    if pid_alive is False:
+        pid = get(st, "pid", int, 0)
+        return f"agent not running: pid {pid} is gone (crashed or killed)" + (
+            f"; last status {ago}" if ago else ""
+        )
+    if age is None or age > STALE_AFTER_S:
+        return f"agent not responding: status last written {ago or 'never'}"
+    return ""
+
+
+def assess(snap: Snapshot, now: float) -> Assessment:
+    """The verdict. DOWN: the agent does not run (or does no work at all);
+    DEGRADED: it runs but something needs attention; OK: nothing to report."""
+    problem = _file_problem(snap)
+    if problem:
+        return Assessment(Verdict.DOWN, (problem,), stale=snap.exists)
+    st = snap.state
+    assert st is not None  # _file_problem checked it
+    written = num(st, "written_at")
+    age = None if written is None else max(0.0, now - written)
+    problem = _process_problem(st, snap.pid_alive, age)
+    if problem:
+        return Assessment(Verdict.DOWN, (problem,), stale=True, age_s=age)
+    reasons, notes = _running_findings(st, now)
+    if not get(st.get("health"), "live", bool, True):
+        reasons.insert(0, "pipeline stalled: agent runs but makes no progress")
+        return Assessment(Verdict.DOWN, tuple(reasons), tuple(notes), age_s=age)
+    verdict = Verdict.DEGRADED if reasons else Verdict.OK
+    return Assessment(verdict, tuple(reasons), tuple(notes), age_s=age)
+
+
+def _running_findings(st: Mapping[str, Any], now: float) -> tuple[list[str], list[str]]:
+    reasons: list[str] = []
+    notes: list[str] = []
+    started = num(st, "started_at")
+    up = None if started is None else now - started
+    health = st.get("health")
+    if not get(health, "ready", bool, get(st, "ready", bool, True)):
+        reasons.append("not ready yet (starting up)" if up is not None and up < 60 else "not ready")
+    hints = get(health, "verdict_hints", list, [])
+    reasons.extend(str(h) for h in hints if h)
+    streams = get(st, "streams", list, [])
+    if not streams:
+        reasons.append("no streams configured")
+    for s in streams:
+        _stream_findings(s, up, reasons, notes)
+    _mqtt_findings(st.get("mqtt"), now, reasons, notes)
+    out = st.get("outbox")
+    oldest = num(out, "oldest_age_s")
+    mqtt_on = get(st.get("mqtt"), "enabled", bool, False)
+    if mqtt_on and oldest is not None and oldest > OUTBOX_BACKLOG_S:
+        reasons.append(f"outbox backlog: oldest unsent record {fmt_duration(oldest)} old")
+    drops = get(out, "drops", dict, {})
+    lost = {k: v for k, v in drops.items() if isinstance(v, int) and v > 0}
+    if lost:
+        notes.append("outbox dropped " + ", ".join(f"{v} {k}" for k, v in sorted(lost.items())))
+    errors = get(st, "errors", list, [])
+    recent = [e for e in errors if (ts := num(e, "ts")) is not None and now - ts <= RECENT_ERRORS_S]
+    if recent:
+        notes.append(f"{len(recent)} error(s) in the last minute")
+    return reasons, notes
+
+
+def _stream_findings(s: Any, up: float | None, reasons: list[str], notes: list[str]) -> None:
+    name = get(s, "name", str, "?")
+    state = get(s, "source_state", str, "?")
+    err = get(s, "source_error", str, "")
+    why = f": {err}" if err else ""
+    if state in ("failed", "reconnecting", "stopped"):
+        reasons.append(f"stream {name}: source {state}{why}")
+    elif state == "finished":
+        notes.append(f"stream {name}: source finished (end of data)")
+    failed = get(s, "error", str, "")
+    if failed:
+        reasons.append(f"stream {name}: scoring stopped: {failed}")
+    conf = num(s, "rate_hz_configured")
+    meas = num(s, "rate_hz_measured")
+    warm = up is None or up > RATE_GRACE_S
+    if (
+        state == "running"
+        and warm
+        and conf
+        and meas is not None
+        and meas < conf * RATE_LOW_FRACTION
+    ):
+        reasons.append(f"stream {name}: {meas:.3g} Hz, configured {conf:.3g} Hz")
+    fallback = get(s.get("model") if isinstance(s, Mapping) else None, "fallback", str, "")
+    if fallback:
+        reasons.append(f"stream {name}: model fallback: {fallback}")
+    for issue in get(
+        s.get("sensor_health") if isinstance(s, Mapping) else None, "active", list, []
+    ):
+        reasons.append(f"stream {name}: sensor: {issue}")
+    dropped = get(s, "dropped_blocks", int, 0)
+    if dropped:
+        notes.append(f"stream {name}: {dropped} blocks dropped (pipeline behind)")
+
+
+def _mqtt_findings(m: Any, now: float, reasons: list[str], notes: list[str]) -> None:
+    if not get(m, "enabled", bool, False):
+        return
+    broker = get(m, "broker", str, "broker")
+    if not get(m, "connected", bool, False):
+        since = num(m, "since")
+        dur = f" for {fmt_duration(now - since)}" if since is not None else ""
+        err = get(m, "last_error", str, "")
+        reasons.append(f"MQTT not connected to {broker}{dur}" + (f": {err}" if err else ""))
+    denied = get(m, "acl_denied", int, 0)
+    if denied:
+        reasons.append(f"MQTT: {denied} publish(es) denied by the broker's ACL")
+
+
+def summary_line(state: Mapping[str, Any], now: float) -> str:
+    """One line for systemd's STATUS= from the agent's own state dict, e.g.
+    'OK: 2 streams, 4000 windows, 3 alarms, mqtt up, outbox 0'."""
+    a = assess(Snapshot("", True, state, pid_alive=True), now)
+    streams = get(state, "streams", list, [])
+    windows = sum(get(s, "windows", int, 0) for s in streams)
+    alarms = sum(get(s, "alarms", int, 0) for s in streams)
+    m = state.get("mqtt")
+    link = (
+        "off"
+        if not get(m, "enabled", bool, False)
+        else ("up" if get(m, "connected", bool, False) else "down")
+    )
+    depth = get(state.get("outbox"), "depth", int, 0)
+    base = (
+        f"{len(streams)} stream(s), {windows} windows, {alarms} alarms, mqtt {link}, outbox {depth}"
+    )
+    if a.verdict is Verdict.OK:
+        return f"OK: {base}"
+    return f"{a.verdict.value}: {a.reasons[0]}; {base}"

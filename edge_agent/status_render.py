@@ -1,0 +1,202 @@
+"""Draw an `Assessment` and its status.json for a terminal of `width` columns (pure).
+
+Every line is cut to `width` (ending in "..."), so a long stream name or error
+message never wraps into the next field on an 80-column console. ASCII only:
+gateway consoles are not always UTF-8.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from edge_agent.status import Assessment, Snapshot, fmt_duration, get, num
+
+__all__ = ["DEFAULT_WIDTH", "MAX_ERRORS_SHOWN", "render_text"]
+
+DEFAULT_WIDTH = 80
+MAX_ERRORS_SHOWN = 3
+LABEL = 9  # "outbox   " column for section labels
+
+# Stream table: (header, width). Sum + separators + indent stays below 80.
+_COLS = (("STREAM", 14), ("STATE", 12), ("RATE Hz", 11), ("WINDOWS", 8),
+         ("SCORE/THR", 11), ("ALARMS", 8), ("DROPS", 6))  # fmt: skip
+
+
+def _cut(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _wrap(text: str, width: int, bullet: str) -> list[str]:
+    # Paths and hostnames carry hyphens: break only at spaces (or inside overlong words).
+    return textwrap.wrap(
+        text, width, initial_indent=bullet, subsequent_indent="   ", break_on_hyphens=False
+    )
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _compact(n: int) -> str:
+    if n < 100_000:
+        return str(n)
+    if n < 100_000_000:
+        return f"{n / 1000:.1f}k" if n < 1_000_000 else f"{n / 1e6:.1f}M"
+    return f"{n / 1e9:.1f}G"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover - loop always returns
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def render_text(snap: Snapshot, a: Assessment, now: float, *, width: int = DEFAULT_WIDTH) -> str:
+    st = snap.state or {}
+    lines: list[str] = []
+    head = f"edge-agent status: {a.verdict.value}" + (
+        " (STALE: last known state)" if a.stale else ""
+    )
+    ident = "  ".join(
+        x for x in (get(st, "device_id", str, ""), get(st.get("profile"), "name", str, "")) if x
+    )
+    pad = width - len(head) - len(ident)
+    lines.append(head + " " * pad + ident if ident and pad >= 2 else head)
+    for r in a.reasons:
+        lines += _wrap(r, width, " ! ")
+    for n in a.notes:
+        lines += _wrap(n, width, " - ")
+    if snap.state is None:
+        lines.append(f"{'state':<{LABEL}}{snap.state_dir}")
+        return "\n".join(_cut(x, width) for x in lines) + "\n"
+    lines += _agent_lines(st, a, now)
+    lines += _stream_lines(get(st, "streams", list, []))
+    lines += _link_lines(st, now)
+    lines += _error_lines(get(st, "errors", list, []), now)
+    lines.append(f"{'state':<{LABEL}}{snap.state_dir}")
+    return "\n".join(_cut(x, width) for x in lines) + "\n"
+
+
+def _agent_lines(st: Mapping[str, Any], a: Assessment, now: float) -> list[str]:
+    started = num(st, "started_at")
+    up = f"up {fmt_duration(now - started)}" if started is not None else "uptime unknown"
+    parts = [f"pid {get(st, 'pid', int, 0)}", up, f"v{get(st, 'agent_version', str, '?')}"]
+    written = num(st, "written_at")
+    if written is not None:
+        age = fmt_duration(now - written)
+        parts.append(f"written {_clock(written)} ({age} ago)" if a.stale else f"updated {age} ago")
+    out = [f"{'agent':<{LABEL}}" + ", ".join(parts)]
+    prof = st.get("profile")
+    pname = get(prof, "name", str, "")
+    if pname:
+        why = get(prof, "reason", str, "")
+        out.append(f"{'profile':<{LABEL}}{pname}" + (f" ({why})" if why else ""))
+    return out
+
+
+def _stream_lines(streams: list[Any]) -> list[str]:
+    if not streams:
+        return [f"{'streams':<{LABEL}}none"]
+    out = ["  " + " ".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(_COLS))]
+    for s in streams:
+        conf, meas = num(s, "rate_hz_configured"), num(s, "rate_hz_measured")
+        rate = f"{_num(meas, '.4g')}/{_num(conf, '.4g')}"
+        score = f"{_num(num(s, 'last_score'), '.3g')}/{_num(num(s, 'threshold'), '.3g')}"
+        alarm = ("OPEN " if get(s, "alarm_open", bool, False) else "") + str(
+            get(s, "alarms", int, 0)
+        )
+        drops = get(s, "dropped_blocks", int, 0) + get(s, "skipped_windows", int, 0)
+        cells = (
+            get(s, "name", str, "?"),
+            get(s, "source_state", str, "?"),
+            rate,
+            _compact(get(s, "windows", int, 0)),
+            score,
+            alarm,
+            _compact(drops),
+        )
+        row = []
+        for i, ((_, w), cell) in enumerate(zip(_COLS, cells, strict=True)):
+            c = _cut(cell, w)
+            row.append(f"{c:<{w}}" if i < 2 else f"{c:>{w}}")
+        out.append("  " + " ".join(row))
+        m = s.get("model") if isinstance(s, Mapping) else None
+        detail = [get(s, "source_kind", str, "?")]
+        if isinstance(m, Mapping):
+            prov = ",".join(str(p) for p in get(m, "providers", list, []))
+            detail.append(
+                f"model {get(m, 'name', str, '?')} v{get(m, 'version', int, 0)}"
+                f" {get(m, 'backend', str, '')} {get(m, 'precision', str, '')}"
+                + (f" [{prov}]" if prov else "")
+            )
+        restarts = get(s, "restarts", int, 0)
+        if restarts:
+            detail.append(f"{restarts} restarts")
+        out.append("    " + "; ".join(detail))
+        err = get(s, "source_error", str, "")
+        if err:
+            out.append(f"    error: {err}")
+    return out
+
+
+def _link_lines(st: Mapping[str, Any], now: float) -> list[str]:
+    out = []
+    m = st.get("mqtt")
+    if not get(m, "enabled", bool, False):
+        out.append(f"{'mqtt':<{LABEL}}disabled")
+    else:
+        broker = get(m, "broker", str, "?")
+        since = num(m, "since")
+        dur = f" for {fmt_duration(now - since)}" if since is not None else ""
+        if get(m, "connected", bool, False):
+            line = f"connected to {broker}{dur}"
+        else:
+            line = f"NOT CONNECTED to {broker}{dur}"
+            err = get(m, "last_error", str, "")
+            line += f" ({err})" if err else ""
+        extra = [
+            f"{k.replace('_', ' ')} {v}"
+            for k in ("reconnects", "refused", "acl_denied")
+            if (v := get(m, k, int, 0))
+        ]
+        out.append(f"{'mqtt':<{LABEL}}{line}" + (", " + ", ".join(extra) if extra else ""))
+    ob = st.get("outbox")
+    if isinstance(ob, Mapping):
+        depth = get(ob, "depth", int, 0)
+        line = "empty" if depth == 0 else f"{depth} queued ({_bytes(get(ob, 'bytes', int, 0))})"
+        oldest = num(ob, "oldest_age_s")
+        if depth and oldest is not None:
+            line += f", oldest {fmt_duration(oldest)}"
+        drops = {k: v for k, v in get(ob, "drops", dict, {}).items() if isinstance(v, int) and v}
+        line += "; drops " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
+        out.append(f"{'outbox':<{LABEL}}{line}")
+    ota = st.get("ota")
+    if isinstance(ota, Mapping):
+        line = (
+            f"{get(ota, 'state', str, '?')}; active slot {get(ota, 'active_slot', str, '?')}"
+            f" v{get(ota, 'active_version', int, 0)}"
+        )
+        last = get(ota, "last_result", str, "")
+        out.append(f"{'ota':<{LABEL}}{line}" + (f"; last: {last}" if last else ""))
+    return out
+
+
+def _error_lines(errors: list[Any], now: float) -> list[str]:
+    if not errors:
+        return [f"{'errors':<{LABEL}}none"]
+    shown = errors[-MAX_ERRORS_SHOWN:]
+    out = [f"{'errors':<{LABEL}}{len(errors)} recent, newest last:"]
+    for e in shown:
+        ts = num(e, "ts")
+        when = f"{fmt_duration(now - ts)} ago" if ts is not None else "?"
+        out.append(f"  {when:>10}  {get(e, 'where', str, '?')}: {get(e, 'message', str, '')}")
+    return out

@@ -1,0 +1,217 @@
+"""Building a running stream from its config: source + runner + model + pipeline.
+
+The I/O-facing half of a stream (thread, source, model files); the pure half is
+`pipeline/stream.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import AgentConfig, StreamConfig
+from edge_agent.errors import ConfigError
+from edge_agent.pipeline.alarms import AlarmPolicy
+from edge_agent.pipeline.sensor_health import HealthEvent, SensorHealthMonitor
+from edge_agent.pipeline.stream import AnomalyEvent, StreamPipeline
+from edge_agent.profiles import Profile
+from edge_agent.runtime.model import LoadedModel, load_model, resolve_model_dir
+from edge_agent.sources.registry import create_source
+from edge_agent.sources.runner import RestartBudget, SourceRunner, SourceState
+
+__all__ = ["EventSink", "HealthSink", "StreamRuntime", "build_policy"]
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[AnomalyEvent], None]
+HealthSink = Callable[[HealthEvent], None]
+GET_TIMEOUT_S = 0.25
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    interval_s: float
+    windows: int
+    score_mean: float | None
+    score_max: float | None
+    alarms: int
+    drops: int  # blocks dropped by the bounded queue + windows not scored (bad samples)
+
+
+def build_policy(sc: StreamConfig, model: LoadedModel) -> AlarmPolicy:
+    """Config values override the card's; zero means "use the card's"."""
+    card, a = model.card, sc.alarm
+    return AlarmPolicy(
+        a.threshold or card.threshold,
+        min_on=a.min_on or card.alarm.min_on,
+        min_off=a.min_off or card.alarm.min_off,
+        hysteresis=a.hysteresis or card.alarm.hysteresis,
+    )
+
+
+class StreamRuntime:
+    def __init__(
+        self, sc: StreamConfig, cfg: AgentConfig, profile: Profile, models_dir: Path | None
+    ) -> None:
+        self.config = sc
+        self.model_dir = resolve_model_dir(
+            sc.model, sc.variant, profile, models_dir, Path(cfg.state_dir)
+        )
+        model = load_model(self.model_dir, profile)
+        pre = model.card.preprocessing
+        self.source = create_source(sc.source.kind, sc.name, sc.source.options)
+        if len(self.source.channels) != len(pre.channels):
+            raise ConfigError(
+                f"{cfg.source_file or 'config'}: streams {sc.name!r}: source gives "
+                f"{len(self.source.channels)} channels {list(self.source.channels)}, model "
+                f"{model.card.name} expects {len(pre.channels)} {list(pre.channels)}"
+            )
+        self.runner = SourceRunner(
+            self.source,
+            max_blocks=sc.queue_blocks,
+            budget=RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s),
+        )
+        self.pipeline = StreamPipeline(
+            sc.name,
+            model,
+            build_policy(sc, model),
+            window=sc.window or pre.window,
+            hop=sc.hop or pre.hop,
+            max_batch=sc.max_batch,
+        )
+        # A paced source's rate is checked; one replayed at another speed has no fixed rate.
+        speed = getattr(sc.source.options, "speed", 1.0)
+        self.health = SensorHealthMonitor(
+            sc.name,
+            tuple(self.source.channels),
+            self.source.rate_hz if speed == 1.0 else None,
+            sc.sensor_health,
+            time.time(),
+        )
+        self.error = ""
+        self._thread: threading.Thread | None = None
+        self._tel_at = time.monotonic()
+        self._tel_drops = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def start(
+        self,
+        sink: EventSink,
+        health_sink: HealthSink,
+        stop: threading.Event,
+        on_progress: Callable[[], None],
+    ) -> None:
+        self.runner.start()
+        self._thread = threading.Thread(
+            target=self._loop,
+            args=(sink, health_sink, stop, on_progress),
+            name=f"stream-{self.name}",
+        )
+        self._thread.start()
+
+    def _loop(
+        self,
+        sink: EventSink,
+        health_sink: HealthSink,
+        stop: threading.Event,
+        on_progress: Callable[[], None],
+    ) -> None:
+        try:
+            while not stop.is_set():
+                blocks = self.runner.get(GET_TIMEOUT_S)
+                now = time.time()
+                hevents = self.health.set_connected(
+                    self.runner.state is not SourceState.RECONNECTING, now
+                )
+                for b in blocks:
+                    hev, bad = self.health.observe(b, now)
+                    hevents += hev
+                    # Samples from a faulty sensor are withheld: not a process anomaly.
+                    for ev in self.pipeline.process(b, bad if bad.any() else None):
+                        sink(ev)
+                    on_progress()
+                    if stop.is_set():  # e.g. --max-windows reached: do not run ahead
+                        break
+                if not self.runner.done:
+                    hevents += self.health.check(now)
+                for h in hevents:
+                    health_sink(h)
+                if not blocks and self.runner.done:
+                    return
+        except Exception as e:
+            # The scoring loop must not die silently: mark the stream failed and say why.
+            self.error = f"{type(e).__name__}: {e}"
+            log.exception("stream %s stopped", self.name)
+
+    def take_telemetry(self) -> Telemetry:
+        now = time.monotonic()
+        iv = self.pipeline.take_interval()
+        drops = self.runner.dropped_blocks + self.pipeline.stats.skipped_windows
+        tel = Telemetry(
+            interval_s=now - self._tel_at,
+            windows=iv.windows,
+            score_mean=iv.score_mean,
+            score_max=iv.score_max,
+            alarms=iv.alarms,
+            drops=drops - self._tel_drops,
+        )
+        self._tel_at, self._tel_drops = now, drops
+        return tel
+
+    def join(self, timeout: float) -> None:
+        self.runner.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def snapshot(self) -> dict[str, Any]:
+        r, p, st = self.runner, self.pipeline, self.pipeline.stats
+        m = p.model
+        return {
+            "name": self.name,
+            "source_kind": self.config.source.kind,
+            "source_state": r.state.value,
+            "source_error": r.last_error,
+            "rate_hz_configured": self.source.rate_hz,
+            "rate_hz_measured": getattr(self.source, "measured_rate_hz", None),
+            "disconnects": r.disconnects,
+            "samples": r.samples_in,
+            "windows": st.windows,
+            "skipped_windows": st.skipped_windows,
+            "dropped_blocks": r.dropped_blocks,
+            "gaps": p.windower.gaps,
+            "last_score": st.last_score,
+            "threshold": p.threshold,
+            "alarm_open": p.policy.state.active,
+            "alarms": st.alarms,
+            "events": st.events,
+            "nonfinite_scores": st.nonfinite_scores,
+            "restarts": r.restarts,
+            "error": self.error,
+            "model": {
+                "name": m.card.name,
+                "version": m.card.version,
+                "backend": m.backend.key,
+                "precision": m.card.precision,
+                "providers": m.backend.providers,
+                "fallback": m.backend.fallback,
+                "dir": str(m.card.directory),
+            },
+            "counters": self.source.snapshot_counters(),
+            "sensor_health": {
+                "active": sorted(
+                    f"{c.value}:{ch}" if ch else c.value for c, ch in self.health.active
+                )
+            },
+        }

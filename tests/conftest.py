@@ -1,0 +1,78 @@
+"""Shared fixtures: real mosquitto brokers on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mosquitto import (
+    MOSQUITTO_PASSWD,
+    Broker,
+    TlsFiles,
+    make_password_file,
+    make_tls_files,
+    mosquitto_available,
+)
+
+
+def _need_mosquitto() -> None:
+    if not mosquitto_available():
+        pytest.skip("mosquitto is not installed (.ci/run installs it)")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A plain, anonymous broker."""
+    _need_mosquitto()
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Broker]:
+    """TLS only, client certificate required (mTLS)."""
+    _need_mosquitto()
+    b = Broker(tmp_path / "broker", tls=tls_files, require_client_cert=True)
+    b.start()
+    yield b
+    b.stop()
+
+
+# The users and the ACL of `auth_broker`: the device may only publish its status and
+# read its commands; `observer` may read everything.
+AUTH_USERS = {"gw-01": "s3cret-device", "observer": "s3cret-observer"}
+AUTH_ACL = """\
+user gw-01
+topic write edge/gw-01/status
+topic read edge/gw-01/cmd/+
+topic write edge/gw-01/cmd/+/reply
+
+user observer
+topic readwrite #
+"""
+
+
+@pytest.fixture
+def auth_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Password file (made by mosquitto_passwd) and an ACL file."""
+    _need_mosquitto()
+    if MOSQUITTO_PASSWD is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    d = tmp_path / "broker"
+    d.mkdir()
+    pw = make_password_file(d / "passwd", AUTH_USERS)
+    acl = d / "acl"
+    acl.write_text(AUTH_ACL)
+    b = Broker(d, password_file=pw, acl_file=acl)
+    b.start()
+    yield b
+    b.stop()

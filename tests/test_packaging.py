@@ -1,0 +1,190 @@
+"""The systemd unit, the default config and the Debian package."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "packaging"
+UNIT = PKG / "edge-agent.service"
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """systemd unit syntax: sections, repeatable keys, comments, no continuation lines here."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            out.setdefault(section, {})
+            continue
+        assert section is not None, raw
+        assert not line.endswith("\\"), "continuation lines are not used in our unit"
+        key, _, value = line.partition("=")
+        out[section].setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def one(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> str:
+    values = unit[section][key]
+    assert len(values) == 1, (key, values)
+    return values[0]
+
+
+def test_unit_key_settings() -> None:
+    u = parse_unit(UNIT.read_text())
+    s = "Service"
+    assert one(u, s, "Type") == "notify"
+    assert one(u, s, "ExecStart") == "/usr/bin/edge-agent run --config /etc/edge-agent/agent.toml"
+    assert int(one(u, s, "WatchdogSec")) >= 3 * 10  # >= 3x the default stall_after_s
+    assert one(u, s, "Restart") == "on-failure"
+    assert int(one(u, "Unit", "StartLimitBurst")) >= 1
+    assert int(one(u, "Unit", "StartLimitIntervalSec")) > 0
+    assert one(u, s, "StateDirectory") == "edge-agent"
+    assert one(u, s, "ConfigurationDirectory") == "edge-agent"
+    assert one(u, s, "LoadCredential") == "mqtt-password:/etc/edge-agent/mqtt-password"
+    assert one(u, s, "User") == "edge-agent"
+    assert set(one(u, s, "SupplementaryGroups").split()) == {"dialout", "video"}
+    assert one(u, s, "ProtectSystem") == "strict"
+    for key in ("ProtectHome", "PrivateTmp", "NoNewPrivileges", "ProtectKernelTunables"):
+        assert one(u, s, key) == "yes", key
+    assert set(one(u, s, "RestrictAddressFamilies").split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    # Serial adapters and cameras must stay reachable across USB re-enumeration.
+    assert "PrivateDevices" not in u[s]
+    assert "DevicePolicy" not in u[s]
+    assert one(u, "Install", "WantedBy") == "multi-user.target"
+
+
+def _systemd_analyze_usable() -> str:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        return "systemd-analyze not installed"
+    probe = subprocess.run(
+        [exe, "verify", "/dev/null/none.service"], capture_output=True, text=True, check=False
+    )
+    if "Failed to" in probe.stderr and "none.service" not in probe.stderr:
+        return f"systemd-analyze does not work here: {probe.stderr.strip()[:200]}"
+    return ""
+
+
+def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
+    why = _systemd_analyze_usable()
+    if why:
+        pytest.skip(why)
+    # verify checks that ExecStart's binary exists; stand in an executable for the one
+    # the .deb installs, change nothing else.
+    fake = tmp_path / "edge-agent"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    unit = tmp_path / "edge-agent.service"
+    unit.write_text(UNIT.read_text().replace("/usr/bin/edge-agent ", f"{fake} "))
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    # verify only warns (exit 0) about unknown keys and bad values: warnings are failures.
+    problems = [x for x in r.stderr.splitlines() if "edge-agent.service" in x]
+    assert not problems, problems
+
+
+def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path) -> None:
+    """The check above can fail: a typo in the unit is reported."""
+    why = _systemd_analyze_usable()
+    if why:
+        pytest.skip(why)
+    unit = tmp_path / "edge-agent.service"
+    unit.write_text(UNIT.read_text().replace("Type=notify", "Type=notifyy"))
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert "notifyy" in r.stderr
+
+
+def test_default_config_validates() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "config", "validate", str(PKG / "agent.toml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+
+
+def test_sysusers_creates_the_user_in_device_groups() -> None:
+    lines = [
+        x.split()
+        for x in (PKG / "edge-agent.sysusers").read_text().splitlines()
+        if x and not x.startswith("#")
+    ]
+    assert lines[0][:2] == ["u", "edge-agent"]
+    assert ["m", "edge-agent", "dialout"] in lines
+    assert ["m", "edge-agent", "video"] in lines
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
+def test_deb_builds_and_holds_agent_unit_config_and_command(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [str(PKG / "build-deb.sh"), "--no-deps", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    deb = Path(r.stdout.strip().splitlines()[-1])
+    assert deb.name == "edge-agent_0.1.0_all.deb"
+
+    info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True, check=True)
+    fields = dict(line.strip().split(": ", 1) for line in info.stdout.splitlines() if ": " in line)
+    assert fields["Package"] == "edge-agent"
+    assert fields["Version"] == "0.1.0"
+    assert fields["Architecture"] == "all"
+    assert "python3 (>= 3.10)" in fields["Depends"]
+    for script in ("postinst", "prerm", "postrm", "conffiles"):
+        assert script in info.stdout
+
+    listing = subprocess.run(
+        ["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True
+    ).stdout
+    entries = {line.split()[-1]: line.split()[0] for line in listing.splitlines()}
+    assert entries["./usr/bin/edge-agent"] == "-rwxr-xr-x"
+    assert entries["./usr/bin/edge-ota"] == "-rwxr-xr-x"
+    assert "./usr/lib/systemd/system/edge-agent.service" in entries
+    assert "./usr/lib/sysusers.d/edge-agent.conf" in entries
+    assert "./etc/edge-agent/agent.toml" in entries
+    assert "./opt/edge-agent/lib/edge_agent/cli.py" in entries
+    assert any(p.startswith("./opt/edge-agent/lib/ota/") for p in entries)
+    assert not any("__pycache__" in p for p in entries)
+    assert all(" root/root " in line for line in listing.splitlines())
+
+    # The packaged code runs: extract and call the launcher's module the same way.
+    x = tmp_path / "x"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(x)], check=True)
+    assert (x / "usr/lib/systemd/system/edge-agent.service").read_bytes() == UNIT.read_bytes()
+    launcher = (x / "usr/bin/edge-agent").read_text()
+    assert "exec /usr/bin/python3 -s -m edge_agent" in launcher
+    env = {**os.environ, "PYTHONPATH": str(x / "opt/edge-agent/lib")}
+    r = subprocess.run(
+        [sys.executable, "-s", "-m", "edge_agent", "config", "validate",
+         str(x / "etc/edge-agent/agent.toml")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-s", "-m", "edge_agent", "status", "--state-dir", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 3
+    assert "never ran here" in r.stdout

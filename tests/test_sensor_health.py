@@ -1,0 +1,190 @@
+"""Each sensor-health condition starts and ends with its event; bad samples are masked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.config import parse_config
+from edge_agent.errors import ConfigError
+from edge_agent.pipeline.sensor_health import (
+    ChannelRange,
+    HealthCondition,
+    HealthEvent,
+    SensorHealthConfig,
+    SensorHealthMonitor,
+)
+from edge_agent.sources.base import Block
+
+CH = ("vib", "current")
+RATE = 100.0
+
+
+def _mon(**kw: object) -> SensorHealthMonitor:
+    cfg = SensorHealthConfig(clear_after_samples=10, **kw)  # type: ignore[arg-type]
+    return SensorHealthMonitor("press", CH, RATE, cfg, now=0.0)
+
+
+def _noise(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.column_stack([rng.normal(0, 1, n), rng.normal(5, 0.1, n)]).astype(np.float32)
+
+
+def _blk(x: np.ndarray) -> Block:
+    return Block(np.asarray(x, np.float32), 0.0, 0, RATE)
+
+
+def _keys(events: list[HealthEvent]) -> list[tuple[HealthCondition, str, bool]]:
+    return [(e.condition, e.channel, e.active) for e in events]
+
+
+def test_clean_data_raises_nothing() -> None:
+    m = _mon(stuck_after_samples=20, ranges=(ChannelRange("current", 0.0, 30.0),))
+    for k in range(20):
+        ev, bad = m.observe(_blk(_noise(32, k)), now=k * 0.32)
+        assert ev == []
+        assert not bad.any()
+    assert m.check(now=20 * 0.32) == []
+    assert m.active == frozenset()
+
+
+def test_non_finite_start_and_end() -> None:
+    m = _mon()
+    x = _noise(32)
+    x[25, 1] = np.nan
+    x[26, 1] = np.inf  # 5 clean samples after: not yet cleared (needs 10)
+    ev, bad = m.observe(_blk(x), now=1.0)
+    assert _keys(ev) == [(HealthCondition.NON_FINITE, "current", True)]
+    assert "2 non-finite" in ev[0].detail
+    assert bad.nonzero()[0].tolist() == [25, 26]
+    assert (HealthCondition.NON_FINITE, "current") in m.active
+    ev, bad = m.observe(_blk(_noise(32, 1)), now=1.3)  # 10+ clean samples: it ends
+    assert _keys(ev) == [(HealthCondition.NON_FINITE, "current", False)]
+    assert not bad.any()
+
+
+def test_sporadic_nan_is_one_event_not_a_flood() -> None:
+    m = _mon()
+    events = []
+    for k in range(10):
+        x = _noise(32, k)
+        x[::8, 0] = np.nan  # never 10 clean samples in a row
+        events += m.observe(_blk(x), now=k)[0]
+    assert _keys(events) == [(HealthCondition.NON_FINITE, "vib", True)]
+
+
+def test_out_of_range_start_and_end() -> None:
+    m = _mon(ranges=(ChannelRange("current", 0.0, 30.0),))
+    x = _noise(32)
+    x[28:30, 1] = [45.0, -1.0]
+    ev, bad = m.observe(_blk(x), now=1.0)
+    assert _keys(ev) == [(HealthCondition.OUT_OF_RANGE, "current", True)]
+    assert "[0, 30]" in ev[0].detail
+    assert bad.nonzero()[0].tolist() == [28, 29]
+    ev, _ = m.observe(_blk(_noise(32, 2)), now=1.3)
+    assert _keys(ev) == [(HealthCondition.OUT_OF_RANGE, "current", False)]
+
+
+def test_short_glitch_inside_one_block_starts_and_ends() -> None:
+    m = _mon(ranges=(ChannelRange("vib", -10.0, 10.0),))
+    x = _noise(64)
+    x[3, 0] = 99.0  # then 60 clean samples in the same block
+    ev, _ = m.observe(_blk(x), now=1.0)
+    assert _keys(ev) == [
+        (HealthCondition.OUT_OF_RANGE, "vib", True),
+        (HealthCondition.OUT_OF_RANGE, "vib", False),
+    ]
+
+
+def test_stuck_value_across_blocks_start_and_end() -> None:
+    m = _mon(stuck_after_samples=50)
+    first = _noise(32)
+    first[20:, 0] = 0.25  # the run starts inside this block ...
+    ev, bad = m.observe(_blk(first), now=1.0)
+    assert ev == []
+    stuck = _noise(32, 1)
+    stuck[:, 0] = 0.25  # ... and reaches 50 here (12 + 32 = 44 -> not yet)
+    ev, _ = m.observe(_blk(stuck), now=1.3)
+    assert ev == []
+    ev, bad = m.observe(_blk(stuck), now=1.6)  # 76 in a row
+    assert _keys(ev) == [(HealthCondition.STUCK, "vib", True)]
+    # samples from the 50th equal value on are masked: run length 45..76 in this block
+    assert bad.nonzero()[0].tolist() == list(range(5, 32))
+    ev, bad = m.observe(_blk(_noise(32, 3)), now=1.9)
+    assert _keys(ev) == [(HealthCondition.STUCK, "vib", False)]
+    assert not bad.any()
+
+
+def test_stall_start_and_end() -> None:
+    m = _mon(stall_after_s=5.0)
+    m.observe(_blk(_noise(10)), now=1.0)
+    assert m.check(now=5.9) == []
+    ev = m.check(now=6.1)
+    assert _keys(ev) == [(HealthCondition.STALLED, "", True)]
+    assert m.check(now=7.0) == []  # reported once
+    ev, _ = m.observe(_blk(_noise(10)), now=8.0)
+    assert _keys(ev) == [(HealthCondition.STALLED, "", False)]
+
+
+def test_rate_far_from_configured_start_and_end() -> None:
+    m = _mon(rate_window_s=2.0, rate_tolerance=0.5)
+    t = 0.0
+    events: list[HealthEvent] = []
+    for _ in range(30):  # 10 samples every 0.5 s = 20 Hz, configured 100 Hz
+        t += 0.5
+        events += m.observe(_blk(_noise(10)), now=t)[0]
+        events += m.check(now=t)
+    assert _keys(events) == [(HealthCondition.RATE, "", True)]
+    assert "measured 20.0 Hz" in events[0].detail
+    events = []
+    for _ in range(10):  # back to 100 Hz
+        t += 0.5
+        events += m.observe(_blk(_noise(50)), now=t)[0]
+        events += m.check(now=t)
+    assert _keys(events) == [(HealthCondition.RATE, "", False)]
+
+
+def test_rate_check_off_when_rate_unknown() -> None:
+    m = SensorHealthMonitor("r", CH, None, SensorHealthConfig(rate_window_s=1.0), now=0.0)
+    for k in range(1, 20):
+        m.observe(_blk(_noise(1000)), now=k * 0.5)
+        assert m.check(now=k * 0.5) == []
+
+
+def test_disconnected_start_and_end() -> None:
+    m = _mon()
+    assert m.set_connected(True, now=1.0) == []
+    ev = m.set_connected(False, now=2.0)
+    assert _keys(ev) == [(HealthCondition.DISCONNECTED, "", True)]
+    assert (HealthCondition.DISCONNECTED, "") in m.active
+    assert m.set_connected(False, now=3.0) == []
+    ev = m.set_connected(True, now=4.0)
+    assert _keys(ev) == [(HealthCondition.DISCONNECTED, "", False)]
+
+
+def test_unknown_range_channel_is_a_config_error() -> None:
+    cfg = SensorHealthConfig(ranges=(ChannelRange("temp", 0.0, 1.0),))
+    with pytest.raises(ConfigError, match="unknown channel 'temp'"):
+        SensorHealthMonitor("s", CH, RATE, cfg, now=0.0)
+
+
+def test_sensor_health_in_stream_config() -> None:
+    stream = {
+        "name": "s",
+        "source": {"kind": "synthetic"},
+        "sensor_health": {
+            "stuck_after_samples": 200,
+            "ranges": [{"channel": "current", "min": 0.0, "max": 30.0}],
+        },
+    }
+    cfg = parse_config({"device_id": "gw", "streams": [stream]})
+    sh = cfg.streams[0].sensor_health
+    assert sh.stuck_after_samples == 200
+    assert sh.ranges == (ChannelRange("current", 0.0, 30.0),)
+    stream["sensor_health"] = {"ranges": [{"channel": "c", "min": 3.0, "max": 1.0}]}
+    with pytest.raises(ConfigError, match=r"sensor_health\.ranges\[0\].*min 3.0 must be < max"):
+        parse_config({"device_id": "gw", "streams": [stream]})
+    default = parse_config(
+        {"device_id": "gw", "streams": [{"name": "d", "source": {"kind": "synthetic"}}]}
+    )
+    assert default.streams[0].sensor_health == SensorHealthConfig()
