@@ -1,5 +1,7 @@
 """The demo end to end through the real CLI, and the demo's events against ground truth."""
 
+import json
+
 import pytest
 
 from edge_agent.pipeline.alarms import AlarmPolicy, Transition
@@ -26,6 +28,14 @@ def test_demo_run_scores_windows_and_reports_events(tmp_path):
     assert s["alarms"] >= 5  # anomalies injected at 30, 90, 150, 210, 270 s of 320 s
     assert st["events_total"] == s["events"] >= 9
     assert s["model"]["precision"] == "int8"
+    # the technician's view of the same run, after the agent stopped
+    r = run_cli("status", "--state-dir", str(state), "--json")
+    assert r.returncode == 3, r.stdout + r.stderr  # DOWN: the agent is not running
+    view = json.loads(r.stdout)
+    (vs,) = view["state"]["streams"]
+    assert vs["windows"] == s["windows"]
+    assert vs["events"] == s["events"]
+    assert view["stale"] is True
 
 
 def _events(model_dir):
