@@ -117,6 +117,8 @@ class SourceRunner:
                 # would only lose what can be read at the consumer's own pace.
                 while len(self._q) >= self._max and not self._stop.is_set():
                     self._cv.wait(READ_TIMEOUT_S)
+                if self._stop.is_set():
+                    return  # stopping: nothing will read it, and nothing was lost
             if len(self._q) >= self._max:
                 self._q.popleft()
                 self.dropped_blocks += 1
