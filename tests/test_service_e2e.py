@@ -366,3 +366,36 @@ source = { kind = "synthetic" }
         _fits_80(res.stdout)
     finally:
         _kill(proc)
+
+
+def test_stall_shows_in_status_without_systemd_watchdog(tmp_path: Path, board: PtyBoard) -> None:
+    """Run from a terminal (no NOTIFY_SOCKET, no WATCHDOG_USEC): the stall check still
+    runs, so `edge-agent status` tells a technician the pipeline stalled."""
+    state = tmp_path / "state"
+    cfg = _write_config(tmp_path / "agent.toml", _serial_stream(board.path))
+    writer = SensorWriter(board)
+    log = tmp_path / "agent.log"
+    proc = _start_agent(cfg, state, {}, log)
+    try:
+        writer.flowing.set()
+        _until(
+            lambda: (s := _status_file(state)) and s["ready"] and s["windows_total"] > 0,
+            30,
+            "ready with windows scored",
+        )
+        writer.flowing.clear()
+        st = _until(
+            lambda: (s := _status_file(state)) and not s["health"]["live"] and s,
+            10,
+            "health.live false after the stall",
+        )
+        assert st["health"]["watchdog"] is False
+        assert any(h.startswith("no samples for") for h in st["health"]["verdict_hints"])
+        res = _status_cli(state)
+        assert res.returncode == 3, res.stdout
+        assert "pipeline stalled" in res.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log.read_text()
+    finally:
+        writer.close()
+        _kill(proc)
