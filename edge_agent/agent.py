@@ -262,26 +262,32 @@ class Agent:
                     self.notifier.status(line)
                 else:
                     self.notifier.status(self.gate.describe())
-                if self.wd_interval is not None and now >= next_wd:
+                # The stall check runs every tick, so status shows a stall even
+                # without systemd's watchdog; pings only go out at its interval.
+                progressing = self._check_progress(now)
+                if self.wd_interval is not None and now >= next_wd and progressing:
                     next_wd = now + self.wd_interval
-                    self._watchdog_tick(now)
+                    self.notifier.watchdog()
         finally:
             self.shutdown()
 
-    def _watchdog_tick(self, now: float) -> None:
-        """WATCHDOG=1 only while samples arrive and windows get scored: a stalled
-        source or a hung inference gets the service restarted by systemd."""
+    def _check_progress(self, now: float) -> bool:
+        """True while samples arrive and windows get scored. WATCHDOG=1 is sent only
+        then, so a stalled source or a hung inference gets the service restarted."""
         expecting = any(s.alive and not s.runner.done for s in self.streams)
-        if self.watchdog.should_ping(
+        was_ok = self.watchdog.last.ok
+        ok = self.watchdog.should_ping(
             self.samples_total(), self.windows_total(), now, expecting_data=expecting
-        ):
-            self.notifier.watchdog()
-        else:
+        )
+        if was_ok and not ok:  # once per stall, not every tick
             log.error(
                 "pipeline stalled, withholding watchdog: %s",
                 self.watchdog.last.reason,
                 extra=fields(message_id=MSG_WATCHDOG_STALL),
             )
+        elif ok and not was_ok:
+            log.warning("pipeline moves again, watchdog resumed")
+        return ok
 
     def send_telemetry(self) -> None:
         if self.reporter is None:

@@ -7,6 +7,7 @@ gateway consoles are not always UTF-8.
 
 from __future__ import annotations
 
+import math
 import textwrap
 import time
 from collections.abc import Mapping
@@ -21,8 +22,10 @@ MAX_ERRORS_SHOWN = 3
 LABEL = 9  # "outbox   " column for section labels
 
 # Stream table: (header, width). Sum + separators + indent stays below 80.
-_COLS = (("STREAM", 14), ("STATE", 12), ("RATE Hz", 11), ("WINDOWS", 8),
-         ("SCORE/THR", 11), ("ALARMS", 8), ("DROPS", 6))  # fmt: skip
+_COLS = (("STREAM", 14), ("STATE", 12), ("RATE Hz", 9), ("WINDOWS", 7),
+         ("SCORE/THR", 13), ("ALARMS", 7), ("DROPS", 8))  # fmt: skip
+SCORE_CHARS = 6  # per number: "0.0339/0.0561" fills the SCORE/THR column
+RATE_CHARS = 5  # "199.8/200"
 
 
 def _cut(line: str, width: int) -> str:
@@ -56,8 +59,34 @@ def _bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover - loop always returns
 
 
-def _num(v: float | None, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
+def _exp(text: str) -> str:
+    return text.replace("e+", "e").replace("e-0", "e-").replace("e0", "e")
+
+
+def _short(v: float | None, chars: int, digits: int = 3) -> str:
+    """`v` with up to `digits` significant digits in at most `chars` characters:
+    fewer digits or a short exponent when it would not fit (0.0339, 12346, 1.2e-4)."""
+    if v is None:
+        return "-"
+    if not math.isfinite(v):
+        return str(v)
+    text = _exp(f"{v:.{digits}g}")
+    if "e" not in text and len(text) <= chars:
+        return text
+    if abs(v) >= 1 and len(whole := f"{v:.0f}") <= chars:
+        return whole  # 12346 reads better than 1.23e4
+    for d in range(digits, 0, -1):
+        for cand in (f"{v:.{d}g}", f"{v:.{d - 1}e}"):
+            text = _exp(cand)
+            if len(text) <= chars:
+                return text
+    return text  # cut by the column
+
+
+def _drops(queue: int, withheld: int) -> str:
+    """Queue drops ("q") and windows withheld for bad samples ("w") kept apart."""
+    parts = [f"{_compact(n)}{tag}" for n, tag in ((queue, "q"), (withheld, "w")) if n]
+    return "+".join(parts) or "0"
 
 
 def render_text(snap: Snapshot, a: Assessment, now: float, *, width: int = DEFAULT_WIDTH) -> str:
@@ -109,12 +138,15 @@ def _stream_lines(streams: list[Any]) -> list[str]:
     out = ["  " + " ".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(_COLS))]
     for s in streams:
         conf, meas = num(s, "rate_hz_configured"), num(s, "rate_hz_measured")
-        rate = f"{_num(meas, '.4g')}/{_num(conf, '.4g')}"
-        score = f"{_num(num(s, 'last_score'), '.3g')}/{_num(num(s, 'threshold'), '.3g')}"
-        alarm = ("OPEN " if get(s, "alarm_open", bool, False) else "") + str(
+        rate = f"{_short(meas, RATE_CHARS, 4)}/{_short(conf, RATE_CHARS, 4)}"
+        score = (
+            f"{_short(num(s, 'last_score'), SCORE_CHARS)}"
+            f"/{_short(num(s, 'threshold'), SCORE_CHARS)}"
+        )
+        alarm = ("OPEN " if get(s, "alarm_open", bool, False) else "") + _compact(
             get(s, "alarms", int, 0)
         )
-        drops = get(s, "dropped_blocks", int, 0) + get(s, "skipped_windows", int, 0)
+        queue, withheld = get(s, "dropped_blocks", int, 0), get(s, "skipped_windows", int, 0)
         cells = (
             get(s, "name", str, "?"),
             get(s, "source_state", str, "?"),
@@ -122,7 +154,7 @@ def _stream_lines(streams: list[Any]) -> list[str]:
             _compact(get(s, "windows", int, 0)),
             score,
             alarm,
-            _compact(drops),
+            _drops(queue, withheld),
         )
         row = []
         for i, ((_, w), cell) in enumerate(zip(_COLS, cells, strict=True)):
@@ -142,6 +174,17 @@ def _stream_lines(streams: list[Any]) -> list[str]:
         if restarts:
             detail.append(f"{restarts} restarts")
         out.append("    " + "; ".join(detail))
+        lost = []
+        if queue:
+            lost.append(f"{queue} blocks dropped, queue full (q)")
+        if withheld:
+            lost.append(f"{withheld} windows withheld, bad samples (w)")
+        if lost:
+            out.append("    drops: " + "; ".join(lost))
+        sh = s.get("sensor_health") if isinstance(s, Mapping) else None
+        faults = [str(c) for c in get(sh, "active", list, []) if c]
+        if faults:
+            out.append("    sensor: " + ", ".join(faults))
         err = get(s, "source_error", str, "")
         if err:
             out.append(f"    error: {err}")

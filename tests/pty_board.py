@@ -9,6 +9,7 @@ points the same link at it, the way udev does after USB re-enumeration.
 from __future__ import annotations
 
 import os
+import select
 import tty
 from pathlib import Path
 
@@ -40,6 +41,17 @@ class PtyBoard:
         while view:
             n = os.write(self._master, view[:4096])
             view = view[n:]
+
+    def write_nowait(self, data: bytes, timeout: float = 0.1) -> bool:
+        """Write all of `data` unless the pty stays full for `timeout` (nobody reads):
+        a writer thread must not hang once the reader has gone."""
+        view = memoryview(data)
+        while view:
+            _, ok, _ = select.select([], [self._master], [], timeout)
+            if not ok:
+                return False
+            view = view[os.write(self._master, view[:4096]) :]
+        return True
 
     def _close(self) -> None:
         for fd in (self._master, self._slave):

@@ -353,3 +353,63 @@ def test_durations_read_well() -> None:
         "1h02m",
         "12d03h",
     ]
+
+
+def _stream_row(text: str, name: str) -> str:
+    return next(ln for ln in text.splitlines() if ln.startswith(f"  {name} "))
+
+
+def test_score_and_threshold_both_fit_with_three_significant_digits() -> None:
+    # the values of a real demo run, which used to print "0.0339/0..."
+    now = 1_000_000.0
+    st = state(now)
+    st["streams"][0].update(last_score=0.03391443198902789, threshold=0.05605)
+    st["streams"].append(
+        copy.deepcopy(st["streams"][0])
+        | {"name": "tiny", "last_score": 0.000123456, "threshold": 123456.789}
+    )
+    text = render_text(snap(st), assess(snap(st), now), now)
+    assert_fits(text)
+    assert "0.0339/0.0561" in _stream_row(text, "demo")
+    assert "1.2e-4/123457" in _stream_row(text, "tiny")
+    assert "..." not in _stream_row(text, "demo")
+
+
+@pytest.mark.parametrize(
+    ("dropped", "skipped", "cell", "detail"),
+    [
+        (0, 0, " 0", None),
+        (7, 0, " 7q", "drops: 7 blocks dropped, queue full (q)"),
+        (0, 3, " 3w", "drops: 3 windows withheld, bad samples (w)"),
+        (
+            7,
+            3,
+            " 7q+3w",
+            "drops: 7 blocks dropped, queue full (q); 3 windows withheld, bad samples (w)",
+        ),
+    ],
+)
+def test_drops_keep_queue_drops_and_withheld_windows_apart(
+    dropped: int, skipped: int, cell: str, detail: str | None
+) -> None:
+    now = 1_000_000.0
+    st = state(now)
+    st["streams"][0].update(dropped_blocks=dropped, skipped_windows=skipped)
+    text = render_text(snap(st), assess(snap(st), now), now)
+    assert_fits(text)
+    assert _stream_row(text, "demo").endswith(cell)
+    drop_lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("drops:")]
+    assert drop_lines == ([detail] if detail else [])
+
+
+def test_active_sensor_conditions_are_shown_under_their_stream() -> None:
+    now = 1_000_000.0
+    st = state(now)
+    st["streams"][0]["sensor_health"] = {"active": ["stalled", "range:current"]}
+    st["streams"].append(copy.deepcopy(BASE["streams"][0]) | {"name": "quiet"})
+    text = render_text(snap(st), assess(snap(st), now), now)
+    assert_fits(text)
+    lines = text.splitlines()
+    demo, quiet = lines.index(_stream_row(text, "demo")), lines.index(_stream_row(text, "quiet"))
+    assert "    sensor: stalled, range:current" in lines[demo:quiet]
+    assert not any(ln.startswith("    sensor:") for ln in lines[quiet:])

@@ -1,0 +1,401 @@
+"""The agent as systemd runs it: a real `python -m edge_agent run` subprocess, its
+sd_notify messages caught on a real unix datagram socket, its sensor a real pty
+whose writer can be made to stall, and `edge-agent status` asked about it.
+
+Timing: WATCHDOG_USEC=1 s (a ping every 0.5 s), stall after 1.5 s without samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.agentutil import MODELS, REPO, read_status, run_cli
+from tests.notify_socket import NotifySocket
+from tests.pty_board import PtyBoard
+
+RATE_HZ = 200
+WATCHDOG_USEC = 1_000_000  # systemd's WatchdogSec=1: the agent pings every 0.5 s
+STALL_AFTER_S = 1.5
+CHANNELS = ("vib_x", "vib_y", "vib_z", "current")
+CLI = (sys.executable, "-m", "edge_agent")
+
+
+class SensorWriter:
+    """Writes CSV lines to the pty at RATE_HZ in real time while `flowing` is set."""
+
+    def __init__(self, board: PtyBoard) -> None:
+        self.board = board
+        self.flowing = threading.Event()
+        self._stop = threading.Event()
+        self._rng = np.random.default_rng(7)
+        self._thread = threading.Thread(target=self._loop, name="sensor-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        per_tick = RATE_HZ // 50  # a burst every 20 ms, like a UART FIFO
+        while not self._stop.is_set():
+            if self.flowing.wait(0.05):
+                rows = self._rng.normal(0.0, 0.3, (per_tick, len(CHANNELS)))
+                rows[:, 3] += 5.0  # a motor current around 5 A
+                self.board.write_nowait(
+                    "".join(",".join(f"{v:.4f}" for v in r) + "\n" for r in rows).encode()
+                )
+                time.sleep(0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _write_config(path: Path, stream: str, *, mqtt: str = "enabled = false") -> Path:
+    path.write_text(
+        f"""
+device_id = "gw-e2e"
+models_dir = "{MODELS}"
+
+[mqtt]
+{mqtt}
+reconnect_min_s = 0.2
+reconnect_max_s = 0.5
+
+[health]
+stall_after_s = {STALL_AFTER_S}
+
+[logging]
+format = "plain"
+
+{stream}
+"""
+    )
+    return path
+
+
+def _serial_stream(port: Path) -> str:
+    return f"""
+[[streams]]
+name = "press-3"
+variant = "int8-onnx"
+
+[streams.source]
+kind = "serial"
+port = "{port}"
+format = "csv"
+rate_hz = {RATE_HZ}
+channels = {json.dumps(list(CHANNELS))}
+rate_window_s = 2
+
+[streams.sensor_health]
+stall_after_s = 1
+rate_tolerance = 0
+clear_after_samples = 20
+"""
+
+
+def _start_agent(
+    cfg: Path, state: Path, extra_env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+    env.pop("JOURNAL_STREAM", None)
+    env.update(extra_env)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*CLI, "run", "--config", str(cfg), "--state-dir", str(state)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def _notified(
+    notify: NotifySocket,
+    pred: Callable[[dict[str, str]], bool],
+    since: float = 0.0,
+    *,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> bool:
+    if proc is not None and proc.poll() is not None:
+        raise AssertionError(f"agent exited {proc.returncode}: {log and log.read_text()}")
+    notify.drain(0.1)
+    return any(pred(m) for t, m in notify.messages if t > since)
+
+
+def _status_file(state: Path) -> dict[str, Any] | None:
+    try:
+        return read_status(state)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _status_cli(state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("status", "--state-dir", str(state), *extra, timeout=20)
+
+
+def _fits_80(text: str) -> None:
+    assert text.strip(), "empty status text"
+    wide = [ln for ln in text.splitlines() if len(ln) > 80]
+    assert not wide, wide
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Iterator[PtyBoard]:
+    b = PtyBoard(tmp_path / "dev" / "serial" / "by-id" / "usb-Acme_Press3-if00")
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    s = NotifySocket(tmp_path / "notify.sock")
+    yield s
+    s.close()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_notify_watchdog_stall_and_sigterm(
+    tmp_path: Path, board: PtyBoard, notify: NotifySocket
+) -> None:
+    state = tmp_path / "state"
+    cfg = _write_config(tmp_path / "agent.toml", _serial_stream(board.path))
+    writer = SensorWriter(board)
+    log = tmp_path / "agent.log"
+    proc = _start_agent(
+        cfg,
+        state,
+        {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)},
+        log,
+    )
+    try:
+        # 1. Models loaded, the port is open, but the board sends nothing: not ready.
+        _until(
+            lambda: _notified(notify, lambda m: "EXTEND_TIMEOUT_USEC" in m, proc=proc, log=log),
+            30,
+            "EXTEND_TIMEOUT_USEC while models load",
+        )
+        _until(
+            lambda: _notified(notify, lambda m: "waiting for first sample" in m.get("STATUS", "")),
+            30,
+            "STATUS while waiting for the first sample",
+        )
+        time.sleep(0.6)
+        notify.drain()
+        assert not [m for _, m in notify.messages if "READY" in m], notify.messages
+        st = _status_file(state)
+        assert st is not None
+        assert st["ready"] is False
+        assert st["running"] is True
+        assert _status_cli(state).returncode == 1  # running, not ready: DEGRADED
+
+        # 2. Samples flow: READY=1 follows, with a summary; then STATUS= and WATCHDOG=1.
+        t_flow = time.monotonic()
+        writer.flowing.set()
+        ready = notify.wait_for("READY", 10)
+        assert ready["READY"] == "1"
+        assert ready["STATUS"].startswith(("OK:", "DEGRADED:")), ready
+        t_ready = next(t for t, m in notify.messages if "READY" in m)
+        assert t_ready > t_flow
+        _until(lambda: (s := _status_file(state)) and s["windows_total"] > 20, 10, "windows")
+        t0 = time.monotonic()
+        time.sleep(2.2)
+        notify.drain()
+        pings = [t for t, m in notify.messages if "WATCHDOG" in m and t >= t0]
+        assert len(pings) >= 3, notify.messages  # ~every 0.5 s
+        gaps = np.diff(pings)
+        assert gaps.max() < 0.95, gaps  # well inside WatchdogSec=1
+        statuses = [m["STATUS"] for t, m in notify.messages if t >= t0 and "STATUS" in m]
+        assert statuses
+        assert all(s.startswith("OK: 1 stream(s)") for s in statuses), statuses
+        assert "mqtt off" in statuses[-1]
+
+        # 3. `edge-agent status` on the running agent: OK, exit 0, 80 columns.
+        res = _until(
+            lambda: (r := _status_cli(state)).returncode == 0 and r, 10, "status OK (exit 0)"
+        )
+        assert res.stdout.startswith("edge-agent status: OK"), res.stdout
+        assert "press-3" in res.stdout
+        assert "serial" in res.stdout
+        assert "STALE" not in res.stdout
+        _fits_80(res.stdout)
+        js = json.loads(_status_cli(state, "--json").stdout)
+        assert js["verdict"] == "OK"
+        assert js["state"]["health"]["live"] is True
+
+        # 4. The board stops writing: pings stop, status says why.
+        writer.flowing.clear()
+        t_stall = time.monotonic()
+        st = _until(
+            lambda: (s := _status_file(state)) and s["health"]["live"] is False and s,
+            10,
+            "health.live false after the stall",
+        )
+        hints = st["health"]["verdict_hints"]
+        assert any(h.startswith("no samples for") for h in hints), hints
+        assert "stalled" in st["streams"][0]["sensor_health"]["active"]
+        notify.drain()
+        last_ping = max(t for t, m in notify.messages if "WATCHDOG" in m)
+        # stall_after_s, plus up to one check interval to see it, plus pty/scheduling slack
+        assert last_ping - t_stall < STALL_AFTER_S + 1.5
+        quiet_from = time.monotonic()
+        time.sleep(1.6)  # three watchdog intervals
+        notify.drain()
+        late = [t for t, m in notify.messages if "WATCHDOG" in m and t > quiet_from]
+        assert not late, "WATCHDOG=1 kept coming while the source stalled"
+        assert any(
+            m.get("STATUS", "").startswith("DOWN: pipeline stalled")
+            for t, m in notify.messages
+            if t > quiet_from
+        ), notify.messages[-5:]
+        res = _status_cli(state)
+        assert res.returncode == 3, res.stdout
+        assert "DOWN" in res.stdout
+        assert "pipeline stalled" in res.stdout
+        assert "no samples for" in res.stdout
+        assert "sensor: stalled" in res.stdout
+        _fits_80(res.stdout)
+
+        # 5. Data again: pings resume without a restart.
+        writer.flowing.set()
+        t_back = time.monotonic()
+        _until(
+            lambda: _notified(notify, lambda m: "WATCHDOG" in m, since=t_back),
+            5,
+            "WATCHDOG=1 again after the data came back",
+        )
+
+        # 6. SIGTERM: STOPPING=1, clean exit 0, final status written (running false).
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log.read_text()
+        stopping = notify.wait_for("STOPPING", 2)
+        assert stopping["STOPPING"] == "1"
+        assert "SIGTERM" in stopping["STATUS"]
+        st = read_status(state)
+        assert st["running"] is False
+        assert st["stop_reason"] == "SIGTERM"
+        assert st["health"]["live"] is False
+        assert st["health"]["ready"] is False
+        res = _status_cli(state)
+        assert res.returncode == 3, res.stdout
+        assert res.stdout.startswith("edge-agent status: DOWN (STALE: last known state)")
+        assert "agent stopped (clean exit)" in res.stdout
+        _fits_80(res.stdout)
+    finally:
+        writer.close()
+        _kill(proc)
+    text = log.read_text()
+    assert "pipeline stalled, withholding watchdog" in text
+    assert text.count("pipeline stalled, withholding watchdog") == 1  # logged once per stall
+
+
+def test_status_on_a_real_agent_degraded_then_killed(tmp_path: Path) -> None:
+    """Synthetic source at real time, MQTT pointed at a port where nothing listens:
+    DEGRADED (exit 1) with the reason and a growing outbox; after SIGKILL: DOWN (3)."""
+    state = tmp_path / "state"
+    stream = """
+[[streams]]
+name = "demo"
+variant = "int8-onnx"
+source = { kind = "synthetic" }
+"""
+    cfg = _write_config(
+        tmp_path / "agent.toml",
+        stream,
+        mqtt=f'port = {_free_port()}\ntelemetry_interval_s = 0.5\nprefix = "e2e"',
+    )
+    proc = _start_agent(cfg, state, {}, tmp_path / "agent.log")
+    try:
+        res = _until(
+            lambda: (
+                (r := _status_cli(state)).returncode == 1
+                and "outbox   " in r.stdout
+                and "queued" in r.stdout
+                and r
+            ),
+            30,
+            "DEGRADED with records queued",
+        )
+        assert res.stdout.startswith("edge-agent status: DEGRADED"), res.stdout
+        assert "MQTT not connected to 127.0.0.1:" in res.stdout
+        assert "oldest" in res.stdout  # outbox depth and oldest record's age
+        _fits_80(res.stdout)
+        js = json.loads(_status_cli(state, "--json").stdout)
+        assert js["verdict"] == "DEGRADED"
+        assert js["exit_code"] == 1
+        assert js["state"]["outbox"]["depth"] > 0
+        proc.kill()
+        proc.wait(10)
+        res = _status_cli(state)
+        assert res.returncode == 3, res.stdout
+        assert "pid" in res.stdout
+        assert "is gone (crashed or killed)" in res.stdout
+        _fits_80(res.stdout)
+    finally:
+        _kill(proc)
+
+
+def test_stall_shows_in_status_without_systemd_watchdog(tmp_path: Path, board: PtyBoard) -> None:
+    """Run from a terminal (no NOTIFY_SOCKET, no WATCHDOG_USEC): the stall check still
+    runs, so `edge-agent status` tells a technician the pipeline stalled."""
+    state = tmp_path / "state"
+    cfg = _write_config(tmp_path / "agent.toml", _serial_stream(board.path))
+    writer = SensorWriter(board)
+    log = tmp_path / "agent.log"
+    proc = _start_agent(cfg, state, {}, log)
+    try:
+        writer.flowing.set()
+        _until(
+            lambda: (s := _status_file(state)) and s["ready"] and s["windows_total"] > 0,
+            30,
+            "ready with windows scored",
+        )
+        writer.flowing.clear()
+        st = _until(
+            lambda: (s := _status_file(state)) and not s["health"]["live"] and s,
+            10,
+            "health.live false after the stall",
+        )
+        assert st["health"]["watchdog"] is False
+        assert any(h.startswith("no samples for") for h in st["health"]["verdict_hints"])
+        res = _status_cli(state)
+        assert res.returncode == 3, res.stdout
+        assert "pipeline stalled" in res.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log.read_text()
+    finally:
+        writer.close()
+        _kill(proc)
