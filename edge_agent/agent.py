@@ -79,6 +79,7 @@ class Agent:
         self.limits = limits or RunLimits()
         self.state_dir = Path(cfg.state_dir)
         self.stop_event = threading.Event()
+        self._wake = threading.Event()  # stop, or readiness reached: act before the next tick
         self.streams: list[StreamRuntime] = []
         self.reporter: Reporting | None = None
         self.selection: Selection | None = None
@@ -199,6 +200,7 @@ class Agent:
     def _on_progress(self) -> None:
         if not self.gate.ready:
             self.gate.mark(Readiness.FIRST_SAMPLE)
+            self._wake.set()  # send READY=1 now, not at the next status tick
         lim = self.limits.max_windows
         if lim is not None and self.windows_total() >= lim:
             self.request_stop(f"{lim} windows scored")
@@ -213,6 +215,7 @@ class Agent:
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
         self.stop_event.set()
+        self._wake.set()
 
     def install_signal_handlers(self) -> None:
         def _handler(signum: int, _frame: FrameType | None) -> None:
@@ -234,7 +237,11 @@ class Agent:
         tick = min(TICK_S, self.wd_interval) if self.wd_interval else TICK_S
         announced_ready = False
         try:
-            while not self.stop_event.wait(tick):
+            while True:
+                self._wake.wait(tick)
+                self._wake.clear()
+                if self.stop_event.is_set():
+                    break
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     self.request_stop(f"duration {self.limits.duration_s:g} s reached")

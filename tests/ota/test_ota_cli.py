@@ -1,0 +1,173 @@
+"""`edge-ota` end to end, as an operator runs it (python -m ota, real files, real keys)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_model_dir
+from craft import replace_member
+
+from ota.cli import main
+
+
+def edge_ota(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ota", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def run_main(*args: str | Path) -> tuple[int, str]:
+    """In-process, for setup steps (fast); the flows under test go through python -m ota."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue()
+
+
+@pytest.fixture
+def signed_bundle(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """keygen x2 -> root init (threshold 2) -> root sign -> build -> sign: all via the CLI."""
+    keys = tmp_path / "keys"
+    for name in ("alice", "bob"):
+        rc, out = run_main("keygen", "--out", keys, "--name", name, "--json")
+        assert rc == 0
+        assert json.loads(out)["keyid"]
+    assert (keys / "alice.key").stat().st_mode & 0o777 == 0o600
+    root = tmp_path / "root.json"
+    rc, _ = run_main(
+        "root", "init", "--key", keys / "alice.pub", "--key", keys / "bob.pub",
+        "--threshold", "2", "--expires", "365d", "--out", root,
+    )  # fmt: skip
+    assert rc == 0
+    rc, _ = run_main("root", "sign", root, "--key", keys / "alice.key", "--key", keys / "bob.key")
+    assert rc == 0
+    model = write_model_dir(tmp_path / "model", version=4)
+    bundle = tmp_path / "out" / "vib-ae-4.bundle"
+    rc, _ = run_main(
+        "build", model, "--version", "4", "--profiles", "rpi5", "x86-generic",
+        "--expires", "30d", "--out", bundle,
+    )  # fmt: skip
+    assert rc == 0
+    return bundle, root, keys
+
+
+def test_keygen_root_build_sign_verify(signed_bundle: tuple[Path, Path, Path]) -> None:
+    bundle, root, keys = signed_bundle
+    r = edge_ota("verify", bundle, "--root", root)
+    assert r.returncode == 1
+    assert "SignatureError" in r.stderr
+    assert "unsigned" in r.stderr
+    r = edge_ota("sign", bundle, "--key", keys / "alice.key")
+    assert r.returncode == 0, r.stderr
+    r = edge_ota("verify", bundle, "--root", root)
+    assert r.returncode == 1
+    assert "ThresholdError" in r.stderr
+    r = edge_ota("sign", bundle, "--key", keys / "bob.key")
+    assert r.returncode == 0, r.stderr
+    r = edge_ota("verify", bundle, "--root", root, "--profile", "rpi5", "--installed-version", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("OK: vib-ae v4")
+    # The device-side checks are all reachable from the CLI.
+    r = edge_ota("verify", bundle, "--root", root, "--installed-version", "4")
+    assert (r.returncode, "RollbackError") == (1, r.stderr.split(":")[1].strip())
+    r = edge_ota("verify", bundle, "--root", root, "--profile", "jetson-orin-nano")
+    assert r.returncode == 1
+    assert "ProfileMismatchError" in r.stderr
+    r = edge_ota("verify", bundle, "--root", root, "--now", "2099-01-01T00:00:00Z")
+    assert r.returncode == 1
+    assert "ExpiredError" in r.stderr
+
+
+def test_tampered_bundle_fails_verify_with_message(
+    signed_bundle: tuple[Path, Path, Path],
+) -> None:
+    bundle, root, keys = signed_bundle
+    assert main(["sign", str(bundle), "--key", str(keys / "alice.key"), "--key",
+                 str(keys / "bob.key")]) == 0  # fmt: skip
+    replace_member(bundle, "payload/model.onnx", b"\x00" * 10240)
+    r = edge_ota("verify", bundle, "--root", root)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("edge-ota: HashMismatchError: model.onnx: sha256")
+
+
+def test_inspect_json(
+    signed_bundle: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle, _, keys = signed_bundle
+    assert main(["sign", str(bundle), "--key", str(keys / "alice.key")]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(bundle), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["manifest"]["version"] == 4
+    assert out["manifest"]["profiles"] == ["rpi5", "x86-generic"]
+    assert [f["path"] for f in out["manifest"]["files"]] == ["model.json", "model.onnx"]
+    assert len(out["signatures"]) == 1
+
+
+def test_rotation_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    k = tmp_path / "k"
+    for n in ("old1", "old2", "new1"):
+        assert main(["keygen", "--out", str(k), "--name", n]) == 0
+    old, new = tmp_path / "root1.json", tmp_path / "root2.json"
+    assert main(["root", "init", "--key", str(k / "old1.pub"), "--key", str(k / "old2.pub"),
+                 "--threshold", "2", "--expires", "365d", "--out", str(old)]) == 0  # fmt: skip
+    assert main(["root", "sign", str(old), "--key", str(k / "old1.key"),
+                 "--key", str(k / "old2.key")]) == 0  # fmt: skip
+    assert main(["root", "rotate", str(old), "--key", str(k / "new1.pub"), "--threshold", "1",
+                 "--expires", "365d", "--out", str(new)]) == 0  # fmt: skip
+    assert main(["root", "sign", str(new), "--key", str(k / "new1.key"),
+                 "--key", str(k / "old1.key")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["root", "verify", str(new), "--trusted", str(old)]) == 1
+    assert "RootRotationError" in capsys.readouterr().err
+    assert main(["root", "sign", str(new), "--key", str(k / "old2.key")]) == 0
+    assert main(["root", "verify", str(new), "--trusted", str(old)]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["verify"],
+        ["build", "x", "--profiles", "rpi5", "--expires", "tomorrow", "--out", "b"],
+        ["verify", "/nonexistent.bundle", "--root", "/nonexistent.json"],
+        ["sign", "/nonexistent.bundle", "--key", "k"],
+    ],
+)
+def test_bad_usage_exits_2(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if argv[:1] == ["build"]:
+        argv[1] = str(write_model_dir(tmp_path / "m"))
+        argv[-1] = str(tmp_path / "b.bundle")
+    assert main(argv) == 2
+    assert capsys.readouterr().err
+
+
+def test_build_refuses_version_other_than_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = write_model_dir(tmp_path / "m", version=4)
+    argv = ["build", str(model), "--version", "5", "--profiles", "rpi5", "--expires", "1d",
+            "--out", str(tmp_path / "b")]  # fmt: skip
+    assert main(argv) == 1
+    assert "differs from the card's version 4" in capsys.readouterr().err
+
+
+def test_help_exits_0() -> None:
+    r = edge_ota("--help")
+    assert r.returncode == 0
+    for cmd in ("keygen", "root", "build", "sign", "verify", "inspect", "publish"):
+        assert cmd in r.stdout
