@@ -25,6 +25,7 @@ _COMMANDS = (
     "config",
     "profile",
     "bench",
+    "calibrate",
     "selftest",
     "status",
 )

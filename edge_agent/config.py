@@ -163,6 +163,8 @@ class StreamConfig:
     hop: int = field(default=0, metadata=check("nonneg"))
     max_batch: int = field(default=64, metadata=check("positive"))
     queue_blocks: int = field(default=256, metadata=check("positive"))
+    # > 0: with no valid stored calibration, fit one on the stream's first N windows
+    calibrate_windows: int = field(default=0, metadata=check("nonneg"))
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
     sensor_health: SensorHealthConfig = field(default_factory=SensorHealthConfig)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "BudgetExceededError",
+    "CalibrationError",
     "ConfigError",
     "EdgeAgentError",
     "MetricsError",
@@ -38,6 +39,11 @@ class BackendUnavailableError(ModelError):
 
 class BudgetExceededError(ModelError):
     """A model would exceed the device profile's memory or latency budget."""
+
+
+class CalibrationError(EdgeAgentError):
+    """Calibration data cannot give a trustworthy normalisation or threshold (a constant
+    or non-finite channel, too few samples), or a stored calibration is unusable."""
 
 
 class SourceError(EdgeAgentError):

@@ -14,13 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.calibration import (
+    Calibration,
+    Calibrator,
+    apply_calibration,
+    fit_calibration,
+    load_for_model,
+    save_calibration,
+)
 from edge_agent.config import AgentConfig, StreamConfig
-from edge_agent.errors import ConfigError
+from edge_agent.errors import CalibrationError, ConfigError
 from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.sensor_health import HealthEvent, SensorHealthMonitor
 from edge_agent.pipeline.stream import AnomalyEvent, StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model, resolve_model_dir
+from edge_agent.sources.base import Block
 from edge_agent.sources.registry import create_source
 from edge_agent.sources.runner import RestartBudget, SourceRunner, SourceState
 
@@ -43,11 +52,14 @@ class Telemetry:
     drops: int  # blocks dropped by the bounded queue + windows not scored (bad samples)
 
 
-def build_policy(sc: StreamConfig, model: LoadedModel) -> AlarmPolicy:
-    """Config values override the card's; zero means "use the card's"."""
+def build_policy(
+    sc: StreamConfig, model: LoadedModel, calibration: Calibration | None = None
+) -> AlarmPolicy:
+    """Config values override the calibration's threshold, which overrides the card's;
+    zero means "not set here"."""
     card, a = model.card, sc.alarm
     return AlarmPolicy(
-        a.threshold or card.threshold,
+        a.threshold or (calibration.threshold if calibration else 0.0) or card.threshold,
         min_on=a.min_on or card.alarm.min_on,
         min_off=a.min_off or card.alarm.min_off,
         hysteresis=a.hysteresis or card.alarm.hysteresis,
@@ -64,6 +76,16 @@ class StreamRuntime:
         )
         model = load_model(self.model_dir, profile)
         pre = model.card.preprocessing
+        self.state_dir = Path(cfg.state_dir)
+        self.calibration = load_for_model(self.state_dir, sc.name, model.card)
+        if self.calibration is not None:
+            model = apply_calibration(model, self.calibration)
+            log.info(
+                "stream %s: calibration of %s applied (threshold %.4g)",
+                sc.name,
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(self.calibration.created)),
+                self.calibration.threshold,
+            )
         self.source = create_source(sc.source.kind, sc.name, sc.source.options)
         if len(self.source.channels) != len(pre.channels):
             raise ConfigError(
@@ -79,7 +101,7 @@ class StreamRuntime:
         self.pipeline = StreamPipeline(
             sc.name,
             model,
-            build_policy(sc, model),
+            build_policy(sc, model, self.calibration),
             window=sc.window or pre.window,
             hop=sc.hop or pre.hop,
             max_batch=sc.max_batch,
@@ -93,6 +115,11 @@ class StreamRuntime:
             sc.sensor_health,
             time.time(),
         )
+        self.calibrator: Calibrator | None = None
+        self.calibration_error = ""
+        if sc.calibrate_windows > 0 and self.calibration is None:
+            p = self.pipeline
+            self.calibrator = Calibrator(p.window, p.hop, sc.calibrate_windows, len(pre.channels))
         self.error = ""
         self._thread: threading.Thread | None = None
         self._tel_at = time.monotonic()
@@ -134,6 +161,12 @@ class StreamRuntime:
                 for b in blocks:
                     hev, bad = self.health.observe(b, now)
                     hevents += hev
+                    if self.calibrator is not None:
+                        b = self._calibrate(b, now)  # noqa: PLW2901 - the rest, if any
+                        if not len(b.samples):
+                            on_progress()
+                            continue
+                        bad = bad[-len(b.samples) :]
                     # Samples from a faulty sensor are withheld: not a process anomaly.
                     for ev in self.pipeline.process(b, bad if bad.any() else None):
                         sink(ev)
@@ -150,6 +183,55 @@ class StreamRuntime:
             # The scoring loop must not die silently: mark the stream failed and say why.
             self.error = f"{type(e).__name__}: {e}"
             log.exception("stream %s stopped", self.name)
+
+    def _calibrate(self, b: Block, now: float) -> Block:
+        """Feed the automatic calibration; returns the part of `b` it did not need."""
+        assert self.calibrator is not None
+        cal = self.calibrator
+        k = cal.add(b.samples)
+        if not cal.done:
+            return Block(b.samples[:0], b.t0, b.seq + k, b.rate_hz)
+        self.calibrator = None
+        model = self.pipeline.model
+        try:
+            c = fit_calibration(
+                model,
+                cal.samples(),
+                stream=self.name,
+                now=now,
+                window=self.pipeline.window,
+                hop=self.pipeline.hop,
+            )
+            save_calibration(self.state_dir, c)
+        except CalibrationError as e:
+            # Bad calibration data must not stop monitoring: keep the card's values.
+            self.calibration_error = str(e)
+            log.error("stream %s: automatic calibration failed: %s", self.name, e)
+        else:
+            self.calibration = c
+            self.pipeline.swap_model(
+                apply_calibration(model, c), build_policy(self.config, model, c)
+            )
+            log.info(
+                "stream %s: calibrated on %d samples, threshold %.4g (card %.4g)",
+                self.name,
+                c.n_samples,
+                c.threshold,
+                model.card.threshold,
+            )
+        rate = b.rate_hz or 1.0
+        return Block(b.samples[k:], b.t0 + k / rate, b.seq + k, b.rate_hz)
+
+    def calibration_snapshot(self) -> dict[str, Any]:
+        if self.calibrator is not None:
+            c = self.calibrator
+            return {"state": "calibrating", "collected": c.collected, "needed": c.needed}
+        if self.calibration is not None:
+            return {"state": "calibrated", **self.calibration.summary()}
+        return {
+            "state": "failed" if self.calibration_error else "none",
+            "error": self.calibration_error,
+        }
 
     def take_telemetry(self) -> Telemetry:
         now = time.monotonic()
@@ -209,6 +291,7 @@ class StreamRuntime:
                 "dir": str(m.card.directory),
             },
             "counters": self.source.snapshot_counters(),
+            "calibration": self.calibration_snapshot(),
             "sensor_health": {
                 "active": sorted(
                     f"{c.value}:{ch}" if ch else c.value for c, ch in self.health.active

@@ -30,7 +30,11 @@ __all__ = [
 ]
 
 CARD_FILE = "model.json"
-SCORE_KINDS = ("reconstruction_mse", "output")
+# reconstruction_mse: mean squared error of the reconstruction (optionally weighted per
+#   channel by score.channel_weights); output: the model's first output value;
+# sum_squares: sum of the squared outputs (a graph that emits pre-scaled statistics,
+#   e.g. whitened PCA scores and residuals, so the sum is T-squared/k + Q/Q_ref).
+SCORE_KINDS = ("reconstruction_mse", "output", "sum_squares")
 
 
 def sha256_file(path: Path) -> str:
@@ -93,6 +97,8 @@ class ModelCard:
     threshold: float
     alarm: AlarmDefaults
     golden: Golden
+    # per-channel weights of reconstruction_mse (None: all channels count equally)
+    score_weights: npt.NDArray[np.float32] | None = None
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -122,6 +128,19 @@ def _tensor(d: dict[str, Any], where: str) -> TensorSpec:
     )
 
 
+def _score_weights(
+    score: dict[str, Any], n_channels: int, where: str
+) -> npt.NDArray[np.float32] | None:
+    if "channel_weights" not in score:
+        return None
+    wts = np.asarray(_get(score, "channel_weights", list, where), dtype=np.float32)
+    if wts.shape != (n_channels,) or not np.all(np.isfinite(wts)) or np.any(wts < 0):
+        raise ModelError(f"{where}.channel_weights: {n_channels} finite values >= 0 expected")
+    if score["kind"] != "reconstruction_mse" or not wts.sum() > 0:
+        raise ModelError(f"{where}.channel_weights: only for reconstruction_mse, not all zero")
+    return wts
+
+
 def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
     w = f"{directory / CARD_FILE}"
     pre = _get(raw, "preprocessing", dict, w)
@@ -140,6 +159,7 @@ def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
     kind = _get(score, "kind", str, f"{w}: score")
     if kind not in SCORE_KINDS:
         raise ModelError(f"{w}: score.kind {kind!r} unknown (expected one of {SCORE_KINDS})")
+    weights = _score_weights(score, len(channels), f"{w}: score")
     thr = _get(raw, "threshold", dict, w)
     g = _get(raw, "golden", dict, w)
     gw = f"{w}: golden"
@@ -176,6 +196,7 @@ def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
             hysteresis=float(al.get("hysteresis", 0.8)),
         ),
         golden=Golden(inputs, scores, float(g.get("atol", 1e-4)), float(g.get("rtol", 1e-3))),
+        score_weights=weights,
         raw=raw,
     )
 

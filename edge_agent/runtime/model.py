@@ -27,9 +27,24 @@ DEFAULT_PROFILE = Profile(name="default")
 
 
 def score_outputs(
-    kind: str, x_norm: npt.NDArray[np.float32], y: npt.NDArray[np.float32]
+    kind: str,
+    x_norm: npt.NDArray[np.float32],
+    y: npt.NDArray[np.float32],
+    weights: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.float64]:
-    """Per-window anomaly score from the model output (pure)."""
+    """Per-window anomaly score from the model output (pure).
+
+    `weights` (per channel, last axis) turn reconstruction_mse into a weighted mean."""
+    if kind == "reconstruction_mse" and weights is not None:
+        d2 = np.square(x_norm - y, dtype=np.float64) * weights
+        wmse: npt.NDArray[np.float64] = d2.reshape(len(y), -1).sum(axis=1) / (
+            float(weights.sum()) * (d2[0].size // len(weights))
+        )
+        return wmse
+    if kind == "sum_squares":
+        flat = y.reshape(len(y), -1)
+        ss: npt.NDArray[np.float64] = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
+        return ss
     if kind == "reconstruction_mse":
         # float32 throughout (relative error ~1e-7, far inside golden tolerances): half the
         # cost of accumulating in float64 on the hot path.
@@ -48,6 +63,23 @@ class LoadedModel:
         pre = card.preprocessing
         self._mean = pre.mean.astype(np.float32)
         self._inv_std = (1.0 / pre.std).astype(np.float32)
+
+    def with_normalization(
+        self, mean: npt.NDArray[np.float32], std: npt.NDArray[np.float32]
+    ) -> LoadedModel:
+        """The same model (shared backend, card untouched) normalising with other
+        per-channel statistics, e.g. an on-site calibration's."""
+        n = len(self.card.preprocessing.channels)
+        m = np.asarray(mean, dtype=np.float32)
+        s = np.asarray(std, dtype=np.float32)
+        if m.shape != (n,) or s.shape != (n,) or not np.all(np.isfinite(m)):
+            raise ModelError(f"{self.card.name}: normalisation needs {n} finite means and stds")
+        if not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise ModelError(f"{self.card.name}: every normalisation std must be finite and > 0")
+        out = LoadedModel(self.card, self.backend)
+        out._mean = m.copy()
+        out._inv_std = (1.0 / s).astype(np.float32)
+        return out
 
     @property
     def norm_stats(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -68,7 +100,9 @@ class LoadedModel:
         return self.scores_normalized(self.normalize(raw_windows))
 
     def scores_normalized(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        return score_outputs(self.card.score_kind, x, self.backend.infer(x))
+        return score_outputs(
+            self.card.score_kind, x, self.backend.infer(x), self.card.score_weights
+        )
 
     def check_golden(self) -> float:
         """Run the card's golden vectors; ModelError if they do not reproduce.

@@ -1,0 +1,184 @@
+"""`edge-agent calibrate`: fit a stream's normalisation and threshold on live normal data.
+
+Runs the stream's own source (as configured) until enough windows were seen, or for
+a duration, fits (edge_agent/calibration.py), stores `<state_dir>/calibration/<stream>.json`
+and prints the result. An existing calibration is replaced, and the old and new
+thresholds are logged. The running agent picks the new calibration up on restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.calibration import (
+    MIN_WINDOWS,
+    Calibration,
+    fit_calibration,
+    load_calibration,
+    samples_needed,
+    save_calibration,
+)
+from edge_agent.config import AgentConfig, StreamConfig, load_config
+from edge_agent.errors import CalibrationError, ConfigError, EdgeAgentError, SourceError
+from edge_agent.profiles import load_profiles, select
+from edge_agent.runtime.model import LoadedModel, load_model, resolve_model_dir
+from edge_agent.sources.base import Source
+from edge_agent.sources.registry import create_source
+
+__all__ = ["collect_samples", "register"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOWS = 600
+READ_TIMEOUT_S = 0.2
+MAX_SAMPLES = 10_000_000  # memory bound for --duration on a fast source
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a stream's normalisation and threshold on this machine's normal data",
+        description="Run a stream's source on normal operation, fit per-channel mean/std "
+        "and the alarm threshold, and store them in <state_dir>/calibration/<stream>.json "
+        "(replacing an older calibration). The model files are not modified.",
+    )
+    p.add_argument("--config", required=True, help="agent config file (TOML)")
+    p.add_argument("--stream", help="stream name (required when several are configured)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--windows",
+        type=int,
+        help=f"calibrate on N windows (default: the stream's calibrate_windows, "
+        f"else {DEFAULT_WINDOWS})",
+    )
+    g.add_argument("--duration", type=float, help="calibrate on S seconds of data")
+    p.add_argument("--state-dir", help="override the config's state_dir")
+    p.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    p.set_defaults(func=_calibrate)
+
+
+def _pick_stream(cfg: AgentConfig, name: str | None) -> StreamConfig:
+    names = [s.name for s in cfg.streams]
+    if not names:
+        raise ConfigError(f"{cfg.source_file}: no [[streams]] configured")
+    if name is None:
+        if len(names) > 1:
+            raise ConfigError(f"--stream: several streams configured, pick one of {names}")
+        return cfg.streams[0]
+    for s in cfg.streams:
+        if s.name == name:
+            return s
+    raise ConfigError(f"--stream: no stream {name!r} in {cfg.source_file} (have {names})")
+
+
+def collect_samples(
+    source: Source, *, max_samples: int, duration_s: float | None
+) -> npt.NDArray[np.float32]:
+    """Read the source until `max_samples`, `duration_s` elapsed, or its end."""
+    blocks: list[npt.NDArray[np.float32]] = []
+    n = 0
+    deadline = time.monotonic() + duration_s if duration_s is not None else None
+    source.open()
+    try:
+        while n < max_samples and not source.finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            blk = source.read(READ_TIMEOUT_S)
+            if blk is None:
+                continue
+            take = blk.samples[: max_samples - n]
+            blocks.append(take)
+            n += len(take)
+    finally:
+        source.close()
+    if not blocks:
+        return np.empty((0, len(source.channels)), dtype=np.float32)
+    return np.concatenate(blocks).astype(np.float32, copy=False)
+
+
+def _load(cfg: AgentConfig, sc: StreamConfig) -> LoadedModel:
+    profile = select(cfg.profile, load_profiles()).profile
+    models_dir = Path(cfg.models_dir) if cfg.models_dir else None
+    model_dir = resolve_model_dir(sc.model, sc.variant, profile, models_dir, Path(cfg.state_dir))
+    return load_model(model_dir, profile)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    cfg = load_config(args.config)
+    if args.state_dir:
+        cfg = replace(cfg, state_dir=args.state_dir)
+    if args.windows is not None and args.windows < 1:
+        raise ConfigError("--windows: expected a positive number")
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError("--duration: expected a positive number")
+    sc = _pick_stream(cfg, args.stream)
+    state_dir = Path(cfg.state_dir)
+    model = _load(cfg, sc)
+    pre = model.card.preprocessing
+    window, hop = sc.window or pre.window, sc.hop or pre.hop
+    if args.duration is not None:
+        max_samples, duration = MAX_SAMPLES, float(args.duration)
+    else:
+        n_win = args.windows or sc.calibrate_windows or DEFAULT_WINDOWS
+        max_samples, duration = samples_needed(window, hop, max(n_win, MIN_WINDOWS)), None
+    source = create_source(sc.source.kind, sc.name, sc.source.options)
+    try:
+        samples = collect_samples(source, max_samples=max_samples, duration_s=duration)
+    except SourceError as e:
+        raise CalibrationError(f"stream {sc.name}: source failed while calibrating: {e}") from e
+    log.info("stream %s: calibrating %s on %d samples", sc.name, model.description, len(samples))
+    cal = fit_calibration(model, samples, stream=sc.name, now=time.time(), window=window, hop=hop)
+    try:
+        old = load_calibration(state_dir, sc.name)
+    except EdgeAgentError as e:
+        log.warning("stream %s: replacing an unreadable calibration: %s", sc.name, e)
+        old = None
+    path = save_calibration(state_dir, cal)
+    if old is not None:
+        log.warning(
+            "stream %s: re-calibrated: threshold %.6g -> %.6g (old one fitted %s for %s v%d)",
+            sc.name,
+            old.threshold,
+            cal.threshold,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(old.created)),
+            old.model_name,
+            old.model_version,
+        )
+    else:
+        log.info("stream %s: calibrated: threshold %.6g", sc.name, cal.threshold)
+    _print(cal, old, path, model, as_json=args.json)
+    return 0
+
+
+def _print(
+    cal: Calibration, old: Calibration | None, path: Path, model: LoadedModel, *, as_json: bool
+) -> None:
+    if as_json:
+        d = cal.to_json()
+        d["path"] = str(path)
+        d["previous_threshold"] = old.threshold if old else None
+        d["card_threshold"] = model.card.threshold
+        json.dump(d, sys.stdout, indent=2)
+        print()
+        return
+    print(f"stream {cal.stream}: calibrated {model.description}")
+    print(f"  samples {cal.n_samples}, windows {cal.n_windows}")
+    prev = f" (was {old.threshold:.6g})" if old else ""
+    print(f"  threshold {cal.threshold:.6g}{prev}; card {model.card.threshold:.6g}")
+    for ch, m, s in zip(cal.channels, cal.mean, cal.std, strict=True):
+        print(f"  {ch}: mean {m:.6g}, std {s:.6g}")
+    print(f"  stored in {path} (valid for model sha256 {cal.model_sha256[:12]}... only)")

