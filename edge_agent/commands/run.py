@@ -62,13 +62,14 @@ def _run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     setup_logging(cfg.logging, args.log_level)
     agent = Agent(cfg, limits=RunLimits(args.max_windows, args.duration))
+    # Before loading models: a SIGTERM during a slow load still ends in a clean stop.
+    agent.install_signal_handlers()
     agent.prepare()
     agent.attach_reporter(Reporter(cfg, Path(cfg.state_dir), agent.birth))
     metrics = Metrics()
     server = start_metrics_server(cfg.metrics, metrics)
     if server is not None:
         agent.on_status = lambda snap: update_from_status(metrics, snap)
-    agent.install_signal_handlers()
     try:
         agent.run()
     finally:
