@@ -169,7 +169,9 @@ class CameraSource(Source):
         o: Options = self.options
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         small = cv2.resize(gray, (o.width, o.height), interpolation=cv2.INTER_AREA)
-        out = small.astype(np.float32).reshape(1, o.height * o.width)
+        out: npt.NDArray[np.float32] = np.asarray(small, dtype=np.float32).reshape(
+            1, o.height * o.width
+        )
         if o.normalise:
             out *= np.float32(1.0 / 255.0)
         return out
