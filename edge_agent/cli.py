@@ -27,6 +27,8 @@ _COMMANDS = (
     "bench",
     "selftest",
     "status",
+    "models",
+    "rollback",
 )
 
 log = logging.getLogger("edge_agent")

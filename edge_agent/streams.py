@@ -24,12 +24,14 @@ from edge_agent.runtime.model import LoadedModel, load_model, resolve_model_dir
 from edge_agent.sources.registry import create_source
 from edge_agent.sources.runner import RestartBudget, SourceRunner, SourceState
 
-__all__ = ["EventSink", "HealthSink", "StreamRuntime", "build_policy"]
+__all__ = ["EventSink", "HealthSink", "ModelLoader", "StreamRuntime", "build_policy"]
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[AnomalyEvent], None]
 HealthSink = Callable[[HealthEvent], None]
+# (bundled model dir, profile, stream name) -> the model the stream serves
+ModelLoader = Callable[[Path, Profile, str], LoadedModel]
 GET_TIMEOUT_S = 0.25
 
 
@@ -56,13 +58,25 @@ def build_policy(sc: StreamConfig, model: LoadedModel) -> AlarmPolicy:
 
 class StreamRuntime:
     def __init__(
-        self, sc: StreamConfig, cfg: AgentConfig, profile: Profile, models_dir: Path | None
+        self,
+        sc: StreamConfig,
+        cfg: AgentConfig,
+        profile: Profile,
+        models_dir: Path | None,
+        *,
+        loader: ModelLoader | None = None,
     ) -> None:
         self.config = sc
-        self.model_dir = resolve_model_dir(
+        # The bundled model; `loader` may serve another one (e.g. an OTA slot's) instead.
+        self.bundled_dir = resolve_model_dir(
             sc.model, sc.variant, profile, models_dir, Path(cfg.state_dir)
         )
-        model = load_model(self.model_dir, profile)
+        model = (
+            loader(self.bundled_dir, profile, sc.name)
+            if loader
+            else load_model(self.bundled_dir, profile)
+        )
+        self.model_dir = model.card.directory
         pre = model.card.preprocessing
         self.source = create_source(sc.source.kind, sc.name, sc.source.options)
         if len(self.source.channels) != len(pre.channels):
