@@ -1,10 +1,10 @@
-"""Running an OTA candidate beside the active model, and watching it during its trial.
+"""Running a second model beside the serving one (OTA shadow and trial).
 
 `ShadowRunner` is installed as a StreamPipeline shadow hook: the stream thread only
 copies the batch into a bounded queue (never waits); a worker thread scores it with the
 candidate. When the worker falls behind, batches are skipped and counted, so the active
-pipeline is never slowed by the candidate. `TrialMonitor` counts windows over the
-threshold after a promotion (cheap enough to run in the stream thread).
+pipeline is never slowed by the candidate. After a promotion the same runner keeps the
+previous model beside the new one for the trial.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import numpy.typing as npt
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.pipeline.windows import Windows
 from edge_agent.runtime.model import LoadedModel
-from edge_agent.update_checks import ShadowTally, TrialTally
+from edge_agent.update_checks import ShadowTally
 
-__all__ = ["SHADOW_QUEUE_BATCHES", "ShadowRunner", "TrialMonitor"]
+__all__ = ["SHADOW_QUEUE_BATCHES", "ShadowRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -98,38 +98,3 @@ class ShadowRunner:
                 self.tally.add(active_scores, cand)
                 if self.tally.windows >= self.target:
                     self._done.set()
-
-
-class TrialMonitor:
-    """Counts windows over the threshold after promotion; NaN comes from the stats."""
-
-    def __init__(self, pipelines: list[StreamPipeline]) -> None:
-        self._pipelines = pipelines
-        self._lock = threading.Lock()
-        self._windows = 0
-        self._over = 0
-        self._nonfinite0 = sum(p.stats.nonfinite_scores for p in pipelines)
-
-    def hook(self, w: Windows, scores: npt.NDArray[np.float64], model: LoadedModel) -> None:
-        over = 0
-        for p in self._pipelines:
-            if p.model is model:
-                over = int((scores > p.threshold).sum())
-                break
-        with self._lock:
-            self._windows += len(scores)
-            self._over += over
-
-    def start(self) -> None:
-        for p in self._pipelines:
-            p.shadow = self.hook
-
-    def close(self) -> None:
-        for p in self._pipelines:
-            if p.shadow == self.hook:
-                p.shadow = None
-
-    def tally(self) -> TrialTally:
-        nonfinite = sum(p.stats.nonfinite_scores for p in self._pipelines) - self._nonfinite0
-        with self._lock:
-            return TrialTally(self._windows, nonfinite, self._over)

@@ -3,8 +3,9 @@
 Values in, a Verdict out; no clocks, threads or files (the updater measures, this decides).
 
 Alarm-rate rule (shadow and trial): a candidate fails when the fraction of windows whose
-score exceeds its threshold is above max(RATE_FACTOR x the active model's fraction,
-the active model's fraction + RATE_MARGIN). Any NaN/inf score fails it outright.
+score exceeds its threshold is above max(RATE_FACTOR x the other model's fraction on the
+same windows, that fraction + RATE_MARGIN). In shadow the other model is the active one;
+during the trial it is the previous one, still running beside it. Any NaN/inf fails.
 """
 
 from __future__ import annotations

@@ -39,13 +39,14 @@ from edge_agent.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
-from edge_agent.shadow import ShadowRunner, TrialMonitor
+from edge_agent.shadow import ShadowRunner
 from edge_agent.slots import Phase
 from edge_agent.store import SlotStore
 from edge_agent.streams import build_policy
 from edge_agent.update_checks import (
     AlarmRule,
     ShadowTally,
+    TrialTally,
     Verdict,
     judge_latency,
     judge_shadow,
@@ -512,19 +513,34 @@ class Updater:
             "promoted", v, slot=slot, detail=f"on trial for {self.ota.trial_windows} windows",
             figures=shadow.figures,
         )  # fmt: skip
-        monitor = TrialMonitor([t.pipeline for t in targets])
-        monitor.start()
+        # During the trial the previous model runs as the shadow: the alarm rate of the new
+        # model is compared with the old one's on the same windows, so a real process
+        # anomaly during the trial (both alarm) does not roll a good model back.
+        t0, prev0, prev_policy0 = old[0]
+        tally = ShadowTally(
+            active_threshold=t0.pipeline.threshold, candidate_threshold=prev_policy0.threshold
+        )
+        pipelines = [t.pipeline for t in targets]
+        nonfinite0 = sum(p.stats.nonfinite_scores for p in pipelines)
+        runner = ShadowRunner(prev0, tally, self.ota.trial_windows)
+        runner.start(pipelines)
         try:
             self._pause("promote")
-            baseline = float(shadow.figures.get("active_alarm_rate") or 0.0)
             while True:
-                verdict = judge_trial(monitor.tally(), baseline, self.ota.trial_windows, self.rule)
+                trial = TrialTally(
+                    windows=tally.windows,
+                    nonfinite=sum(p.stats.nonfinite_scores for p in pipelines) - nonfinite0,
+                    over=tally.active_over,
+                )
+                verdict = judge_trial(
+                    trial, tally.candidate_rate, self.ota.trial_windows, self.rule
+                )
                 if verdict is not None:
                     break
                 if self._stop.wait(TRIAL_POLL_S):
                     raise _StoppedError  # left promoted: recovery on restart rolls it back
         finally:
-            monitor.close()
+            runner.close()
         if not verdict.ok:
             for t, prev, prev_policy in old:
                 t.pipeline.swap_model(prev, prev_policy)
