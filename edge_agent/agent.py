@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
@@ -40,6 +40,10 @@ from edge_agent.sdnotify import Notifier, watchdog_interval
 from edge_agent.status import summary_line
 from edge_agent.streams import StreamRuntime
 
+if TYPE_CHECKING:
+    from edge_agent.slot_boot import SlotBoot
+    from edge_agent.updater import Updater
+
 __all__ = ["STATUS_FILE", "Agent", "Reporting", "RunLimits"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,7 @@ class Reporting(Protocol):
     def publish_event(self, payload: dict[str, Any]) -> int: ...
     def publish_telemetry(self, payload: dict[str, Any]) -> int: ...
     def publish_ota_state(self, payload: dict[str, Any]) -> int: ...
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
 
 
@@ -94,6 +99,9 @@ class Agent:
         self.wd_interval = watchdog_interval() if cfg.health.watchdog else None
         self._lock = threading.Lock()
         self.on_status: Callable[[dict[str, Any]], None] | None = None  # e.g. metrics
+        self.boot: SlotBoot | None = None  # OTA slots at start (None: OTA disabled)
+        self.updater: Updater | None = None
+        self.ota_note = ""  # why OTA is off, for status
 
     @property
     def ready(self) -> bool:
@@ -113,17 +121,73 @@ class Agent:
         log.info("profile %s: %s", self.selection.profile.name, self.selection.reason)
         models_dir = Path(self.cfg.models_dir) if self.cfg.models_dir else None
         self.notifier.status("loading models")
+        loader = None
+        if self.cfg.ota.enabled:
+            from edge_agent.slot_boot import SlotBoot
+
+            self.boot = SlotBoot.open(self.state_dir)
+            loader = self.boot.load
         with self.notifier.extending(MODEL_LOAD_EXTEND_S):
             for sc in self.cfg.streams:
-                self.streams.append(StreamRuntime(sc, self.cfg, self.selection.profile, models_dir))
+                self.streams.append(
+                    StreamRuntime(sc, self.cfg, self.selection.profile, models_dir, loader=loader)
+                )
+        if self.boot is not None:
+            for note in self.boot.notes:
+                self.record_error("ota", note)
+            self._make_updater()
         self.gate.mark(Readiness.MODELS_WARMED)
         hops = [s.pipeline.hop for s in self.streams] or [1]
         self.watchdog = ProgressWatchdog(
             self.cfg.health.stall_after_s, samples_per_window=min(hops)
         )
 
+    def _make_updater(self) -> None:
+        """OTA needs a trusted root; without one, updates are refused (and status says so)."""
+        from datetime import datetime, timezone
+
+        from edge_agent.updater import Updater, UpdateTarget, load_root
+
+        assert self.selection is not None
+        if not self.cfg.ota.root_file:
+            self.ota_note = "no ota.root_file configured: updates are not accepted"
+            log.info("OTA: %s", self.ota_note)
+            return
+        try:
+            root = load_root(Path(self.cfg.ota.root_file), datetime.now(timezone.utc))
+        except EdgeAgentError as e:
+            self.ota_note = f"trusted root unusable, updates are not accepted: {e}"
+            self.record_error("ota", self.ota_note)
+            return
+        self.updater = Updater(
+            state_dir=self.state_dir,
+            ota=self.cfg.ota,
+            profile=self.selection.profile,
+            root=root,
+            targets=[UpdateTarget(s.pipeline, s.config) for s in self.streams],
+            publish=self._publish_ota,
+        )
+
+    def _start_updater(self) -> None:
+        if self.updater is not None:
+            self.updater.start()
+
+    def _publish_ota(self, body: dict[str, Any]) -> None:
+        if self.reporter is not None:
+            self.reporter.publish_ota_state(body)
+
     def attach_reporter(self, reporter: Reporting) -> None:
+        """Also subscribes the updater to its announcements (fleet group and device)."""
         self.reporter = reporter
+        if self.updater is not None:
+            from ota.announce import device_topic, fleet_topic
+
+            prefix, updater = self.cfg.mqtt.prefix, self.updater
+            for flt in (
+                fleet_topic(self.cfg.ota.group, prefix),
+                device_topic(self.cfg.device_id, prefix),
+            ):
+                reporter.subscribe(flt, lambda _t, payload: updater.on_announcement(payload))
 
     def birth(self) -> dict[str, Any]:
         """Who we are, for the retained status/birth message."""
@@ -230,6 +294,7 @@ class Agent:
             self.reporter.start()
         for s in self.streams:
             s.start(self._on_event, self._on_health, self.stop_event, self._on_progress)
+        self._start_updater()
         now = time.monotonic()
         deadline = now + self.limits.duration_s if self.limits.duration_s else None
         next_telemetry = now + self.cfg.mqtt.telemetry_interval_s
@@ -313,6 +378,8 @@ class Agent:
         self.stop_event.set()
         self.notifier.stopping(f"stopping: {self.stop_reason or 'requested'}")
         log.info("stopping: %s", self.stop_reason, extra=fields(message_id=MSG_AGENT_STOPPING))
+        if self.updater is not None:
+            self.updater.stop()
         for s in self.streams:
             s.join(timeout=5.0)
             if s.error:
@@ -362,11 +429,32 @@ class Agent:
             "sensor_events_total": self.sensor_events_total,
             "windows_total": self.windows_total(),
             "errors": list(self.errors),
+            "ota": self._ota_snapshot(),
         }
         if self.reporter is not None:
             snap.update(self.reporter.snapshot())
         else:
             snap["mqtt"] = {"enabled": False}
+        return snap
+
+    def _ota_snapshot(self) -> dict[str, Any]:
+        if self.updater is not None:
+            snap = self.updater.snapshot()
+        elif self.boot is not None:
+            st = self.boot.store.state
+            snap = {
+                "enabled": False,
+                "state": "off",
+                "active_slot": None if st.active is None else st.active.value,
+                "active_version": st.active_version,
+                "last_result": st.last_result,
+            }
+        else:
+            snap = {"enabled": False, "state": "off"}
+        if self.ota_note:
+            snap["note"] = self.ota_note
+        if self.boot is not None:
+            snap["model_source"] = dict(self.boot.sources)
         return snap
 
     def write_status(self, *, running: bool = True) -> dict[str, Any]:

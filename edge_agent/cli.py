@@ -28,6 +28,8 @@ _COMMANDS = (
     "calibrate",
     "selftest",
     "status",
+    "models",
+    "rollback",
 )
 
 log = logging.getLogger("edge_agent")

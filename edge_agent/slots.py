@@ -276,14 +276,16 @@ class Recovery:
 
 def plan_recovery(s: SlotsState, now: datetime) -> Recovery:
     """Decide the state after a crash. Unproven candidates are dropped; an uncommitted
-    promoted model is rolled back (a crash during its trial counts against it)."""
+    promoted model is rolled back, or dropped when there is no previous slot (a crash
+    during its trial counts against it)."""
     if s.phase in PRE_PROMOTION:
         return Recovery(abandon(s, f"interrupted while {s.phase.value}", now), s.candidate, True)
     if s.phase is Phase.PROMOTED:
         if s.previous is not None:
             return Recovery(rollback(s, "interrupted during trial", now), None, True)
-        # No previous model to return to: keep serving the one we have and commit it.
-        return Recovery(commit(s, now), None, True)
+        # No previous slot: the agent's bundled model serves again; the candidate's
+        # trial was interrupted, which counts against it (it is dropped, not committed).
+        return Recovery(drop_active(s, "interrupted during trial", now), s.active, True)
     return Recovery(s, None, False)
 
 

@@ -127,8 +127,20 @@ class SlotStore:
         log.info("slots: %s (active %s)", new.phase.value, new.active)
         return new
 
+    def _signers_path(self, slot: Slot) -> Path:
+        return self.slots_dir / f"{slot.value}.signers.json"
+
+    def signers(self, slot: Slot) -> tuple[str, ...]:
+        """Key ids that signed the bundle a slot was filled from (for `edge-agent models`)."""
+        try:
+            raw = read_json(self._signers_path(slot))
+        except (OSError, ValueError):
+            return ()
+        return tuple(str(k) for k in raw) if isinstance(raw, list) else ()
+
     def _clear(self, slot: Slot) -> None:
         self._meta_path(slot).unlink(missing_ok=True)
+        self._signers_path(slot).unlink(missing_ok=True)
         for p in (self.slot_dir(slot), self.slots_dir / f".{slot.value}.unpacking"):
             if p.exists():
                 shutil.rmtree(p)
@@ -138,6 +150,7 @@ class SlotStore:
     def _fill(self, slot: Slot, bundle: Path, verified: VerifiedManifest) -> None:
         self._clear(slot)
         unpack(bundle, verified, self.slot_dir(slot))
+        atomic_write_json(self._signers_path(slot), list(verified.signer_keyids))
         atomic_write_bytes(self._meta_path(slot), verified.manifest_bytes)
 
     def install_initial(self, bundle: Path, verified: VerifiedManifest, now: datetime) -> Path:
@@ -224,10 +237,20 @@ class SlotStore:
         if why is None:
             return
         log.error("active model failed its integrity check: %s", why)
+        actions.append(f"active corrupt ({why}); {self.fall_back(why, now)}")
+
+    def fall_back(self, reason: str, now: datetime) -> str:
+        """The active slot cannot serve (corrupt, or fails to load): serve the previous
+        slot if it is intact, else no slot (the agent's bundled model). Clears the bad
+        slot; returns what was done."""
+        s = self._state
+        if s.active is None:
+            raise StateError("no active slot to fall back from")
         if s.previous is not None and self.check_slot(s.previous) is None:
-            actions.append(f"active corrupt ({why}); fell back to slot {s.previous.value}")
-            self._save(fall_back(s, why, now))
+            done = f"fell back to slot {s.previous.value}"
+            self._save(fall_back(s, reason, now))
         else:
-            actions.append(f"active corrupt ({why}); no verified model left")
-            self._save(drop_active(s, why, now))
+            done = "no verified slot left"
+            self._save(drop_active(s, reason, now))
         self._clear(s.active)
+        return done

@@ -33,12 +33,14 @@ from edge_agent.sources.base import Block
 from edge_agent.sources.registry import create_source
 from edge_agent.sources.runner import RestartBudget, SourceRunner, SourceState
 
-__all__ = ["EventSink", "HealthSink", "StreamRuntime", "build_policy"]
+__all__ = ["EventSink", "HealthSink", "ModelLoader", "StreamRuntime", "build_policy"]
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[AnomalyEvent], None]
 HealthSink = Callable[[HealthEvent], None]
+# (bundled model dir, profile, stream name) -> the model the stream serves
+ModelLoader = Callable[[Path, Profile, str], LoadedModel]
 GET_TIMEOUT_S = 0.25
 
 
@@ -68,13 +70,25 @@ def build_policy(
 
 class StreamRuntime:
     def __init__(
-        self, sc: StreamConfig, cfg: AgentConfig, profile: Profile, models_dir: Path | None
+        self,
+        sc: StreamConfig,
+        cfg: AgentConfig,
+        profile: Profile,
+        models_dir: Path | None,
+        *,
+        loader: ModelLoader | None = None,
     ) -> None:
         self.config = sc
-        self.model_dir = resolve_model_dir(
+        # The bundled model; `loader` may serve another one (e.g. an OTA slot's) instead.
+        self.bundled_dir = resolve_model_dir(
             sc.model, sc.variant, profile, models_dir, Path(cfg.state_dir)
         )
-        model = load_model(self.model_dir, profile)
+        model = (
+            loader(self.bundled_dir, profile, sc.name)
+            if loader
+            else load_model(self.bundled_dir, profile)
+        )
+        self.model_dir = model.card.directory
         pre = model.card.preprocessing
         self.state_dir = Path(cfg.state_dir)
         self.calibration = load_for_model(self.state_dir, sc.name, model.card)

@@ -38,7 +38,15 @@ from edge_agent.errors import ConfigError, PublishError
 from edge_agent.reporting.backoff import Backoff
 from edge_agent.reporting.topics import Topic
 
-__all__ = ["NOT_AUTHORIZED", "Ack", "Incoming", "LinkState", "LinkStats", "MqttLink"]
+__all__ = [
+    "NOT_AUTHORIZED",
+    "Ack",
+    "Incoming",
+    "LinkState",
+    "LinkStats",
+    "MqttLink",
+    "topic_matches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +100,11 @@ class _Client(paho.Client):
         # closing it; close it first (paho 2.2), or every reconnect leaks two sockets.
         self._reset_sockets(sockpair_only=True)
         return super().loop_start()
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching ('+' one level, '#' the rest), as the broker does it."""
+    return bool(paho.topic_matches_sub(topic_filter, topic))
 
 
 def read_password(cfg: MqttConfig) -> str | None:
@@ -155,7 +168,7 @@ class MqttLink:
         self._will = will
         self._on_connected = on_connected
         self._on_message = on_message
-        self._subscriptions = subscriptions
+        self._subscriptions = list(subscriptions)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._backoff = Backoff(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
         self.broker = f"{cfg.host}:{cfg.port}"
@@ -174,6 +187,12 @@ class MqttLink:
         self._gone = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = self._make_client(client_id)
+
+    def add_subscription(self, topic_filter: str) -> None:
+        """Subscribe (QoS 1) to one more filter on every connect; call before start()."""
+        if self._thread is not None:
+            raise PublishError("add subscriptions before the link starts")
+        self._subscriptions.append(topic_filter)
 
     def _make_client(self, client_id: str) -> _Client:
         c = _Client(

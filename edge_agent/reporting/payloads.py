@@ -175,12 +175,21 @@ def telemetry_body(
 
 
 def ota_state_body(
-    *, state: str, version: int | None, slot: str | None = None, detail: str = ""
+    *,
+    state: str,
+    version: int | None,
+    slot: str | None = None,
+    detail: str = "",
+    figures: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Progress or result of a model update."""
+    """Progress or result of a model update; `figures`: the measurements behind a
+    decision (latency, shadow alarm rates and score medians, trial counts)."""
     if state not in OTA_STATES:
         raise PublishError(f"OTA state must be one of {OTA_STATES}, got {state!r}")
-    return {"state": state, "version": version, "slot": slot, "detail": detail}
+    body: dict[str, Any] = {"state": state, "version": version, "slot": slot, "detail": detail}
+    if figures:
+        body["figures"] = {k: _finite(v) if isinstance(v, float) else v for k, v in figures.items()}
+    return body
 
 
 SENSOR_EVENT_TYPES = ("sensor_fault_start", "sensor_fault_end")

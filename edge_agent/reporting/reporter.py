@@ -18,7 +18,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import EdgeAgentError
 from edge_agent.reporting.commands import CommandHandler, CommandRouter
 from edge_agent.reporting.drain import Drainer
-from edge_agent.reporting.link import Incoming, MqttLink
+from edge_agent.reporting.link import Incoming, MqttLink, topic_matches
 from edge_agent.reporting.outbox import Kind, Outbox
 from edge_agent.reporting.payloads import encode, envelope, status_offline, status_online
 from edge_agent.reporting.topics import DeviceTopics, Topic
@@ -52,6 +52,7 @@ class Reporter:
         self._router = CommandRouter(self._topics)
         self._router.register("ping", self._cmd_ping)
         self._router.register("rebirth", self._cmd_rebirth)
+        self._extra: list[tuple[str, Callable[[str, bytes], None]]] = []
         self._link: MqttLink | None = None
         self._drain: Drainer | None = None
         if cfg.mqtt.enabled:
@@ -144,7 +145,19 @@ class Reporter:
     def _cmd_rebirth(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"seq": self._publish_birth()}
 
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        """Deliver messages matching `topic_filter` to `handler(topic, payload)`, on the MQTT
+        thread (keep it short). Call before start(); the filter is subscribed (QoS 1) again
+        on every connect, so retained messages on it arrive after each reconnect."""
+        if self._link is not None:
+            self._link.add_subscription(topic_filter)
+        self._extra.append((topic_filter, handler))
+
     def _on_message(self, msg: Incoming) -> None:
+        for flt, handler in self._extra:
+            if topic_matches(flt, msg.topic):
+                handler(msg.topic, msg.payload)
+                return
         reply = self._router.dispatch(
             msg.topic, msg.payload, msg.response_topic, msg.correlation, now=time.time()
         )

@@ -1,0 +1,245 @@
+"""The device updater in-process: real signed bundles of real models, a real pipeline fed
+with the synthetic signal from a thread, real slot store. Candidates that output NaN,
+blow the latency budget or alarm on most windows are never promoted; one that degrades
+during its trial is rolled back; a good one is committed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import NOW, Env
+from otamodels import FP32, copy_model, nan_model
+
+from edge_agent.config import OtaConfig, SourceSpec, StreamConfig
+from edge_agent.pipeline.stream import StreamPipeline
+from edge_agent.profiles import Profile
+from edge_agent.runtime.model import load_model
+from edge_agent.slots import Phase
+from edge_agent.sources.base import Block
+from edge_agent.sources.synth_signal import SyntheticSignal
+from edge_agent.sources.synthetic import Options
+from edge_agent.store import SlotStore
+from edge_agent.streams import build_policy
+from edge_agent.updater import Updater, UpdateTarget
+from ota.announce import Announcement
+from ota.build import plan_bundle
+from ota.bundle import add_signatures, read_header, write_bundle
+from ota.signing import sign_bytes
+
+PROFILE = Profile(name="rpi5")
+SHADOW, TRIAL = 40, 60
+
+
+def make_bundle(env: Env, model_dir: Path, name: str) -> Path:
+    plan = plan_bundle(
+        model_dir,
+        profiles=["rpi5"],
+        created=NOW - timedelta(hours=1),
+        expires=NOW + timedelta(days=30),
+        min_agent_version="0.1.0",
+    )
+    out = env.tmp / name
+    write_bundle(out, plan.manifest, plan.sources)
+    data = read_header(out).manifest_bytes
+    add_signatures(out, [sign_bytes(k, data) for k in env.keys[:2]])
+    return out
+
+
+def announce(bundle: Path) -> bytes:
+    h = read_header(bundle)
+    return Announcement(
+        manifest=json.loads(h.manifest_bytes),
+        signatures=h.signatures,
+        url=bundle.resolve().as_uri(),
+        size=bundle.stat().st_size,
+        sha256=hashlib.sha256(bundle.read_bytes()).hexdigest(),
+        ts=NOW,
+    ).to_payload()
+
+
+@dataclass
+class Feeder:
+    """Feeds the synthetic signal into the pipeline from a thread; `gain` scales it."""
+
+    pipeline: StreamPipeline
+    gain: float = 1.0
+    stop: threading.Event = field(default_factory=threading.Event)
+    errors: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        sig = SyntheticSignal()
+        seq, n = 0, 32
+        while not self.stop.is_set():
+            samples = (sig.render(seq, n) * self.gain).astype(np.float32)
+            try:
+                self.pipeline.process(Block(samples, seq / 100.0, seq, 100.0))
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.errors.append(repr(e))
+                return
+            seq += n
+            time.sleep(0.001)
+
+
+@dataclass
+class Rig:
+    env: Env
+    pipeline: StreamPipeline
+    updater: Updater
+    feeder: Feeder
+    published: list[dict[str, Any]]
+
+    @property
+    def states(self) -> list[str]:
+        return [p["state"] for p in self.published]
+
+
+@pytest.fixture
+def rig(env: Env, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    profile = getattr(request, "param", PROFILE)
+    model = load_model(FP32, profile)
+    sc = StreamConfig(name="vib", source=SourceSpec("synthetic", Options()))
+    pipe = StreamPipeline("vib", model, build_policy(sc, model), window=64, hop=16)
+    published: list[dict[str, Any]] = []
+    up = Updater(
+        state_dir=env.tmp / "state",
+        ota=OtaConfig(shadow_windows=SHADOW, trial_windows=TRIAL),
+        profile=profile,
+        root=env.root,
+        targets=[UpdateTarget(pipe, sc)],
+        publish=published.append,
+        clock=NOW.timestamp,
+    )
+    feeder = Feeder(pipe)
+    t = threading.Thread(target=feeder.run, daemon=True)
+    t.start()
+    yield Rig(env, pipe, up, feeder, published)
+    feeder.stop.set()
+    up.stop()
+    t.join(5)
+    assert not feeder.errors
+
+
+def test_good_candidate_is_shadowed_promoted_and_committed(rig: Rig) -> None:
+    b = make_bundle(rig.env, copy_model(rig.env.tmp / "v2", 2), "v2.bundle")
+    windows_before = rig.pipeline.stats.windows
+    assert rig.updater.process(announce(b)) == "committed"
+    assert rig.states == [
+        "announced", "downloading", "verifying", "validating", "shadow", "promoted", "committed",
+    ]  # fmt: skip
+    assert rig.pipeline.model.card.version == 2
+    st = SlotStore(rig.env.tmp / "state").state
+    assert (st.phase, st.active_version, st.highest_committed_version) == (Phase.COMMITTED, 2, 2)
+    shadow = rig.published[5]["figures"]
+    assert shadow["windows"] >= SHADOW
+    assert shadow["nonfinite"] == 0
+    assert 0.5 < shadow["median_ratio"] < 2.0  # same network: same score distribution
+    assert rig.published[3]["state"] == "validating"
+    assert rig.updater.snapshot()["figures"]["windows"] >= TRIAL
+    assert rig.pipeline.stats.windows > windows_before
+    # The retained announcement comes back on every reconnect: handled once only.
+    assert rig.updater.process(announce(b)) == "ignored"
+    assert len(rig.published) == 7
+
+
+def test_candidate_outputting_nan_is_never_promoted(rig: Rig) -> None:
+    b = make_bundle(rig.env, nan_model(rig.env.tmp / "nan", 2), "nan.bundle")
+    assert rig.updater.process(announce(b)) == "failed"
+    assert rig.states[-1] == "failed"
+    assert "non-finite" in rig.published[-1]["detail"]
+    assert "promoted" not in rig.states
+    assert rig.pipeline.model.card.version == 1
+    st = SlotStore(rig.env.tmp / "state").state
+    assert st.phase is Phase.ABANDONED
+    assert st.active is None
+
+
+def test_candidate_nan_on_live_windows_fails_shadow(rig: Rig) -> None:
+    # Golden vectors pass (they stay below 20 sigma); the live signal, scaled, does not.
+    rig.feeder.gain = 50.0
+    b = make_bundle(rig.env, nan_model(rig.env.tmp / "nan", 2, above=20.0), "nan.bundle")
+    assert rig.updater.process(announce(b)) == "failed"
+    assert rig.states[-2:] == ["shadow", "failed"]
+    assert "NaN/inf" in rig.published[-1]["detail"]
+    assert rig.published[-1]["figures"]["nonfinite"] > 0
+    assert rig.pipeline.model.card.version == 1
+
+
+def test_candidate_alarming_on_most_windows_fails_shadow(rig: Rig) -> None:
+    b = make_bundle(rig.env, copy_model(rig.env.tmp / "noisy", 2, threshold=1e-9), "n.bundle")
+    assert rig.updater.process(announce(b)) == "failed"
+    fig = rig.published[-1]["figures"]
+    assert rig.states[-2:] == ["shadow", "failed"]
+    assert "alarm rate" in rig.published[-1]["detail"]
+    assert fig["candidate_alarm_rate"] == 1.0
+    assert fig["active_alarm_rate"] < 0.05
+    assert rig.pipeline.model.card.version == 1
+
+
+@pytest.mark.parametrize("rig", [Profile(name="rpi5", window_latency_ms=1e-6)], indirect=True)
+def test_candidate_over_latency_budget_is_never_promoted(rig: Rig) -> None:
+    b = make_bundle(rig.env, copy_model(rig.env.tmp / "v2", 2), "v2.bundle")
+    assert rig.updater.process(announce(b)) == "failed"
+    assert rig.states[-2:] == ["validating", "failed"]
+    assert "exceeds the profile budget" in rig.published[-1]["detail"]
+    assert rig.pipeline.model.card.version == 1
+
+
+def test_candidate_degrading_during_trial_is_rolled_back(rig: Rig) -> None:
+    b = make_bundle(rig.env, nan_model(rig.env.tmp / "nan", 2, above=20.0), "nan.bundle")
+    result: list[str] = []
+    t = threading.Thread(target=lambda: result.append(rig.updater.process(announce(b))))
+    t.start()
+    deadline = time.monotonic() + 30
+    while "promoted" not in rig.states and time.monotonic() < deadline and t.is_alive():
+        time.sleep(0.005)
+    assert "promoted" in rig.states
+    rig.feeder.gain = 50.0  # the process changes: the new model now outputs NaN
+    t.join(30)
+    assert result == ["rolled_back"]
+    assert "NaN/inf" in rig.published[-1]["detail"]
+    assert rig.pipeline.model.card.version == 1  # swapped back in memory
+    st = SlotStore(rig.env.tmp / "state").state
+    assert st.active is None
+    assert st.phase is Phase.IDLE
+
+
+def test_rollback_during_trial_returns_to_previous_slot(rig: Rig) -> None:
+    assert (
+        rig.updater.process(
+            announce(make_bundle(rig.env, copy_model(rig.env.tmp / "v2", 2), "2.b"))
+        )
+        == "committed"
+    )
+    b3 = make_bundle(rig.env, nan_model(rig.env.tmp / "nan", 3, above=20.0), "3.b")
+    result: list[str] = []
+    t = threading.Thread(target=lambda: result.append(rig.updater.process(announce(b3))))
+    t.start()
+    deadline = time.monotonic() + 30
+    while rig.states.count("promoted") < 2 and time.monotonic() < deadline and t.is_alive():
+        time.sleep(0.005)
+    rig.feeder.gain = 50.0
+    t.join(30)
+    assert result == ["rolled_back"]
+    assert rig.pipeline.model.card.version == 2
+    st = SlotStore(rig.env.tmp / "state").state
+    assert (st.phase, st.active_version, st.highest_committed_version) == (
+        Phase.ROLLED_BACK, 2, 2,
+    )  # fmt: skip
+
+
+def test_announced_bundle_below_installed_version_is_rejected_before_download(rig: Rig) -> None:
+    b = make_bundle(rig.env, copy_model(rig.env.tmp / "v1", 1), "v1.bundle")
+    assert rig.updater.process(announce(b)) == "rejected"
+    assert rig.states == ["announced", "rejected"]
+    assert "RollbackError" in rig.published[-1]["detail"]
+    assert not (rig.env.tmp / "state" / "ota" / "downloads").exists()
