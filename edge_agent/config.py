@@ -244,15 +244,15 @@ def default_state_dir() -> Path:
     return user_state_dir()
 
 
-def demo_stream(*, bounded: bool) -> StreamConfig:
+def demo_stream(*, fast: bool) -> StreamConfig:
     """The embedded demo: synthetic vibration signal + the bundled model.
 
-    Bounded runs (--max-windows/--duration) go as fast as scoring allows; an unbounded
-    demo runs in real time like a real sensor."""
+    With `fast` (a run bounded by a number of windows) it goes as fast as scoring
+    allows; otherwise (forever, or for a --duration) it runs in real time like a sensor."""
     from edge_agent.sources.synthetic import Options
 
     return StreamConfig(
         name="demo",
-        source=SourceSpec("synthetic", Options(speed=0.0 if bounded else 1.0)),
+        source=SourceSpec("synthetic", Options(speed=0.0 if fast else 1.0)),
         model="vibration-ae",
     )

@@ -37,8 +37,8 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
     else:
         cfg = AgentConfig(state_dir=str(default_state_dir()), source_file="(defaults)")
     if args.demo:
-        bounded = args.max_windows is not None or args.duration is not None
-        cfg = replace(cfg, streams=(*cfg.streams, demo_stream(bounded=bounded)))
+        fast = args.max_windows is not None
+        cfg = replace(cfg, streams=(*cfg.streams, demo_stream(fast=fast)))
     if args.state_dir:
         cfg = replace(cfg, state_dir=args.state_dir)
     if not cfg.streams:

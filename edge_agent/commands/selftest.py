@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
     from edge_agent.runtime.model import load_model, resolve_model_dir
 
     results: list[dict[str, Any]] = []
-    cfg = AgentConfig(state_dir=str(default_state_dir()), streams=(demo_stream(bounded=True),))
+    cfg = AgentConfig(state_dir=str(default_state_dir()), streams=(demo_stream(fast=True),))
 
     def config() -> str:
         nonlocal cfg
