@@ -47,7 +47,7 @@ CHANNELS = (
     "Voltage",
     "Volume Flow RateRMS",
 )
-FAMILIES = ("skab-ae", "skab-pca")
+FAMILIES = ("skab-ae", "skab-pca", "skab-zsq")
 MAX_BATCH = 64
 LATENCY_CALLS = 300
 LEADERBOARD = [
@@ -233,10 +233,12 @@ def main() -> None:
     ap.add_argument("--models", default=REPO / "models", type=Path)
     ap.add_argument("--out", type=Path, help="write the markdown report here")
     ap.add_argument("--notes", type=Path, help="markdown appended to the report")
+    ap.add_argument("--family", action="append", choices=FAMILIES, help="evaluate only this family")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     fs = files(a.data)
-    cards = [c for c in find_models(a.models) if c.family in FAMILIES]
+    wanted = a.family or FAMILIES
+    cards = [c for c in find_models(a.models) if c.family in wanted]
     cards.sort(key=lambda c: (FAMILIES.index(c.family), c.precision, c.backend))
     if not cards:
         raise SystemExit(
