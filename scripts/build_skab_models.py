@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Build the SKAB models (two families x three variants) with their model cards.
+"""Build the SKAB models (three families x three variants) with their model cards.
 
     /work/main/.venv-build/bin/python scripts/build_skab_models.py \
-        --data ../shared/data/skab --out models
+        --data ../shared/data/skab --out models [--family skab-zsq ...]
 
 Families, both over windows of WINDOW rows x the 8 SKAB sensor channels (1 row/s):
 - skab-ae:  dense autoencoder (80 -> 32 -> 8 -> 32 -> 80), score = reconstruction MSE
@@ -11,6 +11,10 @@ Families, both over windows of WINDOW rows x the 8 SKAB sensor channels (1 row/s
             layer: outputs [t_i / sqrt(k lambda_i) (k values), residual / sqrt(Q_ref)
             (8 values)], so the sum of squares (score kind `sum_squares`) is
             T^2/k + Q/Q_ref. Temperature is masked out inside the graph.
+- skab-zsq: window mean -> Temperature dropped -> square -> sum in the graph (score
+            kind `output`): the calibrated z-scores' sum of squares, no trained
+            weights. Its int8 variants keep the square and sum in float32 (float
+            output); its int8 ranges are pinned to +-ZSQ_INT8_RANGE.
 Variants: fp32 ONNX, int8 ONNX (QDQ static quantisation, float I/O), int8 TFLite
 (full integer, int8 I/O).
 
