@@ -4,7 +4,7 @@
     /work/main/.venv-build/bin/python scripts/build_skab_models.py \
         --data ../shared/data/skab --out models [--family skab-zsq ...]
 
-Families, both over windows of WINDOW rows x the 8 SKAB sensor channels (1 row/s):
+Families, all over windows of WINDOW rows x the 8 SKAB sensor channels (1 row/s):
 - skab-ae:  dense autoencoder (80 -> 32 -> 8 -> 32 -> 80), score = reconstruction MSE
             weighted per channel (Temperature weight 0, see below).
 - skab-pca: PCA with Hotelling T-squared and Q (SPE) on the window mean, as ONE dense
@@ -16,7 +16,7 @@ Families, both over windows of WINDOW rows x the 8 SKAB sensor channels (1 row/s
             weights. Its int8 variants keep the square and sum in float32 (float
             output); its int8 ranges are pinned to +-ZSQ_INT8_RANGE.
 Variants: fp32 ONNX, int8 ONNX (QDQ static quantisation, float I/O), int8 TFLite
-(full integer, int8 I/O).
+(full integer, int8 I/O; skab-zsq: float I/O, see above).
 
 Training data: `anomaly-free/anomaly-free.csv` only (9405 rows, normal operation),
 cut into segments of SEGMENT rows; each segment is normalised the way the device's
