@@ -28,14 +28,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_agent.calibration import apply_calibration, fit_calibration  # noqa: E402
+from edge_agent.calibration import (  # noqa: E402
+    CalibrationParams,
+    apply_calibration,
+    fit_calibration,
+)
 from edge_agent.evaluation import Counts, confusion, pointwise_alarm  # noqa: E402
 from edge_agent.pipeline.alarms import AlarmPolicy, Transition  # noqa: E402
 from edge_agent.pipeline.stream import StreamPipeline  # noqa: E402
 from edge_agent.runtime.model import LoadedModel, find_models, load_model  # noqa: E402
+from edge_agent.sources.base import Block  # noqa: E402
 from edge_agent.sources.replay import Options, ReplaySource, load_table  # noqa: E402
 
 CAL_ROWS = 400
+HOLDOUT_FIT = 300  # the hold-out check calibrates on these rows of the calibration part
+SWEEP_MARGINS = (1.5, 1.75, 2.0, 2.5, 3.0)
+SWEEP_MIN_OFF = (20, 10, 5)
 GROUPS = ("valve1", "valve2", "other")
 CHANNELS = (
     "Accelerometer1RMS",
@@ -47,7 +55,7 @@ CHANNELS = (
     "Voltage",
     "Volume Flow RateRMS",
 )
-FAMILIES = ("skab-ae", "skab-pca")
+FAMILIES = ("skab-ae", "skab-pca", "skab-zsq")
 MAX_BATCH = 64
 LATENCY_CALLS = 300
 LEADERBOARD = [
@@ -85,7 +93,8 @@ def labels(path: Path) -> np.ndarray:
     return load_table(path, o)[0][:, 0] > 0.5
 
 
-def eval_file(model: LoadedModel, path: Path, res: Result) -> None:
+def read_samples(path: Path) -> tuple[list[Block], np.ndarray]:
+    """The file through the agent's ReplaySource, as the blocks it delivers."""
     opts = Options(
         path=str(path),
         columns=CHANNELS,
@@ -101,16 +110,32 @@ def eval_file(model: LoadedModel, path: Path, res: Result) -> None:
         b = src.read(1.0)
         if b is not None:
             blocks.append(b)
+    return blocks, np.concatenate([b.samples for b in blocks])
+
+
+def run_pipeline(
+    model: LoadedModel,
+    blocks: list[Block],
+    cal_rows: int,
+    *,
+    params: CalibrationParams | None,
+    min_off: int | None,
+    name: str,
+) -> tuple[StreamPipeline, list[tuple[int, bool]], float]:
+    """Calibrate on the first cal_rows rows (the same code as `edge-agent calibrate`),
+    then run the pipeline over every block; alarm transitions as (row, open after)."""
     samples = np.concatenate([b.samples for b in blocks])
-    y = labels(path)
-    assert len(y) == len(samples), path
-    # On-site calibration on the first CAL_ROWS rows: the same code as `edge-agent calibrate`.
-    cal = fit_calibration(model, samples[:CAL_ROWS], stream=path.stem, now=0.0)
+    cal = fit_calibration(model, samples[:cal_rows], stream=name, now=0.0, params=params)
     a = model.card.alarm
-    policy = AlarmPolicy(cal.threshold, min_on=a.min_on, min_off=a.min_off, hysteresis=a.hysteresis)
+    policy = AlarmPolicy(
+        cal.threshold,
+        min_on=a.min_on,
+        min_off=a.min_off if min_off is None else min_off,
+        hysteresis=a.hysteresis,
+    )
     pre = model.card.preprocessing
     pipe = StreamPipeline(
-        path.stem,
+        name,
         apply_calibration(model, cal),
         policy,
         window=pre.window,
@@ -124,11 +149,67 @@ def eval_file(model: LoadedModel, path: Path, res: Result) -> None:
             transitions.append(
                 (ev.window_start + pre.window - 1, ev.transition is Transition.START)
             )
-    res.score_s += time.perf_counter() - t0
+    return pipe, transitions, time.perf_counter() - t0
+
+
+def eval_file(
+    model: LoadedModel,
+    path: Path,
+    res: Result,
+    params: CalibrationParams | None = None,
+    min_off: int | None = None,
+) -> None:
+    blocks, samples = read_samples(path)
+    y = labels(path)
+    assert len(y) == len(samples), path
+    pipe, transitions, dt = run_pipeline(
+        model, blocks, CAL_ROWS, params=params, min_off=min_off, name=path.stem
+    )
+    res.score_s += dt
     res.windows += pipe.stats.windows
     pred = pointwise_alarm(len(samples), transitions)
     res.counts = res.counts + confusion(pred[CAL_ROWS:], y[CAL_ROWS:])
     res.files += 1
+
+
+def holdout_counts(
+    model: LoadedModel, path: Path, params: CalibrationParams | None, min_off: int | None
+) -> Counts:
+    """Calibration data only: calibrate on the first HOLDOUT_FIT rows of the calibration
+    part, run on; every row from HOLDOUT_FIT to CAL_ROWS is normal, so any alarm there
+    is a false alarm. No test row and no label is read."""
+    blocks, _ = read_samples(path)
+    cal_blocks, n = [], 0
+    for b in blocks:
+        if n >= CAL_ROWS:
+            break
+        k = min(len(b.samples), CAL_ROWS - n)
+        cal_blocks.append(dataclasses.replace(b, samples=b.samples[:k]))
+        n += k
+    _, transitions, _ = run_pipeline(
+        model, cal_blocks, HOLDOUT_FIT, params=params, min_off=min_off, name=path.stem
+    )
+    pred = pointwise_alarm(CAL_ROWS, transitions)[HOLDOUT_FIT:]
+    return confusion(pred, np.zeros_like(pred))
+
+
+def sweep(model: LoadedModel, fs: list[Path]) -> list[tuple[float, int, Counts, Counts]]:
+    """(margin, min_off, hold-out counts on calibration data, test counts) per setting."""
+    out = []
+    for margin in SWEEP_MARGINS:
+        params = CalibrationParams(margin=margin)
+        for min_off in SWEEP_MIN_OFF:
+            hold, r = Counts(), Result(model.card.name)
+            for f in fs:
+                hold = hold + holdout_counts(model, f, params, min_off)
+                eval_file(model, f, r, params, min_off)
+            out.append((margin, min_off, hold, r.counts))
+            print(
+                f"  margin {margin:g} min_off {min_off}: hold-out FAR {hold.far:.2f}; "
+                f"test F1 {r.counts.f1:.3f} FAR {r.counts.far:.2f} MAR {r.counts.mar:.2f}",
+                flush=True,
+            )
+    return out
 
 
 def single_window_ms(model: LoadedModel) -> float:
@@ -170,10 +251,11 @@ def render(results: list[Result], command: str, ablation: list[Result]) -> str:
         "  per-channel mean/std (std floored at 0.3 x the card's std) and the threshold",
         "  (highest calibration-window score x 1.5). The rest of the file is the test part.",
         "- Path: `ReplaySource` -> `StreamPipeline` (`Windower` -> `LoadedModel.scores` ->",
-        "  `AlarmPolicy`), the card's alarm policy (min_on 3, min_off 20, hysteresis 0.8),",
-        "  windows of 10 rows, hop 1. The prediction for row r is the alarm state after the",
-        "  newest window ending at or before r: **causal**, no look-ahead. The test part's",
-        "  first windows use rows of the calibration part as history.",
+        "  `AlarmPolicy`), the card's alarm policy (min_on 3, hysteresis 0.8, min_off 20;",
+        "  skab-zsq: min_off 10), windows of 10 rows, hop 1. The prediction for row r is",
+        "  the alarm state after the newest window ending at or before r: **causal**, no",
+        "  look-ahead. The test part's first windows use rows of the calibration part as",
+        "  history.",
         "- TP/FP/FN/TN pooled over all test rows of all files; F1, FAR, MAR per the SKAB",
         "  definitions (`edge_agent/evaluation.py`).",
         "- No threshold or policy value was fitted on test labels; see *How the choices were",
@@ -227,16 +309,47 @@ def render(results: list[Result], command: str, ablation: list[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_sweep(name: str, rows: list[tuple[float, int, Counts, Counts]]) -> str:
+    lines = [
+        "",
+        f"## Trade-off: threshold margin x min_off ({name})",
+        "",
+        "Hold-out FAR uses calibration data only: per file, calibrate on the first "
+        f"{HOLDOUT_FIT} rows,",
+        f"run on, and count alarmed rows among rows {HOLDOUT_FIT}-{CAL_ROWS - 1} (all normal). "
+        "The test",
+        "columns are the protocol's figures for the same setting: **reading a setting off",
+        "them is model selection on the test set**.",
+        "",
+        "| margin | min_off | hold-out FAR % (calibration rows) | test F1 | test FAR % "
+        "| test MAR % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for margin, min_off, hold, c in rows:
+        lines.append(
+            f"| {margin:g} | {min_off} | {fmt(hold.far, '.2f')} | {fmt(c.f1, '.3f')} | "
+            f"{fmt(c.far, '.2f')} | {fmt(c.mar, '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--models", default=REPO / "models", type=Path)
     ap.add_argument("--out", type=Path, help="write the markdown report here")
     ap.add_argument("--notes", type=Path, help="markdown appended to the report")
+    ap.add_argument("--family", action="append", choices=FAMILIES, help="evaluate only this family")
+    ap.add_argument(
+        "--sweep",
+        choices=FAMILIES,
+        help="also sweep threshold margin x min_off for this family's fp32 variant",
+    )
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     fs = files(a.data)
-    cards = [c for c in find_models(a.models) if c.family in FAMILIES]
+    wanted = a.family or FAMILIES
+    cards = [c for c in find_models(a.models) if c.family in wanted]
     cards.sort(key=lambda c: (FAMILIES.index(c.family), c.precision, c.backend))
     if not cards:
         raise SystemExit(
@@ -258,13 +371,22 @@ def main() -> None:
                 eval_file(without_weights(model), f, ab)
             ablation.append(ab)
             print(f"  all channels: F1 {ab.counts.f1:.3f} FAR {ab.counts.far:.2f}", flush=True)
+    swept: tuple[str, list[tuple[float, int, Counts, Counts]]] | None = None
+    if a.sweep:
+        ref = next(c for c in cards if c.family == a.sweep and c.precision == "fp32")
+        print(f"sweep {ref.name}:", flush=True)
+        swept = (ref.name, sweep(load_model(ref.directory), fs))
     if a.out:
         cmd = (
             f"python scripts/eval_skab.py --data ../shared/data/skab --models models --out {a.out}"
         )
+        if a.sweep:
+            cmd += f" --sweep {a.sweep}"
         if a.notes:
             cmd += f" --notes {a.notes}"
         text = render(results, cmd, ablation)
+        if swept:
+            text += render_sweep(*swept)
         if a.notes:
             text += "\n" + a.notes.read_text()
         a.out.write_text(text)

@@ -9,11 +9,12 @@ from edge_agent.profiles import Profile
 from edge_agent.runtime.card import card_from_dict, load_card
 from edge_agent.runtime.model import load_model, score_outputs
 from edge_agent.runtime.registry import runtime_available
+from edge_agent.runtime.selection import agreement_ratio, bound_from_card
 from tests.agentutil import MODELS
 
 VARIANTS = [
     f"skab-{fam}-{var}"
-    for fam in ("ae", "pca")
+    for fam in ("ae", "pca", "zsq")
     for var in ("fp32-onnx", "int8-onnx", "int8-tflite")
 ]
 
@@ -65,3 +66,52 @@ def test_channel_weights_are_checked():
     bad = {**pca, "score": {**pca["score"], "channel_weights": [1.0] * 8}}
     with pytest.raises(ModelError, match="only for reconstruction_mse"):
         card_from_dict(bad, MODELS / "skab-pca-fp32-onnx")
+
+
+ZSQ_MASK = np.array([1, 1, 1, 1, 0, 1, 1, 1], bool)  # Temperature carries no weight
+
+
+def _zsq_by_hand(x_norm):
+    return np.square(x_norm.astype(np.float64).mean(axis=1)[:, ZSQ_MASK]).sum(axis=1)
+
+
+def test_zsq_fp32_graph_is_the_sum_of_squared_window_means():
+    model = load_model(MODELS / "skab-zsq-fp32-onnx", Profile(name="t"))
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 2, (50, 10, 8)).astype(np.float32)
+    x[:5, :, 4] += 40  # Temperature far off: must not move the score
+    got = model.scores_normalized(x)
+    assert np.allclose(got, _zsq_by_hand(x), rtol=1e-5, atol=1e-5)
+    card = model.card
+    assert card.score_kind == "output"
+    assert card.output.shape == (None, 1)
+
+
+@pytest.mark.parametrize("variant", ["int8-onnx", "int8-tflite"])
+def test_zsq_int8_keeps_a_float_score_within_its_stated_bound(variant):
+    d = MODELS / f"skab-zsq-{variant}"
+    card = load_card(d)
+    if not runtime_available(card.backend):
+        pytest.skip(f"no {card.backend} runtime")
+    # the final square and sum run in float: the output is not quantised
+    assert card.output.dtype == "float32"
+    assert card.output.scale is None
+    model = load_model(d, Profile(name="t"))
+    assert model.backend.output_quant is None
+    rng = np.random.default_rng(4)
+    # calibrated-normal-like windows, inside the int8 range of +-10 std units
+    # (a per-window level, as a drifting machine shows, plus row noise)
+    x = (rng.normal(0, 1.5, (400, 1, 8)) + rng.normal(0, 1, (400, 10, 8))).astype(np.float32)
+    ref = load_model(MODELS / "skab-zsq-fp32-onnx", Profile(name="t")).scores_normalized(x)
+    got = model.scores_normalized(x)
+    bound = bound_from_card(card.raw)
+    assert bound is not None
+    assert agreement_ratio(got, ref, bound) <= 1.0
+    # resolution near typical calibrated thresholds (3 to 40): a few percent at most
+    near = (ref > 3) & (ref < 40)
+    assert near.sum() > 20
+    assert np.max(np.abs(got[near] - ref[near]) / ref[near]) < 0.08
+    # a fault beyond the int8 range saturates high, it never hides below a threshold
+    big = np.zeros((1, 10, 8), np.float32)
+    big[:, :, 0] = -30.0
+    assert model.scores_normalized(big)[0] >= 0.9 * 100
