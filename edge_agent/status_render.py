@@ -83,6 +83,22 @@ def _short(v: float | None, chars: int, digits: int = 3) -> str:
     return text  # cut by the column
 
 
+def _calibration_line(cal: Any) -> str:
+    """On-site calibration of one stream, or "" when it has none."""
+    state = get(cal, "state", str, "none")
+    if state == "calibrated":
+        return (
+            f"    calibrated on site: {get(cal, 'n_windows', int, 0)} windows, "
+            f"threshold {_short(num(cal, 'threshold'), 10)}"
+        )
+    if state == "calibrating":
+        got, need = get(cal, "collected", int, 0), get(cal, "needed", int, 0)
+        return f"    calibrating: {got}/{need} samples (not scored yet)"
+    if state == "failed":
+        return f"    calibration FAILED: {get(cal, 'error', str, '')}"[:78]
+    return ""
+
+
 def _drops(queue: int, withheld: int) -> str:
     """Queue drops ("q") and windows withheld for bad samples ("w") kept apart."""
     parts = [f"{_compact(n)}{tag}" for n, tag in ((queue, "q"), (withheld, "w")) if n]
@@ -185,6 +201,9 @@ def _stream_lines(streams: list[Any]) -> list[str]:
         faults = [str(c) for c in get(sh, "active", list, []) if c]
         if faults:
             out.append("    sensor: " + ", ".join(faults))
+        cal_line = _calibration_line(s.get("calibration") if isinstance(s, Mapping) else None)
+        if cal_line:
+            out.append(cal_line)
         err = get(s, "source_error", str, "")
         if err:
             out.append(f"    error: {err}")

@@ -202,6 +202,15 @@ def test_calibrate_command_end_to_end(model, tmp_path):
     assert out2["threshold"] > out["threshold"]
     assert f"threshold {out['threshold']:.6g} -> {out2['threshold']:.6g}" in r2.stderr
     assert out2["n_samples"] == 400  # the file ended before the default 600 windows
+    # the technician sees it in `edge-agent models`, tied to the model it was fitted for
+    r3 = run_cli("models", "--config", str(cfg), "--json")
+    assert r3.returncode == 0, r3.stderr
+    (cal,) = json.loads(r3.stdout)["calibrations"]
+    assert cal["stream"] == "pump"
+    assert cal["threshold"] == out2["threshold"]
+    assert cal["model_sha256"] == model.card.sha256
+    r4 = run_cli("models", "--config", str(cfg))
+    assert f"calibrated [pump]: {model.card.name}" in r4.stdout
 
 
 def test_calibrate_command_refuses_bad_data(model, tmp_path):
@@ -231,3 +240,5 @@ def test_run_calibrates_automatically_on_first_windows(model, tmp_path):
     assert s["threshold"] == s["calibration"]["threshold"]
     assert s["windows"] == 800 - 309 - 9  # the calibration samples are not scored
     assert (tmp_path / "state" / "calibration" / "pump.json").is_file()
+    text = run_cli("status", "--state-dir", str(tmp_path / "state")).stdout
+    assert "calibrated on site: " in text

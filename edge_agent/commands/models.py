@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import Any
 
 from edge_agent.commands.status import DEFAULT_CONFIG, resolve_state_dir
@@ -76,7 +77,35 @@ def slots_report(state_dir: Any) -> dict[str, Any]:
         "serving": "slot " + d["active"] if d["active"] else "bundled model",
         "slots": slots,
         "history": d["history"][-10:],
+        "calibrations": calibrations_report(state_dir),
     }
+
+
+def calibrations_report(state_dir: Any) -> list[dict[str, Any]]:
+    """On-site calibrations in `<state_dir>/calibration/` (read as JSON: no numpy here).
+    Each names the model (and sha256) it was fitted for; the agent ignores one whose
+    model has changed."""
+    from pathlib import Path
+
+    out = []
+    for p in sorted((Path(state_dir) / "calibration").glob("*.json")):
+        try:
+            d = json.loads(p.read_text())
+            out.append(
+                {
+                    "stream": d["stream"],
+                    "model": d["model_name"],
+                    "model_version": d["model_version"],
+                    "model_sha256": d["model_sha256"],
+                    "threshold": d["threshold"],
+                    "windows": d["n_windows"],
+                    "created": d["created"],
+                    "file": str(p),
+                }
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            out.append({"file": str(p), "error": f"unreadable: {e}"})
+    return out
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -104,4 +133,13 @@ def _models(args: argparse.Namespace) -> int:
         )
     if rep["last_result"]:
         print(f"last:      {rep['last_result']}")
+    for c in rep["calibrations"]:
+        if "error" in c:
+            print(f"calibration {c['file']}: {c['error']}")
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["created"]))
+        print(
+            f"calibrated [{c['stream']}]: {c['model']} v{c['model_version']}, threshold "
+            f"{c['threshold']:.4g} from {c['windows']} windows, {when}"
+        )
     return rc
