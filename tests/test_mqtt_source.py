@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -17,22 +14,12 @@ from edge_agent.sources.framing import encode_frame
 from edge_agent.sources.mqtt_payload import decode_json
 from edge_agent.sources.mqtt_source import MqttSource, Options
 from edge_agent.sources.runner import SourceRunner, SourceState
-from tests.broker import MOSQUITTO, Broker
+from tests.mosquitto import Broker
 
 CH = ("temp", "pressure")
 TOPIC = "plant/line1/press/sensors"
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    if not os.path.exists(MOSQUITTO):
-        pytest.skip("mosquitto not installed")
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 def _publisher(b: Broker) -> mqtt.Client:

@@ -10,7 +10,6 @@ import sys
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import mosquitto
 from conftest import NOW, PROFILE, Env
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -20,6 +19,7 @@ from ota.fetch import fetcher_for
 from ota.publish import MqttTarget, publish_retained
 from ota.unpack import unpack
 from ota.verify import verify
+from tests.mosquitto import Broker, free_port
 
 pytestmark = pytest.mark.broker
 
@@ -38,37 +38,35 @@ def receive_retained(port: int, topic: str, timeout: float = 10) -> bytes:
         c.loop_stop()
 
 
-def test_publish_serve_then_device_fetches_verifies_unpacks(env: Env) -> None:
+def test_publish_serve_then_device_fetches_verifies_unpacks(env: Env, broker: Broker) -> None:
     bundle = env.bundle("vib-ae-2.bundle")
-    with mosquitto(env.tmp) as port:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ota", "publish", str(bundle), "--host", "127.0.0.1",
-             "--port", str(port), "--group", "line-3", "--device", "gw-01",
-             "--serve", "0", "--serve-for", "20"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert proc.stdout is not None
-            lines = [proc.stdout.readline() for _ in range(3)]
-            assert lines[-1].startswith("serving"), (lines, proc.stderr and proc.stderr.read())
-            for topic in (fleet_topic("line-3"), device_topic("gw-01")):
-                ann = Announcement.from_payload(receive_retained(port, topic))
-                assert ann.url.startswith("http://127.0.0.1:")
-            assert topic == "edge/gw-01/ota/announce"
-            # Device side: refuse or accept before downloading, then fetch within the size.
-            vm = verify(ann.manifest_bytes, ann.signatures, env.root, 1, PROFILE, NOW)
-            dest = fetcher_for(ann.url).fetch(ann.url, env.tmp / "dl" / "b.bundle", ann.size)
-            unpack(dest, vm, env.tmp / "slots" / "b")
-        finally:
-            proc.terminate()
-            proc.communicate(timeout=10)
+    port = broker.port
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ota", "publish", str(bundle), "--host", "127.0.0.1",
+         "--port", str(port), "--group", "line-3", "--device", "gw-01",
+         "--serve", "0", "--serve-for", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[-1].startswith("serving"), (lines, proc.stderr and proc.stderr.read())
+        for topic in (fleet_topic("line-3"), device_topic("gw-01")):
+            ann = Announcement.from_payload(receive_retained(port, topic))
+            assert ann.url.startswith("http://127.0.0.1:")
+        assert topic == "edge/gw-01/ota/announce"
+        # Device side: refuse or accept before downloading, then fetch within the size.
+        vm = verify(ann.manifest_bytes, ann.signatures, env.root, 1, PROFILE, NOW)
+        dest = fetcher_for(ann.url).fetch(ann.url, env.tmp / "dl" / "b.bundle", ann.size)
+        unpack(dest, vm, env.tmp / "slots" / "b")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
     assert (env.tmp / "slots" / "b" / "model.onnx").read_bytes() == (
         env.model_dir / "model.onnx"
     ).read_bytes()
 
 
 def test_publish_to_unreachable_broker_is_publish_error(env: Env) -> None:
-    from broker import free_port
-
     with pytest.raises(PublishError):
         publish_retained(MqttTarget("127.0.0.1", free_port()), [("edge/x", b"{}")], timeout_s=2)
