@@ -48,16 +48,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-CHANNELS = (
-    "Accelerometer1RMS",
-    "Accelerometer2RMS",
-    "Current",
-    "Pressure",
-    "Temperature",
-    "Thermocouple",
-    "Voltage",
-    "Volume Flow RateRMS",
-)
+from skab_data import CHANNELS  # noqa: E402
+
 WINDOW, HOP = 10, 1
 SEGMENT, CAL_ROWS = 1100, 400
 MIN_STD_RATIO = 0.3  # same as edge_agent.calibration.MIN_STD_RATIO

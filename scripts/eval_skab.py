@@ -28,6 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from skab_data import CAL_ROWS, CHANNELS, GROUPS  # noqa: E402
+
 from edge_agent.calibration import (  # noqa: E402
     CalibrationParams,
     apply_calibration,
@@ -40,21 +42,9 @@ from edge_agent.runtime.model import LoadedModel, find_models, load_model  # noq
 from edge_agent.sources.base import Block  # noqa: E402
 from edge_agent.sources.replay import Options, ReplaySource, load_table  # noqa: E402
 
-CAL_ROWS = 400
 HOLDOUT_FIT = 300  # the hold-out check calibrates on these rows of the calibration part
 SWEEP_MARGINS = (1.5, 1.75, 2.0, 2.5, 3.0)
 SWEEP_MIN_OFF = (20, 10, 5)
-GROUPS = ("valve1", "valve2", "other")
-CHANNELS = (
-    "Accelerometer1RMS",
-    "Accelerometer2RMS",
-    "Current",
-    "Pressure",
-    "Temperature",
-    "Thermocouple",
-    "Voltage",
-    "Volume Flow RateRMS",
-)
 FAMILIES = ("skab-ae", "skab-pca", "skab-zsq")
 MAX_BATCH = 64
 LATENCY_CALLS = 300

@@ -18,21 +18,13 @@ from edge_agent.calibration import (
 from edge_agent.config import parse_config
 from edge_agent.errors import CalibrationError
 from edge_agent.profiles import Profile
+from edge_agent.runtime.card import load_card
 from edge_agent.runtime.model import load_model
 from edge_agent.streams import StreamRuntime
 from tests.agentutil import MODELS, read_status, run_cli
 
 PCA = MODELS / "skab-pca-fp32-onnx"
-CHANNELS = (
-    "Accelerometer1RMS",
-    "Accelerometer2RMS",
-    "Current",
-    "Pressure",
-    "Temperature",
-    "Thermocouple",
-    "Voltage",
-    "Volume Flow RateRMS",
-)
+CHANNELS = load_card(PCA, verify_hash=False).preprocessing.channels
 
 
 @pytest.fixture(scope="module")
