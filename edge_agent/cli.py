@@ -61,4 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError:
+        # `edge-agent status | head`: the reader left; not an error worth a traceback.
+        sys.stderr.close()
+        return EXIT_OK
     return rc

@@ -188,3 +188,24 @@ def test_deb_builds_and_holds_agent_unit_config_and_command(tmp_path: Path) -> N
     )  # fmt: skip
     assert r.returncode == 3
     assert "never ran here" in r.stdout
+
+
+@pytest.mark.slow
+def test_wheel_carries_bundled_models_and_profiles(tmp_path: Path) -> None:
+    """A plain `pip install` (not editable, not the .deb) must still find the demo model
+    and the device profiles: they go to <prefix>/share/edge-agent."""
+    import zipfile
+
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (whl,) = tmp_path.glob("edge_agent-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    share = f"edge_agent-{whl.name.split('-')[1]}.data/data/share/edge-agent/"
+    for prof in ("rpi4", "rpi5", "rpi-zero2w", "jetson-orin-nano", "x86-generic"):
+        assert f"{share}device_profiles/{prof}.toml" in names
+    for variant in ("fp32-onnx", "int8-onnx"):
+        assert f"{share}models/vibration-ae-{variant}/model.json" in names
+        assert f"{share}models/vibration-ae-{variant}/model.onnx" in names
