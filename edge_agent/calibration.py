@@ -34,7 +34,7 @@ import numpy.typing as npt
 from edge_agent.errors import CalibrationError, EdgeAgentError
 from edge_agent.fsutil import atomic_write_json, read_json
 from edge_agent.pipeline.windows import Windower
-from edge_agent.runtime.card import ModelCard
+from edge_agent.runtime.card import ModelCard, Preprocessing
 from edge_agent.runtime.model import LoadedModel
 
 __all__ = [
@@ -160,12 +160,20 @@ def samples_needed(window: int, hop: int, windows: int) -> int:
     return window + (windows - 1) * hop
 
 
-def _check_samples(samples: npt.NDArray[np.float32], channels: tuple[str, ...]) -> None:
-    if samples.ndim != 2 or samples.shape[1] != len(channels):
+def _by_channel(samples: npt.NDArray[np.float32], pre: Preprocessing) -> npt.NDArray[np.float32]:
+    """(samples, columns) -> (values, channels). The same array for signals; an image
+    model's one channel gathers every pixel of every frame (a card refuses frames with
+    more than one channel, so the reshape is exact)."""
+    if samples.ndim != 2 or samples.shape[1] != pre.columns:
+        what = f"{pre.frame[0]}x{pre.frame[1]} frame pixels" if pre.frame else "channels"
         raise CalibrationError(
-            f"calibration data: expected (samples, {len(channels)}) for channels "
-            f"{list(channels)}, got shape {samples.shape}"
+            f"calibration data: expected (samples, {pre.columns}) for {what} "
+            f"{list(pre.channels)}, got shape {samples.shape}"
         )
+    return samples.reshape(-1, len(pre.channels))
+
+
+def _check_samples(samples: npt.NDArray[np.float32], channels: tuple[str, ...]) -> None:
     bad = ~np.isfinite(samples)
     if bad.any():
         cols = [
@@ -197,15 +205,16 @@ def fit_calibration(
     pre = card.preprocessing
     window, hop = window or pre.window, hop or pre.hop
     x = np.asarray(samples, dtype=np.float32)
-    _check_samples(x, pre.channels)
+    per_channel = _by_channel(x, pre)
+    _check_samples(per_channel, pre.channels)
     need = samples_needed(window, hop, p.min_windows)
     if len(x) < need:
         raise CalibrationError(
             f"calibration data: {len(x)} samples, need at least {need} "
             f"({p.min_windows} windows of {window} samples, hop {hop})"
         )
-    mean = x.mean(axis=0, dtype=np.float64)
-    std = x.std(axis=0, dtype=np.float64)
+    mean = per_channel.mean(axis=0, dtype=np.float64)
+    std = per_channel.std(axis=0, dtype=np.float64)
     const = std <= CONSTANT_REL_STD * np.maximum(np.abs(mean), 1.0)
     if const.any():
         names = ", ".join(f"{pre.channels[i]} (= {mean[i]:g})" for i in np.flatnonzero(const))
@@ -215,7 +224,7 @@ def fit_calibration(
         )
     std_used = np.maximum(std, p.min_std_ratio * pre.std.astype(np.float64))
     calibrated = model.with_normalization(mean.astype(np.float32), std_used.astype(np.float32))
-    wins = Windower(window, hop, len(pre.channels)).push(calibrated.normalize(x), 0)
+    wins = Windower(window, hop, pre.columns).push(calibrated.normalize(x), 0)
     scores = np.concatenate(
         [
             calibrated.scores_normalized(wins.data[i : i + SCORE_BATCH])

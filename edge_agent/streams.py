@@ -28,8 +28,9 @@ from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.sensor_health import HealthEvent, SensorHealthMonitor
 from edge_agent.pipeline.stream import AnomalyEvent, StreamPipeline
 from edge_agent.profiles import Profile
+from edge_agent.runtime.card import Preprocessing
 from edge_agent.runtime.model import LoadedModel, load_model, resolve_model_dir
-from edge_agent.sources.base import Block
+from edge_agent.sources.base import Block, Source
 from edge_agent.sources.registry import create_source
 from edge_agent.sources.runner import RestartBudget, SourceRunner, SourceState
 
@@ -52,6 +53,25 @@ class Telemetry:
     score_max: float | None
     alarms: int
     drops: int  # blocks dropped by the bounded queue + windows not scored (bad samples)
+
+
+def check_source_fits(
+    source: Source, pre: Preprocessing, where: str, stream: str, model_name: str
+) -> None:
+    """ConfigError unless the source's samples have the shape the model's card takes."""
+    if len(source.channels) == len(pre.channels) and source.columns == pre.columns:
+        return
+    want = f"{len(pre.channels)} {list(pre.channels)}"
+    if pre.frame is not None:
+        h, w = pre.frame
+        want += f" ({pre.columns} values: a {h}x{w} grayscale frame; set the camera's "
+        want += f"height = {h}, width = {w})"
+    got = f"{len(source.channels)} channels {list(source.channels)}"
+    if source.columns != len(source.channels):
+        got += f" ({source.columns} values per sample)"
+    raise ConfigError(
+        f"{where}: streams {stream!r}: source gives {got}, model {model_name} expects {want}"
+    )
 
 
 def build_policy(
@@ -101,12 +121,7 @@ class StreamRuntime:
                 self.calibration.threshold,
             )
         self.source = create_source(sc.source.kind, sc.name, sc.source.options)
-        if len(self.source.channels) != len(pre.channels):
-            raise ConfigError(
-                f"{cfg.source_file or 'config'}: streams {sc.name!r}: source gives "
-                f"{len(self.source.channels)} channels {list(self.source.channels)}, model "
-                f"{model.card.name} expects {len(pre.channels)} {list(pre.channels)}"
-            )
+        check_source_fits(self.source, pre, cfg.source_file or "config", sc.name, model.card.name)
         self.runner = SourceRunner(
             self.source,
             max_blocks=sc.queue_blocks,
@@ -125,7 +140,7 @@ class StreamRuntime:
         self.health = SensorHealthMonitor(
             sc.name,
             tuple(self.source.channels),
-            self.source.rate_hz if speed == 1.0 else None,
+            self.source.rate_hz if speed == 1.0 and self.source.rate_is_nominal else None,
             sc.sensor_health,
             time.time(),
         )
@@ -133,7 +148,7 @@ class StreamRuntime:
         self.calibration_error = ""
         if sc.calibrate_windows > 0 and self.calibration is None:
             p = self.pipeline
-            self.calibrator = Calibrator(p.window, p.hop, sc.calibrate_windows, len(pre.channels))
+            self.calibrator = Calibrator(p.window, p.hop, sc.calibrate_windows, pre.columns)
         self.error = ""
         self._thread: threading.Thread | None = None
         self._tel_at = time.monotonic()

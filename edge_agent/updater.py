@@ -441,14 +441,16 @@ class Updater:
         for t in targets:
             p = t.pipeline
             cp = cand.card.preprocessing
-            if len(cp.channels) != len(active.card.preprocessing.channels) or (
-                cp.window != p.window
+            ap = active.card.preprocessing
+            if (len(cp.channels), cp.columns, cp.window) != (
+                len(ap.channels),
+                ap.columns,
+                p.window,
             ):
                 raise _RefusedError(
                     "failed",
                     f"validation: {cand.card.name} takes windows of {cp.window} x "
-                    f"{len(cp.channels)}, stream {t.config.name} cuts {p.window} x "
-                    f"{len(active.card.preprocessing.channels)}",
+                    f"{cp.columns}, stream {t.config.name} cuts {p.window} x {ap.columns}",
                 )
         verdict = judge_latency(self._window_latency_ms(cand), self.profile.window_latency_ms)
         if not verdict.ok:

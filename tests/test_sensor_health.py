@@ -188,3 +188,35 @@ def test_sensor_health_in_stream_config() -> None:
         {"device_id": "gw", "streams": [{"name": "d", "source": {"kind": "synthetic"}}]}
     )
     assert default.streams[0].sensor_health == SensorHealthConfig()
+
+
+# -- a camera frame is one channel of many pixels: checked by its mean --------------------
+def test_frame_channel_is_checked_by_its_mean_brightness() -> None:
+    cfg = SensorHealthConfig(
+        ranges=(ChannelRange("pixels_8x8", 0.05, 0.95),),
+        stuck_after_samples=3,
+        clear_after_samples=2,
+    )
+    mon = SensorHealthMonitor("cam", ("pixels_8x8",), None, cfg, now=0.0)
+    rng = np.random.default_rng(4)
+    live = rng.uniform(0.2, 0.8, (4, 64)).astype(np.float32)
+    ev, bad = mon.observe(Block(live, 0.0, 0, 5.0), 0.1)
+    assert ev == []
+    assert not bad.any()
+    covered = np.full((2, 64), 0.01, np.float32)  # a lens cap: dark frames
+    ev, bad = mon.observe(Block(covered, 1.0, 4, 5.0), 1.0)
+    assert [(e.condition, e.channel, e.active) for e in ev] == [
+        (HealthCondition.OUT_OF_RANGE, "pixels_8x8", True)
+    ]
+    assert bad.all()
+    frozen = np.repeat(live[:1], 4, axis=0)  # the same picture again and again
+    ev, bad = mon.observe(Block(frozen, 2.0, 6, 5.0), 2.0)
+    conds = {(e.condition, e.active) for e in ev}
+    assert (HealthCondition.STUCK, True) in conds
+    assert (HealthCondition.OUT_OF_RANGE, False) in conds
+    assert bad.tolist() == [False, False, True, True]
+    one_nan = live[:1].copy()
+    one_nan[0, 17] = np.nan  # one dead pixel value poisons the frame, flagged
+    ev, bad = mon.observe(Block(one_nan, 3.0, 10, 5.0), 3.0)
+    assert (HealthCondition.NON_FINITE, True) in {(e.condition, e.active) for e in ev}
+    assert bad.tolist() == [True]

@@ -102,7 +102,7 @@ def collect_samples(
     finally:
         source.close()
     if not blocks:
-        return np.empty((0, len(source.channels)), dtype=np.float32)
+        return np.empty((0, source.columns), dtype=np.float32)
     return np.concatenate(blocks).astype(np.float32, copy=False)
 
 

@@ -143,7 +143,7 @@ class SensorHealthMonitor:
 
     def observe(self, block: Block, now: float) -> tuple[list[HealthEvent], npt.NDArray[np.bool_]]:
         """Events started/ended by this block, and which of its samples are not scorable."""
-        x = block.samples
+        x = self._per_channel(block.samples)
         n = len(x)
         events: list[HealthEvent] = []
         if self._stalled:
@@ -165,6 +165,16 @@ class SensorHealthMonitor:
         bad = flags[HealthCondition.NON_FINITE] | flags[HealthCondition.OUT_OF_RANGE]
         bad |= flags[HealthCondition.STUCK]
         return events, bad.any(axis=1)
+
+    def _per_channel(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """One value per channel and sample. A channel spanning several columns (a
+        camera frame) is checked by its mean: NaN if any pixel is, out of range for a
+        covered lens or a blown exposure, stuck for a frozen picture."""
+        n_ch = len(self.channels)
+        if x.ndim != 2 or x.shape[1] == n_ch or x.shape[1] % n_ch:
+            return x
+        m: npt.NDArray[np.float32] = x.reshape(len(x), n_ch, -1).mean(axis=2, dtype=np.float32)
+        return m
 
     def check(self, now: float) -> list[HealthEvent]:
         """Time-based conditions (stall, rate); call periodically, e.g. once a second."""

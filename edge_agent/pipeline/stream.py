@@ -93,7 +93,7 @@ class StreamPipeline:
         self.policy = policy
         self.window, self.hop = window, hop
         self.max_batch = max_batch
-        self.windower = Windower(window, hop, len(model.card.preprocessing.channels))
+        self.windower = Windower(window, hop, model.card.preprocessing.columns)
         self.stats = StreamStats()
         self.shadow: ShadowHook | None = None
         self._lock = threading.Lock()  # guards model swaps against a running batch

@@ -62,6 +62,17 @@ class Preprocessing:
     rate_hz: float
     mean: npt.NDArray[np.float32]
     std: npt.NDArray[np.float32]
+    # An image model's one channel is a whole frame: (height, width) grayscale pixels,
+    # flattened row-major, so each sample has height*width columns. None: one column
+    # per channel (signals).
+    frame: tuple[int, int] | None = None
+
+    @property
+    def columns(self) -> int:
+        """Values per sample: one per channel, or a frame's pixels for an image model."""
+        if self.frame is None:
+            return len(self.channels)
+        return self.frame[0] * self.frame[1]
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,7 @@ class AlarmDefaults:
 
 @dataclass(frozen=True)
 class Golden:
-    inputs: npt.NDArray[np.float32]  # raw windows, before normalisation: (n, window, channels)
+    inputs: npt.NDArray[np.float32]  # raw windows, before normalisation: (n, window, columns)
     scores: npt.NDArray[np.float64]
     atol: float
     rtol: float
@@ -141,6 +152,18 @@ def _score_weights(
     return wts
 
 
+def _frame(pre: dict[str, Any], n_channels: int, where: str) -> tuple[int, int] | None:
+    if "frame" not in pre:
+        return None
+    f = _get(pre, "frame", dict, where)
+    h, w = _get(f, "height", int, f"{where}.frame"), _get(f, "width", int, f"{where}.frame")
+    if h <= 0 or w <= 0:
+        raise ModelError(f"{where}.frame: height and width must be positive")
+    if n_channels != 1:
+        raise ModelError(f"{where}.frame: an image model has exactly one channel (the frame)")
+    return int(h), int(w)
+
+
 def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
     w = f"{directory / CARD_FILE}"
     pre = _get(raw, "preprocessing", dict, w)
@@ -155,18 +178,22 @@ def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
     window, hop = int(_get(pre, "window", int, pw)), int(_get(pre, "hop", int, pw))
     if window <= 0 or hop <= 0:
         raise ModelError(f"{pw}: window and hop must be positive")
+    frame = _frame(pre, len(channels), pw)
+    columns = len(channels) if frame is None else frame[0] * frame[1]
     score = _get(raw, "score", dict, w)
     kind = _get(score, "kind", str, f"{w}: score")
     if kind not in SCORE_KINDS:
         raise ModelError(f"{w}: score.kind {kind!r} unknown (expected one of {SCORE_KINDS})")
     weights = _score_weights(score, len(channels), f"{w}: score")
+    if weights is not None and frame is not None:
+        raise ModelError(f"{w}: score.channel_weights: not for an image model (one channel)")
     thr = _get(raw, "threshold", dict, w)
     g = _get(raw, "golden", dict, w)
     gw = f"{w}: golden"
     inputs = np.asarray(_get(g, "inputs", list, gw), dtype=np.float32)
     scores = np.asarray(_get(g, "scores", list, gw), dtype=np.float64)
-    if inputs.ndim != 3 or inputs.shape[1:] != (window, len(channels)):
-        raise ModelError(f"{gw}.inputs: expected shape (n, {window}, {len(channels)})")
+    if inputs.ndim != 3 or inputs.shape[1:] != (window, columns):
+        raise ModelError(f"{gw}.inputs: expected shape (n, {window}, {columns})")
     if scores.shape != (inputs.shape[0],):
         raise ModelError(f"{gw}.scores: expected one score per input")
     al = raw.get("alarm", {})
@@ -186,7 +213,7 @@ def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
         input=_tensor(_get(raw, "input", dict, w), f"{w}: input"),
         output=_tensor(_get(raw, "output", dict, w), f"{w}: output"),
         preprocessing=Preprocessing(
-            window, hop, channels, float(pre.get("rate_hz", 0.0)), mean, std
+            window, hop, channels, float(pre.get("rate_hz", 0.0)), mean, std, frame
         ),
         score_kind=kind,
         threshold=float(_get(thr, "value", (int, float), f"{w}: threshold")),

@@ -48,6 +48,9 @@ class Source(ABC):
     # Upper bound on the runner's queue for this kind; 1 = only the newest block
     # (cameras: a slow model scores the current frame, never a backlog).
     max_queue_blocks: ClassVar[int | None] = None
+    # False where rate_hz is only a cap (a camera's fps_cap: the scored rate also
+    # follows the model's speed), so a lower measured rate is no sensor fault.
+    rate_is_nominal: ClassVar[bool] = True
 
     @property
     def live(self) -> bool:
@@ -67,6 +70,12 @@ class Source(ABC):
     def channels(self) -> tuple[str, ...]:
         """Channel names, in sample column order (default: the options' `channels`)."""
         return tuple(self.options.channels)
+
+    @property
+    def columns(self) -> int:
+        """Values per sample: one per channel, except where a channel is a whole frame
+        (a camera's channel is height*width pixels)."""
+        return len(self.channels)
 
     @property
     def rate_hz(self) -> float:

@@ -24,7 +24,7 @@ from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.schema import check
 from edge_agent.sources.base import Block, Source
 
-__all__ = ["CameraSource", "Options"]
+__all__ = ["CameraSource", "Options", "prepare_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ class Options:
     fps_cap: float = field(default=5.0, metadata=check("positive"))
     normalise: bool = True  # float32 in [0, 1]; else raw 0..255
     loop: bool = False  # restart a file at its end (demo, tests)
+    # pace a file at its own frame rate like a live camera; false: as fast as it
+    # decodes (re-inspecting a recording, benchmarks); the latest-frame policy holds
+    realtime: bool = True
 
     def __post_init__(self) -> None:
         if bool(self.url) == (self.device >= 0):
@@ -49,6 +52,7 @@ class Options:
 class CameraSource(Source):
     kind = "camera"
     max_queue_blocks = 1  # the runner queue keeps the latest frame too
+    rate_is_nominal = False  # fps_cap is an upper bound, not a promise
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
@@ -66,6 +70,10 @@ class CameraSource(Source):
     @property
     def channels(self) -> tuple[str, ...]:
         return (f"pixels_{self.options.height}x{self.options.width}",)
+
+    @property
+    def columns(self) -> int:
+        return int(self.options.height * self.options.width)
 
     @property
     def rate_hz(self) -> float:
@@ -88,7 +96,7 @@ class CameraSource(Source):
         self._eof = self._lost = False
         self._latest = None
         self._stop.clear()
-        period = 1.0 / fps if self._is_file and 0 < fps < 1000 else 0.0
+        period = 1.0 / fps if self._is_file and o.realtime and 0 < fps < 1000 else 0.0
         self._thread = threading.Thread(
             target=self._grab, args=(cap, period), name=f"cam-{self.name}", daemon=True
         )
@@ -164,17 +172,24 @@ class CameraSource(Source):
         return Block(self._prepare(frame), ts, index - 1, float(self.options.fps_cap))
 
     def _prepare(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        import cv2
-
         o: Options = self.options
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-        small = cv2.resize(gray, (o.width, o.height), interpolation=cv2.INTER_AREA)
-        out: npt.NDArray[np.float32] = np.asarray(small, dtype=np.float32).reshape(
-            1, o.height * o.width
-        )
-        if o.normalise:
-            out *= np.float32(1.0 / 255.0)
-        return out
+        return prepare_frame(frame, o.width, o.height, normalise=o.normalise)
+
+
+def prepare_frame(
+    frame: npt.NDArray[np.uint8], width: int, height: int, *, normalise: bool = True
+) -> npt.NDArray[np.float32]:
+    """BGR or gray uint8 frame -> (1, height*width) float32 grayscale, area-resized,
+    scaled to [0, 1] when `normalise`. The one definition an image model is trained
+    with (scripts/build_image_models.py) and scored with on the device."""
+    import cv2
+
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+    small = cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)
+    out: npt.NDArray[np.float32] = np.asarray(small, dtype=np.float32).reshape(1, height * width)
+    if normalise:
+        out *= np.float32(1.0 / 255.0)
+    return out
 
 
 SOURCE_CLASS = CameraSource
