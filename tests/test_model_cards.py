@@ -89,8 +89,10 @@ def test_models_directory_holds_the_three_demo_variants() -> None:
         "vibration-ae-int8-onnx",
         "vibration-ae-int8-tflite",
     } <= names
+    # The repository and the .deb carry every family (the wheel only the demo's): keep
+    # the lot small. 1.36 MB now (demo 0.40, SKAB 0.24, inspection 0.71 MB).
     total = sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file())
-    assert total < 1_000_000, f"committed model artifacts grew to {total} bytes"
+    assert total < 1_500_000, f"committed model artifacts grew to {total} bytes"
 
 
 @pytest.mark.parametrize("d", _params(MODEL_DIRS))
