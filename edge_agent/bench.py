@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.benchdata import bench_samples, bench_windows
 from edge_agent.errors import ModelError
 from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.stream import StreamPipeline
@@ -38,11 +39,11 @@ from edge_agent.runtime.selection import (
     choose_variant,
 )
 from edge_agent.sources.base import Block
-from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "AGREEMENT_FRAMES",
     "AGREEMENT_SECONDS",
     "AGREEMENT_SEED",
     "Figure",
@@ -51,9 +52,11 @@ __all__ = [
     "select_variant",
 ]
 
-# The windows the cards' agreement figures were measured on: demo seed 9, 300 s.
+# The windows the cards' agreement figures were measured on: demo seed 9, 300 s
+# (image models: 600 frames of the synthetic inspection view, seed 9).
 AGREEMENT_SEED = 9
 AGREEMENT_SECONDS = 300.0
+AGREEMENT_FRAMES = 600
 
 
 @dataclass(frozen=True)
@@ -148,9 +151,9 @@ def bench_family(
         model = load_model(card.directory, profile)
         pre = model.card.preprocessing
         n_samples = (windows - 1) * pre.hop + pre.window
-        samples = SyntheticSignal(SignalSpec(seed=1)).render(0, n_samples)
+        samples = bench_samples(card, n_samples, seed=1)
         # Windows exactly as the pipeline will cut them, for the raw figures.
-        x = np.stack([samples[i * pre.hop : i * pre.hop + pre.window] for i in range(windows)])
+        x = bench_windows(card, samples)
         block = pre.hop * batch  # one block = one full batch of new windows
         r1, rb, pl, ov, wps, wpc = [], [], [], [], [], []
         n = 0
@@ -219,9 +222,9 @@ def select_variant(
         raise ModelError(f"{family}: no fp32 reference variant installed to judge accuracy")
     pre = ref_card.preprocessing
     n = int(AGREEMENT_SECONDS * (pre.rate_hz or 100.0))
-    samples = SyntheticSignal(SignalSpec(seed=AGREEMENT_SEED)).render(0, n)
-    starts = range(0, n - pre.window + 1, pre.hop)
-    x = np.stack([samples[i : i + pre.window] for i in starts])
+    if pre.frame is not None:
+        n = AGREEMENT_FRAMES
+    x = bench_windows(ref_card, bench_samples(ref_card, n, seed=AGREEMENT_SEED))
     ref_scores = load_model(ref_card.directory, profile).scores(x)
     speed = {r.model: r.pipeline_us.median for r in results}
     candidates = []
