@@ -43,14 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from build_models import (  # noqa: E402
-    IN_NAME,
-    IR_VERSION,
-    OPSET,
-    OUT_NAME,
-    export_onnx_int8,
-    export_tflite_int8,
-)
+from build_models import IN_NAME, OUT_NAME, export_onnx_int8, export_tflite_int8  # noqa: E402
+from modelkit import new_variant_dir, save_onnx  # noqa: E402
 
 from edge_agent.bench import AGREEMENT_FRAMES, AGREEMENT_SEED  # noqa: E402
 from edge_agent.benchdata import FRAME_DEFECT_RATE  # noqa: E402
@@ -152,7 +146,6 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def export_onnx_fp32(model: Any, path: Path) -> None:
-    import onnx
     import tensorflow as tf
     from onnx import TensorProto, helper, numpy_helper
 
@@ -218,14 +211,7 @@ def export_onnx_fp32(model: Any, path: Path) -> None:
         [helper.make_tensor_value_info(OUT_NAME, TensorProto.FLOAT, ["batch", 1, H * W])],
         inits,
     )
-    m = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="edge-agent build_image_models.py",
-    )
-    m.ir_version = IR_VERSION
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
+    save_onnx(graph, path, "edge-agent build_image_models.py")
 
 
 # ---------------------------------------------------------------------------
@@ -278,12 +264,7 @@ def write_variant(  # noqa: PLR0917 - a build script's one call site
     from edge_agent.runtime.model import load_model
 
     name = f"{FAMILY}-{precision}-{backend}"
-    d = out / name
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    fname = "model.onnx" if backend == "onnx" else "model.tflite"
-    (d / fname).write_bytes(blob)
+    d, fname = new_variant_dir(out, name, backend, blob)
     card = json.loads(json.dumps(base))
     card.update(
         name=name,

@@ -32,6 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from modelkit import IR_VERSION, save_onnx
+
 from edge_agent.sources.synth_signal import (
     ANOMALY_KINDS,
     CHANNELS,
@@ -59,7 +61,6 @@ EPOCHS, BATCH, LR = 40, 128, 2e-3
 THRESHOLD_QUANTILE, THRESHOLD_MARGIN = 0.999, 1.5
 ALARM = {"min_on": 2, "min_off": 3, "hysteresis": 0.8}
 IN_NAME, OUT_NAME = "window", "reconstruction"
-OPSET, IR_VERSION = 17, 10  # onnx 1.23 writes IR 14 by default, which onnxruntime refuses
 
 
 # ---------------------------------------------------------------------------
@@ -210,7 +211,6 @@ def dense_weights(model: Any) -> list[tuple[F32, F32]]:
 # Export: ONNX fp32 (hand-built graph), ONNX int8 (QDQ), TFLite int8
 # ---------------------------------------------------------------------------
 def export_onnx_fp32(weights: list[tuple[F32, F32]], path: Path) -> None:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [
@@ -238,14 +238,7 @@ def export_onnx_fp32(weights: list[tuple[F32, F32]], path: Path) -> None:
         [helper.make_tensor_value_info(OUT_NAME, TensorProto.FLOAT, ["batch", WINDOW, N_CH])],
         inits,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="edge-agent build_models.py",
-    )
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_onnx(graph, path, "edge-agent build_models.py")
 
 
 def export_onnx_int8(fp32_path: Path, calib: F32, path: Path) -> None:

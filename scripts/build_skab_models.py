@@ -48,6 +48,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from modelkit import new_variant_dir  # noqa: E402
 from skab_data import CHANNELS  # noqa: E402
 
 WINDOW, HOP = 10, 1
@@ -336,12 +337,7 @@ def write_variant(  # noqa: PLR0917 - a build script's one call site
     from edge_agent.runtime.model import load_model
 
     name = f"{family}-{precision}-{backend}"
-    d = out / name
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    fname = "model.onnx" if backend == "onnx" else "model.tflite"
-    (d / fname).write_bytes(blob)
+    d, fname = new_variant_dir(out, name, backend, blob)
     card = json.loads(json.dumps(base))
     card.update(
         name=name,
