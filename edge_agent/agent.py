@@ -20,6 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent import __version__
+from edge_agent import manual_rollback as mr
 from edge_agent.config import AgentConfig
 from edge_agent.errors import EdgeAgentError, StateError
 from edge_agent.fsutil import atomic_write_json
@@ -166,6 +167,7 @@ class Agent:
             root=root,
             targets=[UpdateTarget(s.pipeline, s.config) for s in self.streams],
             publish=self._publish_ota,
+            store=self.boot.store if self.boot is not None else None,
         )
 
     def _start_updater(self) -> None:
@@ -317,6 +319,7 @@ class Agent:
                 if now >= next_telemetry:
                     self.send_telemetry()
                     next_telemetry = now + self.cfg.mqtt.telemetry_interval_s
+                self._poll_manual_rollback()
                 snap = self.write_status()
                 line = summary_line(snap, time.time())
                 if self.gate.ready and not announced_ready:
@@ -335,6 +338,45 @@ class Agent:
                     self.notifier.watchdog()
         finally:
             self.shutdown()
+
+    # -- manual rollback (edge-agent rollback while running; see manual_rollback.py) ----
+    def _poll_manual_rollback(self) -> None:
+        req = mr.take(self.state_dir)
+        if req is None:
+            return
+        log.info("manual rollback requested: %s", req.reason)
+        if self.boot is None:
+            mr.write_result(
+                self.state_dir, req, False, "OTA is off in this agent's config (ota.enabled)"
+            )
+        elif self.updater is None:
+            self._manual_rollback(req)
+        elif not self.updater.call_between_updates(lambda: self._manual_rollback(req)):
+            mr.write_result(self.state_dir, req, False, "the updater is busy: ask again")
+
+    def _manual_rollback(self, req: mr.Request) -> None:
+        from datetime import datetime, timezone
+
+        assert self.boot is not None
+        assert self.selection is not None
+        streams = [
+            mr.ServedStream(s.name, s.pipeline, s.config, s.bundled_dir) for s in self.streams
+        ]
+        try:
+            before, served = mr.perform(
+                self.boot, streams, self.selection.profile, req, datetime.now(timezone.utc)
+            )
+        except EdgeAgentError as e:
+            log.warning("manual rollback refused: %s", e)
+            mr.write_result(self.state_dir, req, False, str(e))
+            return
+        message = f"rolled back from v{before}: {served}"
+        log.warning("manual rollback (%s): %s", req.reason, message)
+        if self.updater is not None:
+            self.updater.report("rolled_back", before, f"manual: {req.reason}")
+        mr.write_result(
+            self.state_dir, req, True, message, pid=os.getpid(), rolled_back_from=before
+        )
 
     def _check_progress(self, now: float) -> bool:
         """True while samples arrive and windows get scored. WATCHDOG=1 is sent only

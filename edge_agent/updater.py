@@ -76,6 +76,7 @@ PAUSE_STEPS = ("download", "unpack", "validate", "shadow", "promote", "commit")
 MAX_ATTEMPTS = 3  # interrupted tries of one bundle (crash, stop) before it is given up
 HANDLED_KEPT = 50  # bundles remembered as handled (retained announcements come back)
 INBOX_SIZE = 4  # announcements waiting for the worker; more are dropped (they are retained)
+JOBS_SIZE = 4  # manual requests waiting for the updater thread
 LATENCY_BATCH = 16  # windows per timed batch when checking the latency budget
 LATENCY_RUNS = 5
 TRIAL_POLL_S = 0.02
@@ -138,6 +139,7 @@ class Updater:
         publish: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.time,
         rule: AlarmRule | None = None,
+        store: SlotStore | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.ota = ota
@@ -149,8 +151,10 @@ class Updater:
         self.rule = rule or AlarmRule()
         self.dir = self.state_dir / "ota"
         self.downloads = self.dir / "downloads"
-        self.store = SlotStore(self.state_dir)
+        # One SlotStore per process: it caches the state, so two would overwrite each other.
+        self.store = store or SlotStore(self.state_dir)
         self._inbox: queue.Queue[bytes] = queue.Queue(maxsize=INBOX_SIZE)
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue(maxsize=JOBS_SIZE)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -216,8 +220,34 @@ class Updater:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def call_between_updates(self, job: Callable[[], None]) -> bool:
+        """Run `job` on the updater's thread when no update is in progress (e.g. a
+        manual rollback, which must not interleave with an update's slot steps).
+        False if too many jobs wait."""
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            return False
+        return True
+
+    def report(self, state: str, version: int | None, detail: str) -> None:
+        """Record and publish a state change made outside an update (manual rollback)."""
+        self._set_state(state, version, detail=detail)
+
+    def _run_jobs(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                job()
+            except Exception:  # the updater must never take the agent down
+                log.exception("OTA: job failed unexpectedly")
+
     def _work(self) -> None:
         while not self._stop.is_set():
+            self._run_jobs()
             try:
                 payload = self._inbox.get(timeout=0.2)
             except queue.Empty:

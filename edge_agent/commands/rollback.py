@@ -1,9 +1,11 @@
 """`edge-agent rollback`: the technician's manual rollback to the previous model slot.
 
-Works on the state dir alone (the agent may be stopped). With no previous slot, the active
-slot is dropped and the agent's bundled model serves. A running agent keeps serving what
-it loaded until it restarts (`systemctl restart edge-agent`); while it is in the middle of
-an update the rollback is refused (docs/ota.md).
+With no previous slot, the active slot is dropped and the agent's bundled model serves.
+With the agent stopped, the slots change here, on the state dir. With it running, the
+agent does it (it owns the slot state; see edge_agent/manual_rollback.py): this command
+asks, waits for the answer and prints it; the streams switch model without a restart
+and without losing a window. While an update is in progress the rollback is refused
+(docs/ota.md).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from edge_agent.commands.status import DEFAULT_CONFIG, read_snapshot, resolve_state_dir
+from edge_agent.slots import AT_REST
 
 __all__ = ["register"]
 
@@ -35,40 +39,67 @@ def register(sub: Any) -> None:
 
 def _rollback(args: argparse.Namespace) -> int:
     from edge_agent.errors import StateError
-    from edge_agent.slots import AT_REST
-    from edge_agent.store import SlotStore
 
     state_dir = resolve_state_dir(args.state_dir, args.config)
     snap = read_snapshot(state_dir)
     pid = snap.state.get("pid") if snap.state else None
     running = bool(snap.state and snap.state.get("running") and snap.pid_alive)
+    if running:
+        answer = _ask_agent(state_dir, args.reason, pid)
+        if not answer.get("ok"):
+            raise StateError(str(answer.get("message", "refused")))
+        done = {
+            "rolled_back_from": answer.get("rolled_back_from"),
+            "result": str(answer.get("message", "")),
+            "note": f"applied by the running agent (pid {pid}): no restart needed",
+        }
+    else:
+        done = _offline(state_dir, args.reason)
+    if args.json:
+        print(json.dumps(done))
+    else:
+        print(f"{done['result']}; {done['note']}")
+    return 0
+
+
+def _ask_agent(state_dir: Path, reason: str, pid: Any) -> dict[str, Any]:
+    import time
+
+    from edge_agent import manual_rollback as mr
+
+    req = mr.submit(state_dir, reason, time.time())
+    answer = mr.wait_result(state_dir, req, mr.STALE_AFTER_S + 5.0)
+    if answer is None:
+        # not taken: withdraw it, so it cannot happen later behind the technician's back
+        (state_dir / mr.REQUEST_FILE).unlink(missing_ok=True)
+        return {
+            "ok": False,
+            "message": f"the agent (pid {pid}) did not answer in {mr.STALE_AFTER_S + 5:.0f} s;"
+            " nothing was rolled back (is it busy with an update? see edge-agent status)",
+        }
+    return answer
+
+
+def _offline(state_dir: Path, reason: str) -> dict[str, Any]:
+    from edge_agent.errors import StateError
+    from edge_agent.store import SlotStore
+
     store = SlotStore(state_dir)
     now = datetime.now(timezone.utc)
     if store.state.phase not in AT_REST:
-        if running:
-            raise StateError(
-                f"the agent (pid {pid}) is in the middle of an update "
-                f"({store.state.phase.value}); wait for it to finish, or stop the agent"
-            )
         store.recover(now)  # what the agent would do on start: finish the crash recovery
     st = store.state
     if st.active is None:
         raise StateError("no OTA model is active: the bundled model already serves")
     before = st.active_version
     if st.previous is not None:
-        new = store.rollback(args.reason, now)
-        done = f"slot {new.active.value if new.active else '-'} v{new.active_version} serves"
+        new = store.rollback(reason, now)
+        served = f"slot {new.active.value if new.active else '-'} v{new.active_version} serves"
     else:
-        store.fall_back(args.reason, now)
-        done = "no previous slot: the bundled model serves"
-    note = (
-        f"the agent (pid {pid}) keeps its current model until restarted "
-        "(systemctl restart edge-agent)"
-        if running
-        else "takes effect when the agent starts"
-    )
-    if args.json:
-        print(json.dumps({"rolled_back_from": before, "result": done, "note": note}))
-    else:
-        print(f"rolled back from v{before}: {done}; {note}")
-    return 0
+        store.fall_back(reason, now)
+        served = "no previous slot: the bundled model serves"
+    return {
+        "rolled_back_from": before,
+        "result": f"rolled back from v{before}: {served}",
+        "note": "takes effect when the agent starts",
+    }
