@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.errors import StateError
 from edge_agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
@@ -37,8 +38,9 @@ from edge_agent.slots import (
 )
 from ota.errors import OtaError
 from ota.manifest import Manifest
-from ota.unpack import unpack
-from ota.verify import VerifiedManifest
+
+if TYPE_CHECKING:  # signatures (cryptography) and tar unpacking: only when installing
+    from ota.verify import VerifiedManifest
 
 __all__ = ["STATE_FILE", "RecoveryReport", "SlotStore"]
 
@@ -149,6 +151,8 @@ class SlotStore:
 
     def _fill(self, slot: Slot, bundle: Path, verified: VerifiedManifest) -> None:
         self._clear(slot)
+        from ota.unpack import unpack
+
         unpack(bundle, verified, self.slot_dir(slot))
         atomic_write_json(self._signers_path(slot), list(verified.signer_keyids))
         atomic_write_bytes(self._meta_path(slot), verified.manifest_bytes)
