@@ -145,15 +145,16 @@ class Agent:
 
     def _make_updater(self) -> None:
         """OTA needs a trusted root; without one, updates are refused (and status says so)."""
-        from datetime import datetime, timezone
-
-        from edge_agent.updater import Updater, UpdateTarget, load_root
-
         assert self.selection is not None
         if not self.cfg.ota.root_file:
             self.ota_note = "no ota.root_file configured: updates are not accepted"
             log.info("OTA: %s", self.ota_note)
             return
+        # only now: signature checks (cryptography) cost ~8 MB a device without OTA lacks
+        from datetime import datetime, timezone
+
+        from edge_agent.updater import Updater, UpdateTarget, load_root
+
         try:
             root = load_root(Path(self.cfg.ota.root_file), datetime.now(timezone.utc))
         except EdgeAgentError as e:
