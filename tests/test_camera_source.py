@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,30 @@ def test_missing_stream_is_retried_until_it_appears(tmp_path: Path) -> None:
         while not got and time.monotonic() < deadline:
             got = r.get(0.1)
         assert got
+    finally:
+        r.stop()
+
+
+def test_live_stream_that_stops_is_reported_lost_and_reopened(tmp_path: Path) -> None:
+    """A URL (file:// here, as FFmpeg reads it like rtsp://) is a live stream: when it
+    stops delivering, that is `stream_lost`, not the end, and the runner reopens it."""
+    url = (tmp_path / "cam.avi").as_uri()
+    _video(tmp_path / "cam.avi", n=10)
+    src = CameraSource("cam", Options(url=url, fps_cap=100))
+    r = SourceRunner(src, backoff_min_s=0.05, backoff_max_s=0.1)
+    r.start()
+    try:
+        seen: list[int] = []
+        deadline = time.monotonic() + 8
+        while src.snapshot_counters().get("stream_lost", 0) < 2 and time.monotonic() < deadline:
+            seen += [_index(b.samples) for b in r.get(0.05)]
+        assert src.snapshot_counters()["stream_lost"] >= 2  # lost, reopened, lost again
+        assert r.disconnects >= 2  # the runner took each loss as a disconnect: reconnecting
+        assert r.restarts == 0  # ...which does not spend the restart budget
+        assert not src.finished  # a live stream never "finishes"
+        assert "stream lost" in r.last_error
+        # frames flowed again after the reopen: the index went back to the start
+        assert any(b < a for a, b in itertools.pairwise(seen)), seen
     finally:
         r.stop()
 
