@@ -243,12 +243,18 @@ def _link_lines(st: Mapping[str, Any], now: float) -> list[str]:
         out.append(f"{'outbox':<{LABEL}}{line}")
     ota = st.get("ota")
     if isinstance(ota, Mapping):
-        line = (
-            f"{get(ota, 'state', str, '?')}; active slot {get(ota, 'active_slot', str, '?')}"
-            f" v{get(ota, 'active_version', int, 0)}"
+        slot = ota.get("active_slot")
+        where = (
+            f"active slot {slot} v{get(ota, 'active_version', int, 0)}"
+            if isinstance(slot, str)
+            else "no OTA slot: the bundled model serves"
         )
+        line = f"{get(ota, 'state', str, '?')}; {where}"
         last = get(ota, "last_result", str, "")
         out.append(f"{'ota':<{LABEL}}{line}" + (f"; last: {last}" if last else ""))
+        note = get(ota, "note", str, "")  # why updates are off, e.g. no trusted root
+        if note:
+            out.append(f"{'':<{LABEL}}{note}")
     return out
 
 

@@ -413,3 +413,20 @@ def test_active_sensor_conditions_are_shown_under_their_stream() -> None:
     demo, quiet = lines.index(_stream_row(text, "demo")), lines.index(_stream_row(text, "quiet"))
     assert "    sensor: stalled, range:current" in lines[demo:quiet]
     assert not any(ln.startswith("    sensor:") for ln in lines[quiet:])
+
+
+def test_ota_line_says_the_bundled_model_serves_and_why_updates_are_off() -> None:
+    now = 1_000_000.0
+    st = state(now)
+    st["ota"] = {
+        "enabled": False,
+        "state": "off",
+        "active_slot": None,
+        "active_version": None,
+        "note": "no ota.root_file configured: updates are not accepted",
+    }
+    text = render_text(snap(st), assess(snap(st), now), now)
+    assert "ota      off; no OTA slot: the bundled model serves" in text
+    assert "         no ota.root_file configured: updates are not accepted" in text
+    assert "slot ?" not in text
+    assert_fits(text)
