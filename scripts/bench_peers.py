@@ -519,6 +519,12 @@ def main() -> int:
     ap.add_argument("--plots", help="write PNG plots into this directory (matplotlib venv)")
     ap.add_argument("--core-json", help="`edge-agent bench --json` output for the int8 plot")
     args = ap.parse_args()
+    if args.core_json and not Path(args.core_json).is_file():
+        # before minutes of measuring, not at the plot step after them
+        ap.error(
+            f"--core-json {args.core_json}: no such file "
+            "(write it with `python -m edge_agent bench --json > FILE`)"
+        )
     out = run(args)
     out["machine"] = machine()
     out["command"] = " ".join(["python", "scripts/bench_peers.py", *sys.argv[1:]])
