@@ -10,10 +10,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from otamodels import REPO, copy_model
+
+from edge_agent.store import SlotStore
+from ota.bundle import read_header
+from ota.root import Root
+from ota.verify import verify
 
 PROFILE = "x86-generic"
 
@@ -120,3 +126,20 @@ def wait_until(
             raise AssertionError(f"agent exited while waiting for {what}: {proc.communicate()[0]}")
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def install_committed(
+    store: SlotStore, bundle: Path, root: Root, profile: str, now: datetime
+) -> None:
+    """Put a verified bundle into the slots as an update that completed: the first one
+    installed directly, later ones through claim, unpack, validate, promote, commit."""
+    h = read_header(bundle)
+    vm = verify(h.manifest_bytes, h.signatures, root, -1, profile, now)
+    if store.state.active is None:
+        store.install_initial(bundle, vm, now)
+        return
+    store.begin_update(vm.manifest.version, now)
+    store.install_candidate(bundle, vm, now)
+    store.mark_validated(now)
+    store.promote(now)
+    store.commit(now)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fleet import (
     PROFILE,
+    install_committed,
     make_fleet,
     ota_cli,
     read_status,
@@ -26,8 +27,6 @@ from otamodels import copy_model
 from edge_agent.manual_rollback import REQUEST_FILE
 from edge_agent.store import SlotStore
 from edge_agent.updater import load_root
-from ota.bundle import read_header
-from ota.verify import verify
 from tests.agentutil import run_cli
 
 
@@ -39,16 +38,7 @@ def _free_port() -> int:
 
 def _install(store: SlotStore, bundle: Path, root_file: Path) -> None:
     now = datetime.now(timezone.utc)
-    h = read_header(bundle)
-    vm = verify(h.manifest_bytes, h.signatures, load_root(root_file, now), -1, PROFILE, now)
-    if store.state.active is None:
-        store.install_initial(bundle, vm, now)
-        return
-    store.begin_update(vm.manifest.version, now)
-    store.install_candidate(bundle, vm, now)
-    store.mark_validated(now)
-    store.promote(now)
-    store.commit(now)
+    install_committed(store, bundle, load_root(root_file, now), PROFILE, now)
 
 
 def _served(state_dir: Path) -> tuple[Any, int]:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from conftest import NOW, PROFILE, Env
+from fleet import install_committed
 from otamodels import FP32, copy_model
 
 from edge_agent.profiles import Profile
@@ -17,7 +18,6 @@ from edge_agent.store import SlotStore
 from ota.build import plan_bundle
 from ota.bundle import add_signatures, read_header, write_bundle
 from ota.signing import sign_bytes
-from ota.verify import verify
 from tests.agentutil import run_cli
 
 
@@ -33,16 +33,7 @@ def real_bundle(env: Env, model_dir: Path, name: str) -> Path:
 
 
 def install(env: Env, store: SlotStore, bundle: Path) -> None:
-    h = read_header(bundle)
-    vm = verify(h.manifest_bytes, h.signatures, env.root, -1, PROFILE, NOW)
-    if store.state.active is None:
-        store.install_initial(bundle, vm, NOW)
-        return
-    store.begin_update(vm.manifest.version, NOW)
-    store.install_candidate(bundle, vm, NOW)
-    store.mark_validated(NOW)
-    store.promote(NOW)
-    store.commit(NOW)
+    install_committed(store, bundle, env.root, PROFILE, NOW)
 
 
 def test_models_lists_slots_versions_signers_and_commit_state(env: Env) -> None:
