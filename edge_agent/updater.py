@@ -333,7 +333,9 @@ class Updater:
         if self.handled(ann.sha256):
             log.debug("OTA: announcement for %s already handled", ann.sha256[:12])
             return "ignored"
-        self.store = SlotStore(self.state_dir)  # a technician may have rolled back meanwhile
+        # self.store is the process's only slot store (start-up and manual rollback use
+        # it too) and nothing else writes slots.json while the agent runs (`edge-agent
+        # rollback` asks the agent): never replaced by a fresh read here.
         version = ann.manifest.get("version")
         v = version if isinstance(version, int) else None
         try:

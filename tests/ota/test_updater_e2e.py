@@ -87,6 +87,17 @@ def test_published_bundle_is_shadowed_promoted_and_committed(
         m = models_json(state_dir)
         a = m["slots"][0]
         assert (a["role"], a["version"], a["intact"], len(a["signers"])) == ("active", 2, True, 2)
+        # A technician rolls the committed update back while the agent runs: the agent's
+        # one slot store (the updater's, which just committed v2) does it, live; with no
+        # previous slot the bundled model serves again.
+        p = run_cli("rollback", "--state-dir", str(state_dir), "--reason", "line 1 complaint")
+        assert p.returncode == 0, p.stderr
+        assert "applied by the running agent" in p.stdout
+        wait_until(lambda: serving(state_dir)[1] == 1, 10, "bundled v1 serves again", agent)
+        assert sub.wait_for(
+            lambda ms: any(m.json()["state"] == "rolled_back" for m in ms), timeout=10
+        )
+        assert read_status(state_dir)["ota"]["active_slot"] is None
     finally:
         out = stop_agent(agent)
         if pub is not None:
