@@ -50,6 +50,7 @@ __all__ = [
     "matches_model",
     "samples_needed",
     "save_calibration",
+    "threshold_warning",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ MARGIN = 1.5
 MIN_STD_RATIO = 0.3
 MIN_WINDOWS = 30  # fewer windows give no meaningful quantile
 CONSTANT_REL_STD = 1e-6  # std below this fraction of max(|mean|, 1): a constant channel
+# A fitted threshold this many times the card's: the calibration stretch scored far above
+# the data the model was built on (a fault or defective parts in it, or a poor fit).
+# Lower ones are normal: a quiet machine calibrates below the card (SKAB: 0.07-0.9x).
+SUSPICIOUS_RATIO = 5.0
 SCORE_BATCH = 256  # windows per inference call while calibrating
 
 
@@ -254,6 +259,18 @@ def fit_calibration(
         created=now,
         score_quantile=q,
         params=p,
+    )
+
+
+def threshold_warning(cal: Calibration, card: ModelCard) -> str:
+    """Why a fitted threshold deserves a look before it is trusted; "" if it does not."""
+    if card.threshold <= 0 or cal.threshold <= SUSPICIOUS_RATIO * card.threshold:
+        return ""
+    return (
+        f"threshold {cal.threshold:.4g} is {cal.threshold / card.threshold:.0f}x the model "
+        f"card's {card.threshold:.4g}: the calibration data scored far above the data the "
+        "model was built on. Calibrate on normal operation only (no fault, no defective "
+        "parts in view); if it was normal, the model may not suit this machine"
     )
 
 

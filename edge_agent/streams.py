@@ -21,6 +21,7 @@ from edge_agent.calibration import (
     fit_calibration,
     load_for_model,
     save_calibration,
+    threshold_warning,
 )
 from edge_agent.config import AgentConfig, StreamConfig
 from edge_agent.errors import CalibrationError, ConfigError
@@ -248,6 +249,9 @@ class StreamRuntime:
                 c.threshold,
                 model.card.threshold,
             )
+            warning = threshold_warning(c, model.card)
+            if warning:
+                log.warning("stream %s: automatic calibration: %s", self.name, warning)
         rate = b.rate_hz or 1.0
         return Block(b.samples[k:], b.t0 + k / rate, b.seq + k, b.rate_hz)
 

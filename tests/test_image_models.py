@@ -186,3 +186,17 @@ def test_on_site_calibration_fits_one_mean_and_std_for_the_frame() -> None:
     assert cal.mean[0] == pytest.approx(float(dim.mean()), rel=1e-4)
     with pytest.raises(CalibrationError, match=r"expected \(samples, 1024\)"):
         fit_calibration(model, good[:, :100], stream="station1", now=0.0)
+
+
+def test_calibrating_on_defective_parts_is_flagged() -> None:
+    from edge_agent.calibration import fit_calibration, threshold_warning
+
+    model = load_model(MODELS / "inspection-ae-int8-onnx")
+    good, _ = model_samples(25, 120, 32, 32)
+    cal = fit_calibration(model, good, stream="station1", now=0.0)
+    assert threshold_warning(cal, model.card) == ""
+    mixed, _ = model_samples(25, 120, 32, 32, defect_rate=0.3)  # defects on the belt
+    cal = fit_calibration(model, mixed, stream="station1", now=0.0)
+    warning = threshold_warning(cal, model.card)
+    assert "x the model card's" in warning
+    assert "no defective parts" in warning

@@ -27,6 +27,7 @@ from edge_agent.calibration import (
     load_calibration,
     samples_needed,
     save_calibration,
+    threshold_warning,
 )
 from edge_agent.config import AgentConfig, StreamConfig, load_config
 from edge_agent.errors import CalibrationError, ConfigError, EdgeAgentError, SourceError
@@ -172,6 +173,7 @@ def _print(
         d["path"] = str(path)
         d["previous_threshold"] = old.threshold if old else None
         d["card_threshold"] = model.card.threshold
+        d["warning"] = threshold_warning(cal, model.card)
         json.dump(d, sys.stdout, indent=2)
         print()
         return
@@ -179,6 +181,9 @@ def _print(
     print(f"  samples {cal.n_samples}, windows {cal.n_windows}")
     prev = f" (was {old.threshold:.6g})" if old else ""
     print(f"  threshold {cal.threshold:.6g}{prev}; card {model.card.threshold:.6g}")
+    warning = threshold_warning(cal, model.card)
+    if warning:
+        print(f"  WARNING: {warning}")
     for ch, m, s in zip(cal.channels, cal.mean, cal.std, strict=True):
         print(f"  {ch}: mean {m:.6g}, std {s:.6g}")
     print(f"  stored in {path} (valid for model sha256 {cal.model_sha256[:12]}... only)")
