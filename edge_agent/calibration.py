@@ -64,7 +64,8 @@ MIN_WINDOWS = 30  # fewer windows give no meaningful quantile
 CONSTANT_REL_STD = 1e-6  # std below this fraction of max(|mean|, 1): a constant channel
 # A fitted threshold this many times the card's: the calibration stretch scored far above
 # the data the model was built on (a fault or defective parts in it, or a poor fit).
-# Lower ones are normal: a quiet machine calibrates below the card (SKAB: 0.07-0.9x).
+# Lower ones are normal: a quiet machine calibrates below the card (skab-zsq on SKAB:
+# 0.07-0.9x).
 SUSPICIOUS_RATIO = 5.0
 SCORE_BATCH = 256  # windows per inference call while calibrating
 
