@@ -94,6 +94,9 @@ class OtaConfig:
     shadow_windows: int = field(default=200, metadata=check("positive"))
     trial_windows: int = field(default=500, metadata=check("positive"))
     max_bundle_bytes: int = field(default=64 * 1024 * 1024, metadata=check("positive"))
+    # a failed download (network, server) is tried again by itself, backing off
+    retry_min_s: float = field(default=10.0, metadata=check("positive"))
+    retry_max_s: float = field(default=600.0, metadata=check("positive"))
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,17 @@ HISTORY_SHOWN = 10
 UPDATES_FILE = "updates.json"
 
 
+@dataclass
+class _Retry:
+    """A download that failed, to be tried again at `due` (time.monotonic)."""
+
+    payload: bytes
+    sha256: str
+    version: int | None
+    failures: int
+    due: float
+
+
 class _StoppedError(Exception):
     """The agent is stopping: leave the update where a restart can recover it."""
 
@@ -155,6 +166,9 @@ class Updater:
         self.store = store or SlotStore(self.state_dir)
         self._inbox: queue.Queue[bytes] = queue.Queue(maxsize=INBOX_SIZE)
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue(maxsize=JOBS_SIZE)
+        self._retry: _Retry | None = None
+        self._retry_failures = 0
+        self._payload = b""  # the announcement being handled (for a retry)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -248,10 +262,17 @@ class Updater:
     def _work(self) -> None:
         while not self._stop.is_set():
             self._run_jobs()
-            try:
-                payload = self._inbox.get(timeout=0.2)
-            except queue.Empty:
-                continue
+            r = self._retry
+            if r is not None and time.monotonic() >= r.due:
+                log.info(
+                    "OTA: trying the download of v%s again (failure %d)", r.version, r.failures
+                )
+                payload = r.payload
+            else:
+                try:
+                    payload = self._inbox.get(timeout=0.2)
+                except queue.Empty:
+                    continue
             try:
                 self.process(payload)
             except Exception:  # the updater must never take the agent down
@@ -304,9 +325,17 @@ class Updater:
                 "figures": self.figures,
                 "serving": {t.config.name: t.pipeline.model.card.version for t in self.targets},
                 "dropped_announcements": self.dropped_announcements,
+                "retry": self._retry_snapshot(),
                 "events": list(self.events),
                 "history": [h.to_dict() for h in s.history[-HISTORY_SHOWN:]],
             }
+
+    def _retry_snapshot(self) -> dict[str, Any] | None:
+        r = self._retry
+        if r is None:
+            return None
+        left = max(0.0, r.due - time.monotonic())
+        return {"version": r.version, "failures": r.failures, "in_s": round(left, 1)}
 
     def _pause(self, step: str) -> None:
         """Test-only fault hook (see module docstring)."""
@@ -333,6 +362,12 @@ class Updater:
         if self.handled(ann.sha256):
             log.debug("OTA: announcement for %s already handled", ann.sha256[:12])
             return "ignored"
+        r = self._retry
+        if r is not None and r.sha256 != ann.sha256:
+            log.info("OTA: a newer announcement replaces the pending retry of v%s", r.version)
+        self._retry_failures = r.failures if r is not None and r.sha256 == ann.sha256 else 0
+        self._retry = None  # this bundle is handled now; a failed download schedules anew
+        self._payload = payload
         # self.store is the process's only slot store (start-up and manual rollback use
         # it too) and nothing else writes slots.json while the agent runs (`edge-agent
         # rollback` asks the agent): never replaced by a fresh read here.
@@ -438,13 +473,27 @@ class Updater:
             reason = f"{type(e).__name__}: {e}"
             store.abandon(reason, _utc(self._clock()))
             transient = type(e).__name__ == "DownloadError"
-            if transient:  # retried when the announcement arrives again (reconnect, restart)
+            if transient:  # the network or the server: try again by itself, backing off
                 self.last_result = f"failed v{v}: {reason}"
+                reason += self._schedule_retry(ann.sha256, v)
             else:
                 self._finish(ann.sha256, v, f"rejected v{v}: {reason}")
             self._set_state("failed" if transient else "rejected", v, slot=slot, detail=reason)
             return "failed" if transient else "rejected"
         return self._promote_and_trial(ann, cand, targets, verdict, slot)
+
+    def _schedule_retry(self, sha: str, version: int | None) -> str:
+        """Plan the next try of a failed download; returns a note for the state detail.
+        A download failure is no interrupted attempt: it does not count toward
+        MAX_ATTEMPTS (which guards against crash loops), it only backs off."""
+        failures = self._retry_failures + 1
+        delay = min(self.ota.retry_min_s * 2 ** (failures - 1), self.ota.retry_max_s)
+        self._retry = _Retry(self._payload, sha, version, failures, time.monotonic() + delay)
+        attempts = self._record["attempts"]
+        if attempts.get(sha, 0) > 0:
+            attempts[sha] -= 1
+            self._save_record()
+        return f"; trying again in {delay:.0f} s (failure {failures})"
 
     def _verify_download(self, ann: Announcement, bundle: Path, installed: int) -> VerifiedManifest:
         """The downloaded file is checked on its own: same bytes as announced, and its

@@ -243,3 +243,48 @@ def test_announced_bundle_below_installed_version_is_rejected_before_download(ri
     assert rig.states == ["announced", "rejected"]
     assert "RollbackError" in rig.published[-1]["detail"]
     assert not (rig.env.tmp / "state" / "ota" / "downloads").exists()
+
+
+def test_failed_download_is_retried_by_itself_and_not_counted_as_a_crash(rig: Rig) -> None:
+    from edge_agent.updater import MAX_ATTEMPTS
+
+    b = make_bundle(rig.env, copy_model(rig.env.tmp / "v2", 2), "v2.bundle")
+    payload = announce(b)
+    away = b.with_suffix(".away")
+    b.rename(away)  # the server is down: every download fails
+    rig.updater.ota = OtaConfig(
+        shadow_windows=SHADOW, trial_windows=TRIAL, retry_min_s=0.05, retry_max_s=0.1
+    )
+    rig.updater.start()
+    rig.updater.on_announcement(payload)  # once: no re-announcement, no reconnect
+    deadline = time.monotonic() + 10
+    while rig.states.count("failed") <= MAX_ATTEMPTS and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fails = [p for p in rig.published if p["state"] == "failed"]
+    assert len(fails) > MAX_ATTEMPTS  # more failures than crash-loop attempts: not given up
+    assert all("DownloadError" in p["detail"] and "trying again in" in p["detail"] for p in fails)
+    retry = rig.updater.snapshot()["retry"]
+    assert retry is not None
+    assert retry["version"] == 2
+    assert retry["failures"] >= MAX_ATTEMPTS
+    away.rename(b)  # the server is back
+    deadline = time.monotonic() + 30
+    while "committed" not in rig.states and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rig.states[-1] == "committed", rig.published[-3:]
+    assert rig.pipeline.model.card.version == 2
+    assert rig.updater.snapshot()["retry"] is None
+
+
+def test_newer_announcement_replaces_a_pending_retry(rig: Rig) -> None:
+    b2 = make_bundle(rig.env, copy_model(rig.env.tmp / "v2", 2), "v2.bundle")
+    p2 = announce(b2)
+    b2.unlink()  # v2 can never be fetched
+    rig.updater.ota = OtaConfig(
+        shadow_windows=SHADOW, trial_windows=TRIAL, retry_min_s=60.0, retry_max_s=60.0
+    )
+    assert rig.updater.process(p2) == "failed"
+    assert rig.updater.snapshot()["retry"]["version"] == 2
+    b3 = make_bundle(rig.env, copy_model(rig.env.tmp / "v3", 3), "v3.bundle")
+    assert rig.updater.process(announce(b3)) == "committed"
+    assert rig.updater.snapshot()["retry"] is None  # v2 is not tried again behind v3
