@@ -170,3 +170,20 @@ def test_missing_model_file_is_refused(d: Path, tmp_path: Path) -> None:
     load_card(copy).path.unlink()
     with pytest.raises(ModelError, match="missing"):
         load_card(copy)
+
+
+def test_normalisation_fast_path_gives_the_same_bits_as_broadcasting() -> None:
+    model = load_model(FP32_REFERENCE, validate=False)
+    mean, std = model.norm_stats
+    rng = np.random.default_rng(3)
+    for shape in ((1024, 4), (7, 4), (16, 64, 4), (1, 64, 4)):
+        raw = rng.normal(2.0, 3.0, shape).astype(np.float32)
+        want = np.subtract(raw, mean, dtype=np.float32) * (1.0 / std).astype(np.float32)
+        got = model.normalize(raw)
+        assert got.shape == raw.shape
+        assert got.dtype == np.float32
+        assert np.array_equal(got, want)
+        assert np.array_equal(model.normalize(raw), want)  # from the cached tiles too
+    strided = rng.normal(size=(64, 8)).astype(np.float32)[:, ::2]  # not contiguous
+    want = np.subtract(strided, mean, dtype=np.float32) * (1.0 / std).astype(np.float32)
+    assert np.array_equal(model.normalize(strided), want)
