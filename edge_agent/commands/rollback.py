@@ -44,6 +44,17 @@ def _rollback(args: argparse.Namespace) -> int:
     snap = read_snapshot(state_dir)
     pid = snap.state.get("pid") if snap.state else None
     running = bool(snap.state and snap.state.get("running") and snap.pid_alive)
+    try:
+        return _rollback_in(state_dir, args, pid, running)
+    except OSError as e:  # e.g. a user who may not write the agent's state dir
+        raise StateError(
+            f"{state_dir}: {e.strerror or e}: run as the agent's user or with sudo"
+        ) from e
+
+
+def _rollback_in(state_dir: Path, args: argparse.Namespace, pid: Any, running: bool) -> int:
+    from edge_agent.errors import StateError
+
     if running:
         answer = _ask_agent(state_dir, args.reason, pid)
         if not answer.get("ok"):

@@ -145,3 +145,21 @@ def test_malformed_or_stale_requests_are_not_carried_out(tmp_path: Path) -> None
         perform(
             SlotBoot(SlotStore(tmp_path)), [], Profile(name="t"), old, datetime.now(timezone.utc)
         )
+
+
+def test_a_state_dir_the_cli_cannot_write_gives_a_clear_error(tmp_path: Path) -> None:
+    import json
+    import os
+    import time
+
+    sd = tmp_path / "state"
+    sd.mkdir()
+    # an agent that looks alive (this test's own pid), and an `ota` the CLI cannot write into
+    (sd / "status.json").write_text(
+        json.dumps({"v": 1, "running": True, "pid": os.getpid(), "written_at": time.time()})
+    )
+    (sd / "ota").write_text("not a directory")
+    p = run_cli("rollback", "--state-dir", str(sd))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "run as the agent's user or with sudo" in p.stderr
+    assert "Traceback" not in p.stderr
