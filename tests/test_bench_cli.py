@@ -34,3 +34,15 @@ def test_bench_select_on_each_family(tmp_path: Path, family: str) -> None:
     # every variant reproduced its golden vectors and agreed with fp32 within its
     # card's bound on this machine's runtimes: none was rejected
     assert out["selected"]["rejected"] == {}
+
+
+def test_select_into_an_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    r = run_cli(
+        "bench", "--family", "vibration-ae", "--windows", "32", "--repeats", "1",
+        "--select", "--state-dir", str(not_a_dir), timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert "cannot record the choice" in r.stderr
+    assert "Traceback" not in r.stderr

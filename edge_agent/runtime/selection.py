@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.errors import ModelError
+from edge_agent.errors import ModelError, StateError
 from edge_agent.fsutil import atomic_write_json, read_json
 
 __all__ = [
@@ -169,5 +169,11 @@ def write_selected(state_dir: Path, choice: Choice, measured_at: float) -> Path:
     fams = read_selected(state_dir)
     fams[choice.family] = choice.to_json(measured_at)
     p = Path(state_dir) / SELECTED_FILE
-    atomic_write_json(p, {"v": 1, "families": fams})
+    try:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(p, {"v": 1, "families": fams})
+    except OSError as e:
+        raise StateError(
+            f"{p}: cannot record the choice: {e.strerror or e} (use --state-dir)"
+        ) from e
     return p
