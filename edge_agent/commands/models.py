@@ -109,7 +109,12 @@ def calibrations_report(state_dir: Any) -> list[dict[str, Any]]:
 
 
 def _models(args: argparse.Namespace) -> int:
-    rep = slots_report(resolve_state_dir(args.state_dir, args.config))
+    from edge_agent.errors import StateError
+
+    state_dir = resolve_state_dir(args.state_dir, args.config)
+    if not state_dir.is_dir():  # a typo must not read as "no model installed"
+        raise StateError(f"state dir {state_dir} does not exist or is not a directory")
+    rep = slots_report(state_dir)
     active = next((s for s in rep["slots"] if s["role"] == "active"), None)
     rc = 1 if active is not None and active["intact"] is False else 0
     if args.json:

@@ -89,3 +89,9 @@ def test_slot_model_of_the_stream_family_serves_at_start(env: Env) -> None:
     boot = SlotBoot.open(sd)
     model = boot.load(FP32, Profile(name=PROFILE), "vib")
     assert (model.card.version, boot.sources["vib"]) == (2, "slot a")
+
+
+def test_models_on_a_mistyped_state_dir_says_so(env: Env) -> None:
+    p = run_cli("models", "--state-dir", str(env.tmp / "no-such-dir"))
+    assert p.returncode == 1
+    assert "does not exist" in p.stderr  # not "slot a: empty", which reads as no model
