@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from edge_agent.commands.status import DEFAULT_CONFIG, resolve_state_dir
+from edge_agent.commands.status import add_state_dir_args, resolve_state_dir
 
 __all__ = ["register", "slots_report"]
 
@@ -23,10 +23,7 @@ def register(sub: Any) -> None:
         help="OTA model slots: versions, signers, commit state, last result",
         description="Show the A/B model slots from <state_dir>/slots.json.",
     )
-    p.add_argument("--state-dir", help="state directory (default: from config)")
-    p.add_argument(
-        "--config", help=f"config file to take state_dir from (default: {DEFAULT_CONFIG})"
-    )
+    add_state_dir_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_models)
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge_agent.commands.status import DEFAULT_CONFIG, read_snapshot, resolve_state_dir
+from edge_agent.commands.status import add_state_dir_args, read_snapshot, resolve_state_dir
 from edge_agent.slots import AT_REST
 
 __all__ = ["register"]
@@ -28,10 +28,7 @@ def register(sub: Any) -> None:
         help="serve the previous model slot again (manual rollback)",
         description="Switch the active model slot back to the previous one.",
     )
-    p.add_argument("--state-dir", help="state directory (default: from config)")
-    p.add_argument(
-        "--config", help=f"config file to take state_dir from (default: {DEFAULT_CONFIG})"
-    )
+    add_state_dir_args(p)
     p.add_argument("--reason", default="manual rollback by a technician")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_rollback)

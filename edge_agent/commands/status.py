@@ -40,6 +40,18 @@ def register(sub: Any) -> None:
         description="Show the agent's health from <state_dir>/status.json. "
         "Exit code: 0 OK, 1 DEGRADED, 3 DOWN, 2 bad usage.",
     )
+    add_state_dir_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--watch", nargs="?", type=float, const=DEFAULT_WATCH_S, default=None, metavar="SECS",
+        help=f"refresh in place every SECS (default {DEFAULT_WATCH_S:g}) until Ctrl-C",
+    )  # fmt: skip
+    p.set_defaults(func=_status)
+
+
+def add_state_dir_args(p: Any) -> None:
+    """--state-dir and --config, as the read-the-state commands share them
+    (resolved by `resolve_state_dir`)."""
     p.add_argument(
         "--state-dir", help=f"state directory (default: from config, else {DEFAULT_STATE_DIR})"
     )
@@ -47,12 +59,6 @@ def register(sub: Any) -> None:
         "--config",
         help=f"config file to take state_dir from (default: {DEFAULT_CONFIG} if present)",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
-        "--watch", nargs="?", type=float, const=DEFAULT_WATCH_S, default=None, metavar="SECS",
-        help=f"refresh in place every SECS (default {DEFAULT_WATCH_S:g}) until Ctrl-C",
-    )  # fmt: skip
-    p.set_defaults(func=_status)
 
 
 def resolve_state_dir(state_dir: str | None, config: str | None) -> Path:
