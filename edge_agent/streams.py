@@ -136,12 +136,10 @@ class StreamRuntime:
             hop=sc.hop or pre.hop,
             max_batch=sc.max_batch,
         )
-        # A paced source's rate is checked; one replayed at another speed has no fixed rate.
-        speed = getattr(sc.source.options, "speed", 1.0)
         self.health = SensorHealthMonitor(
             sc.name,
             tuple(self.source.channels),
-            self.source.rate_hz if speed == 1.0 and self.source.rate_is_nominal else None,
+            self.source.nominal_rate_hz,
             sc.sensor_health,
             time.time(),
         )
@@ -188,6 +186,7 @@ class StreamRuntime:
                 hevents = self.health.set_connected(
                     self.runner.state is not SourceState.RECONNECTING, now
                 )
+                self.health.set_rate(self.source.nominal_rate_hz, now)  # a camera's, once open
                 for b in blocks:
                     hev, bad = self.health.observe(b, now)
                     hevents += hev

@@ -142,3 +142,20 @@ def test_cv2_not_imported_by_other_sources() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_nominal_rate_is_the_cameras_own_once_open(tmp_path: Path) -> None:
+    video = str(_video(tmp_path / "v.avi"))
+    src = CameraSource("cam", Options(url=video, fps_cap=5))
+    assert src.nominal_rate_hz is None  # not known before the first open
+    src.open()
+    try:
+        assert src.nominal_rate_hz == pytest.approx(FPS)  # the file's, not fps_cap
+    finally:
+        src.close()
+    unpaced = CameraSource("cam", Options(url=video, fps_cap=5, realtime=False))
+    unpaced.open()
+    try:
+        assert unpaced.nominal_rate_hz is None  # as fast as it decodes: no rate to check
+    finally:
+        unpaced.close()

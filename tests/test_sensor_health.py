@@ -220,3 +220,41 @@ def test_frame_channel_is_checked_by_its_mean_brightness() -> None:
     ev, bad = mon.observe(Block(one_nan, 3.0, 10, 5.0), 3.0)
     assert (HealthCondition.NON_FINITE, True) in {(e.condition, e.active) for e in ev}
     assert bad.tolist() == [True]
+
+
+def test_rate_counts_what_the_sensor_delivered_not_what_the_agent_kept() -> None:
+    """Blocks the agent dropped (queue full) still arrived from the sensor: their
+    sequence numbers say so, and an agent falling behind is no sensor fault."""
+    m = _mon(rate_window_s=2.0, rate_tolerance=0.5)
+    t, seq = 0.0, 0
+    events: list[HealthEvent] = []
+    for _ in range(30):  # 50 samples per 0.5 s from the sensor (100 Hz); 40 dropped
+        t += 0.5
+        seq += 40
+        events += m.observe(Block(_noise(10), t, seq, RATE), now=t)[0]
+        seq += 10
+        events += m.check(now=t)
+    assert events == []
+
+
+def test_camera_delivering_far_fewer_frames_than_it_reports_is_a_rate_fault() -> None:
+    """A camera's frames are scored one at a time and the latest-frame policy skips the
+    rest: the skipped ones count (frame numbers), so a slow model is no fault, but a
+    camera that reports 30 fps and delivers 3 is."""
+    cfg = SensorHealthConfig(rate_window_s=2.0, rate_tolerance=0.5, clear_after_samples=2)
+    m = SensorHealthMonitor("cam", ("pixels_8x8",), None, cfg, now=0.0)
+    frame = np.full((1, 64), 0.5, np.float32)
+    m.set_rate(30.0, now=0.0)  # known once the camera is open
+    t, seq = 0.0, 0
+    events: list[HealthEvent] = []
+    for _ in range(12):  # the model scores 3 frames/s; the camera delivers 30/s
+        t += 1 / 3
+        events += m.observe(Block(frame, t, seq, 30.0), now=t)[0] + m.check(now=t)
+        seq += 10
+    assert events == []
+    for _ in range(12):  # now the camera itself delivers only 3 frames/s
+        t += 1 / 3
+        events += m.observe(Block(frame, t, seq, 30.0), now=t)[0] + m.check(now=t)
+        seq += 1
+    assert _keys(events) == [(HealthCondition.RATE, "", True)]
+    assert "configured 30.0 Hz" in events[0].detail

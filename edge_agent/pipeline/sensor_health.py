@@ -83,6 +83,7 @@ _SAMPLE_CONDITIONS = (
     HealthCondition.OUT_OF_RANGE,
     HealthCondition.STUCK,
 )
+_MAX_SEQ_GAP = 1_000_000  # samples between blocks still counted as delivered
 _RATE_CLEAR = 0.8  # rate event ends inside 0.8 x tolerance: no flapping at the boundary
 
 
@@ -124,6 +125,7 @@ class SensorHealthMonitor:
         self._started = now
         self._last_data = now
         self._arrivals: collections.deque[tuple[float, int]] = collections.deque()
+        self._seq_end: int | None = None  # block.seq + n of the last block seen
         self._stalled = False
         self._rate_bad = False
         self._connected = True
@@ -150,7 +152,7 @@ class SensorHealthMonitor:
             self._stalled = False
             events.append(self._event("", HealthCondition.STALLED, False, "data resumed", now))
         self._last_data = now
-        self._arrivals.append((now, n))
+        self._arrivals.append((now, self._delivered(block, n)))
         self._prune(now)
         if n == 0:
             return events, np.zeros(0, bool)
@@ -175,6 +177,26 @@ class SensorHealthMonitor:
             return x
         m: npt.NDArray[np.float32] = x.reshape(len(x), n_ch, -1).mean(axis=2, dtype=np.float32)
         return m
+
+    def _delivered(self, block: Block, n: int) -> int:
+        """Samples the sensor produced up to this block, by sequence number: a block the
+        agent dropped (queue full) or a frame the latest-frame policy replaced still
+        counts, so an agent falling behind is not taken for a slow sensor."""
+        prev, self._seq_end = self._seq_end, block.seq + n
+        if prev is None:
+            return n
+        gap = block.seq - prev
+        # a reconnect restarts the numbering; a huge jump is a seek, not a rate
+        return n + gap if 0 <= gap <= _MAX_SEQ_GAP else n
+
+    def set_rate(self, rate_hz: float | None, now: float) -> None:
+        """The nominal rate may become known late (a camera reports it once open):
+        measuring starts afresh from then."""
+        if rate_hz == self.rate_hz:
+            return
+        self.rate_hz = rate_hz
+        self._started = now
+        self._arrivals.clear()
 
     def check(self, now: float) -> list[HealthEvent]:
         """Time-based conditions (stall, rate); call periodically, e.g. once a second."""

@@ -48,9 +48,6 @@ class Source(ABC):
     # Upper bound on the runner's queue for this kind; 1 = only the newest block
     # (cameras: a slow model scores the current frame, never a backlog).
     max_queue_blocks: ClassVar[int | None] = None
-    # False where rate_hz is only a cap (a camera's fps_cap: the scored rate also
-    # follows the model's speed), so a lower measured rate is no sensor fault.
-    rate_is_nominal: ClassVar[bool] = True
 
     @property
     def live(self) -> bool:
@@ -81,6 +78,12 @@ class Source(ABC):
     def rate_hz(self) -> float:
         """Nominal sample rate (default: the options' `rate_hz`)."""
         return float(self.options.rate_hz)
+
+    @property
+    def nominal_rate_hz(self) -> float | None:
+        """The rate the sensor itself should deliver, for the sensor-health rate check;
+        None: not known, or not checked (a replay at another speed than real time)."""
+        return self.rate_hz if getattr(self.options, "speed", 1.0) == 1.0 else None
 
     @abstractmethod
     def open(self) -> None:

@@ -52,7 +52,6 @@ class Options:
 class CameraSource(Source):
     kind = "camera"
     max_queue_blocks = 1  # the runner queue keeps the latest frame too
-    rate_is_nominal = False  # fps_cap is an upper bound, not a promise
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
@@ -66,6 +65,7 @@ class CameraSource(Source):
         self._thread: threading.Thread | None = None
         self._last_delivered = 0.0
         self._is_file = False
+        self._camera_fps: float | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -78,6 +78,13 @@ class CameraSource(Source):
     @property
     def rate_hz(self) -> float:
         return float(self.options.fps_cap)
+
+    @property
+    def nominal_rate_hz(self) -> float | None:
+        """The frame rate the camera (or a paced file) reports once open: what it should
+        deliver, whatever fps_cap lets through to the model. None before the first open,
+        for an unpaced file, or when the reported rate is not plausible."""
+        return self._camera_fps
 
     def open(self) -> None:
         try:
@@ -97,6 +104,8 @@ class CameraSource(Source):
         self._latest = None
         self._stop.clear()
         period = 1.0 / fps if self._is_file and o.realtime and 0 < fps < 1000 else 0.0
+        paced = not self._is_file or o.realtime
+        self._camera_fps = fps if paced and 0 < fps < 1000 else None
         self._thread = threading.Thread(
             target=self._grab, args=(cap, period), name=f"cam-{self.name}", daemon=True
         )
