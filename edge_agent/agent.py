@@ -373,8 +373,18 @@ class Agent:
             return
         message = f"rolled back from v{before}: {served}"
         log.warning("manual rollback (%s): %s", req.reason, message)
+        detail = f"manual: {req.reason}"
         if self.updater is not None:
-            self.updater.report("rolled_back", before, f"manual: {req.reason}")
+            self.updater.report("rolled_back", before, detail)
+        else:  # no updater: still tell the fleet which model serves now
+            from edge_agent.reporting.payloads import ota_state_body
+
+            try:
+                self._publish_ota(
+                    ota_state_body(state="rolled_back", version=before, detail=detail)
+                )
+            except EdgeAgentError as e:
+                log.warning("OTA: cannot publish the manual rollback: %s", e)
         mr.write_result(
             self.state_dir, req, True, message, pid=os.getpid(), rolled_back_from=before
         )

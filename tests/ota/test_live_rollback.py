@@ -41,6 +41,15 @@ def _install(store: SlotStore, bundle: Path, root_file: Path) -> None:
     install_committed(store, bundle, load_root(root_file, now), PROFILE, now)
 
 
+def _ota_states_spooled(state_dir: Path) -> list[str]:
+    import json
+    import sqlite3
+
+    with sqlite3.connect(f"file:{state_dir / 'outbox.db'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT topic, payload FROM records").fetchall()
+    return [json.loads(p)["state"] for t, p in rows if t.endswith("/ota/state")]
+
+
 def _served(state_dir: Path) -> tuple[Any, int]:
     (s,) = read_status(state_dir).get("streams") or [{}]
     return (s.get("model") or {}).get("version"), int(s.get("windows") or 0)
@@ -90,6 +99,8 @@ def test_rollback_applies_live_and_the_agent_keeps_it(
         assert st["streams"][0]["error"] in ("", None)
         if with_updater:
             assert st["ota"]["state"] == "rolled_back"  # reported like any OTA state
+        # published either way (no broker here: it waits in the outbox)
+        wait_until(lambda: "rolled_back" in _ota_states_spooled(sd), 5, "ota/state spooled")
         # the agent wrote the rollback itself: its store and the disk agree
         assert SlotStore(sd).state.active_version == 2
         # and again: back to v3 (a toggle), still live
