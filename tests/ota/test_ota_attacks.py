@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tarfile
 from datetime import timedelta
 from pathlib import Path
@@ -42,12 +43,20 @@ def apply(env: Env, bundle: Path, installed: int = NO_INSTALLED_VERSION) -> Path
     return target
 
 
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
 def assert_refused(env: Env, bundle: Path, error: type[OtaError], installed: int = -1) -> None:
     slot = env.tmp / "slots" / "b"
+    active = env.tmp / "slots" / "a"  # the model serving now, beside the target slot
+    shutil.copytree(env.model_dir, active, dirs_exist_ok=True)
+    before = _tree(active)
     with pytest.raises(error) as info:
         apply(env, bundle, installed)
     assert type(info.value) is error, f"expected {error.__name__}, got {info.value!r}"
     assert not slot.exists(), "a refused bundle must leave no slot behind"
+    assert _tree(active) == before, "the active model must be unchanged"
     leftovers = list((env.tmp / "slots").glob(".*")) if (env.tmp / "slots").exists() else []
     assert leftovers == [], "no staging dir may remain"
 
