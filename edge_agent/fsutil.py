@@ -5,6 +5,7 @@ A crash at any point leaves either the old file or the new one, never a torn one
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -48,6 +49,15 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: b
 def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644, durable: bool = True) -> None:
     data = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
     atomic_write_bytes(path, data, mode=mode, durable=durable)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 64 KiB chunks (models, bundles, slot files)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_json(path: Path) -> Any:

@@ -144,10 +144,7 @@ def perform(
     if st.active is None or manifest is None:
         raise StateError("no OTA model is active: the bundled model already serves")
     before = st.active_version or 0
-    if st.previous is not None:
-        store.rollback(req.reason, now)
-    else:
-        store.fall_back(req.reason, now)
+    store.step_back(req.reason, now)
     served = []
     for s in streams:
         if s.pipeline.model.card.family != manifest.family:

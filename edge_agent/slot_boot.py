@@ -17,7 +17,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import load_card
 from edge_agent.runtime.model import LoadedModel, load_model
-from edge_agent.store import RecoveryReport, SlotStore
+from edge_agent.store import SlotStore
 
 __all__ = ["SlotBoot"]
 
@@ -29,7 +29,6 @@ class SlotBoot:
     """Loads each stream's model at start; remembers what happened for status."""
 
     store: SlotStore
-    recovery: RecoveryReport | None = None
     notes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # stream -> "slot a" / "bundled"
 
@@ -37,7 +36,7 @@ class SlotBoot:
     def open(cls, state_dir: Path, now: datetime | None = None) -> SlotBoot:
         store = SlotStore(state_dir)
         report = store.recover(now or datetime.now(timezone.utc))
-        boot = cls(store, report)
+        boot = cls(store)
         for a in report.actions:
             boot.notes.append(f"recovery: {a}")
             log.warning("OTA slots recovery: %s", a)

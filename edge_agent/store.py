@@ -9,7 +9,6 @@ verified manifest bytes, against which the slot is re-checked on every start.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -18,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.errors import StateError
-from edge_agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+from edge_agent.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    read_json,
+    sha256_file,
+)
 from edge_agent.slots import (
     Phase,
     Slot,
@@ -46,7 +51,6 @@ __all__ = ["STATE_FILE", "RecoveryReport", "SlotStore"]
 
 log = logging.getLogger(__name__)
 STATE_FILE = "slots.json"
-_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -113,11 +117,7 @@ class SlotStore:
                 return f"slot {slot.value}: {f.path} missing"
             if p.stat().st_size != f.size:
                 return f"slot {slot.value}: {f.path} has the wrong size"
-            h = hashlib.sha256()
-            with p.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                    h.update(chunk)
-            if h.hexdigest() != f.sha256:
+            if sha256_file(p) != f.sha256:
                 return f"slot {slot.value}: {f.path} sha256 mismatch"
         return None
 
@@ -186,10 +186,6 @@ class SlotStore:
         self._save(mark_unpacked(s, now))
         return self.slot_dir(s.candidate)
 
-    def candidate_dir(self) -> Path | None:
-        c = self._state.candidate
-        return None if c is None else self.slot_dir(c)
-
     def mark_validated(self, now: datetime) -> SlotsState:
         return self._save(mark_validated(self._state, now))
 
@@ -209,6 +205,14 @@ class SlotStore:
         if s.previous is not None and (why := self.check_slot(s.previous)) is not None:
             raise StateError(f"cannot roll back: {why}")
         return self._save(rollback(s, reason, now))
+
+    def step_back(self, reason: str, now: datetime) -> SlotsState:
+        """Stop serving the active slot: the previous one serves if there is one, else
+        no slot (the bundled model). For rollbacks, manual or after a failed trial."""
+        if self._state.previous is not None:
+            return self.rollback(reason, now)
+        self.fall_back(reason, now)
+        return self._state
 
     def abandon(self, reason: str, now: datetime) -> SlotsState:
         cand = self._state.candidate

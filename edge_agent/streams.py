@@ -109,7 +109,6 @@ class StreamRuntime:
             if loader
             else load_model(self.bundled_dir, profile)
         )
-        self.model_dir = model.card.directory
         pre = model.card.preprocessing
         self.state_dir = Path(cfg.state_dir)
         self.calibration = load_for_model(self.state_dir, sc.name, model.card)

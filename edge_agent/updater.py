@@ -17,7 +17,6 @@ there until the agent stops, so a test can SIGKILL it at exactly that step.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -35,12 +34,12 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.config import OtaConfig, StreamConfig
 from edge_agent.errors import EdgeAgentError, StateError
-from edge_agent.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from edge_agent.fsutil import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
 from edge_agent.shadow import ShadowRunner
-from edge_agent.slots import Phase
+from edge_agent.slots import PRE_PROMOTION
 from edge_agent.store import SlotStore
 from edge_agent.streams import build_policy
 from edge_agent.update_checks import (
@@ -128,14 +127,6 @@ def load_root(path: Path, now: datetime) -> Root:
 
 def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, timezone.utc)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Updater:
@@ -377,12 +368,7 @@ class Updater:
             return self._apply(ann, v)
         except _StoppedError:
             log.info("OTA: stopped during the update of v%s; resumes on restart", v)
-            if self.store.state.phase in {
-                Phase.DOWNLOADING,
-                Phase.UNPACKED,
-                Phase.VALIDATED,
-                Phase.SHADOW,
-            }:
+            if self.store.state.phase in PRE_PROMOTION:
                 self.store.abandon("agent stopping", _utc(self._clock()))
             return "stopped"
 
@@ -498,7 +484,7 @@ class Updater:
     def _verify_download(self, ann: Announcement, bundle: Path, installed: int) -> VerifiedManifest:
         """The downloaded file is checked on its own: same bytes as announced, and its
         header passes every check again (the announcement itself is not trusted)."""
-        if _sha256(bundle) != ann.sha256:
+        if sha256_file(bundle) != ann.sha256:
             raise HashMismatchError("downloaded bundle's sha256 differs from the announcement")
         header = read_header(bundle)
         if header.manifest_bytes != ann.manifest_bytes:
@@ -628,10 +614,7 @@ class Updater:
             for t, prev, prev_policy in old:
                 t.pipeline.swap_model(prev, prev_policy)
             now = _utc(self._clock())
-            if store.state.previous is not None:
-                store.rollback(f"trial: {verdict.reason}", now)
-            else:
-                store.fall_back(f"trial: {verdict.reason}", now)  # the bundled model serves
+            store.step_back(f"trial: {verdict.reason}", now)
             self._finish(ann.sha256, v, f"rolled back v{v}: {verdict.reason}")
             self._set_state(
                 "rolled_back", v, slot=slot, detail=verdict.reason, figures=verdict.figures

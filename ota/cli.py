@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 failure (a refused bundle, a failed publish), 2 bad usa
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import re
@@ -19,7 +18,7 @@ from typing import Any
 
 from edge_agent import __version__ as agent_version
 from edge_agent.errors import EdgeAgentError
-from edge_agent.fsutil import atomic_write_bytes
+from edge_agent.fsutil import atomic_write_bytes, sha256_file
 from ota.announce import DEFAULT_PREFIX, Announcement, device_topic, fleet_topic
 from ota.bundle import add_signatures, read_header, write_bundle
 from ota.canonical import canonical_bytes, format_time, parse_json_object, parse_time
@@ -70,14 +69,6 @@ def _bundle_path(path: Path) -> Path:
     if not Path(path).is_file():
         raise UsageError(f"{path}: no such bundle file")
     return Path(path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -258,7 +249,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             signatures=header.signatures,
             url=url,
             size=bundle.stat().st_size,
-            sha256=_sha256(bundle),
+            sha256=sha256_file(bundle),
             ts=_now(args),
         )
         topics = [fleet_topic(g, args.prefix) for g in args.group] + [

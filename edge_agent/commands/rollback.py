@@ -76,13 +76,14 @@ def _ask_agent(state_dir: Path, reason: str, pid: Any) -> dict[str, Any]:
     from edge_agent import manual_rollback as mr
 
     req = mr.submit(state_dir, reason, time.time())
-    answer = mr.wait_result(state_dir, req, mr.STALE_AFTER_S + 5.0)
+    wait_s = mr.STALE_AFTER_S + 5.0
+    answer = mr.wait_result(state_dir, req, wait_s)
     if answer is None:
         # not taken: withdraw it, so it cannot happen later behind the technician's back
         (state_dir / mr.REQUEST_FILE).unlink(missing_ok=True)
         return {
             "ok": False,
-            "message": f"the agent (pid {pid}) did not answer in {mr.STALE_AFTER_S + 5:.0f} s;"
+            "message": f"the agent (pid {pid}) did not answer in {wait_s:.0f} s;"
             " nothing was rolled back (is it busy with an update? see edge-agent status)",
         }
     return answer
@@ -100,12 +101,12 @@ def _offline(state_dir: Path, reason: str) -> dict[str, Any]:
     if st.active is None:
         raise StateError("no OTA model is active: the bundled model already serves")
     before = st.active_version
-    if st.previous is not None:
-        new = store.rollback(reason, now)
-        served = f"slot {new.active.value if new.active else '-'} v{new.active_version} serves"
-    else:
-        store.fall_back(reason, now)
-        served = "no previous slot: the bundled model serves"
+    new = store.step_back(reason, now)
+    served = (
+        f"slot {new.active.value} v{new.active_version} serves"
+        if new.active is not None
+        else "no previous slot: the bundled model serves"
+    )
     return {
         "rolled_back_from": before,
         "result": f"rolled back from v{before}: {served}",

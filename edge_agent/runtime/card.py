@@ -7,7 +7,6 @@ alarm policy defaults and golden vectors that must reproduce on the device.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import ModelError
+from edge_agent.fsutil import sha256_file
 
 __all__ = [
     "CARD_FILE",
@@ -35,14 +35,6 @@ CARD_FILE = "model.json"
 # sum_squares: sum of the squared outputs (a graph that emits pre-scaled statistics,
 #   e.g. whitened PCA scores and residuals, so the sum is T-squared/k + Q/Q_ref).
 SCORE_KINDS = ("reconstruction_mse", "output", "sum_squares")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
