@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.errors import ConfigError
-from edge_agent.pipeline.sensor_health import SensorHealthConfig
+from edge_agent.pipeline.health_config import SensorHealthConfig
 from edge_agent.schema import check, from_mapping
 
 if sys.version_info >= (3, 11):

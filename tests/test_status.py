@@ -430,3 +430,22 @@ def test_ota_line_says_the_bundled_model_serves_and_why_updates_are_off() -> Non
     assert "         no ota.root_file configured: updates are not accepted" in text
     assert "slot ?" not in text
     assert_fits(text)
+
+
+def test_status_command_does_not_load_numpy_or_runtimes() -> None:
+    """The technician's first command must answer at once (0.13 s here, 0.30 s when
+    the config parser and `calibrate` pulled numpy into every command)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from edge_agent.cli import main\n"
+        "try:\n    main(['status', '--state-dir', sys.argv[1]])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('numpy', 'onnxruntime', 'paho') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "/nonexistent-state-dir"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

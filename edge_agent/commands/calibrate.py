@@ -15,28 +15,20 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
-from edge_agent.calibration import (
-    MIN_WINDOWS,
-    Calibration,
-    fit_calibration,
-    load_calibration,
-    samples_needed,
-    save_calibration,
-    threshold_warning,
-)
 from edge_agent.config import AgentConfig, StreamConfig, load_config
 from edge_agent.errors import CalibrationError, ConfigError, EdgeAgentError, SourceError
-from edge_agent.profiles import load_profiles, select
-from edge_agent.runtime.model import LoadedModel, load_model, resolve_model_dir
-from edge_agent.sources.base import Source
-from edge_agent.sources.registry import create_source
 
-__all__ = ["collect_samples", "register"]
+if TYPE_CHECKING:  # numpy and the runtimes only when calibrating: `status` stays instant
+    import numpy as np
+    import numpy.typing as npt
+
+    from edge_agent.calibration import Calibration
+    from edge_agent.runtime.model import LoadedModel
+    from edge_agent.sources.base import Source
+
+__all__ = ["register"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +78,8 @@ def collect_samples(
     source: Source, *, max_samples: int, duration_s: float | None
 ) -> npt.NDArray[np.float32]:
     """Read the source until `max_samples`, `duration_s` elapsed, or its end."""
+    import numpy as np
+
     blocks: list[npt.NDArray[np.float32]] = []
     n = 0
     deadline = time.monotonic() + duration_s if duration_s is not None else None
@@ -108,6 +102,9 @@ def collect_samples(
 
 
 def _load(cfg: AgentConfig, sc: StreamConfig) -> LoadedModel:
+    from edge_agent.profiles import load_profiles, select
+    from edge_agent.runtime.model import load_model, resolve_model_dir
+
     profile = select(cfg.profile, load_profiles()).profile
     models_dir = Path(cfg.models_dir) if cfg.models_dir else None
     model_dir = resolve_model_dir(sc.model, sc.variant, profile, models_dir, Path(cfg.state_dir))
@@ -115,6 +112,15 @@ def _load(cfg: AgentConfig, sc: StreamConfig) -> LoadedModel:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from edge_agent.calibration import (
+        MIN_WINDOWS,
+        fit_calibration,
+        load_calibration,
+        samples_needed,
+        save_calibration,
+    )
+    from edge_agent.sources.registry import create_source
+
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -168,6 +174,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _print(
     cal: Calibration, old: Calibration | None, path: Path, model: LoadedModel, *, as_json: bool
 ) -> None:
+    from edge_agent.calibration import threshold_warning
+
     if as_json:
         d = cal.to_json()
         d["path"] = str(path)

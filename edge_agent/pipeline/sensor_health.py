@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import collections
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import ConfigError
-from edge_agent.schema import check
+from edge_agent.pipeline.health_config import ChannelRange, SensorHealthConfig
 from edge_agent.sources.base import Block
 
 __all__ = [
@@ -41,31 +41,6 @@ class HealthCondition(str, enum.Enum):
     OUT_OF_RANGE = "out_of_range"  # outside the channel's physical min/max
     NON_FINITE = "non_finite"  # NaN or +-inf (invalid readings)
     RATE = "rate"  # measured rate off the configured rate by more than rate_tolerance
-
-
-@dataclass(frozen=True)
-class ChannelRange:
-    """Physical limits of one channel; a reading outside is a sensor fault, not a process one."""
-
-    channel: str = field(metadata=check("nonempty"))
-    min: float
-    max: float
-
-    def __post_init__(self) -> None:
-        if not self.min < self.max:
-            raise ValueError(f"range for {self.channel!r}: min {self.min} must be < max {self.max}")
-
-
-@dataclass(frozen=True)
-class SensorHealthConfig:
-    ranges: tuple[ChannelRange, ...] = ()
-    # 0 = off: many real sensors (coarse temperature) legitimately repeat values
-    stuck_after_samples: int = field(default=0, metadata=check("nonneg"))
-    stall_after_s: float = field(default=10.0, metadata=check("positive"))
-    # relative: 0.5 flags a measured rate outside [0.5x, 1.5x] configured; 0 = off
-    rate_tolerance: float = field(default=0.5, metadata=check("nonneg"))
-    rate_window_s: float = field(default=10.0, metadata=check("positive"))
-    clear_after_samples: int = field(default=100, metadata=check("positive"))
 
 
 @dataclass(frozen=True)
