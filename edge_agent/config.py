@@ -187,9 +187,6 @@ class AgentConfig:
     streams: tuple[StreamConfig, ...] = ()
     source_file: str = field(default="", compare=False, metadata={"internal": True})
 
-    def with_overrides(self, **kw: Any) -> AgentConfig:
-        return replace(self, **kw)
-
 
 def parse_config(data: dict[str, Any], *, source: str = "<config>") -> AgentConfig:
     """Validate a parsed TOML document. Pure: no file access."""

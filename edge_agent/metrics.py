@@ -25,6 +25,7 @@ from typing import Any
 
 from edge_agent.config import MetricsConfig
 from edge_agent.errors import MetricsError
+from edge_agent.status import num
 
 __all__ = [
     "AGENT_FAMILIES",
@@ -170,11 +171,6 @@ class Metrics:
             h.counts[i] += 1
             h.sum += value
 
-    def value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
-        with self._lock:
-            key = self._key(name, labels, (Kind.COUNTER, Kind.GAUGE))
-            return self._values[name].get(key, 0.0)
-
     def render(self) -> str:
         out: list[str] = []
         with self._lock:
@@ -229,10 +225,6 @@ def _hist_lines(fam: Family, key: Labels, h: _Hist) -> list[str]:
 def update_from_status(m: Metrics, st: Mapping[str, Any]) -> None:
     """Copy the agent's status dict (the status.json shape) into the agent families."""
 
-    def n(d: Any, k: str) -> float | None:
-        v = d.get(k) if isinstance(d, Mapping) else None
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
     m.set("edge_agent_ready", 1.0 if st.get("ready") else 0.0)
     for s in st.get("streams") or []:
         lab = {"stream": str(s.get("name", "?"))}
@@ -245,7 +237,7 @@ def update_from_status(m: Metrics, st: Mapping[str, Any]) -> None:
             ("edge_agent_alarms_total", "alarms"),
             ("edge_agent_last_score", "last_score"),
         ):
-            v = n(s, key)
+            v = num(s, key)
             if v is not None:
                 m.set(fam, v, lab)
         m.set("edge_agent_alarm_open", 1.0 if s.get("alarm_open") else 0.0, lab)
@@ -259,12 +251,12 @@ def update_from_status(m: Metrics, st: Mapping[str, Any]) -> None:
             ("edge_agent_outbox_bytes", "bytes"),
             ("edge_agent_outbox_oldest_age_seconds", "oldest_age_s"),
         ):
-            v = n(ob, key)
+            v = num(ob, key)
             m.set(fam, v if v is not None else 0.0)
         drops = ob.get("drops")
         if isinstance(drops, Mapping):
             for kind in drops:
-                v = n(drops, kind)
+                v = num(drops, kind)
                 if v is not None:
                     m.set("edge_agent_outbox_drops_total", v, {"kind": str(kind)})
 

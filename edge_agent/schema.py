@@ -40,16 +40,11 @@ def _nonempty(v: Any) -> str | None:
     return None if len(v) > 0 else "must not be empty"
 
 
-def _unit(v: Any) -> str | None:
-    return None if 0.0 < v <= 1.0 else "expected a number in (0, 1]"
-
-
 CHECKS: dict[str, Check] = {
     "positive": _positive,
     "nonneg": _nonneg,
     "port": _port,
     "nonempty": _nonempty,
-    "unit": _unit,
 }
 
 

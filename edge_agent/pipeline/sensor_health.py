@@ -217,8 +217,10 @@ class SensorHealthMonitor:
     def _stuck(
         self, x: npt.NDArray[np.float32], finite: npt.NDArray[np.bool_]
     ) -> npt.NDArray[np.bool_]:
-        n = len(x)
         limit = self.cfg.stuck_after_samples
+        if limit <= 0:  # off (the default): no run lengths to keep
+            return np.zeros(x.shape, bool)
+        n = len(x)
         prev = self._prev
         self._prev = x[-1].copy()
         first = np.zeros((1, x.shape[1]), bool) if prev is None else x[:1] == prev
@@ -228,8 +230,6 @@ class SensorHealthMonitor:
         # no reset yet in this block: the run carries over from the previous block
         run = np.where(last_reset < 0, self._run + idx + 1, idx - last_reset + 1)
         self._run = run[-1].astype(np.int64)
-        if limit <= 0:
-            return np.zeros(x.shape, bool)
         return run >= limit
 
     def _transitions(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -66,15 +66,10 @@ class Interval:
 class StreamStats:
     windows: int = 0
     skipped_windows: int = 0
-    batches: int = 0
     alarms: int = 0
     events: int = 0
     last_score: float | None = None
-    score_sum: float = 0.0
-    score_max: float = 0.0
     nonfinite_scores: int = 0
-    infer_s: float = 0.0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class StreamPipeline:
@@ -152,10 +147,7 @@ class StreamPipeline:
                 total = float(scores.sum())
             n, peak = len(scores), float(scores.max())
             st.windows += n
-            st.batches += 1
             st.last_score = float(scores[-1])
-            st.score_sum += total
-            st.score_max = max(st.score_max, peak)
             iv = self._interval
             iv.windows += n
             iv.score_sum += total

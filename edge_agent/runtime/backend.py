@@ -76,7 +76,6 @@ class Backend(ABC):
         self.fallback: str = ""  # why an accelerator was not used, if one was wanted
         self.calls = 0
         self.total_s = 0.0
-        self.loaded = False
         self._shape: tuple[int, ...] = ()  # per-sample input shape, fixed at load
 
     # -- hooks -----------------------------------------------------------------
@@ -99,7 +98,6 @@ class Backend(ABC):
         self._shape = self._sample_shape()
         self.infer(np.zeros((1, *self._shape), dtype=np.float32))  # warm-up
         self.calls, self.total_s = 0, 0.0
-        self.loaded = True
         log.info(
             "loaded %s v%d on %s (%s)",
             self.card.name,

@@ -82,7 +82,6 @@ class SourceRunner:
         self.disconnects = 0  # SourceDisconnectedError while reading (device vanished)
         self.dropped_blocks = 0
         self.samples_in = 0
-        self.last_sample_monotonic: float | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -124,7 +123,6 @@ class SourceRunner:
                 self.dropped_blocks += 1
             self._q.append(blk)
             self.samples_in += len(blk.samples)
-            self.last_sample_monotonic = time.monotonic()
             self._cv.notify()
 
     def _open(self) -> bool:
