@@ -28,3 +28,18 @@ def test_selftest_fails_on_a_tampered_model_and_says_which(tmp_path):
     assert "[FAIL] model [press]" in r.stdout
     assert "does not match the card's" in r.stdout
     assert "[warn] broker" in r.stdout  # an unreachable broker is reported, not fatal
+
+
+def test_selftest_checks_the_variant_this_device_selected(tmp_path):
+    """The model `run` would serve: the variant `bench --select` recorded, not the
+    profile's default (they differed before: selftest ignored the recorded choice)."""
+    from edge_agent.runtime.selection import Choice, write_selected
+
+    st = tmp_path / "st"
+    write_selected(
+        st, Choice("vibration-ae", "fp32-onnx", "vibration-ae-fp32-onnx", 1.0, "t", ()), 0.0
+    )
+    r = run_cli("selftest", "--state-dir", str(st), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    checks = {c["check"]: c for c in json.loads(r.stdout)["checks"]}
+    assert "vibration-ae-fp32-onnx" in checks["model [demo]"]["detail"]

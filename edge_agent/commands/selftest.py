@@ -83,7 +83,9 @@ def _run(args: argparse.Namespace) -> int:
     for sc in cfg.streams:
 
         def model(sc: Any = sc) -> str:
-            d = resolve_model_dir(sc.model, sc.variant, sel.profile, models_dir)
+            d = resolve_model_dir(
+                sc.model, sc.variant, sel.profile, models_dir, Path(cfg.state_dir)
+            )
             m = load_model(d, sel.profile)
             ratio = m.check_golden()
             fb = f"; fallback: {m.backend.fallback}" if m.backend.fallback else ""
