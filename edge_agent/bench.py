@@ -27,6 +27,7 @@ from edge_agent.benchdata import bench_samples, bench_windows
 from edge_agent.errors import ModelError
 from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.stream import StreamPipeline
+from edge_agent.pipeline.windows import samples_needed
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import ModelCard
 from edge_agent.runtime.model import LoadedModel, find_models, load_model
@@ -150,7 +151,7 @@ def bench_family(
             continue
         model = load_model(card.directory, profile)
         pre = model.card.preprocessing
-        n_samples = (windows - 1) * pre.hop + pre.window
+        n_samples = samples_needed(pre.window, pre.hop, windows)
         samples = bench_samples(card, n_samples, seed=1)
         # Windows exactly as the pipeline will cut them, for the raw figures.
         x = bench_windows(card, samples)

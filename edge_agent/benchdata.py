@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.pipeline.windows import Windower
 from edge_agent.runtime.card import ModelCard
 from edge_agent.sources.synth_scene import model_samples
 from edge_agent.sources.synth_signal import CHANNELS, SignalSpec, SyntheticSignal
@@ -43,5 +44,4 @@ def bench_samples(card: ModelCard, n: int, seed: int) -> npt.NDArray[np.float32]
 def bench_windows(card: ModelCard, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Every window the pipeline cuts from `samples` with the card's window and hop."""
     pre = card.preprocessing
-    starts = range(0, len(samples) - pre.window + 1, pre.hop)
-    return np.stack([samples[i : i + pre.window] for i in starts])
+    return Windower(pre.window, pre.hop, pre.columns).push(samples, 0).data

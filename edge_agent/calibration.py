@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from edge_agent.errors import CalibrationError, EdgeAgentError
 from edge_agent.fsutil import atomic_write_json, read_json
-from edge_agent.pipeline.windows import Windower
+from edge_agent.pipeline.windows import Windower, samples_needed
 from edge_agent.runtime.card import ModelCard, Preprocessing
 from edge_agent.runtime.model import LoadedModel
 
@@ -160,10 +160,6 @@ class Calibration:
             "model": f"{self.model_name} v{self.model_version}",
             "model_sha256": self.model_sha256,
         }
-
-
-def samples_needed(window: int, hop: int, windows: int) -> int:
-    return window + (windows - 1) * hop
 
 
 def _by_channel(samples: npt.NDArray[np.float32], pre: Preprocessing) -> npt.NDArray[np.float32]:

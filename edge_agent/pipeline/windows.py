@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Windower", "Windows"]
+__all__ = ["Windower", "Windows", "samples_needed"]
+
+
+def samples_needed(window: int, hop: int, windows: int) -> int:
+    """Samples that make exactly `windows` windows of `window` samples, `hop` apart."""
+    return window + (windows - 1) * hop
 
 
 @dataclass(frozen=True)

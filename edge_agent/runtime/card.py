@@ -171,7 +171,7 @@ def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
     if window <= 0 or hop <= 0:
         raise ModelError(f"{pw}: window and hop must be positive")
     frame = _frame(pre, len(channels), pw)
-    columns = len(channels) if frame is None else frame[0] * frame[1]
+    prep = Preprocessing(window, hop, channels, float(pre.get("rate_hz", 0.0)), mean, std, frame)
     score = _get(raw, "score", dict, w)
     kind = _get(score, "kind", str, f"{w}: score")
     if kind not in SCORE_KINDS:
@@ -184,8 +184,8 @@ def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
     gw = f"{w}: golden"
     inputs = np.asarray(_get(g, "inputs", list, gw), dtype=np.float32)
     scores = np.asarray(_get(g, "scores", list, gw), dtype=np.float64)
-    if inputs.ndim != 3 or inputs.shape[1:] != (window, columns):
-        raise ModelError(f"{gw}.inputs: expected shape (n, {window}, {columns})")
+    if inputs.ndim != 3 or inputs.shape[1:] != (window, prep.columns):
+        raise ModelError(f"{gw}.inputs: expected shape (n, {window}, {prep.columns})")
     if scores.shape != (inputs.shape[0],):
         raise ModelError(f"{gw}.scores: expected one score per input")
     al = raw.get("alarm", {})
@@ -204,9 +204,7 @@ def card_from_dict(raw: dict[str, Any], directory: Path) -> ModelCard:
         precision=str(raw.get("precision", "fp32")),
         input=_tensor(_get(raw, "input", dict, w), f"{w}: input"),
         output=_tensor(_get(raw, "output", dict, w), f"{w}: output"),
-        preprocessing=Preprocessing(
-            window, hop, channels, float(pre.get("rate_hz", 0.0)), mean, std, frame
-        ),
+        preprocessing=prep,
         score_kind=kind,
         threshold=float(_get(thr, "value", (int, float), f"{w}: threshold")),
         alarm=AlarmDefaults(
