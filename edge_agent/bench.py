@@ -226,13 +226,16 @@ def select_variant(
     if pre.frame is not None:
         n = AGREEMENT_FRAMES
     x = bench_windows(ref_card, bench_samples(ref_card, n, seed=AGREEMENT_SEED))
-    ref_scores = load_model(ref_card.directory, profile).scores(x)
+    # loaded and scored once; its golden vectors are judged in the loop like every variant's
+    ref_model = load_model(ref_card.directory, profile, validate=False)
+    ref_scores = ref_model.scores(x)
     speed = {r.model: r.pipeline_us.median for r in results}
     candidates = []
     for c in cards:
         if c.name not in speed:
             continue
-        model = load_model(c.directory, profile, validate=False)
+        is_ref = c.name == ref_card.name
+        model = ref_model if is_ref else load_model(c.directory, profile, validate=False)
         try:
             model.check_golden()
             golden_ok = True
@@ -240,13 +243,14 @@ def select_variant(
             log.warning("%s", e)
             golden_ok = False
         bound = bound_from_card(c.raw)
-        ratio = None if bound is None else agreement_ratio(model.scores(x), ref_scores, bound)
+        scores = ref_scores if is_ref else model.scores(x)
+        ratio = None if bound is None else agreement_ratio(scores, ref_scores, bound)
         candidates.append(
             Candidate(
                 f"{c.precision}-{c.backend}",
                 c.name,
                 speed[c.name],
-                c.name == ref_card.name,
+                is_ref,
                 golden_ok,
                 ratio,
             )
