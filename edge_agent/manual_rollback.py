@@ -21,14 +21,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.calibration import apply_calibration, load_for_model
 from edge_agent.config import StreamConfig
 from edge_agent.errors import EdgeAgentError, StateError
 from edge_agent.fsutil import atomic_write_json, read_json
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.slots import AT_REST
-from edge_agent.streams import build_policy
+from edge_agent.streams import with_calibration
 
 if TYPE_CHECKING:  # the slot store pulls in the OTA package: only where OTA is on
     from edge_agent.slot_boot import SlotBoot
@@ -154,9 +153,7 @@ def perform(
         except EdgeAgentError as e:  # even the bundled model: keep what serves
             log.error("stream %s: after the rollback no model loads (%s); unchanged", s.name, e)
             continue
-        cal = load_for_model(Path(store.root), s.name, model.card)
-        if cal is not None:
-            model = apply_calibration(model, cal)
-        s.pipeline.swap_model(model, build_policy(s.config, model, cal))
+        model, _cal, policy = with_calibration(Path(store.root), s.config, model)
+        s.pipeline.swap_model(model, policy)
         served.append(f"{s.name}: {model.description} ({boot.sources.get(s.name, '?')})")
     return before, "; ".join(served) or "no stream serves that model family"

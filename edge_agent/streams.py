@@ -75,6 +75,17 @@ def check_source_fits(
     )
 
 
+def with_calibration(
+    state_dir: Path, sc: StreamConfig, model: LoadedModel
+) -> tuple[LoadedModel, Calibration | None, AlarmPolicy]:
+    """The stream's model with its stored calibration applied (if one was fitted on this
+    very model), the calibration, and the alarm policy they give."""
+    cal = load_for_model(state_dir, sc.name, model.card)
+    if cal is not None:
+        model = apply_calibration(model, cal)
+    return model, cal, build_policy(sc, model, cal)
+
+
 def build_policy(
     sc: StreamConfig, model: LoadedModel, calibration: Calibration | None = None
 ) -> AlarmPolicy:
@@ -111,9 +122,8 @@ class StreamRuntime:
         )
         pre = model.card.preprocessing
         self.state_dir = Path(cfg.state_dir)
-        self.calibration = load_for_model(self.state_dir, sc.name, model.card)
+        model, self.calibration, policy = with_calibration(self.state_dir, sc, model)
         if self.calibration is not None:
-            model = apply_calibration(model, self.calibration)
             log.info(
                 "stream %s: calibration of %s applied (threshold %.4g)",
                 sc.name,
@@ -130,7 +140,7 @@ class StreamRuntime:
         self.pipeline = StreamPipeline(
             sc.name,
             model,
-            build_policy(sc, model, self.calibration),
+            policy,
             window=sc.window or pre.window,
             hop=sc.hop or pre.hop,
             max_batch=sc.max_batch,
