@@ -33,9 +33,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
 from edge_agent.errors import ConfigError, PublishError
-from edge_agent.reporting.backoff import Backoff
 from edge_agent.reporting.topics import Topic
 
 __all__ = [

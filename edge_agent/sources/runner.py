@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from edge_agent.backoff import Backoff
 from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.sources.base import Block, Source
 
@@ -75,7 +76,7 @@ class SourceRunner:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"src-{source.name}", daemon=True)
         self.budget = budget or RestartBudget()
-        self._backoff = (backoff_min_s, backoff_max_s)
+        self._backoff = Backoff(backoff_min_s, backoff_max_s)
         self.state = SourceState.STARTING
         self.last_error = ""
         self.restarts = 0
@@ -126,7 +127,7 @@ class SourceRunner:
             self._cv.notify()
 
     def _open(self) -> bool:
-        delay = self._backoff[0]
+        self._backoff.reset()
         while not self._stop.is_set():
             try:
                 self.source.open()
@@ -136,8 +137,7 @@ class SourceRunner:
                 if self.state is not SourceState.RECONNECTING:
                     log.warning("source %s: %s; waiting for it", self.source.name, e)
                 self.state = SourceState.RECONNECTING
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._backoff[1])
+                self._stop.wait(self._backoff.next_delay(1.0))  # no jitter: one device
                 continue
             except SourceError as e:
                 self.last_error = str(e)
@@ -147,8 +147,7 @@ class SourceRunner:
                     return False
                 self.restarts += 1
                 self.state = SourceState.RECONNECTING
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._backoff[1])
+                self._stop.wait(self._backoff.next_delay(1.0))  # no jitter: one device
                 continue
             self.state = SourceState.RUNNING
             return True
