@@ -20,12 +20,15 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent import __version__
-from edge_agent import manual_rollback as mr
 from edge_agent.config import AgentConfig
 from edge_agent.errors import EdgeAgentError, StateError
 from edge_agent.fsutil import atomic_write_json
-from edge_agent.health import ProgressWatchdog, Readiness, ReadinessGate
-from edge_agent.logs import (
+from edge_agent.pipeline.alarms import Transition
+from edge_agent.pipeline.sensor_health import HealthEvent
+from edge_agent.pipeline.stream import AnomalyEvent
+from edge_agent.profiles import Selection, load_profiles, select
+from edge_agent.service.health import ProgressWatchdog, Readiness, ReadinessGate
+from edge_agent.service.logs import (
     MSG_AGENT_READY,
     MSG_AGENT_STOPPING,
     MSG_ANOMALY_END,
@@ -33,17 +36,14 @@ from edge_agent.logs import (
     MSG_WATCHDOG_STALL,
     fields,
 )
-from edge_agent.pipeline.alarms import Transition
-from edge_agent.pipeline.sensor_health import HealthEvent
-from edge_agent.pipeline.stream import AnomalyEvent
-from edge_agent.profiles import Selection, load_profiles, select
-from edge_agent.sdnotify import Notifier, watchdog_interval
-from edge_agent.status import summary_line
+from edge_agent.service.sdnotify import Notifier, watchdog_interval
+from edge_agent.service.status import summary_line
 from edge_agent.streams import StreamRuntime
+from edge_agent.updates import manual_rollback as mr
 
 if TYPE_CHECKING:
-    from edge_agent.slot_boot import SlotBoot
-    from edge_agent.updater import Updater
+    from edge_agent.updates.boot import SlotBoot
+    from edge_agent.updates.updater import Updater
 
 __all__ = ["STATUS_FILE", "Agent", "Reporting", "RunLimits"]
 
@@ -124,7 +124,7 @@ class Agent:
         self.notifier.status("loading models")
         loader = None
         if self.cfg.ota.enabled:
-            from edge_agent.slot_boot import SlotBoot
+            from edge_agent.updates.boot import SlotBoot
 
             self.boot = SlotBoot.open(self.state_dir)
             loader = self.boot.load
@@ -153,7 +153,7 @@ class Agent:
         # only now: signature checks (cryptography) cost ~8 MB a device without OTA lacks
         from datetime import datetime, timezone
 
-        from edge_agent.updater import Updater, UpdateTarget, load_root
+        from edge_agent.updates.updater import Updater, UpdateTarget, load_root
 
         try:
             root = load_root(Path(self.cfg.ota.root_file), datetime.now(timezone.utc))

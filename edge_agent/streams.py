@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.calibration import (
+from edge_agent.config import AgentConfig, StreamConfig
+from edge_agent.errors import CalibrationError, ConfigError
+from edge_agent.pipeline.alarms import AlarmPolicy
+from edge_agent.pipeline.calibration import (
     Calibration,
     Calibrator,
     apply_calibration,
@@ -23,9 +26,6 @@ from edge_agent.calibration import (
     save_calibration,
     threshold_warning,
 )
-from edge_agent.config import AgentConfig, StreamConfig
-from edge_agent.errors import CalibrationError, ConfigError
-from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.sensor_health import HealthEvent, SensorHealthMonitor
 from edge_agent.pipeline.stream import AnomalyEvent, StreamPipeline
 from edge_agent.profiles import Profile

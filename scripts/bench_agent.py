@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from edge_agent.benchstats import LatencySummary  # noqa: E402
+from edge_agent.measure.benchstats import LatencySummary  # noqa: E402
 from tests.mosquitto import Broker  # noqa: E402
 from tests.notify_socket import NotifySocket  # noqa: E402
 

@@ -40,7 +40,7 @@ from edge_agent.sources.base import Block  # noqa: E402
 from edge_agent.sources.synth_signal import SyntheticSignal  # noqa: E402
 from edge_agent.sources.synthetic import Options  # noqa: E402
 from edge_agent.streams import build_policy  # noqa: E402
-from edge_agent.updater import Updater, UpdateTarget  # noqa: E402
+from edge_agent.updates.updater import Updater, UpdateTarget  # noqa: E402
 from ota.announce import Announcement  # noqa: E402
 from ota.build import plan_bundle  # noqa: E402
 from ota.bundle import add_signatures, read_header, write_bundle  # noqa: E402

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_agent  # noqa: E402
 import numpy as np  # noqa: E402
 
-from edge_agent.benchstats import Goal, LatencySummary, speedup  # noqa: E402
+from edge_agent.measure.benchstats import Goal, LatencySummary, speedup  # noqa: E402
 from edge_agent.pipeline.alarms import AlarmPolicy  # noqa: E402
 from edge_agent.pipeline.stream import StreamPipeline  # noqa: E402
 from edge_agent.profiles import Profile  # noqa: E402

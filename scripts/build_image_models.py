@@ -46,8 +46,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 from build_models import IN_NAME, OUT_NAME, export_onnx_int8, export_tflite_int8  # noqa: E402
 from modelkit import new_variant_dir, save_onnx  # noqa: E402
 
-from edge_agent.bench import AGREEMENT_FRAMES, AGREEMENT_SEED  # noqa: E402
-from edge_agent.benchdata import FRAME_DEFECT_RATE  # noqa: E402
+from edge_agent.measure.bench import AGREEMENT_FRAMES, AGREEMENT_SEED  # noqa: E402
+from edge_agent.measure.benchdata import FRAME_DEFECT_RATE  # noqa: E402
 from edge_agent.sources.synth_scene import (  # noqa: E402
     DEFECTS,
     SCALE_X,
@@ -336,7 +336,7 @@ def add_agreement(out: Path, cards: dict[str, dict[str, Any]]) -> None:
         rtol = float(f"{AGREEMENT_SLACK * np.max(np.maximum(diff - atol, 0) / ref):.2g}")
         agreement = {
             "windows": f"{len(ref)} frames of the synthetic inspection view, seed "
-            f"{AGREEMENT_SEED}, {FRAME_DEFECT_RATE:.0%} defective (edge_agent.benchdata)",
+            f"{AGREEMENT_SEED}, {FRAME_DEFECT_RATE:.0%} defective (edge_agent.measure.benchdata)",
             "versus": f"{ref_name} on onnxruntime",
             "max_abs_diff": float(diff.max()),
             "max_rel_diff": float(np.max(diff / ref)),

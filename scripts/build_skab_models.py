@@ -53,7 +53,7 @@ from skab_data import CHANNELS  # noqa: E402
 
 WINDOW, HOP = 10, 1
 SEGMENT, CAL_ROWS = 1100, 400
-MIN_STD_RATIO = 0.3  # same as edge_agent.calibration.MIN_STD_RATIO
+MIN_STD_RATIO = 0.3  # same as edge_agent.pipeline.calibration.MIN_STD_RATIO
 MASK = np.array([1, 1, 1, 1, 0, 1, 1, 1], dtype=np.float32)  # Temperature out
 PCA_K = 3
 SEED = 7

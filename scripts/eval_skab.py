@@ -7,10 +7,10 @@
 For each model variant and each of the 34 experiment files (valve1, valve2, other):
 ReplaySource (the file as a replay CSV) -> StreamPipeline (Windower ->
 LoadedModel.scores -> AlarmPolicy). The first CAL_ROWS rows are the on-site
-calibration (edge_agent.calibration.fit_calibration, default parameters); the rest is
+calibration (edge_agent.pipeline.calibration.fit_calibration, default parameters); the rest is
 the test part. Row r is predicted anomalous iff the alarm was open after the newest
 window ending at or before r (windows over the calibration rows give history: causal).
-TP/FP/FN/TN are pooled over the test rows of all files (edge_agent.evaluation).
+TP/FP/FN/TN are pooled over the test rows of all files (edge_agent.measure.evaluation).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ sys.path.insert(0, str(REPO))
 
 from skab_data import CAL_ROWS, CHANNELS, GROUPS  # noqa: E402
 
-from edge_agent.calibration import (  # noqa: E402
+from edge_agent.measure.evaluation import Counts, confusion, pointwise_alarm  # noqa: E402
+from edge_agent.pipeline.alarms import AlarmPolicy, Transition  # noqa: E402
+from edge_agent.pipeline.calibration import (  # noqa: E402
     CalibrationParams,
     apply_calibration,
     fit_calibration,
 )
-from edge_agent.evaluation import Counts, confusion, pointwise_alarm  # noqa: E402
-from edge_agent.pipeline.alarms import AlarmPolicy, Transition  # noqa: E402
 from edge_agent.pipeline.stream import StreamPipeline  # noqa: E402
 from edge_agent.runtime.model import LoadedModel, find_models, load_model  # noqa: E402
 from edge_agent.sources.base import Block  # noqa: E402
@@ -237,7 +237,8 @@ def render(results: list[Result], command: str, ablation: list[Result]) -> str:
         "- Data: SKAB v0.9, the 34 experiment files (valve1 16, valve2 4, other 14); not in",
         "  this repository (GPL-3.0), passed with `--data`.",
         f"- Per file: the first {CAL_ROWS} rows are the on-site calibration "
-        "(`edge_agent.calibration.fit_calibration`, the code behind `edge-agent calibrate`):",
+        "(`edge_agent.pipeline.calibration.fit_calibration`, the code behind "
+        "`edge-agent calibrate`):",
         "  per-channel mean/std (std floored at 0.3 x the card's std) and the threshold",
         "  (highest calibration-window score x 1.5). The rest of the file is the test part.",
         "- Path: `ReplaySource` -> `StreamPipeline` (`Windower` -> `LoadedModel.scores` ->",
@@ -247,7 +248,7 @@ def render(results: list[Result], command: str, ablation: list[Result]) -> str:
         "  look-ahead. The test part's first windows use rows of the calibration part as",
         "  history.",
         "- TP/FP/FN/TN pooled over all test rows of all files; F1, FAR, MAR per the SKAB",
-        "  definitions (`edge_agent/evaluation.py`).",
+        "  definitions (`edge_agent/measure/evaluation.py`).",
         "- No threshold or policy value was fitted on test labels; see *How the choices were",
         "  made* for what was chosen after looking at results.",
         "",

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.benchstats import Goal, LatencySummary, percentile, speedup
 from edge_agent.errors import ModelError
+from edge_agent.measure.benchstats import Goal, LatencySummary, percentile, speedup
 from edge_agent.profiles import Profile
 from edge_agent.resources import find_resource_dir
 from edge_agent.runtime.model import resolve_model_dir

@@ -6,7 +6,9 @@ import logging
 import numpy as np
 import pytest
 
-from edge_agent.calibration import (
+from edge_agent.config import parse_config
+from edge_agent.errors import CalibrationError
+from edge_agent.pipeline.calibration import (
     CalibrationParams,
     apply_calibration,
     calibration_path,
@@ -15,8 +17,6 @@ from edge_agent.calibration import (
     load_for_model,
     save_calibration,
 )
-from edge_agent.config import parse_config
-from edge_agent.errors import CalibrationError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import load_card
 from edge_agent.runtime.model import load_model

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edge_agent.evaluation import Counts, confusion, pointwise_alarm
+from edge_agent.measure.evaluation import Counts, confusion, pointwise_alarm
 
 
 def test_confusion_counts_by_hand():

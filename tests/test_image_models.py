@@ -174,7 +174,7 @@ def test_config_error_is_the_projects_own() -> None:
 
 
 def test_on_site_calibration_fits_one_mean_and_std_for_the_frame() -> None:
-    from edge_agent.calibration import fit_calibration
+    from edge_agent.pipeline.calibration import fit_calibration
 
     model = load_model(MODELS / "inspection-ae-int8-onnx")
     good, _ = model_samples(24, 120, 32, 32)
@@ -189,7 +189,7 @@ def test_on_site_calibration_fits_one_mean_and_std_for_the_frame() -> None:
 
 
 def test_calibrating_on_defective_parts_is_flagged() -> None:
-    from edge_agent.calibration import fit_calibration, threshold_warning
+    from edge_agent.pipeline.calibration import fit_calibration, threshold_warning
 
     model = load_model(MODELS / "inspection-ae-int8-onnx")
     good, _ = model_samples(25, 120, 32, 32)

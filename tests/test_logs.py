@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.config import LoggingConfig
 from edge_agent.errors import ConfigError
-from edge_agent.logs import MSG_ANOMALY_START, fields, setup_logging, under_journal
+from edge_agent.service.logs import MSG_ANOMALY_START, fields, setup_logging, under_journal
 
 
 def parse_native(data: bytes) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 
 from edge_agent.config import MetricsConfig
 from edge_agent.errors import MetricsError
-from edge_agent.metrics import (
+from edge_agent.service.metrics import (
     CONTENT_TYPE,
     MAX_SERIES_PER_FAMILY,
     Family,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.health import (
+from edge_agent.service.health import (
     Notifier,
     ProgressWatchdog,
     Readiness,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from edge_agent.fsutil import atomic_write_json
-from edge_agent.status import Snapshot, Verdict, assess, fmt_duration, summary_line
-from edge_agent.status_render import render_text
+from edge_agent.service.status import Snapshot, Verdict, assess, fmt_duration, summary_line
+from edge_agent.service.status_render import render_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.errors import ModelError
 
 if TYPE_CHECKING:
-    from edge_agent.bench import Figure, VariantResult
+    from edge_agent.measure.bench import Figure, VariantResult
     from edge_agent.runtime.selection import Choice
 from edge_agent.profiles import load_profiles, select
 from edge_agent.resources import find_resource_dir
@@ -46,8 +46,11 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge_agent.bench import as_json, bench_family  # numpy + runtimes: only when benching
     from edge_agent.config import default_state_dir
+    from edge_agent.measure.bench import (  # numpy + runtimes: only when benching
+        as_json,
+        bench_family,
+    )
 
     models_dir = Path(args.models_dir) if args.models_dir else find_resource_dir("models")
     if models_dir is None:
@@ -66,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     choice = None
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     if args.select:
-        from edge_agent.bench import select_variant
+        from edge_agent.measure.bench import select_variant
         from edge_agent.runtime.selection import write_selected
 
         choice = select_variant(models_dir, args.family, sel.profile, res)

@@ -1,9 +1,10 @@
 """`edge-agent calibrate`: fit a stream's normalisation and threshold on live normal data.
 
 Runs the stream's own source (as configured) until enough windows were seen, or for
-a duration, fits (edge_agent/calibration.py), stores `<state_dir>/calibration/<stream>.json`
-and prints the result. An existing calibration is replaced, and the old and new
-thresholds are logged. The running agent picks the new calibration up on restart.
+a duration, fits (edge_agent/pipeline/calibration.py), stores
+`<state_dir>/calibration/<stream>.json` and prints the result. An existing calibration is
+replaced, and the old and new thresholds are logged. The running agent picks the new
+calibration up on restart.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # numpy and the runtimes only when calibrating: `status` stay
     import numpy as np
     import numpy.typing as npt
 
-    from edge_agent.calibration import Calibration
+    from edge_agent.pipeline.calibration import Calibration
     from edge_agent.runtime.model import LoadedModel
     from edge_agent.sources.base import Source
 
@@ -112,7 +113,7 @@ def _load(cfg: AgentConfig, sc: StreamConfig) -> LoadedModel:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from edge_agent.calibration import (
+    from edge_agent.pipeline.calibration import (
         MIN_WINDOWS,
         fit_calibration,
         load_calibration,
@@ -174,7 +175,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _print(
     cal: Calibration, old: Calibration | None, path: Path, model: LoadedModel, *, as_json: bool
 ) -> None:
-    from edge_agent.calibration import threshold_warning
+    from edge_agent.pipeline.calibration import threshold_warning
 
     if as_json:
         d = cal.to_json()

@@ -29,8 +29,8 @@ def register(sub: Any) -> None:
 
 
 def slots_report(state_dir: Any) -> dict[str, Any]:
-    from edge_agent.slots import Slot
-    from edge_agent.store import SlotStore
+    from edge_agent.updates.slots import Slot
+    from edge_agent.updates.store import SlotStore
 
     store = SlotStore(state_dir)
     st = store.state

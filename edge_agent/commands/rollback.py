@@ -2,7 +2,7 @@
 
 With no previous slot, the active slot is dropped and the agent's bundled model serves.
 With the agent stopped, the slots change here, on the state dir. With it running, the
-agent does it (it owns the slot state; see edge_agent/manual_rollback.py): this command
+agent does it (it owns the slot state; see edge_agent/updates/manual_rollback.py): this command
 asks, waits for the answer and prints it; the streams switch model without a restart
 and without losing a window. While an update is in progress the rollback is refused
 (docs/ota.md).
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.commands.status import add_state_dir_args, read_snapshot, resolve_state_dir
-from edge_agent.slots import AT_REST
+from edge_agent.updates.slots import AT_REST
 
 __all__ = ["register"]
 
@@ -73,7 +73,7 @@ def _rollback_in(state_dir: Path, args: argparse.Namespace, pid: Any, running: b
 def _ask_agent(state_dir: Path, reason: str, pid: Any) -> dict[str, Any]:
     import time
 
-    from edge_agent import manual_rollback as mr
+    from edge_agent.updates import manual_rollback as mr
 
     req = mr.submit(state_dir, reason, time.time())
     wait_s = mr.STALE_AFTER_S + 5.0
@@ -91,7 +91,7 @@ def _ask_agent(state_dir: Path, reason: str, pid: Any) -> dict[str, Any]:
 
 def _offline(state_dir: Path, reason: str) -> dict[str, Any]:
     from edge_agent.errors import StateError
-    from edge_agent.store import SlotStore
+    from edge_agent.updates.store import SlotStore
 
     store = SlotStore(state_dir)
     now = datetime.now(timezone.utc)

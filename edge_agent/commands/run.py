@@ -55,9 +55,9 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edge_agent.agent import Agent, RunLimits
-    from edge_agent.logs import setup_logging
-    from edge_agent.metrics import Metrics, start_metrics_server, update_from_status
     from edge_agent.reporting.reporter import Reporter
+    from edge_agent.service.logs import setup_logging
+    from edge_agent.service.metrics import Metrics, start_metrics_server, update_from_status
 
     cfg = build_config(args)
     setup_logging(cfg.logging, args.log_level)

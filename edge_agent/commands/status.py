@@ -17,8 +17,8 @@ from typing import Any
 
 from edge_agent.config import DEFAULT_STATE_DIR, default_state_dir, user_state_dir
 from edge_agent.errors import ConfigError
-from edge_agent.status import STATUS_FILE, Snapshot, assess
-from edge_agent.status_render import render_text
+from edge_agent.service.status import STATUS_FILE, Snapshot, assess
+from edge_agent.service.status_render import render_text
 
 if sys.version_info >= (3, 11):
     import tomllib

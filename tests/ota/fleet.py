@@ -16,7 +16,7 @@ from typing import Any
 
 from otamodels import REPO, copy_model
 
-from edge_agent.store import SlotStore
+from edge_agent.updates.store import SlotStore
 from ota.bundle import read_header
 from ota.root import Root
 from ota.verify import verify

@@ -24,9 +24,9 @@ from fleet import (
 )
 from otamodels import copy_model
 
-from edge_agent.manual_rollback import REQUEST_FILE
-from edge_agent.store import SlotStore
-from edge_agent.updater import load_root
+from edge_agent.updates.manual_rollback import REQUEST_FILE
+from edge_agent.updates.store import SlotStore
+from edge_agent.updates.updater import load_root
 from tests.agentutil import run_cli
 
 
@@ -138,9 +138,9 @@ def test_rollback_with_no_active_slot_is_refused_by_the_running_agent(tmp_path: 
 
 def test_malformed_or_stale_requests_are_not_carried_out(tmp_path: Path) -> None:
     from edge_agent.errors import StateError
-    from edge_agent.manual_rollback import STALE_AFTER_S, Request, perform, submit, take
     from edge_agent.profiles import Profile
-    from edge_agent.slot_boot import SlotBoot
+    from edge_agent.updates.boot import SlotBoot
+    from edge_agent.updates.manual_rollback import STALE_AFTER_S, Request, perform, submit, take
 
     (tmp_path / "ota").mkdir()
     (tmp_path / REQUEST_FILE).write_text("{not json")

@@ -12,9 +12,9 @@ from fleet import install_committed
 from otamodels import FP32, copy_model
 
 from edge_agent.profiles import Profile
-from edge_agent.slot_boot import SlotBoot
-from edge_agent.slots import Phase
-from edge_agent.store import SlotStore
+from edge_agent.updates.boot import SlotBoot
+from edge_agent.updates.slots import Phase
+from edge_agent.updates.store import SlotStore
 from ota.build import plan_bundle
 from ota.bundle import add_signatures, read_header, write_bundle
 from ota.signing import sign_bytes

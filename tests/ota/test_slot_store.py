@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import NOW, PROFILE, Env
 
-from edge_agent.slots import (
+from edge_agent.updates.slots import (
     HISTORY_LIMIT,
     Phase,
     Slot,
@@ -20,7 +20,7 @@ from edge_agent.slots import (
     install_initial,
     promote,
 )
-from edge_agent.store import SlotStore
+from edge_agent.updates.store import SlotStore
 from ota.bundle import read_header
 from ota.verify import VerifiedManifest, verify
 
@@ -170,7 +170,7 @@ def test_state_round_trips_and_history_is_bounded() -> None:
     s = install_initial(SlotsState(), 1, NOW)
     for _ in range(HISTORY_LIMIT + 10):
         s = begin_download(s, 2, NOW)
-        from edge_agent.slots import abandon
+        from edge_agent.updates.slots import abandon
 
         s = abandon(s, "x", NOW)
     assert len(s.history) == HISTORY_LIMIT

@@ -24,13 +24,13 @@ from edge_agent.config import OtaConfig, SourceSpec, StreamConfig
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import load_model
-from edge_agent.slots import Phase
 from edge_agent.sources.base import Block
 from edge_agent.sources.synth_signal import SyntheticSignal
 from edge_agent.sources.synthetic import Options
-from edge_agent.store import SlotStore
 from edge_agent.streams import build_policy
-from edge_agent.updater import Updater, UpdateTarget
+from edge_agent.updates.slots import Phase
+from edge_agent.updates.store import SlotStore
+from edge_agent.updates.updater import Updater, UpdateTarget
 from ota.announce import Announcement
 from ota.build import plan_bundle
 from ota.bundle import add_signatures, read_header, write_bundle
@@ -246,7 +246,7 @@ def test_announced_bundle_below_installed_version_is_rejected_before_download(ri
 
 
 def test_failed_download_is_retried_by_itself_and_not_counted_as_a_crash(rig: Rig) -> None:
-    from edge_agent.updater import MAX_ATTEMPTS
+    from edge_agent.updates.updater import MAX_ATTEMPTS
 
     b = make_bundle(rig.env, copy_model(rig.env.tmp / "v2", 2), "v2.bundle")
     payload = announce(b)

@@ -24,7 +24,7 @@ from fleet import (
 )
 from otamodels import REPO
 
-from edge_agent.updater import PAUSE_ENV, PAUSE_STEPS
+from edge_agent.updates.updater import PAUSE_ENV, PAUSE_STEPS
 from tests.agentutil import run_cli
 from tests.mosquitto import Broker
 from tests.subscriber import Subscriber

@@ -8,7 +8,7 @@ Runs on its own thread (the stream threads keep scoring). Steps, each published 
   into the inactive slot -> validating (loads, golden vectors, latency budget) -> shadow
   (beside the active model on live windows) -> promoted (slot pointer, then model swap at
   a batch boundary) -> trial -> committed, or rolled_back / rejected / failed.
-Decisions are in `edge_agent.update_checks` (pure); slot files in `edge_agent.store`.
+Decisions are in `edge_agent.updates.checks` (pure); slot files in `edge_agent.updates.store`.
 
 Test-only fault hook: with `EDGE_AGENT_OTA_PAUSE_AT=<step>` (download, unpack, validate,
 shadow, promote, commit) the updater writes `<state_dir>/ota/paused-at-<step>` and waits
@@ -38,11 +38,8 @@ from edge_agent.fsutil import atomic_write_bytes, atomic_write_json, read_json, 
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
-from edge_agent.shadow import ShadowRunner
-from edge_agent.slots import PRE_PROMOTION
-from edge_agent.store import SlotStore
 from edge_agent.streams import build_policy
-from edge_agent.update_checks import (
+from edge_agent.updates.checks import (
     AlarmRule,
     ShadowTally,
     TrialTally,
@@ -51,6 +48,9 @@ from edge_agent.update_checks import (
     judge_shadow,
     judge_trial,
 )
+from edge_agent.updates.shadow import ShadowRunner
+from edge_agent.updates.slots import PRE_PROMOTION
+from edge_agent.updates.store import SlotStore
 from ota.announce import Announcement
 from ota.bundle import read_header
 from ota.canonical import canonical_bytes

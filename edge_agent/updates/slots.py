@@ -3,7 +3,7 @@
 An update moves one candidate through
   idle -> downloading -> unpacked -> validated -> shadow -> promoted (trial) -> committed
 and can leave it at any step as `abandoned` (before promotion) or `rolled_back` (after).
-`edge_agent.store` persists these states atomically and does the file work.
+`edge_agent.updates.store` persists these states atomically and does the file work.
 """
 
 from __future__ import annotations

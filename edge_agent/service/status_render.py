@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from edge_agent.status import Assessment, Snapshot, fmt_duration, get, num
+from edge_agent.service.status import Assessment, Snapshot, fmt_duration, get, num
 
 __all__ = ["DEFAULT_WIDTH", "MAX_ERRORS_SHOWN", "render_text"]
 

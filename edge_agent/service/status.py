@@ -2,7 +2,7 @@
 
 The agent writes status.json about once per second and at exit (contract in
 docs/status.md). `assess()` turns what was read from disk into a `Verdict`
-(OK / DEGRADED / DOWN) with human reasons; `edge_agent.status_render` draws
+(OK / DEGRADED / DOWN) with human reasons; `edge_agent.service.status_render` draws
 it for an 80-column terminal; `edge-agent status` does the I/O.
 
 Field access is defensive on purpose: a technician's tool must say something

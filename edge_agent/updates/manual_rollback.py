@@ -26,11 +26,11 @@ from edge_agent.errors import EdgeAgentError, StateError
 from edge_agent.fsutil import atomic_write_json, read_json
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
-from edge_agent.slots import AT_REST
 from edge_agent.streams import with_calibration
+from edge_agent.updates.slots import AT_REST
 
 if TYPE_CHECKING:  # the slot store pulls in the OTA package: only where OTA is on
-    from edge_agent.slot_boot import SlotBoot
+    from edge_agent.updates.boot import SlotBoot
 
 __all__ = [
     "REQUEST_FILE",

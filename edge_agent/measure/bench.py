@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.benchdata import bench_samples, bench_windows
 from edge_agent.errors import ModelError
+from edge_agent.measure.benchdata import bench_samples, bench_windows
 from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.pipeline.windows import samples_needed

@@ -17,7 +17,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import load_card
 from edge_agent.runtime.model import LoadedModel, load_model
-from edge_agent.store import SlotStore
+from edge_agent.updates.store import SlotStore
 
 __all__ = ["SlotBoot"]
 

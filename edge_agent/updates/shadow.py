@@ -20,7 +20,7 @@ import numpy.typing as npt
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.pipeline.windows import Windows
 from edge_agent.runtime.model import LoadedModel
-from edge_agent.update_checks import ShadowTally
+from edge_agent.updates.checks import ShadowTally
 
 __all__ = ["SHADOW_QUEUE_BATCHES", "ShadowRunner"]
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from edge_agent.config import MetricsConfig
 from edge_agent.errors import MetricsError
-from edge_agent.status import num
+from edge_agent.service.status import num
 
 __all__ = [
     "AGENT_FAMILIES",

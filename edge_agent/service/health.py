@@ -1,7 +1,7 @@
 """Health decisions, pure (time passed in): watchdog progress, readiness, liveness.
 
 The agent feeds counters in and sends what these objects decide through
-`edge_agent.sdnotify.Notifier` (re-exported here for convenience). Liveness
+`edge_agent.service.sdnotify.Notifier` (re-exported here for convenience). Liveness
 ("the pipeline moves") and readiness ("it is fit to serve") are separate on
 purpose: a live agent may be not ready (still loading), a ready one may stall.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from edge_agent.sdnotify import Notifier, TimeoutExtender, watchdog_interval
+from edge_agent.service.sdnotify import Notifier, TimeoutExtender, watchdog_interval
 
 __all__ = [
     "Notifier",

@@ -1,5 +1,5 @@
 """The device's A/B model slot store: `slots/a`, `slots/b` and `slots.json` under the
-state dir. Decisions come from the pure `edge_agent.slots` machine; this module does the
+state dir. Decisions come from the pure `edge_agent.updates.slots` machine; this module does the
 files, always in an order where a crash between two steps is recoverable:
 state is written (atomically) before a slot is destroyed, and after it is filled.
 
@@ -24,7 +24,7 @@ from edge_agent.fsutil import (
     read_json,
     sha256_file,
 )
-from edge_agent.slots import (
+from edge_agent.updates.slots import (
     Phase,
     Slot,
     SlotsState,

@@ -1,0 +1,1 @@
+"""Measurement: benchmarks, their data and statistics, detection-quality evaluation."""

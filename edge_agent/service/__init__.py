@@ -1,0 +1,2 @@
+"""Service plumbing: supervisor, systemd notify and watchdog, logging, metrics, status
+and its rendering."""
