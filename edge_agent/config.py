@@ -7,13 +7,13 @@ new source adds keys without touching this file.
 
 from __future__ import annotations
 
-import socket
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.errors import ConfigError
+from edge_agent.identity import machine_default_device_id
 from edge_agent.pipeline.health_config import SensorHealthConfig
 from edge_agent.schema import check, from_mapping
 
@@ -174,7 +174,9 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    device_id: str = field(default_factory=socket.gethostname)
+    # the host name; made unique with the machine id when it is a distribution default
+    # (raspberrypi, ubuntu, ...): see edge_agent.identity
+    device_id: str = field(default_factory=machine_default_device_id)
     state_dir: str = DEFAULT_STATE_DIR
     profile: str = "auto"
     models_dir: str = ""
@@ -214,7 +216,8 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>") -> AgentConf
 def load_config(path: str | Path) -> AgentConfig:
     p = Path(path)
     try:
-        text = p.read_bytes().decode("utf-8")
+        # utf-8-sig: Windows editors (Notepad) put a byte order mark in front
+        text = p.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:

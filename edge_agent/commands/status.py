@@ -72,7 +72,7 @@ def resolve_state_dir(state_dir: str | None, config: str | None) -> Path:
         return Path(state_dir)
     path = Path(config or DEFAULT_CONFIG)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is fine
     except FileNotFoundError:
         if config:
             raise ConfigError(f"{path}: no such file") from None
