@@ -1,10 +1,12 @@
-"""Exponential reconnect backoff with jitter. Pure: the random draw is passed in."""
+"""Restart pacing, pure: exponential backoff with jitter (the random draw is passed in)
+and a restart budget (time passed in). Shared by source reopening and the supervisor."""
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "RestartBudget"]
 
 
 @dataclass
@@ -31,3 +33,22 @@ class Backoff:
 
     def reset(self) -> None:
         self._attempt = 0
+
+
+@dataclass
+class RestartBudget:
+    """At most `budget` restarts within `window_s` seconds; `allow(now)` spends one."""
+
+    budget: int = 5
+    window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque()
+
+    def allow(self, now: float) -> bool:
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+        if len(self._times) >= self.budget:
+            return False
+        self._times.append(now)
+        return True

@@ -2,8 +2,9 @@
 
 Overflow policy: when the consumer falls behind a live source, the oldest block is
 dropped and counted (`dropped_blocks`), so memory stays bounded and the newest data
-wins. A source that is not live (a file replayed, or the demo, faster than real
-time) is made to wait instead. A
+wins; the block after a dropped one is marked `gap_before`, as is the first block
+after a reopen, so no window spans what was lost. A source that is not live (a file
+replayed, or the demo, faster than real time) is made to wait instead. A
 failing source is reopened with exponential backoff inside a restart budget; past
 the budget it is reported `failed` (degraded), never a crash of the agent. A device
 that vanished (SourceDisconnectedError: unplugged, re-enumerating, broker down) is
@@ -17,9 +18,8 @@ import enum
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
-from edge_agent.backoff import Backoff
+from edge_agent.backoff import Backoff, RestartBudget
 from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.sources.base import Block, Source
 
@@ -37,25 +37,6 @@ class SourceState(str, enum.Enum):
     FINISHED = "finished"
     FAILED = "failed"
     STOPPED = "stopped"
-
-
-@dataclass
-class RestartBudget:
-    """At most `budget` restarts within `window_s`; pure (time passed in)."""
-
-    budget: int = 5
-    window_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        self._times: collections.deque[float] = collections.deque()
-
-    def allow(self, now: float) -> bool:
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-        if len(self._times) >= self.budget:
-            return False
-        self._times.append(now)
-        return True
 
 
 class SourceRunner:
@@ -83,6 +64,7 @@ class SourceRunner:
         self.disconnects = 0  # SourceDisconnectedError while reading (device vanished)
         self.dropped_blocks = 0
         self.samples_in = 0
+        self._reopened = False  # the next block follows a reconnect: a hole before it
 
     def start(self) -> None:
         self._thread.start()
@@ -119,9 +101,17 @@ class SourceRunner:
                     self._cv.wait(READ_TIMEOUT_S)
                 if self._stop.is_set():
                     return  # stopping: nothing will read it, and nothing was lost
+            if self._reopened:
+                self._reopened = False
+                blk = blk.with_gap()
             if len(self._q) >= self._max:
                 self._q.popleft()
                 self.dropped_blocks += 1
+                # what follows the dropped block starts after a hole
+                if self._q:
+                    self._q[0] = self._q[0].with_gap()
+                else:
+                    blk = blk.with_gap()
             self._q.append(blk)
             self.samples_in += len(blk.samples)
             self._cv.notify()
@@ -149,6 +139,8 @@ class SourceRunner:
                 self.state = SourceState.RECONNECTING
                 self._stop.wait(self._backoff.next_delay(1.0))  # no jitter: one device
                 continue
+            if self.state is not SourceState.STARTING:
+                self._reopened = True  # whatever comes next does not follow on
             self.state = SourceState.RUNNING
             return True
         return False
