@@ -15,6 +15,7 @@ _KINDS: dict[str, str] = {
     "replay": "edge_agent.sources.replay",
     "serial": "edge_agent.sources.serial",
     "mqtt": "edge_agent.sources.mqtt_source",
+    "modbus": "edge_agent.sources.modbus",
     "camera": "edge_agent.sources.camera",
 }
 
