@@ -30,6 +30,7 @@ _COMMANDS = (
     "status",
     "models",
     "rollback",
+    "model",
 )
 
 log = logging.getLogger("edge_agent")

@@ -51,6 +51,15 @@ sys.path.insert(0, str(REPO))
 from modelkit import new_variant_dir  # noqa: E402
 from skab_data import CHANNELS  # noqa: E402
 
+from edge_agent.modelbuild.onnxgraph import (  # noqa: E402
+    SQUARE_NODE,
+    SUM_NODE,
+    DenseStack,
+    dense_graph,
+    quantize_int8,
+)
+from edge_agent.modelbuild.onnxgraph import tflite_int8 as tflite_from_stack  # noqa: E402
+
 WINDOW, HOP = 10, 1
 SEGMENT, CAL_ROWS = 1100, 400
 MIN_STD_RATIO = 0.3  # same as edge_agent.pipeline.calibration.MIN_STD_RATIO
@@ -61,7 +70,6 @@ THRESHOLD_Q, THRESHOLD_MARGIN = 1.0, 1.5
 ALARM = {"min_on": 3, "min_off": 20, "hysteresis": 0.8}
 N_GOLDEN = 6
 VERSION = 1
-SQUARE_NODE, SUM_NODE = "score_square", "score_sum"  # skab-zsq's float head
 AGREEMENT_STRETCH = 4.0  # agreement set: calibrated normal windows, and the same x4
 AGREEMENT_SLACK = 1.25  # stated bound = observed worst gap x this
 FAMILIES = ("skab-ae", "skab-pca", "skab-zsq")
@@ -175,6 +183,17 @@ def zsq_rep(train: np.ndarray) -> np.ndarray:
 # -- export -------------------------------------------------------------------------
 
 
+def _stack(
+    layers: list[tuple[np.ndarray, np.ndarray, str]],
+    pool: bool,
+    out_shape: Any,
+    sum_squares_head: bool,
+) -> DenseStack:
+    return DenseStack(
+        WINDOW, len(CHANNELS), tuple(layers), pool, tuple(out_shape), sum_squares_head
+    )
+
+
 def onnx_model(
     layers: list[tuple[np.ndarray, np.ndarray, str]],
     *,
@@ -182,82 +201,10 @@ def onnx_model(
     out_shape: Any,
     sum_squares_head: bool = False,
 ) -> Any:
-    """Window (n, W, C) -> [mean over W | flatten] -> dense stack -> output.
-
-    With sum_squares_head the graph ends in Mul(x, x) -> ReduceSum (nodes named
-    SQUARE_NODE, SUM_NODE): the output is the score itself, shape (n, 1)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, inits = [], []
-    if pool:
-        nodes.append(helper.make_node("ReduceMean", ["window"], ["h0"], axes=[1], keepdims=0))
-    else:
-        inits.append(
-            numpy_helper.from_array(np.array([-1, WINDOW * len(CHANNELS)], np.int64), "flat")
-        )
-        nodes.append(helper.make_node("Reshape", ["window", "flat"], ["h0"]))
-    cur = "h0"
-    for i, (w, b, act) in enumerate(layers):
-        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
-        nodes.append(helper.make_node("MatMul", [cur, f"W{i}"], [f"m{i}"]))
-        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]))
-        cur = f"a{i}"
-        if act == "relu":
-            nodes.append(helper.make_node("Relu", [cur], [f"r{i}"]))
-            cur = f"r{i}"
-    if sum_squares_head:
-        inits.append(numpy_helper.from_array(np.array([1], np.int64), "sum_axes"))
-        nodes.append(helper.make_node("Mul", [cur, cur], ["sq"], name=SQUARE_NODE))
-        nodes.append(
-            helper.make_node("ReduceSum", ["sq", "sum_axes"], ["out"], keepdims=1, name=SUM_NODE)
-        )
-    elif len(out_shape) > 2:
-        inits.append(numpy_helper.from_array(np.array([-1, *out_shape[1:]], np.int64), "oshape"))
-        nodes.append(helper.make_node("Reshape", [cur, "oshape"], ["out"]))
-    else:
-        nodes.append(helper.make_node("Identity", [cur], ["out"]))
-    g = helper.make_graph(
-        nodes,
-        "skab",
-        [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["n", WINDOW, len(CHANNELS)])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", *out_shape[1:]])],
-        inits,
-    )
-    m = helper.make_model(
-        g, opset_imports=[helper.make_opsetid("", 17)], producer_name="edge-agent"
-    )
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
-
-
-def quantize_onnx(src: Path, dst: Path, rep: np.ndarray, *, exclude: tuple[str, ...] = ()) -> None:
-    """QDQ int8; the nodes named in `exclude` stay float (their inputs are dequantised)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"window": rep[i : i + 64]} for i in range(0, len(rep), 64)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
-    quantize_static(
-        str(src),
-        str(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=False,
-        nodes_to_exclude=list(exclude),
-    )
+    """Window (n, W, C) -> [mean over W | flatten] -> dense stack -> output
+    (edge_agent.modelbuild.onnxgraph, shared with `edge-agent model new`). With
+    sum_squares_head the output is the score itself, shape (n, 1)."""
+    return dense_graph(_stack(layers, pool, out_shape, sum_squares_head), name="skab", ir_version=8)
 
 
 def tflite_int8(
@@ -268,55 +215,8 @@ def tflite_int8(
     rep: np.ndarray,
     sum_squares_head: bool = False,
 ) -> bytes:
-    """Full-integer TFLite with int8 input. Output int8, except with sum_squares_head:
-    then the final square and sum (TFLite ops MUL, SUM) are left in float32 (denylisted
-    in the converter's quantisation debugger) and the output is float32, so the score
-    keeps its resolution; everything before them runs in int8."""
-    import tensorflow as tf
-
-    inp = tf.keras.Input((WINDOW, len(CHANNELS)))
-    h = tf.keras.layers.GlobalAveragePooling1D()(inp) if pool else tf.keras.layers.Flatten()(inp)
-    dense = []
-    for w, b, act in layers:
-        lay = tf.keras.layers.Dense(w.shape[1], activation=None if act == "linear" else act)
-        h = lay(h)
-        dense.append((lay, w, b))
-    if sum_squares_head:
-        h = tf.keras.layers.Multiply()([h, h])
-        h = tf.keras.layers.Lambda(lambda t: tf.reduce_sum(t, axis=-1, keepdims=True))(h)
-    elif len(out_shape) > 2:
-        h = tf.keras.layers.Reshape(out_shape[1:])(h)
-    m = tf.keras.Model(inp, h)
-    for lay, w, b in dense:
-        lay.set_weights([w, b])
-    conv = tf.lite.TFLiteConverter.from_keras_model(m)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-
-    def gen() -> Any:
-        for i in range(0, len(rep), max(1, len(rep) // 500)):
-            yield [rep[i : i + 1]]
-
-    conv.representative_dataset = gen
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    if sum_squares_head:
-        conv.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-            tf.lite.OpsSet.TFLITE_BUILTINS,
-        ]
-        conv.inference_output_type = tf.float32
-        dbg = tf.lite.experimental.QuantizationDebugger(
-            converter=conv,
-            debug_dataset=gen,
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                denylisted_ops=["MUL", "SUM"]
-            ),
-        )
-        selective: bytes = dbg.get_nondebug_quantized_model()
-        return selective
-    conv.inference_output_type = tf.int8
-    out: bytes = conv.convert()
-    return out
+    """Full-integer TFLite (edge_agent.modelbuild.onnxgraph.tflite_int8)."""
+    return tflite_from_stack(_stack(layers, pool, out_shape, sum_squares_head), rep)
 
 
 # -- cards --------------------------------------------------------------------------
@@ -640,7 +540,7 @@ def main() -> None:
         onnx.save(fp32, f32)
         q8 = tmp / f"{family}-int8.onnx"
         frep = zsq_rep(train) if head else rep
-        quantize_onnx(f32, q8, frep, exclude=(SQUARE_NODE, SUM_NODE) if head else ())
+        quantize_int8(f32, q8, frep, exclude=(SQUARE_NODE, SUM_NODE) if head else ())
         tfl = tflite_int8(layers, pool=pool, out_shape=oshape, rep=frep, sum_squares_head=head)
         print(family)
         for prec, be, blob in (

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
-OPSET, IR_VERSION = 17, 10  # onnx 1.23 writes IR 14 by default, which onnxruntime refuses
+# Shared with `edge-agent model new`: one copy, in the package.
+from edge_agent.modelbuild.onnxgraph import IR_VERSION, OPSET, save_onnx
 
-
-def save_onnx(graph: Any, path: Path, producer: str) -> None:
-    """Wrap a hand-built graph in a model onnxruntime accepts, check it, write it."""
-    import onnx
-    from onnx import helper
-
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer
-    )
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+__all__ = ["IR_VERSION", "OPSET", "new_variant_dir", "save_onnx"]
 
 
 def new_variant_dir(out: Path, name: str, backend: str, blob: bytes) -> tuple[Path, str]:

@@ -195,7 +195,8 @@ def resolve_model_dir(
 ) -> Path:
     """A stream's `model` setting -> one model directory.
 
-    `name` may be a path, a model directory name, or a family; for a family, `variant`
+    `name` may be a path (a model directory, or a directory of one family's variants),
+    a model directory name, or a family; for a family, `variant`
     ("int8-onnx", ...) picks the variant; "auto" takes the choice measured on this
     device (`edge-agent bench --select`, recorded in `state_dir`) when there is one,
     else the profile's precision and backend order, skipping backends whose runtime
@@ -204,6 +205,12 @@ def resolve_model_dir(
     if (p / CARD_FILE).is_file():
         return p
     base = models_dir or find_resource_dir("models")
+    if p.is_dir() and any(p.glob(f"*/{CARD_FILE}")):
+        # a directory of one family's variants (what `edge-agent model new --out` writes)
+        fams = sorted({c.family for c in find_models(p)})
+        if len(fams) != 1:
+            raise ModelError(f"model {name!r}: holds families {fams}; name one of its variants")
+        name, base = fams[0], p
     if base is None:
         raise ModelError(f"model {name!r}: no models directory found (set models_dir)")
     if (base / name / CARD_FILE).is_file():
