@@ -44,6 +44,11 @@ class Drainer:
         self._thread = threading.Thread(target=self._run, name="outbox-drain", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """The drain thread runs (for the agent's supervisor)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         self._wake.set()

@@ -243,6 +243,17 @@ class MqttLink:
         self._thread = threading.Thread(target=self._supervise, name="mqtt-link", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """The connection thread runs (for the agent's supervisor)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def restart(self) -> None:
+        """Start the connection thread again after it ended on its own (a bug)."""
+        if not self.alive and not self._stop.is_set():
+            self._thread = None
+            self.start()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (the broker does not publish the Last Will) and stop."""
         self._stop.set()

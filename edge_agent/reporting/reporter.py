@@ -107,6 +107,18 @@ class Reporter:
         self._final = self._snapshot_now()
         self._outbox.close()
 
+    def dead_threads(self) -> list[str]:
+        """Reporting threads that ended on their own while running (for the supervisor)."""
+        if self._final is not None or self._drain is None or self._link is None:
+            return []
+        return [n for n, t in (("drain", self._drain), ("link", self._link)) if not t.alive]
+
+    def restart_dead_threads(self) -> None:
+        if self._final is None and self._drain is not None and not self._drain.alive:
+            self._drain.start()
+        if self._final is None and self._link is not None:
+            self._link.restart()
+
     # -- publishing ------------------------------------------------------------------------
 
     def publish_event(self, payload: dict[str, Any]) -> int:

@@ -128,6 +128,9 @@ def _process_problem(st: Mapping[str, Any], pid_alive: bool | None, age: float |
     """Why the agent that wrote `st` is not running now, or "" if it is."""
     ago = "" if age is None else f"{fmt_duration(age)} ago"
     if not get(st, "running", bool, False):
+        why = get(st, "stop_reason", str, "")
+        if why.startswith("error:"):
+            return f"agent stopped on an error: {why[6:].strip()}" + (f" ({ago})" if ago else "")
         return "agent stopped (clean exit)" + (f" {ago}" if ago else "")
     if pid_alive is False:
         pid = get(st, "pid", int, 0)
@@ -154,7 +157,8 @@ def assess(snap: Snapshot, now: float) -> Assessment:
         return Assessment(Verdict.DOWN, (problem,), stale=True, age_s=age)
     reasons, notes = _running_findings(st, now)
     if not get(st.get("health"), "live", bool, True):
-        reasons.insert(0, "pipeline stalled: agent runs but makes no progress")
+        # a supervised loop stopped turning: WATCHDOG=1 is withheld (docs/status.md)
+        reasons.insert(0, "pipeline stalled: agent runs but a loop of it hangs")
         return Assessment(Verdict.DOWN, tuple(reasons), tuple(notes), age_s=age)
     verdict = Verdict.DEGRADED if reasons else Verdict.OK
     return Assessment(verdict, tuple(reasons), tuple(notes), age_s=age)
@@ -176,6 +180,7 @@ def _running_findings(st: Mapping[str, Any], now: float) -> tuple[list[str], lis
     for s in streams:
         _stream_findings(s, up, reasons, notes)
     _mqtt_findings(st.get("mqtt"), now, reasons, notes)
+    _component_findings(st.get("supervisor"), reasons, notes)
     out = st.get("outbox")
     oldest = num(out, "oldest_age_s")
     mqtt_on = get(st.get("mqtt"), "enabled", bool, False)
@@ -225,6 +230,23 @@ def _stream_findings(s: Any, up: float | None, reasons: list[str], notes: list[s
     dropped = get(s, "dropped_blocks", int, 0)
     if dropped:
         notes.append(f"stream {name}: {dropped} blocks dropped (pipeline behind)")
+
+
+def _component_findings(sup: Any, reasons: list[str], notes: list[str]) -> None:
+    """The supervisor's view: failed (budget spent) and restarting components are
+    DEGRADED; past restarts of a component that runs again are a note."""
+    for c in get(sup, "components", list, []):
+        name = get(c, "name", str, "?")
+        state = get(c, "state", str, "")
+        n = get(c, "restarts", int, 0)
+        err = get(c, "last_error", str, "")
+        why = f": {err}" if err else ""
+        if state == "failed":
+            reasons.append(f"{name} failed, not restarted again ({n} restarts){why}")
+        elif state == "restarting":
+            reasons.append(f"{name} restarting (restart {n + 1}){why}")
+        elif n:
+            notes.append(f"{name} restarted {n} time(s){why}")
 
 
 def _mqtt_findings(m: Any, now: float, reasons: list[str], notes: list[str]) -> None:
