@@ -1,9 +1,13 @@
-"""Wiring and lifecycle: config -> profile -> streams + reporting -> run until stopped.
+"""Wiring and lifecycle: config -> profile -> streams + reporting -> supervised run -> stop.
 
-Threads: one per source (reading), one per stream (scoring), the reporter's MQTT
-thread; the main thread writes the status file, sends telemetry, talks to systemd
-(READY, STATUS, WATCHDOG only while the pipeline makes progress) and handles signals.
-Nothing here scores, parses or publishes by itself.
+Every long-lived loop (each stream's scoring loop with its source reader, the reporting
+threads, the updater, the metrics server) runs under the supervisor
+(`service/supervisor.py`): a failing one is restarted within its budget, never taking
+the process down. The main thread runs the guarded 1 Hz tick (status file, telemetry,
+manual rollback requests, systemd's STATUS=) and sends READY=1 once config, models and
+outbox are up, and WATCHDOG=1 while every supervised loop turns (docs/status.md).
+What streams find goes out through `service/events.py`; the OTA side lives in
+`updates/ota_runtime.py`; the status snapshot is built in `service/snapshot.py`.
 """
 
 from __future__ import annotations
@@ -13,46 +17,45 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from edge_agent import __version__
+from edge_agent.backoff import RestartBudget
 from edge_agent.config import AgentConfig
-from edge_agent.errors import EdgeAgentError, StateError
+from edge_agent.errors import StateError
 from edge_agent.fsutil import atomic_write_json
-from edge_agent.pipeline.alarms import Transition
-from edge_agent.pipeline.sensor_health import HealthEvent
-from edge_agent.pipeline.stream import AnomalyEvent
-from edge_agent.profiles import Selection, load_profiles, select
-from edge_agent.service.health import ProgressWatchdog, Readiness, ReadinessGate
-from edge_agent.service.logs import (
-    MSG_AGENT_READY,
-    MSG_AGENT_STOPPING,
-    MSG_ANOMALY_END,
-    MSG_ANOMALY_START,
-    MSG_WATCHDOG_STALL,
-    fields,
+from edge_agent.profiles import Profile, Selection, load_profiles, select
+from edge_agent.service.events import ErrorLog, EventRelay
+from edge_agent.service.faults import Faults
+from edge_agent.service.health import (
+    ProgressWatchdog,
+    Readiness,
+    ReadinessGate,
+    StallCheck,
+    liveness,
 )
+from edge_agent.service.logs import MSG_AGENT_READY, MSG_AGENT_STOPPING, MSG_WATCHDOG_STALL, fields
 from edge_agent.service.sdnotify import Notifier, watchdog_interval
+from edge_agent.service.snapshot import HealthSection, SnapshotParts, build_snapshot
+from edge_agent.service.statelock import StateDirLock
 from edge_agent.service.status import summary_line
-from edge_agent.streams import StreamRuntime
-from edge_agent.updates import manual_rollback as mr
+from edge_agent.service.supervisor import ComponentState, ComponentStatus, Supervisor, watch
+from edge_agent.streams import StreamRuntime, StreamSinks
+from edge_agent.updates.ota_runtime import OtaRuntime
 
-if TYPE_CHECKING:
-    from edge_agent.updates.boot import SlotBoot
-    from edge_agent.updates.updater import Updater
-
-__all__ = ["STATUS_FILE", "Agent", "Reporting", "RunLimits"]
+__all__ = ["SHUTDOWN_S", "STATUS_FILE", "Agent", "Reporting", "RunLimits"]
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
-TICK_S = 1.0  # status file, STATUS=, stall checks
-MAX_ERRORS_KEPT = 10
-MODEL_LOAD_EXTEND_S = 60.0  # EXTEND_TIMEOUT_USEC grant while models load and warm up
+TICK_S = 1.0  # status file, STATUS=, telemetry, rollback requests
+MODEL_LOAD_EXTEND_S = 60.0  # EXTEND_TIMEOUT_USEC granted before each model load
+SHUTDOWN_S = 20.0  # everything stops within this (the unit's TimeoutStopSec is 30)
+REPORTER_RESERVE_S = 7.0  # of SHUTDOWN_S kept for final telemetry, drain grace, close
+DRAIN_GRACE_S = 4.0  # at stop, while connected: let the outbox drain this long at most
+MIN_HANG_S = 5.0  # a loop silent this long (or stall_after_s, if longer) is hung
 
 
 class Reporting(Protocol):
@@ -65,6 +68,8 @@ class Reporting(Protocol):
     def publish_ota_state(self, payload: dict[str, Any]) -> int: ...
     def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
+    def dead_threads(self) -> list[str]: ...
+    def restart_dead_threads(self) -> None: ...
 
 
 class RunLimits:
@@ -84,25 +89,32 @@ class Agent:
         self.cfg = cfg
         self.limits = limits or RunLimits()
         self.state_dir = Path(cfg.state_dir)
-        self.stop_event = threading.Event()
-        self._wake = threading.Event()  # stop, or readiness reached: act before the next tick
         self.streams: list[StreamRuntime] = []
         self.reporter: Reporting | None = None
         self.selection: Selection | None = None
         self.started_at = time.time()
-        self.errors: deque[dict[str, Any]] = deque(maxlen=MAX_ERRORS_KEPT)
-        self.events_total = 0
-        self.sensor_events_total = 0
+        self.errors = ErrorLog()
+        self.relay = EventRelay(self.errors)
         self.stop_reason = ""
         self.notifier = notifier or Notifier.from_env()
         self.gate = ReadinessGate()
-        self.watchdog = ProgressWatchdog(cfg.health.stall_after_s)
+        self.progress = ProgressWatchdog(cfg.health.stall_after_s)
         self.wd_interval = watchdog_interval() if cfg.health.watchdog else None
-        self._lock = threading.Lock()
+        self.supervisor = Supervisor(
+            budget=cfg.health.restart_budget,
+            window_s=cfg.health.restart_window_s,
+            hang_after_s=max(cfg.health.stall_after_s, MIN_HANG_S),
+            faults=Faults.from_env(),
+            on_error=self.errors.record,
+        )
+        self.stop_event = self.supervisor.stop_event
+        self._wake = threading.Event()  # stop requested: act before the next tick
+        self.ota = OtaRuntime(cfg, self.state_dir, self.errors.record)
         self.on_status: Callable[[dict[str, Any]], None] | None = None  # e.g. metrics
-        self.boot: SlotBoot | None = None  # OTA slots at start (None: OTA disabled)
-        self.updater: Updater | None = None
-        self.ota_note = ""  # why OTA is off, for status
+        self._lock: StateDirLock | None = None
+        self._live = StallCheck(True)
+        budget = RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s)
+        self._tick = _TickGuard(budget)
 
     @property
     def ready(self) -> bool:
@@ -118,79 +130,45 @@ class Agent:
             raise StateError(f"state dir {self.state_dir}: {e.strerror} (use --state-dir)") from e
         if not os.access(self.state_dir, os.W_OK):
             raise StateError(f"state dir {self.state_dir} is not writable (use --state-dir)")
+        self._lock = StateDirLock.acquire(self.state_dir)
         self.selection = select(self.cfg.profile, load_profiles())
         log.info("profile %s: %s", self.selection.profile.name, self.selection.reason)
         models_dir = Path(self.cfg.models_dir) if self.cfg.models_dir else None
         self.notifier.status("loading models")
-        loader = None
-        if self.cfg.ota.enabled:
-            from edge_agent.updates.boot import SlotBoot
-
-            self.boot = SlotBoot.open(self.state_dir)
-            loader = self.boot.load
-        with self.notifier.extending(MODEL_LOAD_EXTEND_S):
+        loader = self.ota.open_slots()
+        # One grant per model, from this thread: a load that hangs stops the extension.
+        with self.notifier.extending(MODEL_LOAD_EXTEND_S) as grant:
             for sc in self.cfg.streams:
+                grant.step()
                 self.streams.append(
                     StreamRuntime(sc, self.cfg, self.selection.profile, models_dir, loader=loader)
                 )
-        if self.boot is not None:
-            for note in self.boot.notes:
-                self.record_error("ota", note)
-            self._make_updater()
+        self.ota.after_models_loaded(self.streams, self.selection.profile)
         self.gate.mark(Readiness.MODELS_WARMED)
         hops = [s.pipeline.hop for s in self.streams] or [1]
-        self.watchdog = ProgressWatchdog(
+        self.progress = ProgressWatchdog(
             self.cfg.health.stall_after_s, samples_per_window=min(hops)
         )
 
-    def _make_updater(self) -> None:
-        """OTA needs a trusted root; without one, updates are refused (and status says so)."""
-        assert self.selection is not None
-        if not self.cfg.ota.root_file:
-            self.ota_note = "no ota.root_file configured: updates are not accepted"
-            log.info("OTA: %s", self.ota_note)
-            return
-        # only now: signature checks (cryptography) cost ~8 MB a device without OTA lacks
-        from datetime import datetime, timezone
-
-        from edge_agent.updates.updater import Updater, UpdateTarget, load_root
-
-        try:
-            root = load_root(Path(self.cfg.ota.root_file), datetime.now(timezone.utc))
-        except EdgeAgentError as e:
-            self.ota_note = f"trusted root unusable, updates are not accepted: {e}"
-            self.record_error("ota", self.ota_note)
-            return
-        self.updater = Updater(
-            state_dir=self.state_dir,
-            ota=self.cfg.ota,
-            profile=self.selection.profile,
-            root=root,
-            targets=[UpdateTarget(s.pipeline, s.config) for s in self.streams],
-            publish=self._publish_ota,
-            store=self.boot.store if self.boot is not None else None,
-        )
-
-    def _start_updater(self) -> None:
-        if self.updater is not None:
-            self.updater.start()
-
-    def _publish_ota(self, body: dict[str, Any]) -> None:
-        if self.reporter is not None:
-            self.reporter.publish_ota_state(body)
-
     def attach_reporter(self, reporter: Reporting) -> None:
-        """Also subscribes the updater to its announcements (fleet group and device)."""
+        """The reporter's outbox is open: the last readiness condition. Also subscribes the
+        updater to its announcements (fleet group and device)."""
         self.reporter = reporter
-        if self.updater is not None:
-            from ota.announce import device_topic, fleet_topic
+        self.relay.attach(reporter)
 
-            prefix, updater = self.cfg.mqtt.prefix, self.updater
-            for flt in (
-                fleet_topic(self.cfg.ota.group, prefix),
-                device_topic(self.cfg.device_id, prefix),
-            ):
-                reporter.subscribe(flt, lambda _t, payload: updater.on_announcement(payload))
+        def publish_ota(body: dict[str, Any]) -> None:
+            reporter.publish_ota_state(body)
+
+        self.ota.publish = publish_ota
+        for flt, handler in self.ota.subscriptions():
+            reporter.subscribe(flt, handler)
+        self.gate.mark(Readiness.OUTBOX_OPEN)
+
+    def supervise_thread(
+        self, name: str, alive: Callable[[], bool], restart: Callable[[], None]
+    ) -> None:
+        """Watch a thread started elsewhere (e.g. the metrics server)."""
+        self.supervisor.add(name, watch(alive, name), on_restart=restart)
 
     def birth(self) -> dict[str, Any]:
         """Who we are, for the retained status/birth message."""
@@ -206,71 +184,34 @@ class Agent:
             ],
         }
 
-    # -- callbacks from stream threads ---------------------------------------------
-    def _on_event(self, ev: AnomalyEvent) -> None:
-        from edge_agent.reporting.payloads import event_body
-
-        with self._lock:
-            self.events_total += 1
-        start = ev.transition is Transition.START
-        log.warning(
-            "anomaly %s on %s: score %.3g (threshold %.3g, model %s v%d)",
-            ev.transition.value,
-            ev.stream,
-            ev.peak if not start else ev.score,
-            ev.threshold,
-            ev.model,
-            ev.model_version,
-            extra=fields(
-                stream=ev.stream,
-                model_version=ev.model_version,
-                message_id=MSG_ANOMALY_START if start else MSG_ANOMALY_END,
-            ),
-        )
-        if self.reporter is not None:
-            self.reporter.publish_event(
-                event_body(
-                    event=ev.transition.value,
-                    stream=ev.stream,
-                    score=ev.score,
-                    threshold=ev.threshold,
-                    model=ev.model,
-                    model_version=ev.model_version,
-                    t_start=ev.started_ts,
-                    t_end=None if start else ev.ts,
-                    peak_score=ev.peak,
-                )
-            )
-
-    def _on_health(self, ev: HealthEvent) -> None:
-        from edge_agent.reporting.payloads import sensor_event_body
-
-        with self._lock:
-            self.sensor_events_total += 1
-        where = f"{ev.stream}/{ev.channel}" if ev.channel else ev.stream
-        state = "started" if ev.active else "ended"
-        log.warning("sensor fault %s on %s %s: %s", ev.condition.value, where, state, ev.detail)
-        if ev.active:
-            self.record_error(f"sensor {where}", f"{ev.condition.value}: {ev.detail}")
-        if self.reporter is not None:
-            self.reporter.publish_event(
-                sensor_event_body(
-                    stream=ev.stream,
-                    condition=ev.condition.value,
-                    channel=ev.channel,
-                    active=ev.active,
-                    detail=ev.detail,
-                    t=ev.ts,
-                )
-            )
-
     def _on_progress(self) -> None:
-        if not self.gate.ready:
-            self.gate.mark(Readiness.FIRST_SAMPLE)
-            self._wake.set()  # send READY=1 now, not at the next status tick
         lim = self.limits.max_windows
         if lim is not None and self.windows_total() >= lim:
             self.request_stop(f"{lim} windows scored")
+
+    def _register_components(self) -> None:
+        sinks = StreamSinks(self.relay.on_event, self.relay.on_health, self._on_progress)
+        for s in self.streams:
+            self.supervisor.add(
+                f"stream-{s.name}",
+                lambda loop, s=s: s.serve(loop, sinks),  # type: ignore[misc]
+                on_restart=s.restart_source,
+                on_give_up=lambda s=s: s.give_up(  # type: ignore[misc]
+                    "scoring stopped: restart budget spent (see supervisor in status)"
+                ),
+            )
+        rep = self.reporter
+        if rep is not None:
+            self.supervisor.add(
+                "reporting",
+                watch(lambda: not rep.dead_threads(), "reporting"),
+                on_restart=rep.restart_dead_threads,
+            )
+        up = self.ota.updater
+        if up is not None:
+            self.supervisor.add(
+                "updater", watch(lambda: up.alive, "OTA updater"), on_restart=up.start
+            )
 
     # -- running -------------------------------------------------------------------
     def windows_total(self) -> int:
@@ -292,12 +233,14 @@ class Agent:
         signal.signal(signal.SIGINT, _handler)
 
     def run(self) -> None:
-        """Start everything and block until stopped, a limit is reached or all sources end."""
+        """Start everything and block until stopped, a limit is reached or every source
+        reached the end of its data. Only a stop request ends this loop."""
         if self.reporter is not None:
             self.reporter.start()
-        for s in self.streams:
-            s.start(self._on_event, self._on_health, self.stop_event, self._on_progress)
-        self._start_updater()
+        if self.ota.updater is not None:
+            self.ota.updater.start()
+        self._register_components()
+        self.supervisor.start()
         now = time.monotonic()
         deadline = now + self.limits.duration_s if self.limits.duration_s else None
         next_telemetry = now + self.cfg.mqtt.telemetry_interval_s
@@ -305,210 +248,152 @@ class Agent:
         tick = min(TICK_S, self.wd_interval) if self.wd_interval else TICK_S
         announced_ready = False
         try:
-            while True:
-                self._wake.wait(tick)
-                self._wake.clear()
-                if self.stop_event.is_set():
-                    break
+            while not self.stop_event.is_set():
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     self.request_stop(f"duration {self.limits.duration_s:g} s reached")
                     break
-                if self.streams and not any(s.alive for s in self.streams):
-                    self.request_stop("all sources finished")
-                    break
-                if now >= next_telemetry:
-                    self.send_telemetry()
-                    next_telemetry = now + self.cfg.mqtt.telemetry_interval_s
-                self._poll_manual_rollback()
-                snap = self.write_status()
-                line = summary_line(snap, time.time())
-                if self.gate.ready and not announced_ready:
-                    announced_ready = True
-                    self.notifier.ready(line)
-                    log.info("ready: %s", line, extra=fields(message_id=MSG_AGENT_READY))
-                elif self.gate.ready:
-                    self.notifier.status(line)
-                else:
-                    self.notifier.status(self.gate.describe())
-                # The stall check runs every tick, so status shows a stall even
-                # without systemd's watchdog; pings only go out at its interval.
-                progressing = self._check_progress(now)
-                if self.wd_interval is not None and now >= next_wd and progressing:
+                try:
+                    self.supervisor.faults.check("tick", self.stop_event)
+                    if now >= next_telemetry:
+                        next_telemetry = now + self.cfg.mqtt.telemetry_interval_s
+                        self.relay.send_telemetry(self.streams)
+                    announced_ready = self._tick_body(now, announced_ready)
+                except Exception as e:  # noqa: BLE001 - the tick must outlive its bugs
+                    self._tick.failed(e, self.errors)
+                if self.wd_interval is not None and now >= next_wd and self._live.ok:
                     next_wd = now + self.wd_interval
                     self.notifier.watchdog()
+                self._wake.wait(tick)
+                self._wake.clear()
+        except BaseException as e:
+            self.stop_reason = self.stop_reason or f"error: {type(e).__name__}: {e}"
+            raise
         finally:
             self.shutdown()
 
-    # -- manual rollback (edge-agent rollback while running; see manual_rollback.py) ----
-    def _poll_manual_rollback(self) -> None:
-        req = mr.take(self.state_dir)
-        if req is None:
-            return
-        log.info("manual rollback requested: %s", req.reason)
-        if self.boot is None:
-            mr.write_result(
-                self.state_dir, req, False, "OTA is off in this agent's config (ota.enabled)"
-            )
-        elif self.updater is None:
-            self._manual_rollback(req)
-        elif not self.updater.call_between_updates(lambda: self._manual_rollback(req)):
-            mr.write_result(self.state_dir, req, False, "the updater is busy: ask again")
+    def _tick_body(self, now: float, announced_ready: bool) -> bool:
+        names = [f"stream-{s.name}" for s in self.streams]
+        if self.supervisor.all_finished(names):
+            self.request_stop("all sources finished")
+            return announced_ready
+        self.ota.poll_manual_rollback(self.streams, self._profile())
+        self._check_live(now)
+        snap = self.write_status()
+        line = summary_line(snap, time.time())
+        if self.gate.ready and not announced_ready:
+            self.notifier.ready(line)
+            log.info("ready: %s", line, extra=fields(message_id=MSG_AGENT_READY))
+            return True
+        self.notifier.status(line if self.gate.ready else self.gate.describe())
+        return announced_ready
 
-    def _manual_rollback(self, req: mr.Request) -> None:
-        from datetime import datetime, timezone
-
-        assert self.boot is not None
+    def _profile(self) -> Profile:
         assert self.selection is not None
-        streams = [
-            mr.ServedStream(s.name, s.pipeline, s.config, s.bundled_dir) for s in self.streams
-        ]
-        try:
-            before, served = mr.perform(
-                self.boot, streams, self.selection.profile, req, datetime.now(timezone.utc)
-            )
-        except EdgeAgentError as e:
-            log.warning("manual rollback refused: %s", e)
-            mr.write_result(self.state_dir, req, False, str(e))
-            return
-        message = f"rolled back from v{before}: {served}"
-        log.warning("manual rollback (%s): %s", req.reason, message)
-        detail = f"manual: {req.reason}"
-        if self.updater is not None:
-            self.updater.report("rolled_back", before, detail)
-        else:  # no updater: still tell the fleet which model serves now
-            from edge_agent.reporting.payloads import ota_state_body
+        return self.selection.profile
 
-            try:
-                self._publish_ota(
-                    ota_state_body(state="rolled_back", version=before, detail=detail)
-                )
-            except EdgeAgentError as e:
-                log.warning("OTA: cannot publish the manual rollback: %s", e)
-        mr.write_result(
-            self.state_dir, req, True, message, pid=os.getpid(), rolled_back_from=before
-        )
-
-    def _check_progress(self, now: float) -> bool:
-        """True while samples arrive and windows get scored. WATCHDOG=1 is sent only
-        then, so a stalled source or a hung inference gets the service restarted."""
-        expecting = any(s.alive and not s.runner.done for s in self.streams)
-        was_ok = self.watchdog.last.ok
-        ok = self.watchdog.should_ping(
-            self.samples_total(), self.windows_total(), now, expecting_data=expecting
-        )
-        if was_ok and not ok:  # once per stall, not every tick
+    def _check_live(self, now: float) -> None:
+        """Liveness (WATCHDOG=1) from the loops' heartbeats; logged once per change."""
+        was = self._live
+        self._live = liveness(self.supervisor.hung(now))
+        if was.ok and not self._live.ok:
             log.error(
-                "pipeline stalled, withholding watchdog: %s",
-                self.watchdog.last.reason,
+                "withholding watchdog: %s",
+                self._live.reason,
                 extra=fields(message_id=MSG_WATCHDOG_STALL),
             )
-        elif ok and not was_ok:
-            log.warning("pipeline moves again, watchdog resumed")
-        return ok
+        elif self._live.ok and not was.ok:
+            log.warning("every loop turns again, watchdog resumed")
 
-    def send_telemetry(self) -> None:
-        if self.reporter is None:
-            return
-        from edge_agent.reporting.payloads import telemetry_body
+    def _data_hint(self, now: float) -> StallCheck:
+        """Data progress, for status only: a silent sensor is DEGRADED, not a hang."""
+        expecting = any(not s.runner.done for s in self.streams)
+        was_ok = self.progress.last.ok
+        chk = self.progress.check(
+            self.samples_total(), self.windows_total(), now, expecting_data=expecting
+        )
+        if was_ok and not chk.ok:
+            log.warning("data: %s (sensor health condition, the agent keeps running)", chk.reason)
+        return chk
 
-        for s in self.streams:
-            tel = s.take_telemetry()
-            self.reporter.publish_telemetry(
-                telemetry_body(
-                    stream=s.name,
-                    interval_s=tel.interval_s,
-                    windows=tel.windows,
-                    score_mean=tel.score_mean,
-                    score_max=tel.score_max,
-                    alarms=tel.alarms,
-                    drops=tel.drops,
-                    model_version=s.pipeline.model.card.version,
-                )
-            )
-
+    # -- stopping --------------------------------------------------------------------
     def shutdown(self) -> None:
+        """Stop everything within SHUTDOWN_S: loops and sources in parallel, then the
+        reporter with a bounded grace for the outbox to drain. Nothing writes to the
+        outbox after the reporter closed it."""
+        end = time.monotonic() + SHUTDOWN_S
         self.stop_event.set()
         self.notifier.stopping(f"stopping: {self.stop_reason or 'requested'}")
         log.info("stopping: %s", self.stop_reason, extra=fields(message_id=MSG_AGENT_STOPPING))
-        if self.updater is not None:
-            self.updater.stop()
-        for s in self.streams:
-            s.join(timeout=5.0)
-            if s.error:
-                self.record_error(f"stream {s.name}", s.error)
+        loops_end = end - (REPORTER_RESERVE_S if self.reporter is not None else 1.0)
+        stops: list[Callable[[float], None]] = [s.stop_source for s in self.streams]
+        if self.ota.updater is not None:
+            stops.append(self.ota.updater.stop)
+        _in_parallel(stops, loops_end)
+        left = self.supervisor.join(loops_end)
+        if left:
+            log.error("still running at the stop deadline (abandoned): %s", ", ".join(left))
         if self.reporter is not None:
+            self.relay.send_telemetry(self.streams)
+            self._drain_grace(min(end - 3.0, time.monotonic() + DRAIN_GRACE_S))
+            self.relay.close(timeout=1.0)
             try:
-                self.send_telemetry()
-                self.reporter.stop()
-            except EdgeAgentError as e:
-                self.record_error("reporting", str(e))
+                self.reporter.stop(max(0.5, end - 1.0 - time.monotonic()))
+            except Exception as e:  # the final status must still be written
+                log.exception("reporting did not stop cleanly")
+                self.errors.record("reporting", f"{type(e).__name__}: {e}")
         self.write_status(running=False)
+        if self._lock is not None:
+            self._lock.release()
 
-    def record_error(self, where: str, message: str) -> None:
-        with self._lock:
-            if self.errors and self.errors[-1]["message"] == message:
+    def _drain_grace(self, until: float) -> None:
+        """While the broker is connected, give the backlog a moment to go out."""
+        assert self.reporter is not None
+        while time.monotonic() < until:
+            snap = self.reporter.snapshot()
+            connected = bool((snap.get("mqtt") or {}).get("connected"))
+            depth = int((snap.get("outbox") or {}).get("depth") or 0)
+            if not connected or depth == 0:
                 return
-            self.errors.append({"ts": time.time(), "where": where, "message": message})
+            time.sleep(0.1)
 
     # -- status --------------------------------------------------------------------
+    def components(self, *, running: bool = True) -> list[ComponentStatus]:
+        return [*self.supervisor.statuses(), self._tick.status(running=running)]
+
     def snapshot(self, *, running: bool = True) -> dict[str, Any]:
         for s in self.streams:
             if s.runner.last_error:
-                self.record_error(f"source {s.name}", s.runner.last_error)
-        streams = [s.snapshot() for s in self.streams]
+                self.errors.record(f"source {s.name}", s.runner.last_error)
+        now = time.monotonic()
+        data = self._data_hint(now) if running else StallCheck(True)
+        hints = [h for h in (self._live.reason, data.reason) if h]
         sel = self.selection
-        wd = self.watchdog.last
-        snap: dict[str, Any] = {
-            "v": 1,
-            "written_at": time.time(),
-            "pid": os.getpid(),
-            "started_at": self.started_at,
-            "running": running,
-            "ready": self.gate.ready,
-            "stop_reason": self.stop_reason if not running else "",
-            "agent_version": __version__,
-            "device_id": self.cfg.device_id,
-            "profile": {"name": sel.profile.name, "reason": sel.reason} if sel else None,
-            "health": {
-                "live": running and wd.ok,
-                "ready": self.gate.ready and running,
-                "verdict_hints": [wd.reason] if wd.reason else [],
-                "watchdog": self.wd_interval is not None,
-                "notify": self.notifier.via,
-            },
-            "streams": streams,
-            "events_total": self.events_total,
-            "sensor_events_total": self.sensor_events_total,
-            "windows_total": self.windows_total(),
-            "errors": list(self.errors),
-            "ota": self._ota_snapshot(),
-        }
-        if self.reporter is not None:
-            snap.update(self.reporter.snapshot())
-        else:
-            snap["mqtt"] = {"enabled": False}
-        return snap
-
-    def _ota_snapshot(self) -> dict[str, Any]:
-        if self.updater is not None:
-            snap = self.updater.snapshot()
-        elif self.boot is not None:
-            st = self.boot.store.state
-            snap = {
-                "enabled": False,
-                "state": "off",
-                "active_slot": None if st.active is None else st.active.value,
-                "active_version": st.active_version,
-                "last_result": st.last_result,
-            }
-        else:
-            snap = {"enabled": False, "state": "off"}
-        if self.ota_note:
-            snap["note"] = self.ota_note
-        if self.boot is not None:
-            snap["model_source"] = dict(self.boot.sources)
-        return snap
+        health = HealthSection(
+            live=running and self._live.ok,
+            ready=self.gate.ready and running,
+            hints=tuple(hints),
+            watchdog=self.wd_interval is not None,
+            notify=self.notifier.via,
+        )
+        return build_snapshot(
+            SnapshotParts(
+                device_id=self.cfg.device_id,
+                started_at=self.started_at,
+                running=running,
+                stop_reason=self.stop_reason,
+                profile={"name": sel.profile.name, "reason": sel.reason} if sel else None,
+                health=health,
+                streams=self.streams,
+                components=self.components(running=running),
+                events_total=self.relay.events_total,
+                sensor_events_total=self.relay.sensor_events_total,
+                windows_total=self.windows_total(),
+                errors=self.errors.items(),
+                ota=self.ota.snapshot(),
+                reporting=self.reporter.snapshot() if self.reporter is not None else None,
+            )
+        )
 
     def write_status(self, *, running: bool = True) -> dict[str, Any]:
         snap = self.snapshot(running=running)
@@ -519,3 +404,48 @@ class Agent:
         if self.on_status is not None:
             self.on_status(snap)
         return snap
+
+
+class _TickGuard:
+    """Failures of the 1 Hz tick: counted and shown like a component's; past the restart
+    budget the tick is reported failed (DEGRADED), and it keeps trying."""
+
+    def __init__(self, budget: RestartBudget) -> None:
+        self._budget = budget
+        self.failures = 0
+        self.last_error = ""
+        self.last_error_at: float | None = None
+        self.spent = False
+
+    def failed(self, e: Exception, errors: ErrorLog) -> None:
+        self.failures += 1
+        self.last_error, self.last_error_at = f"{type(e).__name__}: {e}", time.time()
+        errors.record("tick", self.last_error)
+        log.error("status tick failed (%d): %s", self.failures, self.last_error, exc_info=e)
+        self.spent = not self._budget.allow(time.monotonic()) or self.spent
+
+    def status(self, *, running: bool) -> ComponentStatus:
+        state = ComponentState.FAILED if self.spent else ComponentState.RUNNING
+        if not running:
+            state = ComponentState.STOPPED
+        return ComponentStatus(
+            "tick", state, self.failures, self.last_error, self.last_error_at, None, False
+        )
+
+
+def _in_parallel(stops: list[Callable[[float], None]], deadline: float) -> None:
+    """Call every `stop(timeout)` at once, each in its own thread, all bounded by `deadline`."""
+    threads = []
+    for stop in stops:
+
+        def run(stop: Callable[[float], None] = stop) -> None:
+            try:
+                stop(max(0.0, deadline - time.monotonic()))
+            except Exception:  # one failing stop must not stop the others
+                log.exception("error while stopping")
+
+        t = threading.Thread(target=run, name="stopper", daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.backoff import RestartBudget
 from edge_agent.config import AgentConfig, StreamConfig
-from edge_agent.errors import CalibrationError, ConfigError
+from edge_agent.errors import CalibrationError, ConfigError, SourceError
 from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.calibration import (
     Calibration,
@@ -31,11 +32,19 @@ from edge_agent.pipeline.stream import AnomalyEvent, StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import Preprocessing
 from edge_agent.runtime.model import LoadedModel, load_model, resolve_model_dir
+from edge_agent.service.supervisor import Loop
 from edge_agent.sources.base import Block, Source
 from edge_agent.sources.registry import create_source
-from edge_agent.sources.runner import RestartBudget, SourceRunner, SourceState
+from edge_agent.sources.runner import SourceRunner, SourceState
 
-__all__ = ["EventSink", "HealthSink", "ModelLoader", "StreamRuntime", "build_policy"]
+__all__ = [
+    "EventSink",
+    "HealthSink",
+    "ModelLoader",
+    "StreamRuntime",
+    "StreamSinks",
+    "build_policy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,15 @@ HealthSink = Callable[[HealthEvent], None]
 # (bundled model dir, profile, stream name) -> the model the stream serves
 ModelLoader = Callable[[Path, Profile, str], LoadedModel]
 GET_TIMEOUT_S = 0.25
+
+
+@dataclass(frozen=True)
+class StreamSinks:
+    """Where a serving stream sends what it finds (called on the stream's thread)."""
+
+    event: EventSink
+    health: HealthSink
+    progress: Callable[[], None]  # after each scored block
 
 
 @dataclass(frozen=True)
@@ -132,11 +150,9 @@ class StreamRuntime:
             )
         self.source = create_source(sc.source.kind, sc.name, sc.source.options)
         check_source_fits(self.source, pre, cfg.source_file or "config", sc.name, model.card.name)
-        self.runner = SourceRunner(
-            self.source,
-            max_blocks=sc.queue_blocks,
-            budget=RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s),
-        )
+        self._source_budget = RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s)
+        self.runner = self._new_runner()
+        self._runner_started = False
         self.pipeline = StreamPipeline(
             sc.name,
             model,
@@ -157,8 +173,7 @@ class StreamRuntime:
         if sc.calibrate_windows > 0 and self.calibration is None:
             p = self.pipeline
             self.calibrator = Calibrator(p.window, p.hop, sc.calibrate_windows, pre.columns)
-        self.error = ""
-        self._thread: threading.Thread | None = None
+        self.error = ""  # why the stream stopped for good (its restart budget is spent)
         self._tel_at = time.monotonic()
         self._tel_drops = 0
 
@@ -166,61 +181,80 @@ class StreamRuntime:
     def name(self) -> str:
         return self.config.name
 
-    def start(
-        self,
-        sink: EventSink,
-        health_sink: HealthSink,
-        stop: threading.Event,
-        on_progress: Callable[[], None],
-    ) -> None:
-        self.runner.start()
-        self._thread = threading.Thread(
-            target=self._loop,
-            args=(sink, health_sink, stop, on_progress),
-            name=f"stream-{self.name}",
+    def _new_runner(self) -> SourceRunner:
+        return SourceRunner(
+            self.source,
+            max_blocks=self.config.queue_blocks,
+            budget=self._source_budget,
         )
-        self._thread.start()
 
-    def _loop(
-        self,
-        sink: EventSink,
-        health_sink: HealthSink,
-        stop: threading.Event,
-        on_progress: Callable[[], None],
-    ) -> None:
-        try:
-            while not stop.is_set():
-                blocks = self.runner.get(GET_TIMEOUT_S)
-                now = time.time()
-                hevents = self.health.set_connected(
-                    self.runner.state is not SourceState.RECONNECTING, now
-                )
-                self.health.set_rate(self.source.nominal_rate_hz, now)  # a camera's, once open
-                for b in blocks:
-                    hev, bad = self.health.observe(b, now)
-                    hevents += hev
-                    if self.calibrator is not None:
-                        b = self._calibrate(b, now)  # noqa: PLW2901 - the rest, if any
-                        if not len(b.samples):
-                            on_progress()
-                            continue
-                        bad = bad[-len(b.samples) :]
-                    # Samples from a faulty sensor are withheld: not a process anomaly.
-                    for ev in self.pipeline.process(b, bad if bad.any() else None):
-                        sink(ev)
-                    on_progress()
-                    if stop.is_set():  # e.g. --max-windows reached: do not run ahead
-                        break
-                if not self.runner.done:
-                    hevents += self.health.check(now)
-                for h in hevents:
-                    health_sink(h)
-                if not blocks and self.runner.done:
-                    return
-        except Exception as e:
-            # The scoring loop must not die silently: mark the stream failed and say why.
-            self.error = f"{type(e).__name__}: {e}"
-            log.exception("stream %s stopped", self.name)
+    def serve(self, loop: Loop, sinks: StreamSinks) -> None:
+        """The stream's supervised body: read blocks, watch sensor health, score, emit.
+
+        Beats at every turn, also when the source is silent (a read timeout is a turn).
+        Returns when the source reached the end of its data (or the agent stops);
+        raises when the source failed past its own budget or its thread died, so the
+        supervisor restarts the stream with a fresh source runner.
+        """
+        stop = loop.stop
+        if not self._runner_started:
+            self._runner_started = True
+            self.runner.start()
+        while not stop.is_set():
+            loop.beat()
+            runner = self.runner
+            blocks = runner.get(GET_TIMEOUT_S)
+            now = time.time()
+            hevents = self.health.set_connected(runner.state is not SourceState.RECONNECTING, now)
+            self.health.set_rate(self.source.nominal_rate_hz, now)  # a camera's, once open
+            hevents += self._score(blocks, sinks, now, stop)
+            if not runner.done:
+                hevents += self.health.check(now)
+            for h in hevents:
+                sinks.health(h)
+            if blocks:
+                continue
+            if runner.state is SourceState.FINISHED:
+                return  # the end of the data: the only way this stream finishes
+            if runner.state is SourceState.FAILED:
+                raise SourceError(f"source {self.name}: {runner.last_error}")
+            if not stop.is_set() and not runner.alive:
+                raise SourceError(f"source {self.name}: reader thread ended unexpectedly")
+
+    def _score(
+        self, blocks: list[Block], sinks: StreamSinks, now: float, stop: threading.Event
+    ) -> list[HealthEvent]:
+        hevents: list[HealthEvent] = []
+        for b in blocks:
+            hev, bad = self.health.observe(b, now)
+            hevents += hev
+            if self.calibrator is not None:
+                b = self._calibrate(b, now)  # noqa: PLW2901 - the rest, if any
+                if not len(b.samples):
+                    sinks.progress()
+                    continue
+                bad = bad[-len(b.samples) :]
+            # Samples from a faulty sensor are withheld: not a process anomaly.
+            for ev in self.pipeline.process(b, bad if bad.any() else None):
+                sinks.event(ev)
+            sinks.progress()
+            if stop.is_set():  # e.g. --max-windows reached: do not run ahead
+                break
+        return hevents
+
+    def restart_source(self) -> None:
+        """Before a restart of the stream: a source runner that ended gets a fresh one."""
+        if self.runner.alive:
+            return
+        self.runner.stop(timeout=0.5)
+        self.runner = self._new_runner()
+        self.runner.start()
+        log.info("stream %s: source reader started again", self.name)
+
+    def give_up(self, why: str) -> None:
+        """The stream stays down (restart budget spent): its source must not keep running."""
+        self.error = why
+        self.runner.stop(timeout=2.0)
 
     def _calibrate(self, b: Block, now: float) -> Block:
         """Feed the automatic calibration; returns the part of `b` it did not need."""
@@ -228,7 +262,7 @@ class StreamRuntime:
         cal = self.calibrator
         k = cal.add(b.samples)
         if not cal.done:
-            return Block(b.samples[:0], b.t0, b.seq + k, b.rate_hz)
+            return b.tail(len(b.samples))
         self.calibrator = None
         model = self.pipeline.model
         try:
@@ -260,8 +294,7 @@ class StreamRuntime:
             warning = threshold_warning(c, model.card)
             if warning:
                 log.warning("stream %s: automatic calibration: %s", self.name, warning)
-        rate = b.rate_hz or 1.0
-        return Block(b.samples[k:], b.t0 + k / rate, b.seq + k, b.rate_hz)
+        return b.tail(k)  # its samples' times and sequence kept
 
     def calibration_snapshot(self) -> dict[str, Any]:
         if self.calibrator is not None:
@@ -289,14 +322,11 @@ class StreamRuntime:
         self._tel_at, self._tel_drops = now, drops
         return tel
 
-    def join(self, timeout: float) -> None:
-        self.runner.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def model_version(self) -> int:
+        return self.pipeline.model.card.version
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def stop_source(self, timeout: float) -> None:
+        self.runner.stop(timeout)
 
     def snapshot(self) -> dict[str, Any]:
         r, p, st = self.runner, self.pipeline, self.pipeline.stats
@@ -320,6 +350,7 @@ class StreamRuntime:
             "alarms": st.alarms,
             "events": st.events,
             "nonfinite_scores": st.nonfinite_scores,
+            "saturated_windows": st.saturated_windows,
             "restarts": r.restarts,
             "error": self.error,
             "model": {

@@ -188,9 +188,12 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-def test_notify_watchdog_stall_and_sigterm(
+def test_notify_ready_without_samples_watchdog_through_a_silent_sensor_and_sigterm(
     tmp_path: Path, board: PtyBoard, notify: NotifySocket
 ) -> None:
+    """systemd's meaning: READY=1 once config, models and outbox are up (no sample
+    needed); WATCHDOG=1 while the agent's loops turn, also while the sensor is silent,
+    which status reports as DEGRADED (a restart cannot bring a sensor back)."""
     state = tmp_path / "state"
     cfg = _write_config(tmp_path / "agent.toml", _serial_stream(board.path))
     writer = SensorWriter(board)
@@ -202,46 +205,32 @@ def test_notify_watchdog_stall_and_sigterm(
         log,
     )
     try:
-        # 1. Models loaded, the port is open, but the board sends nothing: not ready.
+        # 1. Models loaded, the port is open, the board sends nothing: READY anyway.
         _until(
             lambda: _notified(notify, lambda m: "EXTEND_TIMEOUT_USEC" in m, proc=proc, log=log),
             30,
             "EXTEND_TIMEOUT_USEC while models load",
         )
-        _until(
-            lambda: _notified(notify, lambda m: "waiting for first sample" in m.get("STATUS", "")),
-            30,
-            "STATUS while waiting for the first sample",
-        )
-        time.sleep(0.6)
-        notify.drain()
-        assert not [m for _, m in notify.messages if "READY" in m], notify.messages
-        st = _status_file(state)
-        assert st is not None
-        assert st["ready"] is False
-        assert st["running"] is True
-        assert _status_cli(state).returncode == 1  # running, not ready: DEGRADED
-
-        # 2. Samples flow: READY=1 follows, with a summary; then STATUS= and WATCHDOG=1.
-        t_flow = time.monotonic()
-        writer.flowing.set()
-        ready = notify.wait_for("READY", 10)
+        ready = notify.wait_for("READY", 30)
         assert ready["READY"] == "1"
-        assert ready["STATUS"].startswith(("OK:", "DEGRADED:")), ready
-        t_ready = next(t for t, m in notify.messages if "READY" in m)
-        assert t_ready > t_flow
+        st = _until(lambda: _status_file(state), 10, "status file")
+        assert st["running"] is True
+        assert st["windows_total"] == 0  # ready without a single sample
+
+        # 2. Samples flow: STATUS= OK and WATCHDOG=1 about every 0.5 s.
+        writer.flowing.set()
         _until(lambda: (s := _status_file(state)) and s["windows_total"] > 20, 10, "windows")
         t0 = time.monotonic()
         time.sleep(2.2)
         notify.drain()
         pings = [t for t, m in notify.messages if "WATCHDOG" in m and t >= t0]
         assert len(pings) >= 3, notify.messages  # ~every 0.5 s
-        gaps = np.diff(pings)
-        assert gaps.max() < 0.95, gaps  # well inside WatchdogSec=1
-        statuses = [m["STATUS"] for t, m in notify.messages if t >= t0 and "STATUS" in m]
-        assert statuses
-        assert all(s.startswith("OK: 1 stream(s)") for s in statuses), statuses
-        assert "mqtt off" in statuses[-1]
+        assert np.diff(pings).max() < 0.95, np.diff(pings)  # well inside WatchdogSec=1
+        _until(
+            lambda: _notified(notify, lambda m: m.get("STATUS", "").startswith("OK: 1 stream")),
+            10,
+            "STATUS=OK while data flows",
+        )
 
         # 3. `edge-agent status` on the running agent: OK, exit 0, 80 columns.
         res = _until(
@@ -249,54 +238,45 @@ def test_notify_watchdog_stall_and_sigterm(
         )
         assert res.stdout.startswith("edge-agent status: OK"), res.stdout
         assert "press-3" in res.stdout
-        assert "serial" in res.stdout
         assert "STALE" not in res.stdout
         _fits_80(res.stdout)
         js = json.loads(_status_cli(state, "--json").stdout)
         assert js["verdict"] == "OK"
         assert js["state"]["health"]["live"] is True
 
-        # 4. The board stops writing: pings stop, status says why.
+        # 4. The board goes silent: pings go on, status says DEGRADED and why.
         writer.flowing.clear()
-        t_stall = time.monotonic()
+        t_quiet = time.monotonic()
         st = _until(
-            lambda: (s := _status_file(state)) and s["health"]["live"] is False and s,
-            10,
-            "health.live false after the stall",
+            lambda: (
+                (s := _status_file(state))
+                and any(h.startswith("no samples for") for h in s["health"]["verdict_hints"])
+                and s
+            ),
+            15,
+            "the silence in status",
         )
-        hints = st["health"]["verdict_hints"]
-        assert any(h.startswith("no samples for") for h in hints), hints
+        assert st["health"]["live"] is True
         assert "stalled" in st["streams"][0]["sensor_health"]["active"]
         notify.drain()
-        last_ping = max(t for t, m in notify.messages if "WATCHDOG" in m)
-        # stall_after_s, plus up to one check interval to see it, plus pty/scheduling slack
-        assert last_ping - t_stall < STALL_AFTER_S + 1.5
-        quiet_from = time.monotonic()
-        time.sleep(1.6)  # three watchdog intervals
-        notify.drain()
-        late = [t for t, m in notify.messages if "WATCHDOG" in m and t > quiet_from]
-        assert not late, "WATCHDOG=1 kept coming while the source stalled"
+        t_w = time.monotonic()  # from here, drained as they come: receive times are real
+        while time.monotonic() - t_w < 2.5:
+            notify.drain(0.05)
+        pings = [t for t, m in notify.messages if "WATCHDOG" in m and t > t_w]
+        assert len(pings) >= 4, "WATCHDOG=1 stopped while the sensor was silent"
+        assert np.diff([t_w, *pings]).max() < 0.95  # never a WatchdogSec without one
         assert any(
-            m.get("STATUS", "").startswith("DOWN: pipeline stalled")
-            for t, m in notify.messages
-            if t > quiet_from
+            m.get("STATUS", "").startswith("DEGRADED:") for t, m in notify.messages if t > t_quiet
         ), notify.messages[-5:]
         res = _status_cli(state)
-        assert res.returncode == 3, res.stdout
-        assert "DOWN" in res.stdout
-        assert "pipeline stalled" in res.stdout
+        assert res.returncode == 1, res.stdout  # DEGRADED
         assert "no samples for" in res.stdout
         assert "sensor: stalled" in res.stdout
         _fits_80(res.stdout)
 
-        # 5. Data again: pings resume without a restart.
+        # 5. Data again: OK again without a restart.
         writer.flowing.set()
-        t_back = time.monotonic()
-        _until(
-            lambda: _notified(notify, lambda m: "WATCHDOG" in m, since=t_back),
-            5,
-            "WATCHDOG=1 again after the data came back",
-        )
+        _until(lambda: _status_cli(state).returncode == 0, 15, "OK again after the data came back")
 
         # 6. SIGTERM: STOPPING=1, clean exit 0, final status written (running false).
         proc.send_signal(signal.SIGTERM)
@@ -318,8 +298,8 @@ def test_notify_watchdog_stall_and_sigterm(
         writer.close()
         _kill(proc)
     text = log.read_text()
-    assert "pipeline stalled, withholding watchdog" in text
-    assert text.count("pipeline stalled, withholding watchdog") == 1  # logged once per stall
+    assert "withholding watchdog" not in text
+    assert text.count("data: no samples for") == 1  # logged once per silence
 
 
 def test_status_on_a_real_agent_degraded_then_killed(tmp_path: Path) -> None:
@@ -368,9 +348,9 @@ source = { kind = "synthetic" }
         _kill(proc)
 
 
-def test_stall_shows_in_status_without_systemd_watchdog(tmp_path: Path, board: PtyBoard) -> None:
-    """Run from a terminal (no NOTIFY_SOCKET, no WATCHDOG_USEC): the stall check still
-    runs, so `edge-agent status` tells a technician the pipeline stalled."""
+def test_silence_shows_in_status_without_systemd_watchdog(tmp_path: Path, board: PtyBoard) -> None:
+    """Run from a terminal (no NOTIFY_SOCKET, no WATCHDOG_USEC): a silent sensor still
+    shows in `edge-agent status` as DEGRADED with the reason."""
     state = tmp_path / "state"
     cfg = _write_config(tmp_path / "agent.toml", _serial_stream(board.path))
     writer = SensorWriter(board)
@@ -385,15 +365,16 @@ def test_stall_shows_in_status_without_systemd_watchdog(tmp_path: Path, board: P
         )
         writer.flowing.clear()
         st = _until(
-            lambda: (s := _status_file(state)) and not s["health"]["live"] and s,
-            10,
-            "health.live false after the stall",
+            lambda: (s := _status_file(state)) and s["health"]["verdict_hints"] and s,
+            15,
+            "the silence in status",
         )
         assert st["health"]["watchdog"] is False
+        assert st["health"]["live"] is True
         assert any(h.startswith("no samples for") for h in st["health"]["verdict_hints"])
         res = _status_cli(state)
-        assert res.returncode == 3, res.stdout
-        assert "pipeline stalled" in res.stdout
+        assert res.returncode == 1, res.stdout
+        assert "no samples for" in res.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, log.read_text()
     finally:

@@ -70,12 +70,14 @@ def _run(args: argparse.Namespace) -> int:
     server = start_metrics_server(cfg.metrics, metrics)
     if server is not None:
         agent.on_status = lambda snap: update_from_status(metrics, snap)
+        agent.supervise_thread("metrics", lambda: server.alive, server.restart)
     try:
         agent.run()
     finally:
         if server is not None:
-            server.stop()
+            server.stop(timeout=2.0)
     _summary(agent)
+    # a stream that gave up for good: the run did not do all it was asked
     return 1 if any(s.error for s in agent.streams) else 0
 
 

@@ -4,6 +4,14 @@ One thread owns the mid -> record map, so an acknowledgement can never be matche
 before its publish was recorded. A record is deleted when its PUBACK arrives; a
 PUBACK with a failure reason (ACL denial) also deletes it (retrying cannot succeed),
 and that is counted and logged as an error by the link.
+
+The thread survives anything: a failed step (the database locked for a delete, a raw
+sqlite error, a bug) is logged, backed off and retried; acknowledged records whose
+delete failed are remembered and deleted later, never re-sent meanwhile.
+
+A broker that accepts the connection but never acknowledges is caught here: when the
+oldest in-flight message has waited `ack_timeout_s` on a connection that is up (counted
+from the later of its publish and the connect), the link is told to reconnect.
 """
 
 from __future__ import annotations
@@ -14,30 +22,50 @@ import threading
 import time
 from collections import Counter
 
-from edge_agent.errors import EdgeAgentError, PublishError
+from edge_agent.errors import PublishError
 from edge_agent.reporting.link import MqttLink
 from edge_agent.reporting.outbox import Kind, Outbox
 
-__all__ = ["Drainer"]
+__all__ = ["ACK_TIMEOUT_S", "Drainer"]
 
 log = logging.getLogger(__name__)
 
 # How long the drain sleeps when nothing wakes it (a safety net, not the normal path).
 IDLE_POLL_S = 1.0
+# After a failed step the drain waits this long, doubling up to the maximum.
+RETRY_MAX_S = 10.0
+# Default acknowledgement timeout (mqtt.ack_timeout_s): a PUBACK slower than this on a
+# live connection means the broker (or the path to it) is wedged.
+ACK_TIMEOUT_S = 30.0
+# A failing step is logged again at most this often.
+_LOG_EVERY_S = 60.0
 
 
 class Drainer:
-    def __init__(self, outbox: Outbox, link: MqttLink, *, window: int) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        link: MqttLink,
+        *,
+        window: int,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
+    ) -> None:
         self._outbox = outbox
         self._link = link
         self._window = window
+        self._ack_timeout_s = ack_timeout_s
         self._mids: dict[int, tuple[int, Kind]] = {}
+        self._sent_at: dict[int, float] = {}  # mid -> when published (unix s)
+        self._acked: list[int] = []  # record ids acknowledged, delete still to do
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last_publish: float | None = None
         self._rejected: Counter[str] = Counter()
+        self._ack_timeouts = 0
+        self._failures = 0
+        self._last_failure: str | None = None
         link.wake_hook = self.wake
 
     def start(self) -> None:
@@ -64,21 +92,40 @@ class Drainer:
         with self._lock:
             return self._last_publish
 
+    @property
+    def ack_timeouts(self) -> int:
+        """How often the link was reconnected because no PUBACK came in time."""
+        with self._lock:
+            return self._ack_timeouts
+
     def rejected(self) -> dict[str, int]:
         with self._lock:
             return dict(self._rejected)
 
     def _run(self) -> None:
+        delay = IDLE_POLL_S
+        logged = 0.0
         while not self._stop.is_set():
-            self._wake.wait(IDLE_POLL_S)
+            self._wake.wait(delay)
             self._wake.clear()
             try:
-                self._collect_acks()
-                if self._link.connected:
-                    self._fill()
-            except EdgeAgentError:
-                log.exception("outbox drain: step failed; retrying")
-                self._stop.wait(IDLE_POLL_S)
+                self._step(time.time())
+                delay = IDLE_POLL_S
+            except Exception as e:  # this thread must outlive any failure
+                with self._lock:
+                    self._failures += 1
+                    self._last_failure = str(e)
+                if time.monotonic() - logged > _LOG_EVERY_S:
+                    logged = time.monotonic()
+                    log.error("outbox drain: step failed (%s); retrying", e, exc_info=True)
+                delay = min(RETRY_MAX_S, delay * 2)
+
+    def _step(self, now: float) -> None:
+        self._collect_acks()
+        self._delete_acked()
+        if self._link.connected:
+            self._check_ack_timeout(now)
+            self._fill(now)
 
     def _collect_acks(self) -> None:
         done: list[int] = []
@@ -87,6 +134,7 @@ class Drainer:
                 ack = self._link.acks.get_nowait()
             except queue.Empty:
                 break
+            self._sent_at.pop(ack.mid, None)
             entry = self._mids.pop(ack.mid, None)
             if entry is None:
                 continue  # a command reply, not an outbox record
@@ -95,23 +143,47 @@ class Drainer:
                 with self._lock:
                     self._rejected[entry[1].value] += 1
         if done:
-            self._outbox.delete(done)
+            self._acked.extend(done)
             with self._lock:
                 self._last_publish = time.time()
 
-    def _fill(self) -> None:
+    def _delete_acked(self) -> None:
+        if self._acked:
+            self._outbox.delete(self._acked)  # raises when the database is locked: kept
+            self._acked = []
+
+    def _check_ack_timeout(self, now: float) -> None:
+        if not self._sent_at:
+            return
+        up_since = self._link.stats().since or now
+        waited = now - max(min(self._sent_at.values()), up_since)
+        if waited <= self._ack_timeout_s:
+            return
+        with self._lock:
+            self._ack_timeouts += 1
+        self._link.force_reconnect(
+            f"broker {self._link.broker} acknowledged none of {len(self._sent_at)} message(s) "
+            f"for {waited:.0f} s (mqtt.ack_timeout_s = {self._ack_timeout_s:g}); reconnecting"
+        )
+        # paho re-sends them after the reconnect: their clock starts again then.
+        for mid in self._sent_at:
+            self._sent_at[mid] = now
+
+    def _fill(self, now: float) -> None:
         free = self._window - len(self._mids)
         if free <= 0:
             return
-        inflight = [rid for rid, _ in self._mids.values()]
-        for rec in self._outbox.peek(free, exclude=inflight):
+        busy = [rid for rid, _ in self._mids.values()] + self._acked
+        for rec in self._outbox.peek(free, exclude=busy):
             try:
                 mid = self._link.publish(rec.topic, rec.payload, retain=rec.retain)
             except PublishError as e:
                 # Only a record paho cannot encode ends here; it would fail forever.
                 log.error("outbox: record seq %d cannot be published, removed: %s", rec.seq, e)
-                self._outbox.delete([rec.id])
+                self._acked.append(rec.id)
                 with self._lock:
                     self._rejected[rec.kind.value] += 1
                 continue
             self._mids[mid] = (rec.id, rec.kind)
+            self._sent_at[mid] = now
+        self._delete_acked()

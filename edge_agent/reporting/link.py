@@ -185,6 +185,7 @@ class MqttLink:
         self._connects = 0
         self._stop = threading.Event()
         self._gone = threading.Event()
+        self._dropping = False  # force_reconnect() is ending the connection
         self._thread: threading.Thread | None = None
         self._client = self._make_client(client_id)
 
@@ -285,7 +286,12 @@ class MqttLink:
             self._stop.wait(delay)
 
     def _connect_once(self) -> bool:
-        topic, payload = self._will()
+        try:
+            topic, payload = self._will()
+        except Exception as e:  # a failed Will must not end this thread
+            log.exception("MQTT: cannot build the Last Will; not connecting this time")
+            self._error(f"cannot build the Last Will: {e}")
+            return False
         self._set_state(LinkState.CONNECTING, None)
         try:
             self._client.will_set(topic.value, payload, qos=1, retain=True)
@@ -333,6 +339,7 @@ class MqttLink:
             self._set_state(LinkState.REFUSED, None)
             self._gone.set()
             return
+        self._dropping = False
         with self._lock:
             self._connects += 1
         self._backoff.reset()
@@ -423,9 +430,24 @@ class MqttLink:
 
     def _set_state(self, state: LinkState, since: float | None) -> None:
         with self._lock:
-            if state is not self._state:
+            # `since` is when the link went up or down: connecting, refused and
+            # disconnected are all "down", so a failed attempt does not restart the clock.
+            if self._since is None or (state is LinkState.CONNECTED) != (
+                self._state is LinkState.CONNECTED
+            ):
                 self._since = since if since is not None else time.time()
             self._state = state
+
+    def force_reconnect(self, reason: str) -> None:
+        """Drop a connection that is up but useless (e.g. no PUBACK within the ack
+        timeout): log `reason`; the supervisor thread connects again with its backoff."""
+        self._error(reason)
+        self._dropping = True  # our own drop: says nothing about the broker's limits
+        try:
+            self._client.disconnect()
+        except (OSError, ValueError):
+            log.debug("disconnect for a reconnect failed", exc_info=True)
+        self._gone.set()
 
     def _error(self, msg: str) -> None:
         log.error("MQTT: %s", msg)

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import EdgeAgentError, PublishError
 from edge_agent.reporting.commands import CommandHandler, CommandRouter
 from edge_agent.reporting.drain import Drainer
 from edge_agent.reporting.link import Incoming, MqttLink, topic_matches
 from edge_agent.reporting.outbox import Kind, Outbox
+from edge_agent.reporting.outbox_health import outbox_health
 from edge_agent.reporting.payloads import encode, envelope, status_offline, status_online
 from edge_agent.reporting.topics import DeviceTopics, Topic
 
@@ -64,8 +66,14 @@ class Reporter:
                 on_message=self._on_message,
                 subscriptions=(self._topics.commands_filter,),
             )
-            self._drain = Drainer(self._outbox, self._link, window=cfg.mqtt.max_inflight)
+            self._drain = Drainer(
+                self._outbox,
+                self._link,
+                window=cfg.mqtt.max_inflight,
+                ack_timeout_s=cfg.mqtt.ack_timeout_s,
+            )
         self._final: dict[str, Any] | None = None  # figures frozen at stop()
+        self._refused: Counter[str] = Counter()  # records that could not be stored at all
 
     @property
     def topics(self) -> DeviceTopics:
@@ -134,14 +142,25 @@ class Reporter:
     def _append(
         self, kind: Kind, topic: Topic, body: Mapping[str, Any], *, retain: bool = False
     ) -> int:
+        """Never raises on a storage fault (the caller may be a stream's scoring thread): the
+        record then waits in memory (see Outbox.append); a record over the size limit is
+        logged, counted, and -1 is returned. A body the envelope refuses (a reserved key,
+        not JSON) is the caller's bug: PublishError, nothing issued."""
         now = time.time()
-        seq = self._outbox.append(
-            kind,
-            topic.value,
-            lambda s: encode(envelope(self._device, s, now, body)),
-            now=now,
-            retain=retain,
-        )
+        try:
+            seq = self._outbox.append(
+                kind,
+                topic.value,
+                lambda s: encode(envelope(self._device, s, now, body)),
+                now=now,
+                retain=retain,
+            )
+        except PublishError:
+            raise
+        except Exception as e:  # noqa: BLE001 - publishing must never end a stream
+            log.error("outbox: %s record not stored: %s", kind.value, e)
+            self._refused[kind.value] += 1
+            return -1
         if self._drain is not None:
             self._drain.wake()
         return seq
@@ -196,7 +215,7 @@ class Reporter:
 
     def _will(self) -> tuple[Topic, bytes]:
         now = time.time()
-        seq = self._outbox.allocate_seq()
+        seq = self._outbox.allocate_seq()  # never raises (covered by the reservation)
         body = envelope(self._device, seq, now, status_offline(clean=False))
         return self._topics.status, encode(body)
 
@@ -231,6 +250,7 @@ class Reporter:
                 reconnects=st.reconnects,
                 rejected=self._drain.rejected(),
             )
+            mqtt["ack_timeouts"] = self._drain.ack_timeouts
         age = ob.oldest_age_s(now)
         return {
             "mqtt": mqtt,
@@ -240,5 +260,6 @@ class Reporter:
                 "oldest_age_s": None if age is None else round(age, 3),
                 "drops": ob.drops,
                 "path": ob.path,
+                **outbox_health(self._outbox.health(), dict(self._refused)),
             },
         }

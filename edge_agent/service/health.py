@@ -1,27 +1,32 @@
-"""Health decisions, pure (time passed in): watchdog progress, readiness, liveness.
+"""Health decisions, pure (time passed in): data progress, readiness, liveness.
 
-The agent feeds counters in and sends what these objects decide through
-`edge_agent.service.sdnotify.Notifier` (re-exported here for convenience). Liveness
-("the pipeline moves") and readiness ("it is fit to serve") are separate on
-purpose: a live agent may be not ready (still loading), a ready one may stall.
+Three separate questions, on purpose (systemd's meaning of each, docs/status.md):
+
+- readiness (READY=1): config validated, models loaded and warmed, outbox open. Not
+  "a first sample arrived": an absent sensor must not hold the service in "activating";
+- liveness (WATCHDOG=1): every supervised loop of the agent turns (`liveness()` over
+  the supervisor's heartbeats). A hung backend call, a dead loop or a wedged outbox
+  write stops the pings; a quiet plant does not;
+- data progress (`ProgressWatchdog`): samples arrive and windows get scored. A silent
+  or absent sensor is a sensor-health condition: status DEGRADED with the reason,
+  never a withheld watchdog (a restart cannot bring a sensor back).
 
 Typical wiring in the agent loop::
 
-    wd = ProgressWatchdog(cfg.health.stall_after_s, samples_per_window=hop)
-    gate = ReadinessGate()
-    ...
     gate.mark(Readiness.CONFIG_VALIDATED)        # after load_config
-    with notifier.extending(60): warm_up()       # slow model loads
-    gate.mark(Readiness.MODELS_WARMED)
-    ...on the first block: gate.mark(Readiness.FIRST_SAMPLE)
+    notifier.extend_timeout(60) before each model load
+    gate.mark(Readiness.MODELS_WARMED); ...; gate.mark(Readiness.OUTBOX_OPEN)
     if gate.ready and not sent: notifier.ready(summary)
-    every watchdog_interval(): if wd.should_ping(samples, windows, now): notifier.watchdog()
+    every tick: hints = [wd.check(samples, windows, now).reason]  -> status
+    every watchdog_interval(): if liveness(supervisor.hung()).ok: notifier.watchdog()
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from edge_agent.service.sdnotify import Notifier, TimeoutExtender, watchdog_interval
 
@@ -32,6 +37,7 @@ __all__ = [
     "ReadinessGate",
     "StallCheck",
     "TimeoutExtender",
+    "liveness",
     "watchdog_interval",
 ]
 
@@ -44,8 +50,23 @@ class StallCheck:
     reason: str = ""
 
 
+class HungLoop(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def heartbeat_age_s(self) -> float | None: ...
+
+
+def liveness(hung: Sequence[HungLoop]) -> StallCheck:
+    """WATCHDOG=1 may go out unless a supervised loop stopped turning (`hung`)."""
+    if not hung:
+        return StallCheck(True)
+    parts = [f"{h.name} has not turned for {h.heartbeat_age_s or 0:.0f} s" for h in hung]
+    return StallCheck(False, "hung: " + ", ".join(parts))
+
+
 class ProgressWatchdog:
-    """Decides whether WATCHDOG=1 may be sent: only while data flows *and* is scored.
+    """Data progress: whether data flows *and* is scored (a status hint, not liveness).
 
     - no new samples for `stall_after_s` -> stalled source;
     - samples arrive but no window was scored for `stall_after_s`, although at least
@@ -113,7 +134,7 @@ class Readiness(str, enum.Enum):
 
     CONFIG_VALIDATED = "config validation"
     MODELS_WARMED = "model warm-up"
-    FIRST_SAMPLE = "first sample"
+    OUTBOX_OPEN = "outbox"
 
 
 class ReadinessGate:
@@ -135,7 +156,7 @@ class ReadinessGate:
         return tuple(c for c in Readiness if c not in self._met)
 
     def describe(self) -> str:
-        """One line for STATUS= while starting, e.g. 'starting: waiting for first sample'."""
+        """One line for STATUS= while starting, e.g. 'starting: waiting for model warm-up'."""
         if self.ready:
             return "ready"
         return "starting: waiting for " + ", ".join(c.value for c in self.missing)

@@ -303,10 +303,22 @@ class MetricsServer:
         log.info("metrics on http://%s:%d/metrics", self._server.server_address[0], self.port)
         return self
 
-    def stop(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def restart(self) -> None:
+        """Serve again after the serving thread ended on its own (same socket)."""
+        if not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, name="metrics-http", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
         if self._thread.is_alive():
             self._server.shutdown()
-            self._thread.join(timeout=5.0)
+            self._thread.join(timeout=timeout)
         self._server.server_close()
 
 

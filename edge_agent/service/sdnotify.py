@@ -29,7 +29,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_STATUS_CHARS = 200  # systemctl shows one line; keep the datagram small
-EXTEND_RESEND_FRACTION = 0.5  # re-extend when half of the granted time is used
 
 
 def watchdog_interval(
@@ -135,8 +134,8 @@ class Notifier:
         return self.notify(f"EXTEND_TIMEOUT_USEC={max(1, round(seconds * 1e6))}")
 
     def extending(self, seconds: float) -> TimeoutExtender:
-        """`with notifier.extending(60): load_models()` keeps the start timeout away
-        for as long as the block runs, re-extending before each grant runs out."""
+        """`with notifier.extending(60) as ext: for m in models: ext.step(); load(m)`
+        grants `seconds` per step of real progress (see TimeoutExtender)."""
         return TimeoutExtender(self, seconds)
 
     # -- transport ---------------------------------------------------------------
@@ -180,22 +179,23 @@ class Notifier:
 
 
 class TimeoutExtender:
-    """Context manager that sends EXTEND_TIMEOUT_USEC until the block ends."""
+    """Context manager that grants start-up time step by step, from the loading code itself.
+
+    Entering sends one EXTEND_TIMEOUT_USEC grant; the loading code calls `step()` before
+    each further slow piece (e.g. each model). No background thread: a load that hangs
+    stops asking, so systemd's start timeout fires at most `seconds` after the last
+    step instead of the unit staying "activating" for ever.
+    """
 
     def __init__(self, notifier: Notifier, seconds: float) -> None:
         if seconds <= 0:
             raise ValueError("seconds must be positive")
         self._n = notifier
         self._s = seconds
-        self._stop = threading.Event()
-        self._t: threading.Thread | None = None
         self.sent = 0
 
     def __enter__(self) -> TimeoutExtender:
-        self._extend()
-        if self._n.enabled:
-            self._t = threading.Thread(target=self._loop, name="sd-extend", daemon=True)
-            self._t.start()
+        self.step()
         return self
 
     def __exit__(
@@ -204,14 +204,9 @@ class TimeoutExtender:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._t is not None:
-            self._t.join()
+        return None
 
-    def _extend(self) -> None:
+    def step(self) -> None:
+        """Another `seconds` from now (progress was made)."""
         if self._n.extend_timeout(self._s):
             self.sent += 1
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._s * EXTEND_RESEND_FRACTION):
-            self._extend()

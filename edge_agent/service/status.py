@@ -182,6 +182,8 @@ def _running_findings(st: Mapping[str, Any], now: float) -> tuple[list[str], lis
     _mqtt_findings(st.get("mqtt"), now, reasons, notes)
     _component_findings(st.get("supervisor"), reasons, notes)
     out = st.get("outbox")
+    # The reporter words the outbox's storage faults itself (reporting/outbox_health.py).
+    reasons.extend(str(p) for p in get(out, "problems", list, []) if p)
     oldest = num(out, "oldest_age_s")
     mqtt_on = get(st.get("mqtt"), "enabled", bool, False)
     if mqtt_on and oldest is not None and oldest > OUTBOX_BACKLOG_S:

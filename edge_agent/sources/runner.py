@@ -89,6 +89,11 @@ class SourceRunner:
             return out
 
     @property
+    def alive(self) -> bool:
+        """The reader thread runs (False before start() and once it ended, for any reason)."""
+        return self._thread.is_alive()
+
+    @property
     def done(self) -> bool:
         return self.state in (SourceState.FINISHED, SourceState.FAILED) or self._stop.is_set()
 

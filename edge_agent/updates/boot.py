@@ -3,7 +3,8 @@
 After `SlotStore.recover`, a stream whose model family matches the active slot's manifest
 serves the slot's model (re-verified: hash, load, golden vectors). If it fails, the
 previous slot (if intact) or the bundled model serves, and the store records the fall
-back, so a bad slot can never put the agent into a crash loop.
+back, so a bad slot can never put the agent into a crash loop. A damaged `slots.json` is
+moved aside: the bundled model serves and status says why.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import EdgeAgentError, StateError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import load_card
 from edge_agent.runtime.model import LoadedModel, load_model
@@ -34,9 +35,24 @@ class SlotBoot:
 
     @classmethod
     def open(cls, state_dir: Path, now: datetime | None = None) -> SlotBoot:
-        store = SlotStore(state_dir)
+        """Never refuses to start: a damaged slots.json is moved aside and the bundled
+        model serves (with a note for status) rather than no model at all."""
+        notes = []
+        try:
+            store = SlotStore(state_dir)
+        except StateError as e:
+            if isinstance(e.__cause__, PermissionError):
+                raise  # not damage: the file is intact, and needs its owner fixed
+            moved = SlotStore.quarantine(Path(state_dir))
+            why = (
+                f"slot state damaged ({e}); moved to {moved.name}, the bundled model serves "
+                "until the next update"
+            )
+            log.error("OTA: %s", why)
+            notes.append(why)
+            store = SlotStore(state_dir)
         report = store.recover(now or datetime.now(timezone.utc))
-        boot = cls(store)
+        boot = cls(store, notes)
         for a in report.actions:
             boot.notes.append(f"recovery: {a}")
             log.warning("OTA slots recovery: %s", a)

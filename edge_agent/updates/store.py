@@ -76,11 +76,29 @@ class SlotStore:
             return SlotsState()
         try:
             raw = read_json(self.state_path)
+        except PermissionError as e:
+            raise StateError(
+                f"{self.state_path}: permission denied: give the state dir back to the "
+                f"agent's user (chown -R <agent user> {self.root})"
+            ) from e
         except (OSError, ValueError) as e:
             raise StateError(f"{self.state_path}: unreadable: {e}") from e
         if not isinstance(raw, dict):
             raise StateError(f"{self.state_path}: expected a JSON object")
         return SlotsState.from_dict(raw)
+
+    @classmethod
+    def quarantine(cls, state_dir: Path) -> Path:
+        """Move a damaged slots.json aside (kept for a post-mortem); returns its new path.
+        The store opened afterwards starts empty: no slot serves until the next update."""
+        src = Path(state_dir) / STATE_FILE
+        dst = src.with_name(f"{STATE_FILE}.damaged")
+        try:
+            src.replace(dst)
+            fsync_dir(src.parent)
+        except OSError as e:
+            raise StateError(f"{src}: damaged and cannot be moved aside: {e.strerror}") from e
+        return dst
 
     @property
     def state(self) -> SlotsState:

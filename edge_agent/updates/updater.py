@@ -220,6 +220,11 @@ class Updater:
         self._thread = threading.Thread(target=self._work, name="ota-updater", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs (for the agent's supervisor)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -1,0 +1,295 @@
+"""The supervisor: runs every long-lived loop of the agent in its own thread.
+
+A component is a body `body(loop)` that runs until `loop.stop` is set and calls
+`loop.beat()` at every turn (also when it found nothing to do, e.g. a read timeout).
+What happens when it ends:
+
+- it returns while the agent runs: `finished` (e.g. a replay at the end of its file);
+- it raises: the error is logged, counted and kept for status; the component is
+  restarted after an exponential backoff, as long as its restart budget (`budget`
+  restarts within `window_s`) allows; past the budget it is `failed`, `on_give_up` runs
+  (e.g. stop the stream's source) and the rest of the agent keeps running (DEGRADED);
+- it stops beating for longer than its `hang_after_s` while running: `hung` (a
+  backend call or a storage write that does not return). The agent withholds
+  systemd's WATCHDOG=1 then, so a wedged process gets restarted.
+
+No exception of a component reaches the main thread. `join(deadline)` waits for all
+components at once against one deadline (a parallel stop, not one timeout each).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.backoff import Backoff, RestartBudget
+from edge_agent.service.faults import Faults
+
+__all__ = ["ComponentState", "ComponentStatus", "Loop", "Supervisor", "ThreadDiedError", "watch"]
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class ComponentState(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"  # failed, waiting out its backoff
+    FAILED = "failed"  # restart budget spent: stays down, the agent is DEGRADED
+    FINISHED = "finished"  # its work is done (end of data)
+    STOPPED = "stopped"  # the agent stops
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One component for status.json (`supervisor.components[]`)."""
+
+    name: str
+    state: ComponentState
+    restarts: int
+    last_error: str
+    last_error_at: float | None  # wall clock (s since the epoch)
+    heartbeat_age_s: float | None  # None: not running
+    hung: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "heartbeat_age_s": None
+            if self.heartbeat_age_s is None
+            else round(self.heartbeat_age_s, 3),
+            "hung": self.hung,
+        }
+
+
+class Loop:
+    """What a component's body gets: the shared stop event and its own heartbeat."""
+
+    def __init__(self, name: str, stop: threading.Event, faults: Faults) -> None:
+        self.name = name
+        self.stop = stop
+        self._faults = faults
+        self.beat_at = time.monotonic()
+
+    def beat(self) -> None:
+        """One turn of the loop (cheap: a clock read, plus the test hook when set)."""
+        self.beat_at = time.monotonic()
+        self._faults.check(self.name, self.stop)
+
+
+Body = Callable[[Loop], None]
+Hook = Callable[[], None]
+
+
+@dataclass
+class _Component:
+    name: str
+    body: Body
+    on_restart: Hook | None
+    on_give_up: Hook | None
+    hang_after_s: float
+    budget: RestartBudget
+    loop: Loop
+    backoff: Backoff = field(default_factory=lambda: Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S))
+    state: ComponentState = ComponentState.STARTING
+    restarts: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
+    thread: threading.Thread | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        budget: int,
+        window_s: float,
+        hang_after_s: float,
+        faults: Faults | None = None,
+        on_error: Callable[[str, str], None] | None = None,
+    ) -> None:
+        if hang_after_s <= 0:
+            raise ValueError("hang_after_s must be positive")
+        self.stop_event = threading.Event()
+        self._budget = (budget, window_s)
+        self._hang_after_s = hang_after_s
+        self._faults = faults or Faults({}, frozenset())
+        self._on_error = on_error
+        self._components: dict[str, _Component] = {}
+        self._lock = threading.Lock()
+        self._started = False
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    def add(
+        self,
+        name: str,
+        body: Body,
+        *,
+        on_restart: Hook | None = None,
+        on_give_up: Hook | None = None,
+        hang_after_s: float | None = None,
+    ) -> None:
+        """Register a component (before or after start(); it starts at once if running)."""
+        if name in self._components:
+            raise ValueError(f"component {name!r} registered twice")
+        c = _Component(
+            name,
+            body,
+            on_restart,
+            on_give_up,
+            hang_after_s or self._hang_after_s,
+            RestartBudget(*self._budget),
+            Loop(name, self.stop_event, self._faults),
+        )
+        with self._lock:
+            self._components[name] = c
+        if self._started:
+            self._spawn(c)
+
+    def start(self) -> None:
+        self._started = True
+        for c in list(self._components.values()):
+            self._spawn(c)
+
+    def _spawn(self, c: _Component) -> None:
+        c.thread = threading.Thread(target=self._run, args=(c,), name=c.name, daemon=True)
+        c.thread.start()
+
+    def _run(self, c: _Component) -> None:
+        stop = self.stop_event
+        while not stop.is_set():
+            started = time.monotonic()
+            c.loop.beat_at = started
+            c.state = ComponentState.RUNNING
+            try:
+                c.body(c.loop)
+            except Exception as e:  # noqa: BLE001 - a component's bug must not end the process
+                if stop.is_set():
+                    log.info("%s ended while stopping: %r", c.name, e)
+                    break
+                self._failed_once(c, e, started)
+                if c.state is ComponentState.FAILED:
+                    return
+                continue
+            c.state = ComponentState.STOPPED if stop.is_set() else ComponentState.FINISHED
+            if c.state is ComponentState.FINISHED:
+                log.info("%s finished", c.name)
+            return
+        c.state = ComponentState.STOPPED
+
+    def _failed_once(self, c: _Component, e: Exception, started: float) -> None:
+        msg = f"{type(e).__name__}: {e}"
+        c.last_error, c.last_error_at = msg, time.time()
+        now = time.monotonic()
+        if now - started > self._budget[1]:
+            c.backoff.reset()  # it ran well for a while: start the backoff from the bottom
+        if self._on_error is not None:
+            self._on_error(c.name, msg)
+        if not c.budget.allow(now):
+            c.state = ComponentState.FAILED
+            log.error(
+                "%s failed %d times within %.0f s, not restarted again: %s",
+                c.name,
+                self._budget[0] + 1,
+                self._budget[1],
+                msg,
+                exc_info=e,
+            )
+            self._hook(c, c.on_give_up, "on_give_up")
+            return
+        c.restarts += 1
+        c.state = ComponentState.RESTARTING
+        delay = c.backoff.next_delay(random.random())  # noqa: S311 - jitter, not crypto
+        log.error("%s failed, restart %d in %.1f s: %s", c.name, c.restarts, delay, msg, exc_info=e)
+        if self.stop_event.wait(delay):
+            return
+        self._hook(c, c.on_restart, "on_restart")
+
+    def _hook(self, c: _Component, hook: Hook | None, what: str) -> None:
+        if hook is None:
+            return
+        try:
+            hook()
+        except Exception:  # logged; the next run of the body will show what is wrong
+            log.exception("%s: %s failed", c.name, what)
+
+    # -- stopping ---------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def join(self, deadline: float) -> list[str]:
+        """Wait (monotonic `deadline`) for every component; names still running after it."""
+        for c in list(self._components.values()):
+            if c.thread is not None:
+                c.thread.join(max(0.0, deadline - time.monotonic()))
+        return [c.name for c in self._components.values() if c.thread and c.thread.is_alive()]
+
+    # -- looking ------------------------------------------------------------------------
+    def state(self, name: str) -> ComponentState:
+        return self._components[name].state
+
+    def statuses(self, now: float | None = None) -> list[ComponentStatus]:
+        t = time.monotonic() if now is None else now
+        out = []
+        for c in list(self._components.values()):
+            running = c.state is ComponentState.RUNNING
+            age = t - c.loop.beat_at if running else None
+            out.append(
+                ComponentStatus(
+                    c.name,
+                    c.state,
+                    c.restarts,
+                    c.last_error,
+                    c.last_error_at,
+                    age,
+                    age is not None and age > c.hang_after_s,
+                )
+            )
+        return out
+
+    def hung(self, now: float | None = None) -> list[ComponentStatus]:
+        """Running components whose loop has not turned within their `hang_after_s`."""
+        return [s for s in self.statuses(now) if s.hung]
+
+    def all_finished(self, names: list[str]) -> bool:
+        """True when every named component finished its work (not failed, not stopped)."""
+        return bool(names) and all(
+            self._components[n].state is ComponentState.FINISHED for n in names
+        )
+
+
+class ThreadDiedError(RuntimeError):
+    """A thread the supervisor watches (it does not run it) ended on its own."""
+
+
+WATCH_PERIOD_S = 1.0
+
+
+def watch(alive: Callable[[], bool], what: str) -> Body:
+    """A body for a thread owned elsewhere (an HTTP server, the MQTT client): beats every
+    second and raises when `alive()` turns False, so the supervisor counts it, shows it
+    and restarts it through the component's `on_restart`."""
+
+    def body(loop: Loop) -> None:
+        while not loop.stop.is_set():
+            loop.beat()
+            if not alive():
+                raise ThreadDiedError(f"{what} thread ended unexpectedly")
+            loop.stop.wait(WATCH_PERIOD_S)
+
+    return body
