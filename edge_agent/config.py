@@ -75,6 +75,8 @@ class MqttConfig:
     # MQTT 5: how long the broker keeps our session (queued command messages, in-flight
     # state) after we drop off. 3.1.1 sessions (clean_session=false) never expire.
     session_expiry_s: int = field(default=86400, metadata=check("nonneg"))
+    # A PUBACK slower than this on a live connection means the broker is wedged: reconnect.
+    ack_timeout_s: float = field(default=30.0, metadata=check("positive"))
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 

@@ -1,16 +1,24 @@
 """Durable outbox: every record is written here first, deleted only after PUBACK.
 
-SQLite in WAL mode, one connection guarded by a lock (the agent, the drain thread
-and the MQTT callbacks all call in). Semantics are in docs/adr/0003-outbox-semantics.md:
+Semantics are in docs/adr/0003-outbox-semantics.md. In short:
 
-- at-least-once: a record leaves the outbox only when the broker acknowledged it;
-- `seq` is per device and never reused, across restarts, deletes and even a corrupt
-  database (issued numbers are reserved in blocks in a separate file first);
+- at-least-once: a record leaves the outbox only when the broker acknowledged it, and
+  it is offered for sending only once it is durable;
+- `seq` is per device and never goes back or repeats, across restarts, deletes, a
+  corrupt database or a power cut that took the WAL's tail (numbers are reserved ahead
+  in blocks in `outbox.seq`; start-up resumes past the largest of the reservation, the
+  database's counter and its records);
+- `append` never raises on a storage fault and never waits on the disk for long: it gives
+  the record its seq and hands it to the writer thread, which stores waiting records in
+  groups (one transaction, one WAL fsync per group, outside the locks appends take) and
+  wakes the appenders. While the database cannot be written (disk full, locked by another
+  process, I/O error) records wait in a bounded in-memory spill (`spill.Spill`) and the
+  writer retries with backoff; once it can write again, everything held is stored in seq
+  order. `health()` says what is wrong and since when;
 - a disk budget bounds the queued bytes; when it is reached the oldest records are
-  dropped in the order of `DROP_ORDER` (telemetry first, anomaly events last) and
-  every drop is counted per kind, persistently;
-- `sync="always"` fsyncs every append before it returns; deletes are never fsync'd on
-  their own (losing one only means a duplicate delivery after a crash).
+  dropped in the order of `DROP_ORDER` (telemetry first, anomaly events last), the same
+  order the memory spill drops in, and every drop is counted per kind, persistently;
+- deletes are never fsync'd (losing one only means a duplicate delivery after a crash).
 """
 
 from __future__ import annotations
@@ -19,22 +27,30 @@ import enum
 import logging
 import sqlite3
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from edge_agent.errors import OutboxError
 from edge_agent.fsutil import atomic_write_bytes, fsync_dir
+from edge_agent.reporting import outbox_db
+from edge_agent.reporting.outbox_db import MovedAside
+from edge_agent.reporting.spill import Held, Spill
 
 __all__ = [
     "DROP_ORDER",
     "MAX_RECORD_BYTES",
+    "MEMORY_MAX_BYTES",
+    "MEMORY_MAX_RECORDS",
     "OUTBOX_FILE",
     "ROW_OVERHEAD_BYTES",
     "SEQ_BLOCK",
     "Kind",
     "Outbox",
+    "OutboxHealth",
     "OutboxStats",
     "Record",
 ]
@@ -44,12 +60,27 @@ log = logging.getLogger(__name__)
 OUTBOX_FILE = "outbox.db"
 SEQ_FILE = "outbox.seq"
 # Seq numbers are reserved this many at a time in SEQ_FILE, so a lost database never
-# makes the device reuse a number (at the cost of a gap of at most SEQ_BLOCK).
+# makes the device reuse a number (at the cost of a gap of at most SEQ_BLOCK per restart).
 SEQ_BLOCK = 1000
 # One record may not be larger than this (a payload this big is a bug, not data).
 MAX_RECORD_BYTES = 256 * 1024
 # Accounted per row on top of topic + payload, so many tiny records still count.
 ROW_OVERHEAD_BYTES = 64
+# Bounds of the memory spill (records waiting while the database cannot be written).
+MEMORY_MAX_RECORDS = 20_000
+MEMORY_MAX_BYTES = 8 * 1024 * 1024
+# One group commit stores at most this many records / bytes.
+GROUP_MAX_RECORDS = 256
+GROUP_MAX_BYTES = 256 * 1024
+# How long append() waits for its record to become durable while the writer is healthy.
+APPEND_WAIT_S = 2.0
+# The writer's retry backoff while the database cannot be written.
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 2.0
+# An idle writer looks at the WAL this often (checkpoints deletes' WAL growth).
+MAINTENANCE_S = 2.0
+# A fault is logged again at most this often while it lasts.
+FAULT_LOG_EVERY_S = 60.0
 
 
 class Kind(str, enum.Enum):
@@ -66,23 +97,6 @@ DROP_ORDER: tuple[Kind, ...] = (Kind.TELEMETRY, Kind.STATUS, Kind.OTA, Kind.EVEN
 # Status goes out first after a (re)connect: lane 0 drains before lane 1.
 _LANE = {Kind.STATUS: 0, Kind.EVENT: 1, Kind.TELEMETRY: 1, Kind.OTA: 1}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    lane INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    retain INTEGER NOT NULL,
-    created REAL NOT NULL,
-    size INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_lane ON records(lane, id);
-CREATE INDEX IF NOT EXISTS records_kind ON records(kind, id);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-
 
 @dataclass(frozen=True)
 class Record:
@@ -96,19 +110,36 @@ class Record:
 
 
 @dataclass(frozen=True)
+class OutboxHealth:
+    """Whether the outbox can write. `fault` is a short name ('disk full', 'database
+    locked', 'I/O error', ...) or None; `since` is when it began (unix s); `held` records
+    (`held_bytes`) wait in memory; `dropped_in_memory` counts spill drops per kind since
+    start; `moved_aside` is set when a corrupt database was moved aside at start."""
+
+    fault: str | None
+    since: float | None
+    detail: str
+    held: int
+    held_bytes: int
+    dropped_in_memory: dict[str, int]
+    moved_aside: MovedAside | None
+
+
+@dataclass(frozen=True)
 class OutboxStats:
     depth: int
     bytes: int
     oldest_created: float | None
     drops: dict[str, int]
     path: str
+    health: OutboxHealth | None = field(default=None)
 
     def oldest_age_s(self, now: float) -> float | None:
         return None if self.oldest_created is None else max(0.0, now - self.oldest_created)
 
 
 class Outbox:
-    """A durable FIFO of MQTT records for one device."""
+    """A durable FIFO of MQTT records for one device, with a writer thread."""
 
     def __init__(
         self,
@@ -117,88 +148,147 @@ class Outbox:
         max_bytes: int,
         sync: Literal["always", "normal"] = "always",
         now: float,
+        memory_max_records: int = MEMORY_MAX_RECORDS,
+        memory_max_bytes: int = MEMORY_MAX_BYTES,
     ) -> None:
         self._dir = Path(state_dir)
         self._path = self._dir / OUTBOX_FILE
         self._seq_path = self._dir / SEQ_FILE
         self._max_bytes = max_bytes
-        self._sync = "FULL" if sync == "always" else "NORMAL"
-        self._lock = threading.Lock()
+        self._fsync = sync == "always"
+        # _cv (its lock) guards seq issue, the spill, the fault and the durable mark:
+        # short sections only, never disk I/O (except a rare synchronous reservation).
+        self._cv = threading.Condition()
+        # _db_lock guards the connection and the depth/bytes/drops accounting.
+        self._db_lock = threading.Lock()
+        self._reserve_lock = threading.Lock()
+        self._spill = Spill(
+            max_records=memory_max_records,
+            max_bytes=memory_max_bytes,
+            drop_order=[k.value for k in DROP_ORDER],
+        )
+        self._fault: str | None = None
+        self._fault_since: float | None = None
+        self._fault_detail = ""
+        self._fault_logged = 0.0
+        self._closing = False
+        self._closed = False  # the database is closed for good: the writer ends
+        self._durable = 0  # every stored record with seq <= this is durable
+        self._drops_dirty = False
+        self.moved_aside: MovedAside | None = None
+        self._depth = 0
+        self._bytes = 0
+        self._drops: dict[str, int] = {k.value: 0 for k in Kind}
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutboxError(f"{self._dir}: cannot create the state dir: {e}") from e
-        self._db = self._open_or_replace(now)
-        self._reserved = self._read_reserved()
-        db_next = self._counter("next_seq")
-        # A fresh database (first start, or a corrupt one moved aside) continues after the
-        # last reserved block; an intact one knows its exact next number.
-        self._next_seq = db_next if db_next > 0 else max(1, self._reserved)
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
-        self._depth, self._bytes = int(row[0]), int(row[1])
-        self._drops = {k.value: self._counter(f"drops.{k.value}") for k in Kind}
+        reserved, garbled = self._read_reserved()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._open(now)
+        except (sqlite3.Error, OSError) as e:
+            if reserved is None:
+                # Without the database and without a reservation nothing says which seq
+                # numbers are free: refuse rather than risk reusing one.
+                raise OutboxError(
+                    f"{self._path}: cannot open the outbox ({outbox_db.classify(e)}: {e}) and "
+                    f"{self._seq_path} is missing; free the disk or the lock and start again"
+                ) from e
+            self._set_fault(e, now)
+        db_next, max_row = self._db_seq()
+        nxt = max(1, db_next, max_row + 1, reserved or 0)
+        if garbled:
+            nxt += SEQ_BLOCK  # the lost reservation may have been up to a block ahead
+        self._next_seq = nxt
+        self._durable = nxt - 1  # what the database holds now is stored already
+        self._reserved = 0
+        try:
+            self._reserve(nxt + SEQ_BLOCK)
+        except OSError as e:
+            self._set_fault(e, now)
+        self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
+        self._thread.start()
 
     # -- opening ---------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._sync}")
-        return db
-
-    def _open_or_replace(self, now: float) -> sqlite3.Connection:
+    def _open(self, now: float) -> None:
+        """Open the database (moving it aside only if it is corrupt); load the accounting.
+        Raises sqlite3.Error/OSError on a fault (locked, disk full, I/O)."""
+        existed = self._path.exists()
+        if existed and self._path.stat().st_size == 0:
+            log.warning(
+                "outbox %s is empty (0 bytes): starting a fresh outbox; whatever queue it "
+                "held is lost (seq continues after the reservation in %s)",
+                self._path,
+                self._seq_path,
+            )
         try:
-            db = self._connect()
-            ok = db.execute("PRAGMA quick_check").fetchone()
-            if ok is None or ok[0] != "ok":
-                db.close()
-                raise sqlite3.DatabaseError(f"quick_check: {ok[0] if ok else 'no answer'}")
-            db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            aside = self._move_aside(now)
+            db = outbox_db.connect(self._path)
+        except sqlite3.Error as e:
+            if not outbox_db.is_corrupt(e):
+                raise
+            self.moved_aside = outbox_db.move_aside(self._path, now, str(e))
+            lost = self.moved_aside.records
             log.error(
                 "outbox %s is corrupt (%s); moved it aside to %s and started a fresh one "
-                "(records in it were not delivered; inspect or delete it)",
+                "(%s records in it were not delivered; inspect or delete it)",
                 self._path,
                 e,
-                aside,
+                self.moved_aside.path,
+                "unknown" if lost is None else lost,
             )
+            db = outbox_db.connect(self._path)
+        if not existed:
+            fsync_dir(self._dir)
+        row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+        drops = {
+            k.value: _counter(db, f"drops.{k.value}") + self._spill.dropped[k.value] for k in Kind
+        }
+        with self._db_lock:
+            self._db = db
+            self._depth, self._bytes = int(row[0]), int(row[1])
+            self._drops = drops
+            self._drops_dirty = any(self._spill.dropped.values())
+
+    def _db_seq(self) -> tuple[int, int]:
+        """(the database's next_seq counter, the largest seq among its records); zeros
+        when the database is not open."""
+        with self._db_lock:
+            if self._db is None:
+                return 0, 0
             try:
-                db = self._connect()
-                db.executescript(_SCHEMA)
-            except sqlite3.Error as e2:
-                raise OutboxError(f"{self._path}: cannot create a fresh outbox: {e2}") from e2
-        except sqlite3.Error as e:
-            raise OutboxError(f"{self._path}: cannot open the outbox: {e}") from e
-        return db
+                nxt = _counter(self._db, "next_seq")
+                row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
+            except sqlite3.Error:
+                return 0, 0
+            return nxt, int(row[0])
 
-    def _move_aside(self, now: float) -> Path:
-        stamp = f"{now:.0f}"
-        aside = self._path.with_name(f"{OUTBOX_FILE}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self._path}{suffix}")
-            if src.exists():
-                src.replace(Path(f"{aside}{suffix}"))
-        fsync_dir(self._dir)
-        return aside
-
-    def _read_reserved(self) -> int:
+    def _read_reserved(self) -> tuple[int | None, bool]:
+        """(the reserved bound, whether the file was garbled). None if missing/unreadable."""
         try:
-            return int(self._seq_path.read_text(encoding="ascii").strip() or 0)
+            text = self._seq_path.read_text(encoding="ascii").strip()
+            return int(text), False
         except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as e:
-            raise OutboxError(
-                f"{self._seq_path}: unreadable seq reservation ({e}); it holds one integer, "
-                "the next seq this device may use -- restore it or remove it only if the "
-                "outbox database is intact"
-            ) from e
+            return None, False
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            log.error(
+                "%s: unreadable seq reservation (%s); resuming a block past the outbox's own "
+                "counter so no seq is reused",
+                self._seq_path,
+                e,
+            )
+            return None, True
 
-    def _counter(self, name: str) -> int:
-        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        return 0 if row is None else int(row[0])
+    def _reserve(self, upto: int) -> None:
+        """Durably reserve every seq below `upto`. Raises OSError."""
+        with self._reserve_lock:
+            if upto <= self._reserved:
+                return
+            atomic_write_bytes(self._seq_path, f"{upto}\n".encode())
+            self._reserved = upto
 
-    # -- writing ---------------------------------------------------------------------------
+    # -- writing (any thread) --------------------------------------------------------------
 
     def append(
         self,
@@ -209,148 +299,263 @@ class Outbox:
         now: float,
         retain: bool = False,
     ) -> int:
-        """Give the record the next seq, build its payload, store it durably; return the seq.
+        """Give the record the next seq, build its payload, queue it; return the seq.
 
+        Returns once the record is durable, or at once while the outbox has a fault (the
+        record then waits in memory and is stored, in seq order, when the fault clears),
+        or after APPEND_WAIT_S at most. Never raises on a storage fault; raises
+        OutboxError only for a record over the size limit (a bug, nothing is queued).
         A new status record supersedes undelivered older ones (status is retained: only
-        the newest matters).
-        """
-        with self._lock:
+        the newest matters)."""
+        with self._cv:
             seq = self._next_seq
             payload = build(seq)
             size = len(topic.encode()) + len(payload) + ROW_OVERHEAD_BYTES
-            if size > min(MAX_RECORD_BYTES, self._max_bytes):
+            limit = min(MAX_RECORD_BYTES, self._max_bytes)
+            if size > limit:
                 raise OutboxError(
-                    f"{kind.value} record of {size} bytes exceeds the limit of "
-                    f"{min(MAX_RECORD_BYTES, self._max_bytes)} bytes; not stored"
+                    f"{kind.value} record of {size} bytes exceeds the limit of {limit} bytes; "
+                    "not stored"
                 )
             if seq >= self._reserved:
-                self._reserve(seq + SEQ_BLOCK)
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                if kind is Kind.STATUS:
-                    self._delete_where("kind = ?", (Kind.STATUS.value,))
-                self._make_room(size)
-                self._db.execute(
-                    "INSERT INTO records (seq, kind, lane, topic, payload, retain, created, size)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, kind.value, _LANE[kind], topic, payload, int(retain), now, size),
-                )
-                self._set_counter("next_seq", seq + 1)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                self._rollback()
-                raise OutboxError(f"{self._path}: cannot store a {kind.value} record: {e}") from e
+                self._try_reserve(seq + SEQ_BLOCK)
             self._next_seq = seq + 1
-            self._depth += 1
-            self._bytes += size
+            held = Held(seq, kind.value, topic, payload, retain, now, size)
+            dropped = self._spill.add(
+                held, supersedes=Kind.STATUS.value if kind is Kind.STATUS else None
+            )
+            if dropped:
+                self._count_memory_drops(dropped)
+            self._cv.notify_all()
+            deadline = time.monotonic() + APPEND_WAIT_S
+            while self._durable < seq and self._fault is None and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
             return seq
 
     def allocate_seq(self) -> int:
-        """A seq for a message that is not stored here (the Last Will)."""
-        with self._lock:
+        """A seq for a message that is not stored here (the Last Will). Never raises: the
+        number is covered by the reservation file (retried if it could not be written)."""
+        with self._cv:
             seq = self._next_seq
             if seq >= self._reserved:
-                self._reserve(seq + SEQ_BLOCK)
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._set_counter("next_seq", seq + 1)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                self._rollback()
-                raise OutboxError(f"{self._path}: cannot allocate a seq: {e}") from e
+                self._try_reserve(seq + SEQ_BLOCK)
             self._next_seq = seq + 1
+            self._cv.notify_all()  # the writer keeps the reservation ahead
             return seq
 
-    def pending(self, kind: Kind) -> int:
-        """How many records of one kind wait for delivery."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM records WHERE kind = ?", (kind.value,)
-            ).fetchone()
-            return int(row[0])
-
-    def _reserve(self, upto: int) -> None:
+    def _try_reserve(self, upto: int) -> None:
+        # Rare: the writer normally keeps the reservation ahead of appends.
         try:
-            atomic_write_bytes(self._seq_path, f"{upto}\n".encode())
+            self._reserve(upto)
         except OSError as e:
-            raise OutboxError(f"{self._seq_path}: cannot reserve seq numbers: {e}") from e
-        self._reserved = upto
+            log.warning("%s: cannot reserve seq numbers now (%s); will retry", self._seq_path, e)
 
-    def _set_counter(self, name: str, value: int) -> None:
-        self._db.execute(
-            "INSERT INTO counters (name, value) VALUES (?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            (name, value),
+    def _count_memory_drops(self, dropped: list[Held]) -> None:
+        kinds = Counter(h.kind for h in dropped)
+        for k, n in kinds.items():
+            self._drops[k] = self._drops.get(k, 0) + n
+        self._drops_dirty = True
+        log.warning(
+            "outbox: memory spill full (%d records, %d bytes) while the database cannot be "
+            "written; dropped the oldest %s",
+            self._spill.max_records,
+            self._spill.max_bytes,
+            ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
         )
 
-    def _delete_where(self, where: str, args: tuple[object, ...]) -> None:
-        row = self._db.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE {where}",  # noqa: S608
-            args,
-        ).fetchone()
-        self._db.execute(f"DELETE FROM records WHERE {where}", args)  # noqa: S608
-        self._depth -= int(row[0])
-        self._bytes -= int(row[1])
+    # -- the writer thread -----------------------------------------------------------------
 
-    def _make_room(self, size: int) -> None:
-        """Drop oldest records by DROP_ORDER until `size` more bytes fit. In a transaction."""
-        for kind in DROP_ORDER:
-            while self._bytes + size > self._max_bytes:
-                row = self._db.execute(
-                    "SELECT id, size FROM records WHERE kind = ? ORDER BY id LIMIT 1",
-                    (kind.value,),
-                ).fetchone()
-                if row is None:
-                    break
-                self._db.execute("DELETE FROM records WHERE id = ?", (row[0],))
-                self._depth -= 1
-                self._bytes -= int(row[1])
-                self._drops[kind.value] += 1
-                self._set_counter(f"drops.{kind.value}", self._drops[kind.value])
-                log.warning(
-                    "outbox full (%d bytes budget): dropped the oldest %s record",
-                    self._max_bytes,
-                    kind.value,
-                )
+    def _run(self) -> None:
+        backoff = RETRY_MIN_S
+        last_maint = time.monotonic()
+        while True:
+            with self._cv:
+                if self._fault is None:
+                    while (
+                        not len(self._spill)
+                        and not self._closing
+                        and self._next_seq + SEQ_BLOCK // 2 < self._reserved
+                        and time.monotonic() - last_maint < MAINTENANCE_S
+                    ):
+                        self._cv.wait(MAINTENANCE_S)
+                if self._closed or (
+                    self._closing and (not len(self._spill) or self._fault is not None)
+                ):
+                    return
+                batch = self._spill.take(GROUP_MAX_RECORDS)
+                nbytes = 0
+                for i, h in enumerate(batch):
+                    nbytes += h.size
+                    if nbytes > GROUP_MAX_BYTES and i > 0:
+                        batch = batch[:i]
+                        break
+                self._spill.pin(len(batch))
+                issued = self._next_seq
+            try:
+                self._step(batch, issued)
+                last_maint = time.monotonic()
+            except Exception as e:  # noqa: BLE001 - any storage error is a fault, retried
+                with self._cv:
+                    self._spill.pin(0)
+                    self._set_fault(e, time.time())
+                    self._cv.notify_all()
+                    self._cv.wait(backoff)
+                backoff = min(RETRY_MAX_S, backoff * 2)
+                continue
+            backoff = RETRY_MIN_S
 
-    def _rollback(self) -> None:
-        try:
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            log.debug("rollback after a failed outbox write also failed", exc_info=True)
-        # Re-read the accounting: the failed transaction may have counted drops.
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
-        self._depth, self._bytes = int(row[0]), int(row[1])
-        self._drops = {k.value: self._counter(f"drops.{k.value}") for k in Kind}
+    def _step(self, batch: list[Held], issued: int) -> None:
+        if self._db is None:
+            if self._closed:
+                raise OutboxError(f"{self._path}: the outbox is closed")
+            self._open(time.time())
+        if issued + SEQ_BLOCK // 2 >= self._reserved:
+            self._reserve(issued + SEQ_BLOCK)
+        if batch:
+            self._store(batch, issued)
+            if self._fsync:
+                outbox_db.fsync_wal(self._path)
+        if outbox_db.wal_bytes(self._path) > (outbox_db.CHECKPOINT_WAL_BYTES if batch else 0):
+            with self._db_lock:
+                if self._db is not None:
+                    outbox_db.checkpoint(self._db)
+        with self._cv:
+            if batch:
+                self._durable = max(self._durable, batch[-1].seq)
+                self._spill.release(batch)
+            self._clear_fault()
+            self._cv.notify_all()
+
+    def _store(self, batch: list[Held], issued: int) -> None:
+        """One transaction for the group. Accounting changes only after COMMIT."""
+        with self._db_lock:
+            db = self._db
+            if db is None:
+                raise sqlite3.OperationalError("outbox is not open")
+            depth, nbytes = self._depth, self._bytes
+            drops: Counter[str] = Counter()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for h in batch:
+                    if h.kind == Kind.STATUS.value:
+                        d, b = _delete_where(db, "kind = ?", (Kind.STATUS.value,))
+                        depth, nbytes = depth - d, nbytes - b
+                    while nbytes + h.size > self._max_bytes:
+                        victim = _oldest_to_drop(db)
+                        if victim is None:
+                            break
+                        vid, vkind, vsize = victim
+                        db.execute("DELETE FROM records WHERE id = ?", (vid,))
+                        depth, nbytes = depth - 1, nbytes - vsize
+                        drops[vkind] += 1
+                    db.execute(
+                        "INSERT INTO records (seq, kind, lane, topic, payload, retain, created,"
+                        " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            h.seq,
+                            h.kind,
+                            _LANE[Kind(h.kind)],
+                            h.topic,
+                            h.payload,
+                            int(h.retain),
+                            h.created,
+                            h.size,
+                        ),
+                    )
+                    depth, nbytes = depth + 1, nbytes + h.size
+                _set_counter(db, "next_seq", issued)
+                totals = dict(self._drops)
+                for k, n in drops.items():
+                    totals[k] = totals.get(k, 0) + n
+                if drops or self._drops_dirty:
+                    for k, n in totals.items():
+                        _set_counter(db, f"drops.{k}", n)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            self._depth, self._bytes = depth, nbytes
+            with self._cv:
+                for k, n in drops.items():
+                    self._drops[k] = self._drops.get(k, 0) + n
+                self._drops_dirty = False
+        for k, n in drops.items():
+            log.warning(
+                "outbox full (%d bytes budget): dropped the %d oldest %s record(s)",
+                self._max_bytes,
+                n,
+                k,
+            )
+
+    def _set_fault(self, e: BaseException, now: float) -> None:
+        what = outbox_db.classify(e)
+        first = self._fault is None
+        if first:
+            self._fault_since = now
+        self._fault, self._fault_detail = what, str(e)
+        if first or time.monotonic() - self._fault_logged > FAULT_LOG_EVERY_S:
+            self._fault_logged = time.monotonic()
+            log.error(
+                "outbox %s: cannot write (%s: %s); %d record(s) held in memory, retrying",
+                self._path,
+                what,
+                e,
+                len(self._spill),
+            )
+
+    def _clear_fault(self) -> None:
+        if self._fault is None:
+            return
+        since = self._fault_since or time.time()
+        log.warning(
+            "outbox %s: writable again after %.1f s (%s); stored the records held in memory",
+            self._path,
+            time.time() - since,
+            self._fault,
+        )
+        self._fault, self._fault_since, self._fault_detail = None, None, ""
+
+    # -- deleting and reading (the drain) --------------------------------------------------
 
     def delete(self, ids: Iterable[int]) -> int:
-        """Remove acknowledged records. Not fsync'd on its own: see the module docstring."""
+        """Remove acknowledged records. Never fsync'd (see the module docstring).
+        Raises OutboxError when the database cannot be written now (retry later)."""
         id_list = list(ids)
         if not id_list:
             return 0
-        with self._lock:
-            marks = ",".join("?" * len(id_list))
+        marks = ",".join("?" * len(id_list))
+        with self._db_lock:
+            db = self._db
+            if db is None:
+                raise OutboxError(f"{self._path}: cannot delete delivered records: not open")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._delete_where(f"id IN ({marks})", tuple(id_list))
-                self._db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                d, b = _delete_where(db, f"id IN ({marks})", tuple(id_list))
+                db.execute("COMMIT")
             except sqlite3.Error as e:
-                self._rollback()
+                _rollback(db)
                 raise OutboxError(f"{self._path}: cannot delete delivered records: {e}") from e
+            self._depth -= d
+            self._bytes -= b
             return len(id_list)
 
-    # -- reading ---------------------------------------------------------------------------
-
     def peek(self, limit: int, exclude: Iterable[int] = ()) -> list[Record]:
-        """The next records to send: status first, then everything else in append order."""
+        """The next durable records to send: status first, then the rest in seq order."""
         ex = tuple(exclude)
-        where = f"WHERE id NOT IN ({','.join('?' * len(ex))})" if ex else ""
-        with self._lock:
+        where = f"AND id NOT IN ({','.join('?' * len(ex))})" if ex else ""
+        with self._cv:
+            durable = self._durable
+        with self._db_lock:
+            if self._db is None:
+                return []
             try:
                 rows = self._db.execute(
                     "SELECT id, seq, kind, topic, payload, retain, created FROM records "  # noqa: S608
-                    f"{where} ORDER BY lane, id LIMIT ?",
-                    (*ex, limit),
+                    f"WHERE seq <= ? {where} ORDER BY lane, id LIMIT ?",
+                    (durable, *ex, limit),
                 ).fetchall()
             except sqlite3.Error as e:
                 raise OutboxError(f"{self._path}: cannot read records: {e}") from e
@@ -359,25 +564,131 @@ class Outbox:
             for r in rows
         ]
 
+    def pending(self, kind: Kind) -> int:
+        """How many records of one kind wait for delivery (stored or held in memory)."""
+        with self._cv:
+            held = self._spill.count(kind.value)
+        with self._db_lock:
+            if self._db is None:
+                return held
+            try:
+                row = self._db.execute(
+                    "SELECT COUNT(*) FROM records WHERE kind = ?", (kind.value,)
+                ).fetchone()
+            except sqlite3.Error:
+                return held + 1  # unknown: say "something waits"
+            return held + int(row[0])
+
+    def health(self) -> OutboxHealth:
+        with self._cv:
+            return OutboxHealth(
+                fault=self._fault,
+                since=self._fault_since,
+                detail=self._fault_detail,
+                held=len(self._spill),
+                held_bytes=self._spill.bytes,
+                dropped_in_memory=dict(self._spill.dropped),
+                moved_aside=self.moved_aside,
+            )
+
     def stats(self) -> OutboxStats:
-        with self._lock:
-            # Append order is time order, and the id index makes this O(1).
-            row = self._db.execute("SELECT created FROM records ORDER BY id LIMIT 1").fetchone()
+        health = self.health()
+        with self._cv:
+            held_oldest = self._spill.oldest_created()
+        with self._db_lock:
+            oldest: float | None = None
+            if self._db is not None:
+                try:
+                    # Append order is time order, and the id index makes this O(1).
+                    row = self._db.execute(
+                        "SELECT created FROM records ORDER BY id LIMIT 1"
+                    ).fetchone()
+                    oldest = None if row is None else float(row[0])
+                except sqlite3.Error:
+                    log.debug("outbox stats: cannot read the oldest record", exc_info=True)
+            if oldest is None:
+                oldest = held_oldest
             return OutboxStats(
                 depth=self._depth,
                 bytes=self._bytes,
-                oldest_created=None if row is None else float(row[0]),
+                oldest_created=oldest,
                 drops=dict(self._drops),
                 path=str(self._path),
+                health=health,
             )
 
     @property
     def path(self) -> Path:
         return self._path
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout: float = 2.0) -> None:
+        """Store what is held (within `timeout` s, unless the database has a fault), stop
+        the writer, close the database. Records still held are logged as not stored."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+        with self._cv:
+            left = Counter(h.kind for h in self._spill.take(len(self._spill)))
+        if left:
+            log.error(
+                "outbox %s closed with records only in memory, not stored: %s",
+                self._path,
+                ", ".join(f"{n} {k}" for k, n in sorted(left.items())),
+            )
+        with self._db_lock:
+            self._closed = True
+            if self._db is not None:
+                try:
+                    self._db.close()
+                except sqlite3.Error:
+                    log.debug("closing the outbox failed", exc_info=True)
+                self._db = None
+        # A clean stop knows exactly which numbers were issued: give back the rest of the
+        # block so the next start continues without a gap (a crash leaves the reservation
+        # as it was, and the next start skips past it).
+        with self._cv, self._reserve_lock:
             try:
-                self._db.close()
-            except sqlite3.Error:
-                log.debug("closing the outbox failed", exc_info=True)
+                atomic_write_bytes(self._seq_path, f"{self._next_seq}\n".encode())
+                self._reserved = self._next_seq
+            except OSError:
+                log.debug("could not shrink the seq reservation on close", exc_info=True)
+
+
+def _counter(db: sqlite3.Connection, name: str) -> int:
+    row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _set_counter(db: sqlite3.Connection, name: str, value: int) -> None:
+    db.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+        (name, value),
+    )
+
+
+def _delete_where(db: sqlite3.Connection, where: str, args: tuple[object, ...]) -> tuple[int, int]:
+    row = db.execute(
+        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE {where}",  # noqa: S608
+        args,
+    ).fetchone()
+    db.execute(f"DELETE FROM records WHERE {where}", args)  # noqa: S608
+    return int(row[0]), int(row[1])
+
+
+def _oldest_to_drop(db: sqlite3.Connection) -> tuple[int, str, int] | None:
+    for kind in DROP_ORDER:
+        row = db.execute(
+            "SELECT id, size FROM records WHERE kind = ? ORDER BY id LIMIT 1", (kind.value,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0]), kind.value, int(row[1])
+    return None
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.debug("rollback after a failed outbox write also failed", exc_info=True)

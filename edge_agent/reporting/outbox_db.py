@@ -1,0 +1,178 @@
+"""The outbox's SQLite file: opening it with our settings, and naming what went wrong.
+
+Only a database SQLite itself calls corrupt (SQLITE_CORRUPT, SQLITE_NOTADB, or a failed
+`quick_check`) is moved aside. A locked database, a full disk or an I/O error is a
+*fault*: transient, waited for and retried, never a reason to give up the queue.
+
+Disk use: the connection never checkpoints by itself (`wal_autocheckpoint=0`, so no
+commit, and in particular no delete, pays for a checkpoint's fsyncs); the outbox's writer
+checkpoints (TRUNCATE) whenever the WAL passes `CHECKPOINT_WAL_BYTES`, and
+`journal_size_limit` caps what a reset WAL keeps. See docs/adr/0003-outbox-semantics.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.fsutil import fsync_dir
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "CHECKPOINT_WAL_BYTES",
+    "SCHEMA",
+    "MovedAside",
+    "checkpoint",
+    "classify",
+    "connect",
+    "count_records",
+    "fsync_wal",
+    "is_corrupt",
+    "move_aside",
+    "wal_bytes",
+]
+
+log = logging.getLogger(__name__)
+
+# How long one statement waits for another process's lock before it counts as a fault
+# (the writer retries by itself, so a short wait keeps appends from stalling).
+BUSY_TIMEOUT_S = 0.25
+# The writer checkpoints once the WAL is this large; a reset WAL is truncated to it.
+CHECKPOINT_WAL_BYTES = 256 * 1024
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    lane INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_lane ON records(lane, id);
+CREATE INDEX IF NOT EXISTS records_kind ON records(kind, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class MovedAside:
+    """A corrupt outbox that was moved aside: where to, when (unix s), why, and how many
+    records it held (None when it could not even be counted)."""
+
+    path: str
+    at: float
+    reason: str
+    records: int | None
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) the outbox with our settings, check it, make sure the schema is
+    there. Raises sqlite3.Error (use `is_corrupt`/`classify` on it) or OSError."""
+    db = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+    )
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        # Commits do not fsync; the outbox fsyncs the WAL itself, outside its locks,
+        # when sync = "always" (see Outbox).
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute(f"PRAGMA journal_size_limit={CHECKPOINT_WAL_BYTES}")
+        ok = db.execute("PRAGMA quick_check").fetchone()
+        if ok is None or ok[0] != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {ok[0] if ok else 'no answer'}")
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'counters'").fetchone() is None:
+            db.executescript(SCHEMA)  # writes: only when the schema is missing
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def is_corrupt(e: BaseException) -> bool:
+    """True only for errors that say the file itself is damaged."""
+    if not isinstance(e, sqlite3.DatabaseError):
+        return False
+    name = getattr(e, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return True
+    # quick_check failures are raised by `connect` as plain DatabaseErrors.
+    return not name and str(e).startswith("quick_check")
+
+
+def classify(e: BaseException) -> str:  # noqa: PLR0911 - one return per cause
+    """A short name for a storage fault: 'database locked', 'disk full', 'I/O error', ..."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    text = str(e).lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return "database locked"
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return "disk full"
+    if isinstance(e, OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "disk full"
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "permission denied"
+        return "I/O error"
+    if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH")):
+        return "permission denied"
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or "i/o" in text:
+        return "I/O error"
+    return "storage error"
+
+
+def count_records(path: Path) -> int | None:
+    """How many records a (possibly damaged) outbox holds, or None if that is unreadable."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            row = db.execute("SELECT COUNT(*) FROM records").fetchone()
+            return None if row is None else int(row[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+
+
+def move_aside(path: Path, now: float, reason: str) -> MovedAside:
+    """Rename a corrupt outbox (with its -wal/-shm) to `<name>.corrupt-<unix time>`."""
+    records = count_records(path)
+    aside = path.with_name(f"{path.name}.corrupt-{now:.0f}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.replace(Path(f"{aside}{suffix}"))
+    fsync_dir(path.parent)
+    return MovedAside(str(aside), now, reason, records)
+
+
+def wal_bytes(path: Path) -> int:
+    try:
+        return os.stat(f"{path}-wal").st_size
+    except OSError:
+        return 0
+
+
+def fsync_wal(path: Path) -> None:
+    """Make every committed WAL frame durable (what synchronous=FULL does at each commit,
+    here done once per group and outside the outbox's locks). Raises OSError."""
+    fd = os.open(f"{path}-wal", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint(db: sqlite3.Connection) -> bool:
+    """Copy the WAL into the database and truncate it; False if a reader kept it (the
+    next checkpoint tries again). Raises sqlite3.Error on a storage fault."""
+    row = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return row is not None and int(row[0]) == 0

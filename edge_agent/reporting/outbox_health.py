@@ -1,0 +1,56 @@
+"""The outbox's part of the status snapshot: what is wrong with storage, in words.
+
+Pure: takes `OutboxHealth` and returns the JSON-ready fields the reporter adds to
+`snapshot()["outbox"]`. `problems` are the DEGRADED reasons `edge-agent status` shows,
+e.g. "outbox: disk full since 12:03:07, 41 records held in memory".
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from edge_agent.reporting.outbox import OutboxHealth
+
+__all__ = ["outbox_health"]
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def outbox_health(h: OutboxHealth, refused: dict[str, int]) -> dict[str, Any]:
+    """Fields: fault (str|None), since (unix s|None), fault_detail, held_in_memory,
+    held_bytes, dropped_by_kind (memory-spill drops since start), refused_by_kind
+    (records over the size limit), moved_aside ({path, at, reason, records}|None),
+    problems (list of reasons for a DEGRADED verdict)."""
+    problems: list[str] = []
+    if h.fault is not None:
+        since = f" since {_clock(h.since)}" if h.since is not None else ""
+        problems.append(f"outbox: {h.fault}{since}, {h.held} record(s) held in memory ({h.detail})")
+    lost = {k: n for k, n in h.dropped_in_memory.items() if n}
+    if lost:
+        problems.append(
+            "outbox: memory spill overflowed while storage failed, dropped "
+            + ", ".join(f"{n} {k}" for k, n in sorted(lost.items()))
+        )
+    moved = None
+    if h.moved_aside is not None:
+        m = h.moved_aside
+        moved = {"path": m.path, "at": m.at, "reason": m.reason, "records": m.records}
+        what = "an unknown number of" if m.records is None else str(m.records)
+        problems.append(
+            f"outbox: the database was corrupt ({m.reason}) and was moved aside to {m.path} "
+            f"at {_clock(m.at)}: {what} undelivered record(s) in it were lost"
+        )
+    return {
+        "fault": h.fault,
+        "since": h.since,
+        "fault_detail": h.detail,
+        "held_in_memory": h.held,
+        "held_bytes": h.held_bytes,
+        "dropped_by_kind": dict(h.dropped_in_memory),
+        "refused_by_kind": {k: n for k, n in refused.items() if n},
+        "moved_aside": moved,
+        "problems": problems,
+    }
