@@ -2,13 +2,22 @@
 
 The base class owns the invariants: (de)quantisation of int8 tensors, the warm-up
 inference at load (so a slow first call never trips the watchdog), input shape
-checks, latency measurement and error translation. A backend supplies two hooks:
-`_load()` and `_run(x)`.
+checks, latency measurement, error translation, and one lock per instance: a model
+instance runs one call at a time. A backend supplies two hooks: `_load()` and `_run(x)`.
+
+Why the lock: one loaded model is shared by every stream of its family after an OTA
+promotion, by the shadow runner and by the stream it serves. The LiteRT interpreter's
+resize/set_tensor/invoke/get_tensor sequence is one piece of state per interpreter (a
+second thread in the middle gives "at least 1 reference to internal data" or the other
+thread's output), and a runtime's preallocated buffers or I/O bindings are the same
+kind of state. ONNX Runtime's `run` is thread-safe, but the lock costs ~0.1 us
+uncontended and keeps the invariant one rule for every backend.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -77,6 +86,8 @@ class Backend(ABC):
         self.calls = 0
         self.total_s = 0.0
         self._shape: tuple[int, ...] = ()  # per-sample input shape, fixed at load
+        # Held from feeding the input to copying the output out (see the module docstring).
+        self._lock = threading.Lock()
 
     # -- hooks -----------------------------------------------------------------
     @abstractmethod
@@ -85,7 +96,9 @@ class Backend(ABC):
 
     @abstractmethod
     def _run(self, x: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-        """Run a batch already in the model's input dtype; return the raw output."""
+        """Run a batch already in the model's input dtype; return the raw output as an
+        array the runtime will not reuse (a copy, not a view on its buffers). Called
+        with the instance's lock held: one call at a time."""
 
     # -- public ------------------------------------------------------------------
     def load(self) -> None:
@@ -113,19 +126,22 @@ class Backend(ABC):
         return tuple(int(s) for s in shape if s is not None)
 
     def infer(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Float batch in, float batch out, whatever the model's tensor types."""
+        """Float batch (n, *input shape) in, float batch out, whatever the model's tensor
+        types. Safe to call from several threads: calls on one instance run one at a time.
+        Raises ModelError on a wrong shape or a runtime failure."""
         if x.shape[1:] != self._shape:
             raise ModelError(f"{self.card.name}: input shape {x.shape[1:]} != {self._shape}")
         xin: npt.NDArray[np.generic] = quantize(x, self.input_quant) if self.input_quant else x
-        t0 = time.perf_counter()
-        try:
-            y = self._run(xin)
-        except ModelError:
-            raise
-        except Exception as e:
-            raise ModelError(f"{self.card.name}: inference failed on {self.key}: {e}") from e
-        self.total_s += time.perf_counter() - t0
-        self.calls += 1
+        with self._lock:
+            t0 = time.perf_counter()
+            try:
+                y = self._run(xin)
+            except ModelError:
+                raise
+            except Exception as e:
+                raise ModelError(f"{self.card.name}: inference failed on {self.key}: {e}") from e
+            self.total_s += time.perf_counter() - t0
+            self.calls += 1
         if self.output_quant:
             return dequantize(y, self.output_quant)
         return y  # type: ignore[return-value]  # float models return float32
