@@ -1,8 +1,18 @@
 """One stream's scoring loop: blocks in, anomaly events out.
 
 No I/O: the caller feeds blocks and takes events. The model can be swapped between
-batches (`swap_model`) so an OTA promotion never drops a window; an optional shadow
+blocks (`swap_model`) so an OTA promotion never drops a window; an optional shadow
 hook sees every scored batch (OTA candidates run beside the active model there).
+
+What serves a stream is one value, `Serving` (the model, with its normalisation, and
+the alarm policy): a block is normalised, windowed and scored with one `Serving`, and
+a swap replaces the whole value between blocks, so no window is ever normalised for
+one model and scored by another.
+
+More abnormal is never quieter: a window holding a reading far beyond the model's range
+scores SATURATED_SCORE (see LoadedModel.scores_normalized), which opens an alarm like
+any score above the threshold; NaN/inf from the model on in-range input is a model
+fault, counted (`nonfinite_scores`, status, the OTA trial) and not alarmed on.
 """
 
 from __future__ import annotations
@@ -10,7 +20,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,10 +28,17 @@ import numpy.typing as npt
 
 from edge_agent.pipeline.alarms import AlarmPolicy, Transition
 from edge_agent.pipeline.windows import Windower, Windows
-from edge_agent.runtime.model import LoadedModel
+from edge_agent.runtime.model import SATURATED_SCORE, LoadedModel
 from edge_agent.sources.base import Block
 
-__all__ = ["AnomalyEvent", "Interval", "ShadowHook", "StreamPipeline", "StreamStats"]
+__all__ = [
+    "AnomalyEvent",
+    "Interval",
+    "Serving",
+    "ShadowHook",
+    "StreamPipeline",
+    "StreamStats",
+]
 
 # Sees each scored batch: windows (normalised with the active model's statistics; see
 # LoadedModel.denormalize), the active model's scores, and the active model.
@@ -69,7 +86,17 @@ class StreamStats:
     alarms: int = 0
     events: int = 0
     last_score: float | None = None
-    nonfinite_scores: int = 0
+    nonfinite_scores: int = 0  # NaN/inf from the model on in-range input: a model fault
+    saturated_windows: int = 0  # windows beyond the model's range, scored SATURATED_SCORE
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What scores a stream, swapped as one value: the model (whose normalisation, the
+    card's or an on-site calibration's, travels with it) and the alarm policy."""
+
+    model: LoadedModel
+    policy: AlarmPolicy
 
 
 class StreamPipeline:
@@ -84,36 +111,53 @@ class StreamPipeline:
         max_batch: int = 16,
     ) -> None:
         self.name = name
-        self.model = model
-        self.policy = policy
+        self._serving = Serving(model, policy)
         self.window, self.hop = window, hop
         self.max_batch = max_batch
         self.windower = Windower(window, hop, model.card.preprocessing.columns)
         self.stats = StreamStats()
         self.shadow: ShadowHook | None = None
-        self._lock = threading.Lock()  # guards model swaps against a running batch
+        # Held for a whole block (normalise, window, score) and by swaps: a swap lands
+        # between blocks, and returns when the old model is no longer in use.
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()  # the telemetry interval (short, no inference)
         self._t_ref = (0.0, 0, 1.0)  # (t0, seq, rate) of the newest block, for timestamps
         self._alarm_started_ts = 0.0
         self._interval = Interval()
 
     @property
+    def serving(self) -> Serving:
+        return self._serving
+
+    @property
+    def model(self) -> LoadedModel:
+        return self._serving.model
+
+    @property
+    def policy(self) -> AlarmPolicy:
+        return self._serving.policy
+
+    @property
     def threshold(self) -> float:
-        return self.policy.threshold
+        return self._serving.policy.threshold
 
     def swap_model(self, model: LoadedModel, policy: AlarmPolicy | None = None) -> LoadedModel:
-        """Replace the model at the next batch boundary; returns the old one.
+        """Serve `model` (and `policy`; None keeps the current one) from the next block
+        on; returns the old model. Waits for a block being scored, so on return the old
+        model is out of use.
 
         Buffered samples are kept (no window is lost) and re-expressed in the new
-        model's normalisation."""
+        model's normalisation, under the same lock as the swap itself."""
         with self._lock:
-            old, self.model = self.model, model
-            scale, offset = _renormalization(old, model)
+            old = self._serving
+            if policy is not None:
+                policy.state = old.policy.state  # an open alarm stays open across a swap
+            new = replace(old, model=model, policy=policy or old.policy)
+            scale, offset = _renormalization(old.model, model)
             if scale is not None and offset is not None:
                 self.windower.rescale(scale, offset)
-            if policy is not None:
-                policy.state = self.policy.state  # an open alarm stays open across a swap
-                self.policy = policy
-            return old
+            self._serving = new
+            return old.model
 
     def _ts(self, start: int) -> float:
         t0, seq, rate = self._t_ref
@@ -122,46 +166,52 @@ class StreamPipeline:
     def process(self, block: Block, bad: npt.NDArray[np.bool_] | None = None) -> list[AnomalyEvent]:
         self._t_ref = (block.t0, block.seq, block.rate_hz or 1.0)
         with self._lock:
+            sv = self._serving  # one model, normalisation and policy for the whole block
             # Normalise once per sample, not once per window: windows overlap window/hop times.
-            w = self.windower.push(self.model.normalize(block.samples), block.seq, bad)
-        self.stats.skipped_windows += w.skipped
-        if len(w.data) <= self.max_batch:
-            return self._score(w) if len(w.data) else []
-        events: list[AnomalyEvent] = []
-        for i in range(0, len(w.data), self.max_batch):
-            part = Windows(w.data[i : i + self.max_batch], w.starts[i : i + self.max_batch], 0)
-            events.extend(self._score(part))
-        return events
+            x = sv.model.normalize(block.samples)
+            w = self.windower.push(x, block.seq, bad)
+            self.stats.skipped_windows += w.skipped
+            if len(w.data) <= self.max_batch:
+                return self._score(w, sv) if len(w.data) else []
+            events: list[AnomalyEvent] = []
+            for i in range(0, len(w.data), self.max_batch):
+                part = Windows(w.data[i : i + self.max_batch], w.starts[i : i + self.max_batch], 0)
+                events.extend(self._score(part, sv))
+            return events
 
-    def _score(self, w: Windows) -> list[AnomalyEvent]:
-        with self._lock:
-            model, policy = self.model, self.policy
-            scores = model.scores_normalized(w.data)
-            st = self.stats
+    def _score(self, w: Windows, sv: Serving) -> list[AnomalyEvent]:
+        model, policy = sv.model, sv.policy
+        st = self.stats
+        scores = model.scores_normalized(w.data)  # saturated beyond the model's range
+        total = float(scores.sum())
+        if not math.isfinite(total):  # one reduction instead of a mask on every batch
+            # NaN/inf on in-range input is a model fault, not an anomaly: counted (status,
+            # OTA trial), not alarmed on.
+            finite = np.isfinite(scores)
+            st.nonfinite_scores += int((~finite).sum())
+            scores = np.where(finite, scores, 0.0)
             total = float(scores.sum())
-            if not math.isfinite(total):  # one reduction instead of a mask on every batch
-                # A model emitting NaN is a model fault, not an anomaly: count, don't alarm.
-                finite = np.isfinite(scores)
-                st.nonfinite_scores += int((~finite).sum())
-                scores = np.where(finite, scores, 0.0)
-                total = float(scores.sum())
-            n, peak = len(scores), float(scores.max())
-            st.windows += n
-            st.last_score = float(scores[-1])
+        n, peak = len(scores), float(scores.max())
+        if peak >= SATURATED_SCORE:
+            st.saturated_windows += int((scores >= SATURATED_SCORE).sum())
+        st.windows += n
+        st.last_score = float(scores[-1])
+        with self._stats_lock:
             iv = self._interval
             iv.windows += n
             iv.score_sum += total
             iv.score_max = max(iv.score_max or 0.0, peak)
-            changes = policy.update(scores)
-            if self.shadow is not None:
-                self.shadow(w, scores, model)
+        changes = policy.update(scores)
+        if self.shadow is not None:
+            self.shadow(w, scores, model)
         out = []
         for ch in changes:
             start = int(w.starts[ch.index])
             ts = self._ts(start)
             if ch.transition is Transition.START:
                 st.alarms += 1
-                self._interval.alarms += 1
+                with self._stats_lock:
+                    self._interval.alarms += 1
                 self._alarm_started_ts = ts
             out.append(
                 AnomalyEvent(
@@ -183,7 +233,7 @@ class StreamPipeline:
 
     def take_interval(self) -> Interval:
         """Figures since the previous call (for telemetry), and start a new interval."""
-        with self._lock:
+        with self._stats_lock:
             iv, self._interval = self._interval, Interval()
         return iv
 

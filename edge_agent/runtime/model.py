@@ -2,6 +2,12 @@
 
 `scores(raw_windows)` is the whole device path for a batch of windows: normalise with
 the card's statistics, infer, score. Golden vectors go through exactly this path.
+
+More abnormal is never quieter. A reading far beyond anything in normal data (more than
+FAR_SIGMAS standard deviations, or so large that normalising it overflows float32) is
+outside what any bundled model can measure: int8 inputs saturate (a 1e6 reading looks
+like a 17-sigma one, and some graphs then score it below normal), float32 arithmetic
+overflows to inf/NaN. Such a window scores SATURATED_SCORE, whatever the model says.
 """
 
 from __future__ import annotations
@@ -19,12 +25,60 @@ from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.card import CARD_FILE, ModelCard, load_card
 from edge_agent.runtime.registry import backend_class, runtime_available
 
-__all__ = ["LoadedModel", "find_models", "load_model", "resolve_model_dir", "score_outputs"]
+__all__ = [
+    "FAR_SIGMAS",
+    "SATURATED_SCORE",
+    "LoadedModel",
+    "far_windows",
+    "find_models",
+    "load_model",
+    "resolve_model_dir",
+    "score_outputs",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROFILE = Profile(name="default")
 _TILE_SIZES_KEPT = 4  # normalisation tiles per model (one per block / batch shape in use)
+
+# Normal data stays within ~6 standard deviations (SKAB's anomaly-free runs: 5.4; the
+# synthetic vibration signal: 8.6 with its anomalies); real process anomalies reach ~130
+# (SKAB's valve runs), and the models score those themselves. 1,000 is beyond all of it.
+FAR_SIGMAS = 1000.0
+# The score of a window beyond the model's range: above any threshold, finite (JSON has
+# no inf), and summable over millions of windows without overflowing telemetry means.
+SATURATED_SCORE = 1e300
+# Where normalised values that overflowed float32 are clipped: finite, so the windower
+# does not take them for NaN/inf sensor readings, and far beyond FAR_SIGMAS.
+_CLIP_SIGMAS = np.float32(1e30)
+
+
+def far_windows(x_norm: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_] | None:
+    """Which normalised windows (n, ...) hold a value beyond +-FAR_SIGMAS; None when
+    none does, the usual case, found with two reductions and no mask (pure). NaN is not
+    far: an invalid reading is sensor health's, and the pipeline never scores it."""
+    if not len(x_norm):
+        return None
+    hi, lo = float(x_norm.max()), float(x_norm.min())
+    if hi <= FAR_SIGMAS and lo >= -FAR_SIGMAS:
+        return None
+    far: npt.NDArray[np.bool_] = np.abs(x_norm).reshape(len(x_norm), -1).max(axis=1) > FAR_SIGMAS
+    return far if far.any() else None
+
+
+def _clip_overflow(
+    x: npt.NDArray[np.float32], raw: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """Normalised `x` with the values that overflowed to +-inf from a finite raw reading
+    (float32 max with a std below 1) clipped to +-_CLIP_SIGMAS. A raw NaN/inf stays: that
+    is an invalid reading, for sensor health, not a measurement."""
+    if np.isfinite(x.sum()):  # one reduction: the usual case
+        return x
+    over = ~np.isfinite(x) & np.isfinite(raw)
+    if not over.any():
+        return x
+    out: npt.NDArray[np.float32] = np.where(over, np.clip(x, -_CLIP_SIGMAS, _CLIP_SIGMAS), x)
+    return out
 
 
 def score_outputs(
@@ -104,15 +158,18 @@ class LoadedModel:
         return self._mean, (1.0 / self._inv_std).astype(np.float32)
 
     def normalize(self, raw: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """(x - mean) / std per channel, float32; a finite reading never becomes inf."""
         c = len(self._mean)
         if c > 1 and raw.ndim >= 2 and raw.shape[-1] == c and raw.flags.c_contiguous:
             mean, inv = self._tiled(raw.size)
-            flat: npt.NDArray[np.float32] = np.subtract(raw.reshape(-1), mean, dtype=np.float32)
-            flat *= inv
-            return flat.reshape(raw.shape)
-        out: npt.NDArray[np.float32] = np.subtract(raw, self._mean, dtype=np.float32)
-        out *= self._inv_std
-        return out
+            with np.errstate(over="ignore"):  # float32 max / a small std: clipped below
+                flat: npt.NDArray[np.float32] = np.subtract(raw.reshape(-1), mean, dtype=np.float32)
+                flat *= inv
+            return _clip_overflow(flat.reshape(raw.shape), raw)
+        with np.errstate(over="ignore"):
+            out: npt.NDArray[np.float32] = np.subtract(raw, self._mean, dtype=np.float32)
+            out *= self._inv_std
+        return _clip_overflow(out, raw)
 
     def denormalize(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         out: npt.NDArray[np.float32] = x / self._inv_std + self._mean
@@ -123,9 +180,19 @@ class LoadedModel:
         return self.scores_normalized(self.normalize(raw_windows))
 
     def scores_normalized(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        return score_outputs(
-            self.card.score_kind, x, self.backend.infer(x), self.card.score_weights
-        )
+        """Normalised windows (n, window, columns) -> one score per window; a window
+        beyond the model's range (see far_windows) scores SATURATED_SCORE."""
+        far = far_windows(x)
+        if far is None:
+            y = self.backend.infer(x)
+            return score_outputs(self.card.score_kind, x, y, self.card.score_weights)
+        # Clipped just past the limit, the model's arithmetic stays finite (no overflow
+        # warnings); those windows' scores are replaced anyway.
+        x = np.clip(x, -2 * FAR_SIGMAS, 2 * FAR_SIGMAS).astype(np.float32)
+        y = self.backend.infer(x)
+        s = score_outputs(self.card.score_kind, x, y, self.card.score_weights)
+        out: npt.NDArray[np.float64] = np.where(far, SATURATED_SCORE, s)
+        return out
 
     def check_golden(self) -> float:
         """Run the card's golden vectors; ModelError if they do not reproduce.
@@ -220,9 +287,19 @@ def resolve_model_dir(
         raise ModelError(f"model {name!r}: not found in {base} (neither a directory nor a family)")
     if variant != "auto":
         return _named_variant(name, family, variant)
-    measured = _measured_choice(name, family, state_dir)
-    if measured is not None:
-        return measured
+    chosen = _measured_choice(name, family, state_dir) or _profile_choice(family, profile)
+    if chosen is not None:
+        return chosen
+    have = ", ".join(sorted(f"{c.precision}-{c.backend}" for c in family))
+    raise ModelError(
+        f"model {name!r}: no variant fits profile {profile.name} "
+        f"(precision {profile.precision}, backends {profile.backends}); have: {have}"
+    )
+
+
+def _profile_choice(family: list[ModelCard], profile: Profile) -> Path | None:
+    """The first variant in the profile's precision, then backend, order whose runtime
+    is installed."""
     for prec in profile.precision:
         for be in profile.backends:
             if not runtime_available(be):
@@ -230,11 +307,7 @@ def resolve_model_dir(
             for c in family:
                 if c.precision == prec and c.backend == be:
                     return c.directory
-    have = ", ".join(sorted(f"{c.precision}-{c.backend}" for c in family))
-    raise ModelError(
-        f"model {name!r}: no variant fits profile {profile.name} "
-        f"(precision {profile.precision}, backends {profile.backends}); have: {have}"
-    )
+    return None
 
 
 def _named_variant(name: str, family: list[ModelCard], variant: str) -> Path:

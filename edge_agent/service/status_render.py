@@ -148,6 +148,20 @@ def _agent_lines(st: Mapping[str, Any], a: Assessment, now: float) -> list[str]:
     return out
 
 
+def _score_lines(s: Any) -> list[str]:
+    """Scores that are not plain numbers: NaN/inf from the model (a model fault, not
+    alarmed) and windows beyond the model's range (saturated, alarmed). One line each,
+    so both fit 80 columns."""
+    out = []
+    nonfinite = get(s, "nonfinite_scores", int, 0)
+    if nonfinite:
+        out.append(f"    scores: {_compact(nonfinite)} NaN/inf from the model (not alarmed)")
+    saturated = get(s, "saturated_windows", int, 0)
+    if saturated:
+        out.append(f"    scores: {_compact(saturated)} windows beyond the model's range")
+    return out
+
+
 def _stream_lines(streams: list[Any]) -> list[str]:
     if not streams:
         return [f"{'streams':<{LABEL}}none"]
@@ -197,6 +211,7 @@ def _stream_lines(streams: list[Any]) -> list[str]:
             lost.append(f"{withheld} windows withheld, bad samples (w)")
         if lost:
             out.append("    drops: " + "; ".join(lost))
+        out += _score_lines(s)
         sh = s.get("sensor_health") if isinstance(s, Mapping) else None
         faults = [str(c) for c in get(sh, "active", list, []) if c]
         if faults:
