@@ -5,7 +5,8 @@ With the agent stopped, the slots change here, on the state dir. With it running
 agent does it (it owns the slot state; see edge_agent/updates/manual_rollback.py): this command
 asks, waits for the answer and prints it; the streams switch model without a restart
 and without losing a window. While an update is in progress the rollback is refused
-(docs/ota.md).
+(docs/ota.md). Run with sudo, every file it creates is given to the state dir's owner
+(the agent's user), so the agent never meets a file it cannot use.
 """
 
 from __future__ import annotations
@@ -41,8 +42,13 @@ def _rollback(args: argparse.Namespace) -> int:
     snap = read_snapshot(state_dir)
     pid = snap.state.get("pid") if snap.state else None
     running = bool(snap.state and snap.state.get("running") and snap.pid_alive)
+    from edge_agent.ownership import as_state_dir_owner
+
     try:
-        return _rollback_in(state_dir, args, pid, running)
+        # Run as root (sudo), whatever this writes goes to the state dir's owner, so the
+        # agent can still take, replace and remove it.
+        with as_state_dir_owner(state_dir):
+            return _rollback_in(state_dir, args, pid, running)
     except OSError as e:  # e.g. a user who may not write the agent's state dir
         raise StateError(
             f"{state_dir}: {e.strerror or e}: run as the agent's user or with sudo"

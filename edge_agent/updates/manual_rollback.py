@@ -12,7 +12,9 @@ CLI prints. With the agent stopped the CLI changes the slots directly, as before
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -72,10 +74,21 @@ class ServedStream:
 
 
 def submit(state_dir: Path, reason: str, now: float) -> Request:
+    """Drop a request for the running agent. Run as root, the request is handed to the
+    state dir's owner before the agent can see it, so the agent can remove it."""
+    from edge_agent.ownership import adopt_new_entries
+
     req = Request(uuid.uuid4().hex, reason, now)
-    atomic_write_json(
-        Path(state_dir) / REQUEST_FILE, {"id": req.id, "reason": reason, "created": now}
-    )
+    path = Path(state_dir) / REQUEST_FILE
+    path.parent.mkdir(exist_ok=True)
+    adopt_new_entries(Path(state_dir))  # ota/ itself, if this created it
+    body = json.dumps({"id": req.id, "reason": reason, "created": now}).encode()
+    # Written beside the target and adopted before the rename: the agent never sees a
+    # request owned by root.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(body)
+    adopt_new_entries(Path(state_dir))
+    os.replace(tmp, path)
     return req
 
 
