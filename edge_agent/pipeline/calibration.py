@@ -35,7 +35,7 @@ from edge_agent.errors import CalibrationError, EdgeAgentError
 from edge_agent.fsutil import atomic_write_json, read_json
 from edge_agent.pipeline.windows import Windower, samples_needed
 from edge_agent.runtime.card import ModelCard, Preprocessing
-from edge_agent.runtime.model import LoadedModel
+from edge_agent.runtime.model import FAR_SIGMAS, SATURATED_SCORE, LoadedModel
 
 __all__ = [
     "CALIBRATION_DIR",
@@ -235,6 +235,11 @@ def fit_calibration(
     )
     if not np.all(np.isfinite(scores)):
         raise CalibrationError(f"{card.name}: calibration windows give non-finite scores")
+    if float(scores.max()) >= SATURATED_SCORE:  # a threshold from these would never alarm
+        raise CalibrationError(
+            f"{card.name}: calibration data holds readings far beyond the rest (more than "
+            f"{FAR_SIGMAS:g} standard deviations): calibrate on a stretch of normal operation"
+        )
     q = float(np.quantile(scores, p.quantile))
     threshold = q * p.margin
     if not threshold > 0:
