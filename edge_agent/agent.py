@@ -27,6 +27,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import StateError
 from edge_agent.fsutil import atomic_write_json
 from edge_agent.profiles import Profile, Selection, load_profiles, select
+from edge_agent.reporting.history import EventHistory
 from edge_agent.service.events import ErrorLog, EventRelay
 from edge_agent.service.faults import Faults
 from edge_agent.service.health import (
@@ -94,7 +95,7 @@ class Agent:
         self.selection: Selection | None = None
         self.started_at = time.time()
         self.errors = ErrorLog()
-        self.relay = EventRelay(self.errors)
+        self.relay = EventRelay(self.errors, EventHistory(self.state_dir))
         self.stop_reason = ""
         self.notifier = notifier or Notifier.from_env()
         self.gate = ReadinessGate()

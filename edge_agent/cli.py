@@ -31,6 +31,7 @@ _COMMANDS = (
     "models",
     "rollback",
     "model",
+    "events",
 )
 
 log = logging.getLogger("edge_agent")

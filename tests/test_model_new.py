@@ -128,7 +128,7 @@ def test_model_new_does_not_overwrite_without_force(tmp_path):
 def _config(tmp_path: Path, model: Path, variant: str, files: dict[str, Path], names) -> Path:
     cols = ", ".join(f'"{c}"' for c in names)
     text = f'device_id = "t"\nstate_dir = "{tmp_path / "state"}"\n'
-    text += '[mqtt]\nhost = "127.0.0.1"\nport = 1\n'  # no broker: records wait in the outbox
+    text += "[mqtt]\nenabled = false\n"  # records wait in the outbox
     for stream, path in files.items():
         text += (
             f'[[streams]]\nname = "{stream}"\nmodel = "{model}"\nvariant = "{variant}"\n'
@@ -196,3 +196,12 @@ def test_csv_to_running_agent_alarms_on_injected_faults_only(tmp_path, family, c
         assert st["faulty"]["source_state"] == st["normal"]["source_state"] == "finished"
         assert st["normal"]["alarms"] == 0, f"{variant}: false alarm on held-out normal data"
         assert st["faulty"]["alarms"] == len(FAULT_STARTS), f"{variant}: {st['faulty']}"
+        # the event history names the sample that decided each alarm: inside its fault
+        ev = run_cli("events", "--state-dir", str(tmp_path / variant / "state"), "--json")
+        assert ev.returncode == 0, ev.stderr
+        starts = [e for e in json.loads(ev.stdout) if e["event"] == "start"]
+        assert [e["stream"] for e in starts] == ["faulty"] * len(FAULT_STARTS)
+        for e, row in zip(starts, FAULT_STARTS, strict=True):
+            t_fault = later[row, 0]
+            assert t_fault <= e["t_sample"] < t_fault + FAULT_LEN, (e, t_fault)
+            assert e["t_sample"] in later[:, 0]  # a real sample's time, not a clock reading

@@ -20,6 +20,8 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.pipeline.alarms import Transition
 from edge_agent.pipeline.sensor_health import HealthEvent
 from edge_agent.pipeline.stream import AnomalyEvent
+from edge_agent.reporting.history import EventHistory
+from edge_agent.service.history_records import anomaly_record, sensor_record
 from edge_agent.service.logs import MSG_ANOMALY_END, MSG_ANOMALY_START, fields
 
 __all__ = ["ErrorLog", "EventRelay", "Publisher", "TelemetrySource"]
@@ -63,8 +65,9 @@ class ErrorLog:
 
 
 class EventRelay:
-    def __init__(self, errors: ErrorLog) -> None:
+    def __init__(self, errors: ErrorLog, history: EventHistory | None = None) -> None:
         self.errors = errors
+        self.history = history  # the local event log (`edge-agent events`), beside the outbox
         self.events_total = 0
         self.sensor_events_total = 0
         self._publisher: Publisher | None = None
@@ -97,6 +100,8 @@ class EventRelay:
 
         with self._lock:
             self.events_total += 1
+        if self.history is not None:
+            self.history.record(anomaly_record(ev))
         start = ev.transition is Transition.START
         log.warning(
             "anomaly %s on %s: score %.3g (threshold %.3g, model %s v%d)",
@@ -131,6 +136,8 @@ class EventRelay:
 
         with self._lock:
             self.sensor_events_total += 1
+        if self.history is not None:
+            self.history.record(sensor_record(ev))
         where = f"{ev.stream}/{ev.channel}" if ev.channel else ev.stream
         state = "started" if ev.active else "ended"
         log.warning("sensor fault %s on %s %s: %s", ev.condition.value, where, state, ev.detail)
