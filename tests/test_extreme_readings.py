@@ -10,6 +10,7 @@ max, normalised, overflowed to inf and the window was withheld as a bad sample.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from edge_agent.service.status import Assessment, Snapshot, Verdict
 from edge_agent.service.status_render import render_text
 from edge_agent.sources.base import Block
 from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal
-from tests.agentutil import MODELS
+from tests.agentutil import MODELS, read_status, run_cli
 
 VARIANTS = sorted(p.parent.name for p in MODELS.glob("*/model.json"))
 F32_MAX = float(np.finfo(np.float32).max)
@@ -138,3 +139,40 @@ def test_status_text_shows_nonfinite_and_saturated_scores() -> None:
     assert all(len(ln) <= 80 for ln in text.splitlines())
     quiet = {"streams": [{"name": "pump", "nonfinite_scores": 0, "saturated_windows": 0}]}
     assert "scores:" not in render_text(Snapshot("/state", True, quiet), ok, 1000.0)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [pytest.param("skab-pca-int8-tflite", marks=pytest.mark.tflite), "skab-zsq-fp32-onnx"],
+)
+def test_agent_alarms_on_readings_far_beyond_normal_data_and_status_says_so(
+    variant: str, tmp_path: Path
+) -> None:
+    """Through the real agent: a replay whose pressure reads 1e30 and float32 max for a
+    few rows (the int8 graph saturates, the float32 one overflows) raises an alarm."""
+    model = _model(variant)
+    x = np.tile(_normal(model), (4, 1))  # room for each alarm to end before the next
+    x[len(x) // 3 : len(x) // 3 + BURST, 3] = 1e30
+    x[2 * len(x) // 3 : 2 * len(x) // 3 + BURST, 3] = F32_MAX
+    csv = tmp_path / "pump.csv"
+    rows = [f"{i};" + ";".join(repr(float(v)) for v in row) for i, row in enumerate(x)]
+    channels = model.card.preprocessing.channels
+    csv.write_text("time;" + ";".join(channels) + "\n" + "\n".join(rows) + "\n")
+    state = tmp_path / "state"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f'device_id = "gw-t"\nstate_dir = "{state}"\n[mqtt]\nenabled = false\n'
+        f'[[streams]]\nname = "pump"\nmodel = "{MODELS / variant}"\n'
+        f'[streams.source]\nkind = "replay"\npath = "{csv}"\ndelimiter = ";"\n'
+        f'timestamp_column = "time"\nspeed = 0\n'
+    )
+    r = run_cli("run", "--config", str(cfg), "--duration", "30")
+    assert r.returncode == 0, r.stderr
+    (s,) = read_status(state)["streams"]
+    assert s["alarms"] == 2, "one alarm per burst"
+    assert not s["alarm_open"]
+    assert s["saturated_windows"] >= 2 * BURST
+    assert s["skipped_windows"] == 0
+    assert s["nonfinite_scores"] == 0
+    text = run_cli("status", "--state-dir", str(state)).stdout
+    assert "windows beyond the model's range" in text
