@@ -112,8 +112,11 @@ def test_replay_skips_and_counts_bad_rows_and_withholds_nan_windows(tmp_path):
     assert r.returncode == 0, r.stderr
     (s,) = read_status(state)["streams"]
     assert s["counters"]["bad_rows"] == 2
+    # each skipped row is a hole: windowing restarts after it (rows 0-99, 101-199, 201-2999)
+    assert s["gaps"] == 2
     assert s["skipped_windows"] == 4  # window 64, hop 16: four windows hold the NaN row
-    assert s["windows"] == (2998 - 64) // 16 + 1 - 4
+    runs = (100, 99, 2799)
+    assert s["windows"] == sum((n - 64) // 16 + 1 for n in runs) - 4
     assert s["source_state"] == "finished"
 
 

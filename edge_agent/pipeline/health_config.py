@@ -33,3 +33,5 @@ class SensorHealthConfig:
     rate_tolerance: float = field(default=0.5, metadata=check("nonneg"))
     rate_window_s: float = field(default=10.0, metadata=check("positive"))
     clear_after_samples: int = field(default=100, metadata=check("positive"))
+    # a hole in the data (reconnect, lost frames, a time jump) this long is a `gap`; 0 = off
+    gap_event_s: float = field(default=1.0, metadata=check("nonneg"))

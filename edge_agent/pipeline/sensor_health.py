@@ -41,12 +41,13 @@ class HealthCondition(str, enum.Enum):
     OUT_OF_RANGE = "out_of_range"  # outside the channel's physical min/max
     NON_FINITE = "non_finite"  # NaN or +-inf (invalid readings)
     RATE = "rate"  # measured rate off the configured rate by more than rate_tolerance
+    GAP = "gap"  # a hole of at least gap_event_s in the data (reconnect, lost frames, time jump)
 
 
 @dataclass(frozen=True)
 class HealthEvent:
     stream: str
-    channel: str  # "" for stream-level conditions (disconnected, stalled, rate)
+    channel: str  # "" for stream-level conditions (disconnected, stalled, rate, gap)
     condition: HealthCondition
     active: bool  # True = the condition started, False = it ended
     detail: str
@@ -104,6 +105,8 @@ class SensorHealthMonitor:
         self._stalled = False
         self._rate_bad = False
         self._connected = True
+        self._t_end: float | None = None  # source time of the last sample seen
+        self._gap_clean: int | None = None  # samples since the last long hole; None = none
 
     @property
     def active(self) -> frozenset[tuple[HealthCondition, str]]:
@@ -113,6 +116,7 @@ class SensorHealthMonitor:
             (HealthCondition.STALLED, self._stalled),
             (HealthCondition.RATE, self._rate_bad),
             (HealthCondition.DISCONNECTED, not self._connected),
+            (HealthCondition.GAP, self._gap_clean is not None),
         ):
             if on:
                 out.add((c, STREAM_LEVEL))
@@ -127,6 +131,7 @@ class SensorHealthMonitor:
             self._stalled = False
             events.append(self._event("", HealthCondition.STALLED, False, "data resumed", now))
         self._last_data = now
+        events.extend(self._hole(block, n, now))
         self._arrivals.append((now, self._delivered(block, n)))
         self._prune(now)
         if n == 0:
@@ -163,6 +168,37 @@ class SensorHealthMonitor:
         gap = block.seq - prev
         # a reconnect restarts the numbering; a huge jump is a seek, not a rate
         return n + gap if 0 <= gap <= _MAX_SEQ_GAP else n
+
+    def _hole(self, block: Block, n: int, now: float) -> list[HealthEvent]:
+        """`gap` starts at a hole of gap_event_s or more before this block (by the
+        samples' own times) and ends after clear_after_samples samples without one."""
+        prev_end, hole_before = (
+            self._t_end,
+            block.gap_before or (self._seq_end is not None and block.seq != self._seq_end),
+        )
+        if n:
+            self._t_end = block.time_of(n - 1)
+        if prev_end is None:
+            return []
+        limit = self.cfg.gap_event_s
+        if hole_before and limit > 0:
+            step = 1.0 / block.rate_hz if block.rate_hz > 0 else 0.0
+            hole_s = block.t0 - prev_end - step
+            if hole_s >= limit:
+                started = self._gap_clean is None
+                self._gap_clean = 0
+                if started:
+                    detail = f"hole of {hole_s:.1f} s in the data"
+                    return [self._event("", HealthCondition.GAP, True, detail, now)]
+                return []
+        if self._gap_clean is None:
+            return []
+        self._gap_clean += n
+        if self._gap_clean < self.cfg.clear_after_samples:
+            return []
+        self._gap_clean = None
+        detail = f"{self.cfg.clear_after_samples} samples without a hole"
+        return [self._event("", HealthCondition.GAP, False, detail, now)]
 
     def set_rate(self, rate_hz: float | None, now: float) -> None:
         """The nominal rate may become known late (a camera reports it once open):

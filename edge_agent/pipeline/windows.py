@@ -1,8 +1,9 @@
 """Sliding windows over a sample stream, cut from a preallocated buffer.
 
 Pure (no I/O, no clock). Windows come out as one contiguous (k, window, channels)
-array per push, made with a strided view: no per-sample Python loop. A gap in the
-sample sequence restarts windowing, so no window ever spans lost samples. Windows
+array per push, made with a strided view: no per-sample Python loop. A hole (a gap
+in the sample sequence, or one the source reports with `gap=True`: a reconnect, a
+damaged frame, a time jump) restarts windowing, so no window ever spans it. Windows
 holding a sample marked bad (NaN/inf, or flagged by sensor health) are counted and
 withheld from scoring.
 """
@@ -41,8 +42,8 @@ class Windower:
         self._buf_start = 0  # absolute index of _buf[0]
         self._next_start = 0  # absolute index where the next window starts
         self._expected: int | None = None  # next sample index we expect
-        self.gaps = 0
-        self.lost_samples = 0
+        self.gaps = 0  # holes that restarted windowing (not counted for 1-sample windows)
+        self.lost_samples = 0  # samples known lost in those holes (by sequence number)
         self._any_bad = False  # fast path: most buffers hold no bad sample at all
 
     def push(
@@ -50,15 +51,22 @@ class Windower:
         samples: npt.NDArray[np.float32],
         seq: int,
         bad: npt.NDArray[np.bool_] | None = None,
+        *,
+        gap: bool = False,
     ) -> Windows:
+        """Windows completed by `samples` (n, channels), the first at index `seq`.
+        `gap`: a hole precedes them even if `seq` follows on (e.g. a reconnect)."""
         n = len(samples)
         if samples.ndim != 2 or samples.shape[1] != self.channels:
             raise ValueError(f"expected (n, {self.channels}) samples, got {samples.shape}")
-        if self._expected is not None and seq != self._expected:
+        if self._expected is not None and (gap or seq != self._expected):
             if seq > self._expected:
                 self.lost_samples += seq - self._expected
-            self.gaps += 1
+            # a 1-sample window (a camera frame) cannot span a hole: nothing to count
+            if self.window > 1:
+                self.gaps += 1
             self._len = 0
+            self._any_bad = False
             self._buf_start = self._next_start = seq
         elif self._expected is None:
             self._buf_start = self._next_start = seq

@@ -7,6 +7,7 @@ can be skipped is counted in `counters` (reported in status), never silent.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -23,21 +24,49 @@ __all__ = ["Block", "Source", "SourceError"]
 
 @dataclass(frozen=True)
 class Block:
-    """Consecutive samples from one source.
+    """Consecutive samples from one source: no hole inside a block.
 
     samples: (n, channels) float32; NaN marks a missing or invalid reading.
-    t0: wall-clock (or replayed) timestamp of the first sample, seconds.
+    t0: source time of the first sample, seconds since the epoch (a timestamp column,
+        a frame's time, or the receive time for live sources).
     seq: index of the first sample since the source started (monotonic, gaps = lost).
+    rate_hz: sample rate that spaces the samples when `times` is None.
+    gap_before: the source knows of a hole right before this block (reconnect, lost or
+        damaged frames, skipped lines, blocks dropped by a full queue, a time jump):
+        windowing restarts here, so no window spans the hole.
+    times: (n,) float64 per-sample source times (seconds), when the source has them;
+        None: sample i is at t0 + i / rate_hz.
     """
 
     samples: npt.NDArray[np.float32]
     t0: float
     seq: int
     rate_hz: float
+    gap_before: bool = False
+    times: npt.NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         if self.samples.ndim != 2:
             raise ValueError(f"block samples must be 2-D (n, channels), got {self.samples.shape}")
+        if self.times is not None and len(self.times) != len(self.samples):
+            raise ValueError(f"block times: {len(self.times)} for {len(self.samples)} samples")
+
+    def time_of(self, i: int) -> float:
+        """Source time of sample `i` of this block, seconds."""
+        if self.times is not None and len(self.times):
+            return float(self.times[min(max(i, 0), len(self.times) - 1)])
+        return self.t0 + i / (self.rate_hz or 1.0)
+
+    def tail(self, k: int) -> Block:
+        """The samples from `k` on, as a block of their own (times and seq kept)."""
+        if k <= 0:
+            return self
+        times = self.times[k:] if self.times is not None else None
+        return Block(self.samples[k:], self.time_of(k), self.seq + k, self.rate_hz, False, times)
+
+    def with_gap(self) -> Block:
+        """This block marked as following a hole."""
+        return self if self.gap_before else dataclasses.replace(self, gap_before=True)
 
 
 class Source(ABC):

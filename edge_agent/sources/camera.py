@@ -7,6 +7,12 @@ scores is always current. Each delivered frame is grayscale, resized, scaled to
 window. A file is paced at its own frame rate, like a live camera; its end sets
 `finished` (or loops). A lost live stream raises SourceDisconnectedError, so the
 runner shows `reconnecting` and reopens it with backoff.
+
+The rate the sensor-health check expects: `expected_fps` when configured, else what
+the driver reports for a device or a paced file; a network stream (rtsp://, http://)
+often carries no rate and OpenCV reports a default (25) for it, so its rate is learned
+from the first `LEARN_S` seconds of delivery instead. Each block's time is the time its
+frame was grabbed; a block after skipped frames is marked `gap_before`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ __all__ = ["CameraSource", "Options", "prepare_frame"]
 log = logging.getLogger(__name__)
 
 _FAIL_READS = 5  # consecutive failed grabs on a live stream = lost
+LEARN_S = 5.0  # a network stream's delivered rate is measured over this long
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,9 @@ class Options:
     width: int = field(default=64, metadata=check("positive"))
     height: int = field(default=64, metadata=check("positive"))
     fps_cap: float = field(default=5.0, metadata=check("positive"))
+    # the camera's nominal frame rate, for the sensor-health rate check; 0: what the
+    # driver reports (a network stream: learned from its first seconds of delivery)
+    expected_fps: float = field(default=0.0, metadata=check("nonneg"))
     normalise: bool = True  # float32 in [0, 1]; else raw 0..255
     loop: bool = False  # restart a file at its end (demo, tests)
     # pace a file at its own frame rate like a live camera; false: as fast as it
@@ -66,6 +76,8 @@ class CameraSource(Source):
         self._last_delivered = 0.0
         self._is_file = False
         self._camera_fps: float | None = None
+        self._learn: tuple[float, int] | None = None  # (first grab time, grabs since)
+        self._prev_index = 0  # frame number of the last delivered frame
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -81,9 +93,10 @@ class CameraSource(Source):
 
     @property
     def nominal_rate_hz(self) -> float | None:
-        """The frame rate the camera (or a paced file) reports once open: what it should
-        deliver, whatever fps_cap lets through to the model. None before the first open,
-        for an unpaced file, or when the reported rate is not plausible."""
+        """The frame rate the camera should deliver, whatever fps_cap lets through to the
+        model: `expected_fps` if set, else the driver's report (a device, a paced file) or
+        the rate learned from a network stream. None before it is known, for an unpaced
+        file, or when the reported rate is not plausible."""
         return self._camera_fps
 
     def open(self) -> None:
@@ -105,7 +118,15 @@ class CameraSource(Source):
         self._stop.clear()
         period = 1.0 / fps if self._is_file and o.realtime and 0 < fps < 1000 else 0.0
         paced = not self._is_file or o.realtime
-        self._camera_fps = fps if paced and 0 < fps < 1000 else None
+        network = "://" in o.url
+        if not paced:
+            self._camera_fps = None
+        elif o.expected_fps > 0:
+            self._camera_fps = float(o.expected_fps)
+        elif network:
+            self._learn = None  # kept if learned already: a reconnect is the same camera
+        else:
+            self._camera_fps = fps if 0 < fps < 1000 else None
         self._thread = threading.Thread(
             target=self._grab, args=(cap, period), name=f"cam-{self.name}", daemon=True
         )
@@ -133,11 +154,31 @@ class CameraSource(Source):
                 if self._latest is not None:
                     self.count("frames_skipped")  # the latest-frame policy at work
                 self._grabbed += 1
-                self._latest = (frame, time.time(), self._grabbed)
+                now = time.time()
+                self._latest = (frame, now, self._grabbed)
+                self._learn_rate(now)
                 self._cv.notify_all()
             if period:
                 next_due += period
                 self._stop.wait(max(0.0, next_due - time.monotonic()))
+
+    def _learn_rate(self, now: float) -> None:
+        """A network stream without expected_fps: its rate is what it delivers first."""
+        o: Options = self.options
+        if self._camera_fps is not None or o.expected_fps > 0 or "://" not in o.url:
+            return
+        if self._learn is None:
+            self._learn = (now, 0)
+            return
+        first, n = self._learn[0], self._learn[1] + 1
+        self._learn = (first, n)
+        if now - first >= LEARN_S:
+            self._camera_fps = n / (now - first)
+            log.info(
+                "source %s: camera delivers %.1f fps (learned; set expected_fps to fix it)",
+                self.name,
+                self._camera_fps,
+            )
 
     def close(self) -> None:
         self._stop.set()
@@ -178,7 +219,9 @@ class CameraSource(Source):
         frame, ts, index = latest
         self._last_delivered = time.monotonic()
         self.count("frames")
-        return Block(self._prepare(frame), ts, index - 1, float(self.options.fps_cap))
+        skipped = index - self._prev_index > 1
+        self._prev_index = index
+        return Block(self._prepare(frame), ts, index - 1, float(self.options.fps_cap), skipped)
 
     def _prepare(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         o: Options = self.options

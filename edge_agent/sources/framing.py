@@ -7,7 +7,9 @@ Three formats (documented for firmware authors in docs/serial-protocol.md):
 
 Parsers are incremental: `feed()` takes whatever bytes arrived (any split, partial
 frames included) and returns the samples completed so far. Bad input never raises:
-it is counted by name in `Parsed.errors` and the parser resynchronises.
+it is counted by name in `Parsed.errors` and the parser resynchronises. Where samples
+were lost (a gap in the frame counter, a rejected line) `Parsed.breaks` says so, so the
+caller never joins the samples on either side of the hole.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "StreamParser",
     "crc16_ccitt_false",
     "encode_frame",
+    "looks_like_decimal_commas",
 ]
 
 SYNC = b"\xa5\x5a"
@@ -102,6 +105,9 @@ class Parsed:
     samples: npt.NDArray[np.float32]
     frames: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    # (row, lost): a hole right before samples[row] (row 0: before this feed's first
+    # sample), with the number of samples known lost in it (0 = unknown)
+    breaks: list[tuple[int, int]] = field(default_factory=list)
 
 
 class StreamParser(Protocol):
@@ -156,10 +162,12 @@ class BinaryFrameParser:
         self._last_seq = None  # a reconnected device may restart its counter
         return out
 
-    def _drain(self, *, final: bool) -> Parsed:  # noqa: PLR0915 - one state machine, read top to bottom
+    def _drain(self, *, final: bool) -> Parsed:  # noqa: PLR0912, PLR0915 - one state machine
         buf = self._buf
         rows: list[npt.NDArray[np.float32]] = []
         errors: Counter[str] = Counter()
+        breaks: list[tuple[int, int]] = []
+        done = 0  # samples decoded so far in this call
         frames = 0
         pos = 0
         hsize = HEADER.size
@@ -210,10 +218,13 @@ class BinaryFrameParser:
             else:
                 rows.append(self._decode(bytes(buf[pos + hsize : end - _CRC.size]), stype, n))
                 frames += 1
-                self._sequence(seq, errors)
+                lost = self._sequence(seq, errors)
+                if lost:  # frames missing before this one: assume they were as long
+                    breaks.append((done, lost * n))
+                done += n
             pos = end
         del buf[:pos]
-        return Parsed(_stack(rows, self.channels), frames, errors)
+        return Parsed(_stack(rows, self.channels), frames, errors, breaks)
 
     def _decode(self, payload: bytes, stype: int, n: int) -> npt.NDArray[np.float32]:
         raw = np.frombuffer(payload, dtype=_DTYPES[stype])
@@ -222,12 +233,15 @@ class BinaryFrameParser:
             vals *= np.float32(self.scale)
         return vals
 
-    def _sequence(self, seq: int, errors: Counter[str]) -> None:
+    def _sequence(self, seq: int, errors: Counter[str]) -> int:
+        """Frames lost before frame `seq` (a gap in the counter), counted."""
+        gap = 0
         if self._last_seq is not None:
             gap = (seq - self._last_seq - 1) & 0xFFFF
             if gap:
                 errors["lost_frames"] += gap
         self._last_seq = seq
+        return gap
 
     def _check_header(self, ver: int, length: int, stype: int, n: int, ch: int) -> str:
         if ver != FRAME_VERSION:
@@ -242,18 +256,24 @@ class BinaryFrameParser:
 
 
 class _LineParser:
-    """Shared line splitting: CR/LF tolerant, bounded line length, ASCII only."""
+    """Shared line splitting: a line ends at LF, CR LF or a lone CR (old Mac-style
+    firmware); bounded line length, ASCII only. A rejected line is a hole: the next
+    good sample is reported after a break."""
 
     def __init__(self, channels: tuple[str, ...], max_line: int = MAX_LINE_BYTES) -> None:
         self.channels = channels
         self.max_line = max_line
         self._buf = bytearray()
         self._discarding = False  # inside an over-long line: drop until its newline
+        self._hole = 0  # lines rejected since the last good sample
+        self._breaks: list[tuple[int, int]] = []
 
     def feed(self, data: bytes) -> Parsed:
-        self._buf += data
+        # CR alone ends a line too; CR LF becomes an empty line, which is skipped
+        self._buf += data.replace(b"\r", b"\n")
         errors: Counter[str] = Counter()
         rows: list[list[float]] = []
+        self._breaks = []
         start = 0
         while True:
             nl = self._buf.find(b"\n", start)
@@ -268,6 +288,7 @@ class _LineParser:
         del self._buf[:start]
         if len(self._buf) > self.max_line:
             errors["oversized_lines"] += 1
+            self._hole += 1
             self._buf.clear()
             self._discarding = True
         return self._result(rows, errors)
@@ -278,27 +299,36 @@ class _LineParser:
             errors["partial_lines"] += 1
         self._buf.clear()
         self._discarding = False
+        self._hole = 0  # the device closed: whoever reopens it marks that hole
+        self._breaks = []
         return self._result([], errors)
 
     def _result(self, rows: list[list[float]], errors: Counter[str]) -> Parsed:
         n_ch = len(self.channels)
         arr = np.array(rows, dtype=np.float32).reshape(len(rows), n_ch)
-        return Parsed(arr, len(rows), errors)
+        return Parsed(arr, len(rows), errors, self._breaks)
 
     def _one(self, line: bytes, rows: list[list[float]], errors: Counter[str]) -> None:
         if len(line) > self.max_line:
             errors["oversized_lines"] += 1
+            self._hole += 1
             return
         try:
             text = line.decode("ascii").strip()
         except UnicodeDecodeError:
             errors["bad_lines"] += 1
+            self._hole += 1
             return
         if not text or text.startswith("#"):
             return  # blank lines and comments (board banners) are not samples
         row = self._parse(text, errors)
-        if row is not None:
-            rows.append(row)
+        if row is None:
+            self._hole += 1  # one line was one sample
+            return
+        if self._hole:
+            self._breaks.append((len(rows), self._hole))
+            self._hole = 0
+        rows.append(row)
 
     def _parse(self, text: str, errors: Counter[str]) -> list[float] | None:
         raise NotImplementedError
@@ -314,15 +344,35 @@ def _value(tok: str, errors: Counter[str]) -> float:
     return v
 
 
+_DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
+
+
+def looks_like_decimal_commas(fields: list[str]) -> bool:
+    """True when values were written with a decimal comma ("3,14"): either fields that
+    are such numbers, or a comma-split line of whole numbers twice as long as expected."""
+    return any(_DECIMAL_COMMA.fullmatch(f.strip()) for f in fields)
+
+
 class CsvLineParser(_LineParser):
-    """`1.25,-0.5,3.0` -- exactly one value per configured channel, else the line is bad."""
+    """`1.25,-0.5,3.0` -- exactly one value per configured channel, else the line is bad.
+    Lines that look written with decimal commas (`3,14;2,71`, or twice the fields) are
+    also counted as `decimal_comma_lines`: the board must send `3.14`."""
 
     def _parse(self, text: str, errors: Counter[str]) -> list[float] | None:
         parts = text.split(",")
         if len(parts) != len(self.channels):
             errors["bad_lines"] += 1
+            if self._decimal_commas(text, parts):
+                errors["decimal_comma_lines"] += 1
             return None
         return [_value(p, errors) for p in parts]
+
+    def _decimal_commas(self, text: str, parts: list[str]) -> bool:
+        n = len(self.channels)
+        if len(parts) == 2 * n and all(p.strip().lstrip("+-").isdigit() for p in parts):
+            return True
+        fields = re.split(r"[;\t ]+", text)
+        return len(fields) == n and looks_like_decimal_commas(fields)
 
 
 _KV_SPLIT = re.compile(r"[,;\s]+")

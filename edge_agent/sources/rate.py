@@ -32,6 +32,13 @@ class RateMeter:
         self._total = 0
 
     @property
+    def span_s(self) -> float:
+        """Seconds between the oldest and newest arrival kept (how much was measured)."""
+        if len(self._arrivals) < 2:
+            return 0.0
+        return self._arrivals[-1][0] - self._arrivals[0][0]
+
+    @property
     def rate_hz(self) -> float:
         """0.0 until two arrivals span a measurable interval."""
         if len(self._arrivals) < 2:

@@ -1,20 +1,36 @@
 """Replay recorded data (CSV or .npy) in real time, faster, or as fast as scoring goes.
 
 CSV: a header row names the columns; `columns` selects and orders channels;
-`timestamp_column` (seconds, or ISO 8601) gives sample times, else `rate_hz` does.
+`timestamp_column` gives sample times (epoch seconds, milliseconds, microseconds or
+nanoseconds, told apart by size unless `timestamp_unit` says; or ISO 8601, with or
+without an offset: a time without one is the gateway's local time), else `rate_hz`
+does, counted from when the replay opened. With timestamps and no `rate_hz`, the
+nominal rate is the median step between them.
+
 Rows that do not parse (wrong field count, text in a number column) are skipped and
 counted as `bad_rows`; empty or "nan" fields become NaN, which the pipeline treats
-as a bad sample (the window is not scored, and it is counted).
+as a bad sample (the window is not scored, and it is counted). Rows out of time order
+are put in order (each place where time goes back counts in `out_of_order_times`); of
+rows with one time the first is kept, the others counted (`duplicate_times`).
+A skipped row, a step in time of more than 1.5 nominal periods (`time_gaps`) and the
+wrap of `loop = true` are holes: the block after one is marked `gap_before`.
+
+Every block carries its samples' times. Each `loop` pass continues the clock where
+the previous one ended (times shifted by the file's span), so pacing and times stay
+real time on every pass.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,9 +38,18 @@ import numpy.typing as npt
 from edge_agent.errors import SourceError
 from edge_agent.schema import check
 from edge_agent.sources.base import Block, Source
+from edge_agent.sources.framing import looks_like_decimal_commas
 from edge_agent.sources.pacing import Pacer
 
-__all__ = ["Options", "ReplaySource", "load_table"]
+__all__ = ["Options", "Recording", "ReplaySource", "load_recording", "load_table"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RATE_HZ = 1.0  # no timestamps and no rate_hz
+GAP_PERIODS = 1.5  # a step in time longer than this many nominal periods is a hole
+# epoch magnitudes (now ~1.7e9 s): above these a number is ms, us or ns
+_UNIT_LIMITS = ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3))
+_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
 @dataclass(frozen=True)
@@ -33,23 +58,79 @@ class Options:
     columns: tuple[str, ...] = ()
     timestamp_column: str = ""
     delimiter: str = ","
-    rate_hz: float = field(default=1.0, metadata=check("positive"))
+    decimal: Literal[".", ","] = "."  # "," reads "3,14" (needs another delimiter)
+    timestamp_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"
+    # 0: from the timestamp column's median step, or 1 Hz without one
+    rate_hz: float = field(default=0.0, metadata=check("nonneg"))
     speed: float = field(default=1.0, metadata=check("nonneg"))
     block: int = field(default=64, metadata=check("positive"))
     loop: bool = False
 
+    def __post_init__(self) -> None:
+        if self.decimal == "," and self.delimiter == ",":
+            raise ValueError('decimal = "," needs another delimiter, e.g. delimiter = ";"')
 
-def _parse_time(text: str) -> float:
+
+@dataclass
+class Recording:
+    """A file as read: rows in file order (not yet checked for time order)."""
+
+    samples: npt.NDArray[np.float32]  # (n, channels)
+    times: npt.NDArray[np.float64] | None  # (n,) epoch seconds, or None
+    names: tuple[str, ...]
+    bad_rows: int
+    holes: npt.NDArray[np.int64]  # rows that follow a skipped row
+    decimal_comma_rows: int = 0
+
+
+def _iso_time(text: str) -> float:
+    t = text.strip()
+    if t.endswith(("Z", "z")):  # Python 3.10's fromisoformat does not take "Z"
+        t = t[:-1] + "+00:00"
+    return datetime.fromisoformat(t).timestamp()
+
+
+def _epoch_scale(values: npt.NDArray[np.float64], unit: str) -> float:
+    """Seconds per unit of a numeric timestamp column."""
+    if unit != "auto":
+        return _UNITS[unit]
+    finite = np.abs(values[np.isfinite(values)])
+    typical = float(np.median(finite)) if len(finite) else 0.0
+    for limit, scale in _UNIT_LIMITS:
+        if typical > limit:
+            return scale
+    return 1.0
+
+
+def _times(raw: list[str], unit: str, path: Path) -> npt.NDArray[np.float64]:
     try:
-        return float(text)
+        nums = np.asarray([float(x) for x in raw], dtype=np.float64)
     except ValueError:
-        return datetime.fromisoformat(text.strip()).timestamp()
+        nums = None
+    if nums is not None:
+        return nums * _epoch_scale(nums, unit)
+    try:
+        return np.asarray([_iso_time(x) for x in raw], dtype=np.float64)
+    except ValueError as e:
+        raise SourceError(
+            f"{path}: timestamp column: {e}; expected epoch seconds/milliseconds or "
+            "ISO 8601 (e.g. 2024-03-31T00:59:50.000+01:00)"
+        ) from e
 
 
-def load_table(
-    path: Path, o: Options
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64] | None, tuple[str, ...], int]:
-    """(samples, timestamps or None, channel names, bad rows skipped)."""
+def _decimal_hint(path: Path, o: Options) -> str:
+    if o.decimal == ",":
+        return ""
+    alt = ";" if o.delimiter == "," else o.delimiter
+    return (
+        f"; values look written with a decimal comma ('3,14'): set decimal = \",\" "
+        f'(and delimiter = "{alt}") in the replay source for {path.name}'
+    )
+
+
+def load_recording(path: Path, o: Options) -> Recording:  # noqa: PLR0912, PLR0915 - one pass
+    """The file's rows. SourceError: unreadable, no header, missing columns, no usable
+    row (with a hint when the values use decimal commas or another delimiter)."""
     if path.suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
@@ -60,8 +141,9 @@ def load_table(
         names = o.columns or tuple(f"ch{i}" for i in range(arr.shape[1]))
         if len(names) != arr.shape[1]:
             raise SourceError(f"{path}: {arr.shape[1]} columns but {len(names)} names configured")
-        return arr.astype(np.float32), None, names, 0
+        return Recording(arr.astype(np.float32), None, names, 0, np.empty(0, np.int64))
     try:
+        # universal newlines: LF, CR LF and CR-only files all read as lines
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise SourceError(f"{path}: cannot read: {e}") from e
@@ -72,30 +154,60 @@ def load_table(
     wanted = o.columns or tuple(h for h in header if h != o.timestamp_column)
     missing = [c for c in (*wanted, o.timestamp_column) if c and c not in header]
     if missing:
-        raise SourceError(f"{path}: columns not in header: {missing} (header: {header})")
+        seps = [d for d in ";\t|" if len(header) == 1 and d in header[0]]
+        hint = f"; the header is one column: set delimiter = {seps[0]!r}?" if seps else ""
+        raise SourceError(f"{path}: columns not in header: {missing} (header: {header}){hint}")
     idx = [header.index(c) for c in wanted]
     tidx = header.index(o.timestamp_column) if o.timestamp_column else None
+    comma = o.decimal == ","
     vals: list[list[float]] = []
-    times: list[float] = []
-    bad = 0
+    traw: list[str] = []
+    holes: list[int] = []
+    bad = commas = 0
     for row in rows:
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if len(row) != len(header):
             bad += 1
+            commas += len(row) > len(header) and o.delimiter == ","
+            if not holes or holes[-1] != len(vals):
+                holes.append(len(vals))
             continue
+        fields = [row[i].replace(",", ".") if comma else row[i] for i in idx]
         try:
-            rec = [float(row[i]) if row[i].strip() else math.nan for i in idx]
-            t = _parse_time(row[tidx]) if tidx is not None else 0.0
+            rec = [float(f) if f.strip() else math.nan for f in fields]
         except ValueError:
             bad += 1
+            commas += looks_like_decimal_commas(fields)
+            if not holes or holes[-1] != len(vals):
+                holes.append(len(vals))
             continue
         vals.append(rec)
-        times.append(t)
+        if tidx is not None:
+            traw.append(row[tidx])
     if not vals:
-        raise SourceError(f"{path}: no usable rows ({bad} malformed)")
-    ts = np.asarray(times, dtype=np.float64) if tidx is not None else None
-    return np.asarray(vals, dtype=np.float32), ts, tuple(wanted), bad
+        hint = _decimal_hint(path, o) if commas else ""
+        raise SourceError(f"{path}: no usable rows ({bad} malformed){hint}")
+    if commas:
+        log.warning("%s: %d rows skipped%s", path, bad, _decimal_hint(path, o))
+    ts = _times(traw, o.timestamp_unit, path) if tidx is not None else None
+    hole_rows = np.asarray([h for h in holes if 0 < h < len(vals)], dtype=np.int64)
+    return Recording(np.asarray(vals, dtype=np.float32), ts, tuple(wanted), bad, hole_rows, commas)
+
+
+def load_table(
+    path: Path, o: Options
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64] | None, tuple[str, ...], int]:
+    """(samples, timestamps or None, channel names, bad rows skipped), rows in file order."""
+    r = load_recording(path, o)
+    return r.samples, r.times, r.names, r.bad_rows
+
+
+def median_step(times: npt.NDArray[np.float64]) -> float:
+    """Median positive step between timestamps, seconds (0.0 if none)."""
+    d = np.diff(times)
+    d = d[d > 0]
+    return float(np.median(d)) if len(d) else 0.0
 
 
 class ReplaySource(Source):
@@ -105,26 +217,110 @@ class ReplaySource(Source):
         super().__init__(name, options)
         self._data = np.empty((0, 0), np.float32)
         self._times: npt.NDArray[np.float64] | None = None
+        self._starts = np.zeros(1, np.int64)  # rows where a contiguous run begins
         self._names: tuple[str, ...] = tuple(options.columns)
+        self._rate = float(options.rate_hz) or DEFAULT_RATE_HZ
+        self._loaded = False
         self._pos = 0
         self._seq = 0
+        self._pass = 0  # loop passes completed
+        self._period_s = 0.0  # one pass of the file, seconds (time shift per loop pass)
+        self._t_base = 0.0  # without timestamps: wall time at open = time of sample 0
+        self._gap = False
         self._pacer = Pacer(options.speed)
 
     @property
     def channels(self) -> tuple[str, ...]:
-        if not self._names:
+        if not self._loaded:
             self._load()
         return self._names
 
+    @property
+    def rate_hz(self) -> float:
+        """rate_hz if set, else the timestamps' rate, else 1 Hz."""
+        if not self._loaded:
+            self._load()
+        return self._rate
+
     def _load(self) -> None:
-        data, times, names, bad = load_table(Path(self.options.path), self.options)
-        self._data, self._times, self._names = data, times, names
-        if bad:
-            self.count("bad_rows", bad)
+        o: Options = self.options
+        rec = load_recording(Path(o.path), o)
+        data, times, holes = rec.samples, rec.times, rec.holes
+        if rec.bad_rows:
+            self.count("bad_rows", rec.bad_rows)
+        if rec.decimal_comma_rows:
+            self.count("decimal_comma_rows", rec.decimal_comma_rows)
+        if times is not None:
+            data, times, holes = self._order(data, times, holes)
+            step = median_step(times)
+            if not o.rate_hz and step > 0:
+                self._rate = 1.0 / step
+            jumps = np.flatnonzero(np.diff(times) > GAP_PERIODS / self._rate) + 1
+            jumps = np.setdiff1d(jumps, holes)  # a skipped row is counted as bad_rows
+            if len(jumps):
+                self.count("time_gaps", len(jumps))
+            holes = np.union1d(holes, jumps)
+            span = float(times[-1] - times[0]) if len(times) else 0.0
+            self._period_s = span + 1.0 / self._rate
+        else:
+            self._period_s = len(data) / self._rate
+        self._data, self._times, self._names = data, times, rec.names
+        self._starts = np.union1d([0], holes).astype(np.int64)
+        self._loaded = True
+
+    def _order(
+        self,
+        data: npt.NDArray[np.float32],
+        times: npt.NDArray[np.float64],
+        holes: npt.NDArray[np.int64],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """Rows in time order, one per time; what had to be moved or dropped is counted
+        (`out_of_order_times`, `duplicate_times`, `bad_times` for a non-finite time)."""
+        finite = np.isfinite(times)
+        counts = {
+            "out_of_order_times": int((np.diff(times) < 0).sum()),
+            "bad_times": int((~finite).sum()),
+        }
+        order = np.argsort(times, kind="stable")  # NaN last
+        st = times[order]
+        keep = np.isfinite(st)
+        keep[1:] &= st[1:] != st[:-1]  # the first row of a time wins
+        counts["duplicate_times"] = int((np.isfinite(st) & ~keep).sum())
+        for what, k in counts.items():
+            if k:
+                self.count(what, k)
+        if not counts["out_of_order_times"] and keep.all():
+            return data, times, holes
+        # a hole before row h: before the first kept row at or after its new place
+        place = np.empty_like(order)
+        place[order] = np.arange(len(order))
+        new_index = np.cumsum(keep) - 1
+        kept_holes = set()
+        for h in holes:
+            after = np.flatnonzero(keep[place[h] :])
+            if len(after):
+                kept_holes.add(int(new_index[place[h] + after[0]]))
+        rows = order[keep]
+        return data[rows], st[keep], np.asarray(sorted(kept_holes), dtype=np.int64)
+
+    @property
+    def nominal_rate_hz(self) -> float | None:
+        return self.rate_hz if self.options.speed == 1.0 else None
 
     def open(self) -> None:
-        if self._data.size == 0:
+        if not self._loaded:
             self._load()
+        if self._t_base == 0.0:
+            self._t_base = time.time()
+        if len(self._data) == 0:
+            raise SourceError(f"{self.options.path}: no rows with usable times")
+
+    def _time(self, a: int, b: int) -> npt.NDArray[np.float64]:
+        """Source times of rows a..b-1 in the current pass, seconds."""
+        shift = self._pass * self._period_s
+        if self._times is not None:
+            return self._times[a:b] + shift
+        return self._t_base + shift + np.arange(a, b, dtype=np.float64) / self._rate
 
     def read(self, timeout: float) -> Block | None:
         o = self.options
@@ -134,15 +330,20 @@ class ReplaySource(Source):
                 self.finished = True
                 return None
             self._pos = 0
-        end = min(self._pos + o.block, n_total)
-        if self._times is not None:
-            offset = float(self._times[end - 1] - self._times[0])
-        else:
-            offset = self._seq / o.rate_hz + (end - self._pos) / o.rate_hz
-        if not self._pacer.wait(offset, timeout):
+            self._pass += 1
+            self._gap = True  # the file's end does not run on into its start
+        # a block never crosses a hole: it ends at the next run start
+        nxt = int(np.searchsorted(self._starts, self._pos, side="right"))
+        stop = int(self._starts[nxt]) if nxt < len(self._starts) else n_total
+        end = min(self._pos + o.block, stop)
+        times = self._time(self._pos, end)
+        # pacing follows the samples' own times, across loop passes too
+        first = self._times[0] if self._times is not None else self._t_base
+        if not self._pacer.wait(float(times[-1] - first), timeout):
             return None
-        t0 = float(self._times[self._pos]) if self._times is not None else self._seq / o.rate_hz
-        blk = Block(self._data[self._pos : end], t0, self._seq, o.rate_hz)
+        gap = self._gap or (self._pos > 0 and self._pos in self._starts)
+        blk = Block(self._data[self._pos : end], float(times[0]), self._seq, self._rate, gap, times)
+        self._gap = False
         self._seq += end - self._pos
         self._pos = end
         return blk

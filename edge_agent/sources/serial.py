@@ -4,10 +4,18 @@ The port is reopened by path on every reconnect, so a stable `/dev/serial/by-id/
 link follows the board across USB re-enumeration (ttyUSB0 -> ttyUSB1). A vanished
 device raises SourceDisconnectedError; the runner retries with backoff for as long
 as it takes. Parse problems are counted (see framing.py), never raised.
+
+Holes: samples lost on the line (a gap in the frame counter, a frame failing its CRC,
+a rejected line) split the data into separate blocks, the one after the hole marked
+`gap_before` (with its sequence number advanced by the samples known lost), and so is
+the first block after a reopen. Sample times are receive times: the last sample of a
+read arrived "now", earlier ones are spaced at the measured rate (the configured one
+until enough has been measured).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
@@ -84,6 +92,9 @@ class SerialSource(Source):
         self._next = 0
         self._meter = RateMeter(options.rate_window_s)
         self._hinted = False
+        self._pending: collections.deque[Block] = collections.deque()
+        self._gap = False  # the next block follows a hole (reopened device)
+        self._warned: set[str] = set()
 
     def _new_parser(self) -> StreamParser:
         o: Options = self.options
@@ -129,6 +140,8 @@ class SerialSource(Source):
             raise SourceError(f"serial port {o.port}: cannot open: {e}") from e
         self._parser = self._new_parser()
         self._meter.reset()
+        self._pending.clear()
+        self._gap = True  # whatever the board sent while away is not here
         log.info("source %s: opened %s at %d baud (%s)", self.name, o.port, o.baud, o.format)
 
     def close(self) -> None:
@@ -141,6 +154,8 @@ class SerialSource(Source):
     def read(self, timeout: float) -> Block | None:
         import serial
 
+        if self._pending:
+            return self._pending.popleft()
         if self._ser is None:
             raise SourceDisconnectedError(f"serial port {self.options.port}: not open")
         deadline = time.monotonic() + timeout
@@ -162,24 +177,54 @@ class SerialSource(Source):
                 continue
             parsed = self._parser.feed(data)
             self._account(parsed)
-            n = len(parsed.samples)
-            if n:
-                return self._block(parsed, n)
+            if len(parsed.samples):
+                self._split(parsed)
+                return self._pending.popleft()
 
-    def _block(self, parsed: Parsed, n: int) -> Block:
-        now = time.monotonic()
+    def _rate(self) -> float:
+        """Measured rate once it spans a few seconds, else the configured one."""
+        o: Options = self.options
+        if self._meter.span_s >= min(2.0, o.rate_window_s / 2) and self._meter.rate_hz > 0:
+            return self._meter.rate_hz
+        return float(o.rate_hz)
+
+    def _split(self, parsed: Parsed) -> None:
+        """Queue the samples of one read as blocks, cut at every hole."""
+        now, wall = time.monotonic(), time.time()
+        n = len(parsed.samples)
         self._meter.add(now, n)
-        rate = float(self.options.rate_hz)
-        # the data carries no clock: the last sample arrived "now"
-        blk = Block(parsed.samples, time.time() - (n - 1) / rate, self._next, rate)
-        self._next += n
-        return blk
+        rate = self._rate()
+        lost_total = sum(k for _, k in parsed.breaks)
+        last_seq = self._next + lost_total + n - 1
+        # the data carries no clock: its last sample arrived "now"
+        cuts = [(row, lost) for row, lost in parsed.breaks if 0 < row < n]
+        gap = self._gap or any(row == 0 for row, _ in parsed.breaks)
+        self._next += sum(lost for row, lost in parsed.breaks if row == 0)
+        bounds = [0, *(row for row, _ in cuts), n]
+        for i in range(len(bounds) - 1):
+            a, b = bounds[i], bounds[i + 1]
+            if i:
+                self._next += cuts[i - 1][1]
+                gap = True
+            t0 = wall - (last_seq - self._next) / rate
+            self._pending.append(Block(parsed.samples[a:b], t0, self._next, rate, gap))
+            self._next += b - a
+            gap = False
+        self._gap = False
 
     def _account(self, parsed: Parsed) -> None:
         if parsed.frames:
             self.count("frames", parsed.frames)
         for what, k in parsed.errors.items():
             self.count(what, k)
+        if parsed.errors.get("decimal_comma_lines") and "decimal" not in self._warned:
+            self._warned.add("decimal")
+            log.warning(
+                "source %s: lines look written with decimal commas ('3,14'); the csv "
+                "format needs a '.' decimal mark and ',' between values: change the "
+                "board's output (lines are dropped and counted as decimal_comma_lines)",
+                self.name,
+            )
 
 
 SOURCE_CLASS = SerialSource
