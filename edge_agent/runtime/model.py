@@ -13,6 +13,7 @@ overflows to inf/NaN. Such a window scores SATURATED_SCORE, whatever the model s
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +54,20 @@ SATURATED_SCORE = 1e300
 _CLIP_SIGMAS = np.float32(1e30)
 
 
+def _sum_squares(x: npt.NDArray[np.float32]) -> float:
+    """One BLAS dot: inf/NaN if any value is (or squares past float32), else a bound on
+    every value's square. Cheaper than min and max, or a mask, on a live stream's tiny
+    arrays (~0.3 us, where each numpy reduction costs a few)."""
+    flat = x.reshape(-1)
+    return float(np.dot(flat, flat))
+
+
 def far_windows(x_norm: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_] | None:
     """Which normalised windows (n, ...) hold a value beyond +-FAR_SIGMAS; None when
-    none does, the usual case, found with two reductions and no mask (pure). NaN is not
-    far: an invalid reading is sensor health's, and the pipeline never scores it."""
-    if not len(x_norm):
-        return None
-    hi, lo = float(x_norm.max()), float(x_norm.min())
-    if hi <= FAR_SIGMAS and lo >= -FAR_SIGMAS:
-        return None
+    none does (pure). NaN is not far: an invalid reading is sensor health's, and the
+    pipeline never scores it."""
+    if not len(x_norm) or _sum_squares(x_norm) <= FAR_SIGMAS**2:
+        return None  # every |value| <= sqrt(sum of squares) <= FAR_SIGMAS: the usual case
     far: npt.NDArray[np.bool_] = np.abs(x_norm).reshape(len(x_norm), -1).max(axis=1) > FAR_SIGMAS
     return far if far.any() else None
 
@@ -72,7 +78,7 @@ def _clip_overflow(
     """Normalised `x` with the values that overflowed to +-inf from a finite raw reading
     (float32 max with a std below 1) clipped to +-_CLIP_SIGMAS. A raw NaN/inf stays: that
     is an invalid reading, for sensor health, not a measurement."""
-    if np.isfinite(x.sum()):  # one reduction: the usual case
+    if math.isfinite(_sum_squares(x)):  # the usual case
         return x
     over = ~np.isfinite(x) & np.isfinite(raw)
     if not over.any():
