@@ -2,10 +2,10 @@
 
 `EDGE_AGENT_TEST_FAULT` holds `;`-separated items, each `component[,count]` (the
 component raises `InjectedFaultError` at its next `count` heartbeats, default 1) or
-`hang:component` (the component's next heartbeat blocks until the agent stops: a
-backend call that never returns). Component names are the supervisor's
-(`stream-<name>`, `reporting`, `updater`, `metrics`, `tick`). Unset in production:
-then every check is one dict lookup.
+`hang:component[,after]` (the component's `after`-th heartbeat, default the first,
+blocks until the agent stops: a backend call that never returns). Component names are
+the supervisor's (`stream-<name>`, `reporting`, `updater`, `metrics`, `tick`). Unset
+in production: then every check is one dict lookup.
 """
 
 from __future__ import annotations
@@ -27,26 +27,24 @@ class InjectedFaultError(RuntimeError):
 
 
 class Faults:
-    def __init__(self, raises: Mapping[str, int], hangs: frozenset[str]) -> None:
+    def __init__(self, raises: Mapping[str, int], hangs: Mapping[str, int]) -> None:
         self._left = dict(raises)
-        self._hangs = hangs
+        self._hang_in = dict(hangs)  # component -> heartbeats left before it hangs
         self._lock = threading.Lock()
 
     @classmethod
     def parse(cls, spec: str) -> Faults:
         """ValueError on a malformed spec (a test typo must not pass silently)."""
         raises: dict[str, int] = {}
-        hangs: set[str] = set()
+        hangs: dict[str, int] = {}
         for item in filter(None, (i.strip() for i in spec.split(";"))):
-            if item.startswith("hang:"):
-                hangs.add(item[5:])
-                continue
-            name, _, count = item.partition(",")
+            hang = item.startswith("hang:")
+            name, _, count = item.removeprefix("hang:").partition(",")
             n = int(count) if count else 1
             if not name or n < 1:
-                raise ValueError(f"{FAULT_ENV}: bad item {item!r} (component[,count])")
-            raises[name] = n
-        return cls(raises, frozenset(hangs))
+                raise ValueError(f"{FAULT_ENV}: bad item {item!r} ([hang:]component[,count])")
+            (hangs if hang else raises)[name] = n
+        return cls(raises, hangs)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Faults:
@@ -58,9 +56,13 @@ class Faults:
 
     def check(self, component: str, stop: threading.Event) -> None:
         """Called at each heartbeat of `component`: raise or hang if asked to."""
-        if not self._left and not self._hangs:
+        if not self._left and not self._hang_in:
             return
-        if component in self._hangs:
+        with self._lock:
+            hang_in = self._hang_in.get(component, 0) - 1
+            if hang_in >= 0:
+                self._hang_in[component] = hang_in
+        if hang_in == 0:
             log.warning("%s: injected hang", component)
             stop.wait()
             return

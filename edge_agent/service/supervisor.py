@@ -125,7 +125,7 @@ class Supervisor:
         self.stop_event = threading.Event()
         self._budget = (budget, window_s)
         self._hang_after_s = hang_after_s
-        self._faults = faults or Faults({}, frozenset())
+        self._faults = faults or Faults({}, {})
         self._on_error = on_error
         self._components: dict[str, _Component] = {}
         self._lock = threading.Lock()
