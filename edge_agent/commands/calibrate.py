@@ -1,10 +1,14 @@
 """`edge-agent calibrate`: fit a stream's normalisation and threshold on live normal data.
 
-Runs the stream's own source (as configured) until enough windows were seen, or for
+Runs the stream's own source (as configured) until enough samples were seen, or for
 a duration, fits (edge_agent/pipeline/calibration.py), stores
 `<state_dir>/calibration/<stream>.json` and prints the result. An existing calibration is
 replaced, and the old and new thresholds are logged. The running agent picks the new
-calibration up on restart.
+calibration up on restart (the command says whether one is running).
+
+A recording (`replay` source) is read as fast as it goes, whatever the stream's `speed`:
+calibrating on 600 windows of 5-minute data must not take days. Progress goes to
+stderr; the result names the channels as the source names them (the user's columns).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOWS = 600
 READ_TIMEOUT_S = 0.2
+PROGRESS_EVERY_S = 1.0  # at most one progress line per second
 MAX_SAMPLES = 10_000_000  # memory bound for --duration on a fast source
 
 
@@ -55,6 +61,7 @@ def register(sub: Any) -> None:
         help=f"calibrate on N windows (default: the stream's calibrate_windows, "
         f"else {DEFAULT_WINDOWS})",
     )
+    g.add_argument("--samples", type=int, help="calibrate on N samples (rows of a recording)")
     g.add_argument("--duration", type=float, help="calibrate on S seconds of data")
     p.add_argument("--state-dir", help="override the config's state_dir")
     p.add_argument("--json", action="store_true", help="print the calibration as JSON")
@@ -76,9 +83,14 @@ def _pick_stream(cfg: AgentConfig, name: str | None) -> StreamConfig:
 
 
 def collect_samples(
-    source: Source, *, max_samples: int, duration_s: float | None
+    source: Source,
+    *,
+    max_samples: int,
+    duration_s: float | None,
+    progress: Callable[[int], None] | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Read the source until `max_samples`, `duration_s` elapsed, or its end."""
+    """Read the source until `max_samples`, `duration_s` elapsed, or its end;
+    `progress(samples so far)` after every block."""
     import numpy as np
 
     blocks: list[npt.NDArray[np.float32]] = []
@@ -95,11 +107,51 @@ def collect_samples(
             take = blk.samples[: max_samples - n]
             blocks.append(take)
             n += len(take)
+            if progress is not None:
+                progress(n)
     finally:
         source.close()
     if not blocks:
         return np.empty((0, source.columns), dtype=np.float32)
     return np.concatenate(blocks).astype(np.float32, copy=False)
+
+
+def as_fast_as_possible(sc: StreamConfig) -> StreamConfig:
+    """A replay source reads at full speed for calibration (never waits for the file's
+    timestamps); other sources are live and keep their settings."""
+    opts = sc.source.options
+    if sc.source.kind != "replay" or getattr(opts, "speed", 0.0) == 0.0:
+        return sc
+    log.info("stream %s: reading the recording as fast as it goes (speed 0)", sc.name)
+    return replace(sc, source=replace(sc.source, options=replace(opts, speed=0.0)))
+
+
+class Progress:
+    """Progress lines on stderr, at most one per PROGRESS_EVERY_S (and the last one)."""
+
+    def __init__(self, stream: str, want: int | None, duration_s: float | None) -> None:
+        self.stream, self.want, self.duration_s = stream, want, duration_s
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S and (self.want is None or n < self.want):
+            return
+        self.last = now
+        if self.duration_s is not None:
+            of = f"{now - self.t0:.0f}/{self.duration_s:g} s, {n} samples"
+        else:
+            of = f"{n}/{self.want} samples ({100 * n // max(self.want or 1, 1)} %)"
+        print(f"calibrating {self.stream}: {of}", file=sys.stderr, flush=True)
+
+
+def agent_running(state_dir: Path) -> bool:
+    """Whether an agent is running on this state dir now (its status file says so)."""
+    from edge_agent.commands.status import read_snapshot
+    from edge_agent.service.status import Verdict, assess
+
+    snap = read_snapshot(state_dir)
+    return snap.exists and assess(snap, time.time()).verdict is not Verdict.DOWN
 
 
 def _load(cfg: AgentConfig, sc: StreamConfig) -> LoadedModel:
@@ -114,10 +166,8 @@ def _load(cfg: AgentConfig, sc: StreamConfig) -> LoadedModel:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from edge_agent.pipeline.calibration import (
-        MIN_WINDOWS,
         fit_calibration,
         load_calibration,
-        samples_needed,
         save_calibration,
     )
     from edge_agent.sources.registry import create_source
@@ -129,27 +179,34 @@ def _calibrate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.state_dir:
         cfg = replace(cfg, state_dir=args.state_dir)
-    if args.windows is not None and args.windows < 1:
-        raise ConfigError("--windows: expected a positive number")
-    if args.duration is not None and args.duration <= 0:
-        raise ConfigError("--duration: expected a positive number")
-    sc = _pick_stream(cfg, args.stream)
+    for opt in ("windows", "samples", "duration"):
+        v = getattr(args, opt)
+        if v is not None and not v > 0:
+            raise ConfigError(f"--{opt}: expected a positive number")
+    sc = as_fast_as_possible(_pick_stream(cfg, args.stream))
     state_dir = Path(cfg.state_dir)
     model = _load(cfg, sc)
     pre = model.card.preprocessing
     window, hop = sc.window or pre.window, sc.hop or pre.hop
-    if args.duration is not None:
-        max_samples, duration = MAX_SAMPLES, float(args.duration)
-    else:
-        n_win = args.windows or sc.calibrate_windows or DEFAULT_WINDOWS
-        max_samples, duration = samples_needed(window, hop, max(n_win, MIN_WINDOWS)), None
+    max_samples, duration = _budget(args, sc, window, hop)
     source = create_source(sc.source.kind, sc.name, sc.source.options)
     try:
-        samples = collect_samples(source, max_samples=max_samples, duration_s=duration)
+        samples = collect_samples(
+            source,
+            max_samples=max_samples,
+            duration_s=duration,
+            progress=Progress(sc.name, None if duration else max_samples, duration),
+        )
     except SourceError as e:
         raise CalibrationError(f"stream {sc.name}: source failed while calibrating: {e}") from e
     log.info("stream %s: calibrating %s on %d samples", sc.name, model.description, len(samples))
-    cal = fit_calibration(model, samples, stream=sc.name, now=time.time(), window=window, hop=hop)
+    names = _user_names(source, model)
+    try:
+        cal = fit_calibration(
+            model, samples, stream=sc.name, now=time.time(), window=window, hop=hop
+        )
+    except CalibrationError as e:
+        raise CalibrationError(f"{e}{_name_map(names, model)}") from e
     try:
         old = load_calibration(state_dir, sc.name)
     except EdgeAgentError as e:
@@ -168,12 +225,61 @@ def _calibrate(args: argparse.Namespace) -> int:
         )
     else:
         log.info("stream %s: calibrated: threshold %.6g", sc.name, cal.threshold)
-    _print(cal, old, path, model, as_json=args.json)
+    _print(cal, old, path, model, as_json=args.json, names=names)
+    _say_when_applied(state_dir, as_json=args.json)
     return 0
 
 
+def _budget(
+    args: argparse.Namespace, sc: StreamConfig, window: int, hop: int
+) -> tuple[int, float | None]:
+    """(samples to collect at most, seconds or None) from --duration/--samples/--windows."""
+    from edge_agent.pipeline.calibration import MIN_WINDOWS, samples_needed
+
+    if args.duration is not None:
+        return MAX_SAMPLES, float(args.duration)
+    if args.samples is not None:  # too few is refused by the fit, naming the minimum
+        return int(args.samples), None
+    n_win = args.windows or sc.calibrate_windows or DEFAULT_WINDOWS
+    return samples_needed(window, hop, max(n_win, MIN_WINDOWS)), None
+
+
+def _say_when_applied(state_dir: Path, *, as_json: bool) -> None:
+    where = sys.stderr if as_json else sys.stdout
+    if agent_running(state_dir):
+        print(
+            "the agent running on this state dir keeps its old calibration until it "
+            "restarts: restart it to apply this one (systemctl restart edge-agent)",
+            file=where,
+        )
+    else:
+        print("no agent is running on this state dir: it applies at the next start", file=where)
+
+
+def _user_names(source: Source, model: LoadedModel) -> tuple[str, ...]:
+    """The source's channel names when it has one per model channel, else the card's."""
+    card = model.card.preprocessing.channels
+    try:
+        names = tuple(source.channels)
+    except Exception:  # noqa: BLE001 - a source without names: the card's
+        return card
+    return names if len(names) == len(card) and all(names) else card
+
+
+def _name_map(names: tuple[str, ...], model: LoadedModel) -> str:
+    card = model.card.preprocessing.channels
+    pairs = [f"{c} = your {u!r}" for c, u in zip(card, names, strict=True) if c != u]
+    return f" (model channel names; {', '.join(pairs)})" if pairs else ""
+
+
 def _print(
-    cal: Calibration, old: Calibration | None, path: Path, model: LoadedModel, *, as_json: bool
+    cal: Calibration,
+    old: Calibration | None,
+    path: Path,
+    model: LoadedModel,
+    *,
+    as_json: bool,
+    names: tuple[str, ...],
 ) -> None:
     from edge_agent.pipeline.calibration import threshold_warning
 
@@ -183,6 +289,7 @@ def _print(
         d["previous_threshold"] = old.threshold if old else None
         d["card_threshold"] = model.card.threshold
         d["warning"] = threshold_warning(cal, model.card)
+        d["source_channels"] = list(names)
         json.dump(d, sys.stdout, indent=2)
         print()
         return
@@ -193,6 +300,7 @@ def _print(
     warning = threshold_warning(cal, model.card)
     if warning:
         print(f"  WARNING: {warning}")
-    for ch, m, s in zip(cal.channels, cal.mean, cal.std, strict=True):
-        print(f"  {ch}: mean {m:.6g}, std {s:.6g}")
+    for ch, user, m, s in zip(cal.channels, names, cal.mean, cal.std, strict=True):
+        label = user if user == ch else f"{user} (model channel {ch})"
+        print(f"  {label}: mean {m:.6g}, std {s:.6g}")
     print(f"  stored in {path} (valid for model sha256 {cal.model_sha256[:12]}... only)")
