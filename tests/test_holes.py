@@ -186,10 +186,26 @@ def test_normal_signal_with_crc_failures_raises_no_alarm(board: PtyBoard) -> Non
 def test_normal_signal_with_garbled_csv_lines_raises_no_alarm(board: PtyBoard) -> None:
     sig = SyntheticSignal(NORMAL)
     data, good = _csv_lines(sig, 0, 3000, garble=20)
-    s = _run(board, "csv", data, good)
-    assert s.runner.source.snapshot_counters()["bad_lines"] == 3000 - good
-    assert s.pipe.windower.gaps == 3000 - good
+    s = _run(board, "csv", data, 3000)  # each lost line bridged: every sample number used
+    counters = s.runner.source.snapshot_counters()
+    assert counters["bad_lines"] == 3000 - good
+    # one line = one sample: a one-sample hole is bridged, not a restart, so the
+    # stream still scores (a restart every 20 lines would leave no 64-sample window)
+    assert counters["filled_samples"] == 3000 - good
+    assert s.pipe.windower.gaps == 0
+    assert s.pipe.stats.windows > 100
     assert s.alarm_starts == [], [e.ts for e in s.alarm_starts]
+
+
+def test_two_lost_lines_in_a_row_are_a_hole(board: PtyBoard) -> None:
+    sig = SyntheticSignal(NORMAL)
+    rows = sig.render(0, 200)
+    lines = [",".join(f"{v:.5f}" for v in r).encode() + b"\n" for r in rows]
+    lines[100] = lines[101] = b"\xff\xfe\n"  # longer than max_fill_samples = 1
+    s = _run(board, "csv", b"".join(lines), 198)
+    assert s.runner.source.snapshot_counters().get("filled_samples", 0) == 0
+    assert s.pipe.windower.gaps == 1
+    assert s.pipe.windower.lost_samples == 2
 
 
 def _unplug_run(board: PtyBoard, spec: SignalSpec) -> tuple[Stream, SyntheticSignal]:

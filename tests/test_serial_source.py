@@ -77,9 +77,11 @@ def test_csv_stream(board: PtyBoard) -> None:
     try:
         _wait(lambda: r.state is SourceState.RUNNING)
         board.write(b"1,2,3\r\n4,5,6\r\n7,8\r\n9,10,11\r\n")
-        got = _collect(r, 3)
-        assert got.tolist() == [[1, 2, 3], [4, 5, 6], [9, 10, 11]]
+        got = _collect(r, 4)
+        # the bad line is dropped; its one sample is bridged (max_fill_samples = 1)
+        assert got.tolist() == [[1, 2, 3], [4, 5, 6], [6.5, 7.5, 8.5], [9, 10, 11]]
         assert r.source.snapshot_counters()["bad_lines"] == 1
+        assert r.source.snapshot_counters()["filled_samples"] == 1
     finally:
         r.stop()
 

@@ -8,9 +8,11 @@ as it takes. Parse problems are counted (see framing.py), never raised.
 Holes: samples lost on the line (a gap in the frame counter, a frame failing its CRC,
 a rejected line) split the data into separate blocks, the one after the hole marked
 `gap_before` (with its sequence number advanced by the samples known lost), and so is
-the first block after a reopen. Sample times are receive times: the last sample of a
-read arrived "now", earlier ones are spaced at the measured rate (the configured one
-until enough has been measured).
+the first block after a reopen. A hole of at most `max_fill_samples` samples of known
+length (one garbled text line) is bridged by linear interpolation instead, so a noisy
+line at 1 line in 20 still leaves windows to score. Sample times are receive times:
+the last sample of a read arrived "now", earlier ones are spaced at the measured rate
+(the configured one until enough has been measured).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import select
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.schema import check
@@ -57,6 +62,9 @@ class Options:
     max_frame_bytes: int = field(default=MAX_FRAME_PAYLOAD, metadata=check("positive"))
     max_line_bytes: int = field(default=MAX_LINE_BYTES, metadata=check("positive"))
     rate_window_s: float = field(default=10.0, metadata=check("positive"))
+    # a hole of at most this many samples of known length (one rejected text line) is
+    # bridged by linear interpolation (`filled_samples`); longer ones restart windowing
+    max_fill_samples: int = field(default=1, metadata=check("nonneg"))
     # flock the port so a second agent (or a stray minicom) cannot steal bytes
     exclusive: bool = True
 
@@ -93,6 +101,7 @@ class SerialSource(Source):
         self._meter = RateMeter(options.rate_window_s)
         self._hinted = False
         self._pending: collections.deque[Block] = collections.deque()
+        self._last: npt.NDArray[np.float32] | None = None  # the last sample, for bridging
         self._gap = False  # the next block follows a hole (reopened device)
         self._warned: set[str] = set()
 
@@ -189,28 +198,61 @@ class SerialSource(Source):
         return float(o.rate_hz)
 
     def _split(self, parsed: Parsed) -> None:
-        """Queue the samples of one read as blocks, cut at every hole."""
+        """Queue the samples of one read as blocks, cut at every hole (a hole of at most
+        max_fill_samples known samples is bridged instead)."""
         now, wall = time.monotonic(), time.time()
         n = len(parsed.samples)
         self._meter.add(now, n)
         rate = self._rate()
-        lost_total = sum(k for _, k in parsed.breaks)
-        last_seq = self._next + lost_total + n - 1
-        # the data carries no clock: its last sample arrived "now"
-        cuts = [(row, lost) for row, lost in parsed.breaks if 0 < row < n]
-        gap = self._gap or any(row == 0 for row, _ in parsed.breaks)
-        self._next += sum(lost for row, lost in parsed.breaks if row == 0)
-        bounds = [0, *(row for row, _ in cuts), n]
-        for i in range(len(bounds) - 1):
-            a, b = bounds[i], bounds[i + 1]
-            if i:
-                self._next += cuts[i - 1][1]
-                gap = True
+        segments: list[tuple[list[npt.NDArray[np.float32]], int, bool]] = []  # rows, skip, gap
+        rows: list[npt.NDArray[np.float32]] = []
+        prev = None if self._gap else self._last
+        skip, gap, lo = 0, self._gap, 0
+        for row, lost in [*parsed.breaks, (n, 0)]:
+            part = parsed.samples[lo:row]
+            if len(part):
+                rows.append(part)
+                prev = part[-1]
+            lo = row
+            if row >= n:
+                break
+            bridged = self._bridge(prev, parsed.samples[row], lost)
+            if bridged is not None:
+                rows.append(bridged)
+                continue
+            if rows:
+                segments.append((rows, skip, gap))
+                rows, skip = [], 0
+            skip, gap = skip + lost, True  # numbers of the lost samples stay unused
+        if rows:
+            segments.append((rows, skip, gap))
+        total = sum(k + sum(len(r) for r in rs) for rs, k, _ in segments)
+        last_seq = self._next + total - 1
+        for rs, k, g in segments:
+            self._next += k
+            data = np.concatenate(rs) if len(rs) > 1 else rs[0]
+            # the data carries no clock: its last sample arrived "now"
             t0 = wall - (last_seq - self._next) / rate
-            self._pending.append(Block(parsed.samples[a:b], t0, self._next, rate, gap))
-            self._next += b - a
-            gap = False
+            self._pending.append(Block(data, t0, self._next, rate, g))
+            self._next += len(data)
+        if prev is not None:
+            self._last = prev
         self._gap = False
+
+    def _bridge(
+        self,
+        before: npt.NDArray[np.float32] | None,
+        after: npt.NDArray[np.float32],
+        lost: int,
+    ) -> npt.NDArray[np.float32] | None:
+        """Linear interpolation over a hole of `lost` samples (known length, at most
+        max_fill_samples, with a sample on each side), counted; None: a real hole."""
+        if before is None or not 0 < lost <= self.options.max_fill_samples:
+            return None
+        w = (np.arange(1, lost + 1, dtype=np.float32) / np.float32(lost + 1))[:, None]
+        self.count("filled_samples", lost)
+        out: npt.NDArray[np.float32] = (before + (after - before) * w).astype(np.float32)
+        return out
 
     def _account(self, parsed: Parsed) -> None:
         if parsed.frames:
