@@ -79,8 +79,6 @@ def _clip_overflow(
     """Normalised `x` with the values that overflowed to +-inf from a finite raw reading
     (float32 max with a std below 1) clipped to +-_CLIP_SIGMAS. A raw NaN/inf stays: that
     is an invalid reading, for sensor health, not a measurement."""
-    if math.isfinite(_sum_squares(x)):  # the usual case
-        return x
     over = ~np.isfinite(x) & np.isfinite(raw)
     if not over.any():
         return x
@@ -167,16 +165,19 @@ class LoadedModel:
     def normalize(self, raw: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """(x - mean) / std per channel, float32; a finite reading never becomes inf."""
         c = len(self._mean)
-        if c > 1 and raw.ndim >= 2 and raw.shape[-1] == c and raw.flags.c_contiguous:
-            mean, inv = self._tiled(raw.size)
-            with np.errstate(over="ignore"):  # float32 max / a small std: clipped below
+        # Overflow (float32 max / a small std) is found by the dot and clipped below.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if c > 1 and raw.ndim >= 2 and raw.shape[-1] == c and raw.flags.c_contiguous:
+                mean, inv = self._tiled(raw.size)
                 flat: npt.NDArray[np.float32] = np.subtract(raw.reshape(-1), mean, dtype=np.float32)
                 flat *= inv
-            return _clip_overflow(flat.reshape(raw.shape), raw)
-        with np.errstate(over="ignore"):
-            out: npt.NDArray[np.float32] = np.subtract(raw, self._mean, dtype=np.float32)
-            out *= self._inv_std
-        return _clip_overflow(out, raw)
+                out = flat.reshape(raw.shape)
+            else:
+                out = np.subtract(raw, self._mean, dtype=np.float32)
+                out *= self._inv_std
+                flat = out.reshape(-1)
+            finite = math.isfinite(float(np.dot(flat, flat)))  # one BLAS call: the usual case
+        return out if finite else _clip_overflow(out, raw)
 
     def denormalize(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         out: npt.NDArray[np.float32] = x / self._inv_std + self._mean
