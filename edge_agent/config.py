@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from edge_agent.errors import ConfigError
 from edge_agent.identity import machine_default_device_id
+from edge_agent.pipeline.baseline_config import BaselineConfig
 from edge_agent.pipeline.health_config import SensorHealthConfig
 from edge_agent.schema import check, from_mapping
 
@@ -172,6 +173,7 @@ class StreamConfig:
     calibrate_windows: int = field(default=0, metadata=check("nonneg"))
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
     sensor_health: SensorHealthConfig = field(default_factory=SensorHealthConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from edge_agent.backoff import RestartBudget
 from edge_agent.config import AgentConfig, StreamConfig
 from edge_agent.errors import CalibrationError, ConfigError, SourceError
 from edge_agent.pipeline.alarms import AlarmPolicy
+from edge_agent.pipeline.baseline_follower import BaselineFollower
 from edge_agent.pipeline.calibration import (
     Calibration,
     Calibrator,
@@ -168,6 +169,9 @@ class StreamRuntime:
             sc.sensor_health,
             time.time(),
         )
+        self.baseline: BaselineFollower | None = None
+        if sc.baseline.mode == "adaptive":
+            self.baseline = BaselineFollower(self.state_dir, sc.name, sc.baseline, self.pipeline)
         self.calibrator: Calibrator | None = None
         self.calibration_error = ""
         if sc.calibrate_windows > 0 and self.calibration is None:
@@ -237,6 +241,8 @@ class StreamRuntime:
             # Samples from a faulty sensor are withheld: not a process anomaly.
             for ev in self.pipeline.process(b, bad if bad.any() else None):
                 sinks.event(ev)
+            if self.baseline is not None:
+                self.baseline.after_block(b)
             sinks.progress()
             if stop.is_set():  # e.g. --max-windows reached: do not run ahead
                 break
@@ -327,6 +333,8 @@ class StreamRuntime:
 
     def stop_source(self, timeout: float) -> None:
         self.runner.stop(timeout)
+        if self.baseline is not None:
+            self.baseline.save()  # what it adapted to survives the restart
 
     def snapshot(self) -> dict[str, Any]:
         r, p, st = self.runner, self.pipeline, self.pipeline.stats
@@ -364,6 +372,7 @@ class StreamRuntime:
             },
             "counters": self.source.snapshot_counters(),
             "calibration": self.calibration_snapshot(),
+            "baseline": self.baseline.snapshot() if self.baseline else {"mode": "fixed"},
             "sensor_health": {
                 "active": sorted(
                     f"{c.value}:{ch}" if ch else c.value for c, ch in self.health.active
