@@ -26,6 +26,7 @@ from edge_agent.pipeline.sensor_health import (
 from edge_agent.pipeline.stream import AnomalyEvent, StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import load_model
+from edge_agent.sources.base import Block
 from edge_agent.sources.framing import encode_frame
 from edge_agent.sources.runner import SourceRunner, SourceState
 from edge_agent.sources.serial import Options, SerialSource
@@ -276,3 +277,42 @@ def test_hole_before_a_block_restarts_windowing_without_a_sequence_jump() -> Non
     assert w.gaps == 1
     out = w.push(x, 12)
     assert [int(s) for s in out.starts] == [6, 10]  # windows from after the hole only
+
+
+def _monitor_run(hole_s: float) -> list[HealthEvent]:
+    """12 s of 100 Hz blocks, the source gone for `hole_s` (reconnecting), 14 s more;
+    times are passed in, so the run takes no wall time."""
+    mon = SensorHealthMonitor("s", CHANNELS, RATE, SensorHealthConfig(), now=0.0)
+    sig = SyntheticSignal(NORMAL)
+    events: list[HealthEvent] = []
+    seq, t = 0, 0.0
+    for _ in range(120):  # 0.1 s blocks
+        events += mon.observe(Block(sig.render(seq, 10), t, seq, RATE), t + 0.1)[0]
+        events += mon.check(t + 0.1)
+        seq, t = seq + 10, t + 0.1
+    events += mon.set_connected(False, t)
+    gone = t
+    while t < gone + hole_s:
+        t += 0.5
+        events += mon.check(t)
+    events += mon.set_connected(True, t)
+    for i in range(140):
+        blk = Block(sig.render(seq, 10), t, seq, RATE, gap_before=i == 0)
+        events += mon.observe(blk, t + 0.1)[0]
+        events += mon.check(t + 0.1)
+        seq, t = seq + 10, t + 0.1
+    return events
+
+
+def test_an_unplug_is_a_gap_and_disconnected_never_a_rate_fault() -> None:
+    events = _monitor_run(8.0)
+    kinds = {(e.condition, e.active) for e in events}
+    assert (HealthCondition.DISCONNECTED, True) in kinds
+    assert (HealthCondition.GAP, True) in kinds
+    assert (HealthCondition.GAP, False) in kinds  # cleared by clean samples after it
+    assert not [e for e in events if e.condition is HealthCondition.RATE], events
+
+
+def test_a_short_hole_is_no_gap_event() -> None:
+    events = _monitor_run(0.5)
+    assert not [e for e in events if e.condition is HealthCondition.GAP]

@@ -226,6 +226,9 @@ class SensorHealthMonitor:
         if connected == self._connected:
             return []
         self._connected = connected
+        if connected:  # the outage is not the sensor's rate: measure afresh from here
+            self._started = now
+            self._arrivals.clear()
         detail = "source reconnected" if connected else "source disconnected, reconnecting"
         return [self._event("", HealthCondition.DISCONNECTED, not connected, detail, now)]
 
@@ -237,7 +240,13 @@ class SensorHealthMonitor:
         win = self.cfg.rate_window_s
         self._prune(now)
         tol = self.cfg.rate_tolerance
-        if self.rate_hz is None or tol <= 0 or now - self._started < win or self._stalled:
+        if (
+            self.rate_hz is None
+            or tol <= 0
+            or now - self._started < win
+            or self._stalled
+            or not self._connected  # reported as disconnected, not as a slow sensor
+        ):
             return []
         measured = sum(k for _, k in self._arrivals) / win
         off = abs(measured - self.rate_hz) / self.rate_hz

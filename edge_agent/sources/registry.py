@@ -16,6 +16,7 @@ _KINDS: dict[str, str] = {
     "serial": "edge_agent.sources.serial",
     "mqtt": "edge_agent.sources.mqtt_source",
     "modbus": "edge_agent.sources.modbus",
+    "opcua": "edge_agent.sources.opcua",
     "camera": "edge_agent.sources.camera",
 }
 
