@@ -104,10 +104,11 @@ class EventRelay:
             self.history.record(anomaly_record(ev))
         start = ev.transition is Transition.START
         log.warning(
-            "anomaly %s on %s: score %.3g (threshold %.3g, model %s v%d)",
+            "anomaly %s on %s: %s %.3g (threshold %.3g, model %s v%d)",
             ev.transition.value,
             ev.stream,
-            ev.peak if not start else ev.score,
+            "score" if start else "peak score",
+            ev.score if start else ev.peak,
             ev.threshold,
             ev.model,
             ev.model_version,
