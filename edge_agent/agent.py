@@ -114,6 +114,7 @@ class Agent:
         self.on_status: Callable[[dict[str, Any]], None] | None = None  # e.g. metrics
         self._lock: StateDirLock | None = None
         self._live = StallCheck(True)
+        self._status_unwritable = False
         budget = RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s)
         self._tick = _TickGuard(budget)
 
@@ -400,8 +401,15 @@ class Agent:
         snap = self.snapshot(running=running)
         try:
             atomic_write_json(self.state_dir / STATUS_FILE, snap, durable=not running)
-        except OSError as e:  # a full disk must not stop scoring
-            log.warning("cannot write status: %s", e)
+        except OSError as e:  # a full disk must not stop scoring; said once, not each second
+            if not self._status_unwritable:
+                log.warning("cannot write status: %s", e)
+                self.errors.record("status", f"cannot write {STATUS_FILE}: {e}")
+            self._status_unwritable = True
+        else:
+            if self._status_unwritable:
+                log.warning("status written again")
+            self._status_unwritable = False
         if self.on_status is not None:
             self.on_status(snap)
         return snap
