@@ -159,12 +159,12 @@ class Drainer:
         waited = now - max(min(self._sent_at.values()), up_since)
         if waited <= self._ack_timeout_s:
             return
-        with self._lock:
-            self._ack_timeouts += 1
         self._link.force_reconnect(
             f"broker {self._link.broker} acknowledged none of {len(self._sent_at)} message(s) "
             f"for {waited:.0f} s (mqtt.ack_timeout_s = {self._ack_timeout_s:g}); reconnecting"
         )
+        with self._lock:
+            self._ack_timeouts += 1
         # paho re-sends them after the reconnect: their clock starts again then.
         for mid in self._sent_at:
             self._sent_at[mid] = now

@@ -114,7 +114,8 @@ class OutboxHealth:
     """Whether the outbox can write. `fault` is a short name ('disk full', 'database
     locked', 'I/O error', ...) or None; `since` is when it began (unix s); `held` records
     (`held_bytes`) wait in memory; `dropped_in_memory` counts spill drops per kind since
-    start; `moved_aside` is set when a corrupt database was moved aside at start."""
+    start; `moved_aside` is set when a corrupt database was moved aside at start;
+    `seq_problem` says why the seq reservation file cannot be written (or "")."""
 
     fault: str | None
     since: float | None
@@ -123,6 +124,7 @@ class OutboxHealth:
     held_bytes: int
     dropped_in_memory: dict[str, int]
     moved_aside: MovedAside | None
+    seq_problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ class Outbox:
         self._closed = False  # the database is closed for good: the writer ends
         self._durable = 0  # every stored record with seq <= this is durable
         self._drops_dirty = False
+        self._unlogged_drops: Counter[str] = Counter()
+        self._drops_logged = -FAULT_LOG_EVERY_S
         self.moved_aside: MovedAside | None = None
         self._depth = 0
         self._bytes = 0
@@ -203,10 +207,8 @@ class Outbox:
         self._next_seq = nxt
         self._durable = nxt - 1  # what the database holds now is stored already
         self._reserved = 0
-        try:
-            self._reserve(nxt + SEQ_BLOCK)
-        except OSError as e:
-            self._set_fault(e, now)
+        self._seq_problem = ""
+        self._keep_reserved(nxt + SEQ_BLOCK)
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
 
@@ -318,7 +320,7 @@ class Outbox:
                     "not stored"
                 )
             if seq >= self._reserved:
-                self._try_reserve(seq + SEQ_BLOCK)
+                self._keep_reserved(seq + SEQ_BLOCK)  # rare: the writer keeps ahead
             self._next_seq = seq + 1
             held = Held(seq, kind.value, topic, payload, retain, now, size)
             dropped = self._spill.add(
@@ -341,17 +343,26 @@ class Outbox:
         with self._cv:
             seq = self._next_seq
             if seq >= self._reserved:
-                self._try_reserve(seq + SEQ_BLOCK)
+                self._keep_reserved(seq + SEQ_BLOCK)  # rare: the writer keeps ahead
             self._next_seq = seq + 1
             self._cv.notify_all()  # the writer keeps the reservation ahead
             return seq
 
-    def _try_reserve(self, upto: int) -> None:
-        # Rare: the writer normally keeps the reservation ahead of appends.
+    def _keep_reserved(self, upto: int) -> None:
+        """Reserve ahead; a failure is reported (health) and retried, but does not stop
+        storing: the database's own counter still covers every stored record, only a
+        power cut under sync = "normal" could then reissue a number."""
         try:
             self._reserve(upto)
         except OSError as e:
-            log.warning("%s: cannot reserve seq numbers now (%s); will retry", self._seq_path, e)
+            problem = f"cannot reserve seq numbers in {self._seq_path}: {e}"
+            if problem != self._seq_problem:
+                log.error("outbox: %s; retrying", problem)
+            self._seq_problem = problem
+            return
+        if self._seq_problem:
+            log.warning("outbox: seq reservation in %s works again", self._seq_path)
+        self._seq_problem = ""
 
     def _count_memory_drops(self, dropped: list[Held]) -> None:
         kinds = Counter(h.kind for h in dropped)
@@ -413,7 +424,7 @@ class Outbox:
                 raise OutboxError(f"{self._path}: the outbox is closed")
             self._open(time.time())
         if issued + SEQ_BLOCK // 2 >= self._reserved:
-            self._reserve(issued + SEQ_BLOCK)
+            self._keep_reserved(issued + SEQ_BLOCK)
         if batch:
             self._store(batch, issued)
             if self._fsync:
@@ -482,13 +493,24 @@ class Outbox:
                 for k, n in drops.items():
                     self._drops[k] = self._drops.get(k, 0) + n
                 self._drops_dirty = False
-        for k, n in drops.items():
-            log.warning(
-                "outbox full (%d bytes budget): dropped the %d oldest %s record(s)",
-                self._max_bytes,
-                n,
-                k,
-            )
+        if drops:
+            self._log_drops(drops)
+
+    def _log_drops(self, drops: Counter[str]) -> None:
+        # A long outage drops on every append: say it the first time, then sum it up at
+        # most every FAULT_LOG_EVERY_S (the counters in stats() are exact).
+        self._unlogged_drops.update(drops)
+        now = time.monotonic()
+        if now - self._drops_logged < FAULT_LOG_EVERY_S:
+            return
+        self._drops_logged = now
+        log.warning(
+            "outbox full (%d bytes budget): dropped the oldest %s (totals so far: %s)",
+            self._max_bytes,
+            ", ".join(f"{n} {k}" for k, n in sorted(self._unlogged_drops.items())),
+            ", ".join(f"{n} {k}" for k, n in sorted(self._drops.items()) if n),
+        )
+        self._unlogged_drops.clear()
 
     def _set_fault(self, e: BaseException, now: float) -> None:
         what = outbox_db.classify(e)
@@ -585,6 +607,7 @@ class Outbox:
                 fault=self._fault,
                 since=self._fault_since,
                 detail=self._fault_detail,
+                seq_problem=self._seq_problem,
                 held=len(self._spill),
                 held_bytes=self._spill.bytes,
                 dropped_in_memory=dict(self._spill.dropped),

@@ -28,6 +28,8 @@ def outbox_health(h: OutboxHealth, refused: dict[str, int]) -> dict[str, Any]:
     if h.fault is not None:
         since = f" since {_clock(h.since)}" if h.since is not None else ""
         problems.append(f"outbox: {h.fault}{since}, {h.held} record(s) held in memory ({h.detail})")
+    if h.seq_problem:
+        problems.append(f"outbox: {h.seq_problem}")
     lost = {k: n for k, n in h.dropped_in_memory.items() if n}
     if lost:
         problems.append(
