@@ -14,6 +14,7 @@ __all__ = [
     "MetricsError",
     "ModelError",
     "OutboxError",
+    "PacketTooLargeError",
     "PublishError",
     "SourceDisconnectedError",
     "SourceError",
@@ -59,6 +60,10 @@ class SourceDisconnectedError(SourceError):
 
 class PublishError(EdgeAgentError):
     """The MQTT link failed (refused CONNACK, TLS, ACL denial)."""
+
+
+class PacketTooLargeError(PublishError):
+    """A message is larger than the broker accepts: refuse it (never retry), count it."""
 
 
 class OutboxError(EdgeAgentError):

@@ -149,6 +149,7 @@ class Broker:
         require_client_cert: bool = False,
         password_file: Path | None = None,
         acl_file: Path | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +180,7 @@ class Broker:
             lines.append(f"password_file {password_file}")
         if acl_file is not None:
             lines.append(f"acl_file {acl_file}")
+        lines += extra  # more mosquitto.conf lines, e.g. "max_packet_size 200"
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
 

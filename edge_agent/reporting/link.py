@@ -22,7 +22,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
-from edge_agent.errors import ConfigError, PublishError
+from edge_agent.errors import ConfigError, PacketTooLargeError, PublishError
+from edge_agent.reporting.session_watch import (
+    PACKET_TOO_LARGE,
+    DropKind,
+    Sent,
+    SessionWatch,
+    publish_packet_size,
+)
 from edge_agent.reporting.topics import Topic
 
 __all__ = [
@@ -52,6 +60,9 @@ log = logging.getLogger(__name__)
 
 # MQTT 5 reason code a broker uses when an ACL denies a publish.
 NOT_AUTHORIZED = 0x87
+# After a session takeover the next attempt waits at least this long, doubling per
+# takeover up to reconnect_max_s: two agents with one client id each give way.
+TAKEOVER_BACKOFF_MIN_S = 5.0
 # A paho-side bound on queued QoS>0 messages beyond our own window (command replies).
 _PAHO_INFLIGHT_HEADROOM = 10
 
@@ -90,6 +101,10 @@ class LinkStats:
     refused: int
     acl_denied: int
     reconnects: int
+    takeovers: int = 0  # another client took our session (same client id)
+    last_takeover: float | None = None
+    oversized: int = 0  # messages larger than the broker accepts, set aside
+    max_packet_size: int | None = None  # announced by the broker (MQTT 5) or learned
 
 
 class _Client(paho.Client):
@@ -100,6 +115,12 @@ class _Client(paho.Client):
         # closing it; close it first (paho 2.2), or every reconnect leaks two sockets.
         self._reset_sockets(sockpair_only=True)
         return super().loop_start()
+
+    def discard_outgoing(self, mid: int) -> bool:
+        """Forget an unacknowledged message so it is not re-sent on the next connect (a
+        persistent session re-sends every one). Call only while disconnected."""
+        with self._out_message_mutex:
+            return self._out_messages.pop(mid, None) is not None
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -171,6 +192,10 @@ class MqttLink:
         self._subscriptions = list(subscriptions)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._backoff = Backoff(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
+        self._takeover_backoff = Backoff(
+            TAKEOVER_BACKOFF_MIN_S, max(TAKEOVER_BACKOFF_MIN_S, cfg.reconnect_max_s)
+        )
+        self._taken_over = False  # the last connection ended in a takeover
         self.broker = f"{cfg.host}:{cfg.port}"
         self.acks: queue.SimpleQueue[Ack] = queue.SimpleQueue()
         # Called (on paho's thread) after an Ack is queued or the link came up.
@@ -183,6 +208,14 @@ class MqttLink:
         self._refused = 0
         self._acl_denied = 0
         self._connects = 0
+        self._oversized = 0
+        self._client_id = client_id
+        self._watch = SessionWatch(client_id=client_id, broker=self.broker, v5=self.v5)
+        # QoS 1 messages written and not yet acknowledged, oldest first (paho's thread
+        # and publishers both touch it: under self._lock)
+        self._inflight: OrderedDict[int, Sent] = OrderedDict()
+        self._acked_early: set[int] = set()
+        self._pending_aside: list[Sent] = []  # judged at a drop, discarded after it
         self._stop = threading.Event()
         self._gone = threading.Event()
         self._dropping = False  # force_reconnect() is ending the connection
@@ -279,9 +312,17 @@ class MqttLink:
                 self._client.loop_stop()
                 if self._state is LinkState.CONNECTED:
                     self._set_state(LinkState.DISCONNECTED, None)
+                # paho's thread has ended: now its queue may change
+                with self._lock:
+                    aside, self._pending_aside = self._pending_aside, []
+                self._set_aside(aside)
             if self._stop.is_set():
                 break
-            delay = self._backoff.next_delay(self._rng.random())
+            draw = self._rng.random()
+            delay = self._backoff.next_delay(draw)
+            if self._taken_over:
+                self._taken_over = False
+                delay = max(delay, self._takeover_backoff.next_delay(draw))
             log.info("MQTT: next connection attempt to %s in %.1f s", self.broker, delay)
             self._stop.wait(delay)
 
@@ -339,10 +380,24 @@ class MqttLink:
             self._set_state(LinkState.REFUSED, None)
             self._gone.set()
             return
+        announced = getattr(properties, "MaximumPacketSize", None) if properties else None
+        now = time.monotonic()
         self._dropping = False
         with self._lock:
             self._connects += 1
-        self._backoff.reset()
+            self._watch.connected(now, announced)
+            # paho re-sends every unacknowledged message right after this callback
+            for mid, sent in self._inflight.items():
+                self._inflight[mid] = Sent(mid, sent.size, now)
+            # queued before the limit was known: take them out before paho re-sends them
+            # (it does so right after this callback)
+            aside = [x for x in self._inflight.values() if self._watch.too_large(x.size)]
+            for sent in aside:
+                del self._inflight[sent.mid]
+            self._oversized += len(aside)
+        self._set_aside(aside)
+        # The backoff starts again from its minimum only after a stable connection
+        # (SessionWatch): a broker that drops us right after CONNACK gets no storm.
         log.info("MQTT: connected to %s (session present: %s)", self.broker, flags.session_present)
         for sub in self._subscriptions:
             client.subscribe(sub, qos=1)
@@ -363,11 +418,46 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         was = self._state
-        if not self._stop.is_set() and was is LinkState.CONNECTED:
-            self._error(f"lost the connection to {self.broker}: {reason.getName()}")
-        if was is not LinkState.REFUSED:
+        if was is not LinkState.REFUSED:  # a refused CONNACK was reported already
+            self._judge_drop(reason)
             self._set_state(LinkState.DISCONNECTED, None)
         self._gone.set()
+
+    def _judge_drop(self, reason: ReasonCode) -> None:
+        with self._lock:
+            verdict = self._watch.dropped(
+                time.monotonic(),
+                time.time(),
+                int(reason.value),
+                reason.getName(),
+                by_us=self._stop.is_set() or self._dropping,
+                inflight=list(self._inflight.values()),
+            )
+            for sent in verdict.set_aside:
+                self._inflight.pop(sent.mid, None)
+            self._oversized += len(verdict.set_aside)
+        if verdict.reset_backoff:
+            self._backoff.reset()
+            self._takeover_backoff.reset()
+        if verdict.kind is DropKind.TAKEOVER:
+            self._taken_over = True
+            self._error(verdict.message + "; backing off")
+        elif verdict.message:
+            self._error(verdict.message)
+        # Not here: paho may be iterating its message queue when the socket breaks
+        # (_supervise does it once paho's thread has stopped).
+        with self._lock:
+            self._pending_aside.extend(verdict.set_aside)
+
+    def _set_aside(self, messages: Sequence[Sent]) -> None:
+        """Never send these again (paho would re-send them on every connect). Only while
+        paho's thread is stopped, or from its on_connect (before it re-sends)."""
+        for sent in messages:
+            self._client.discard_outgoing(sent.mid)
+            # the drain deletes the record and counts it, as for any refused message
+            self.acks.put(Ack(sent.mid, PACKET_TOO_LARGE, "Packet too large"))
+        if messages:
+            self.wake_hook()
 
     def _handle_publish(
         self,
@@ -378,6 +468,12 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         code = int(reason.value)
+        with self._lock:
+            sent = self._inflight.pop(mid, None)
+            if sent is None:
+                self._acked_early.add(mid)
+            elif code < 0x80:
+                self._watch.acked(sent.size)
         if code >= 0x80:
             with self._lock:
                 if code == NOT_AUTHORIZED:
@@ -413,14 +509,45 @@ class MqttLink:
         if correlation is not None and self.v5:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = correlation
+        size = self.packet_size(topic, payload, props)
+        with self._lock:
+            too_large = self._watch.too_large(size)
+            limit = self._watch.limit
+            if too_large:
+                self._oversized += 1
+        if too_large:
+            raise PacketTooLargeError(
+                f"a {size}-byte message to {topic!r} is larger than broker {self.broker} "
+                f"accepts (maximum packet size {limit}); set aside, not retried"
+            )
         try:
+            # Not under self._lock: paho's thread holds paho's locks when it calls us.
             info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         except (ValueError, TypeError, OSError) as e:
             raise PublishError(f"cannot publish to {topic!r}: {e}") from e
+        mid = int(info.mid)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             # NO_CONN: paho keeps QoS 1 messages and sends them after the reconnect.
             raise PublishError(f"cannot publish to {topic!r}: {paho.error_string(info.rc)}")
-        return int(info.mid)
+        with self._lock:
+            if mid in self._acked_early:  # the PUBACK beat us here
+                self._acked_early.discard(mid)
+            else:
+                self._inflight[mid] = Sent(mid, size, time.monotonic())
+        return mid
+
+    def packet_size(self, topic: str, payload: bytes, props: Properties | None = None) -> int:
+        """Bytes of the PUBLISH packet for this message, as the broker's limit counts them."""
+        plen: int | None = None
+        if self.v5:
+            plen = len(props.pack()) if props is not None else 1  # type: ignore[no-untyped-call]
+        return publish_packet_size(topic, len(payload), properties_len=plen)
+
+    def fits(self, topic: str, payload: bytes) -> bool:
+        """False if the broker is known not to accept this message (its size)."""
+        size = self.packet_size(topic, payload)
+        with self._lock:
+            return not self._watch.too_large(size)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -464,4 +591,8 @@ class MqttLink:
                 refused=self._refused,
                 acl_denied=self._acl_denied,
                 reconnects=max(0, self._connects - 1),
+                takeovers=self._watch.takeovers,
+                last_takeover=self._watch.last_takeover,
+                oversized=self._oversized,
+                max_packet_size=self._watch.limit,
             )

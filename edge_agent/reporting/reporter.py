@@ -208,7 +208,19 @@ class Reporter:
         return status_online(extra)
 
     def _publish_birth(self) -> int:
-        return self._append(Kind.STATUS, self._topics.status, self._birth_body(), retain=True)
+        body = self._birth_body()
+        if self._link is not None and not self._birth_fits(body):
+            # A birth the broker refuses would be set aside on every connect: send the
+            # essentials instead (the rest is in `edge-agent status` on the device).
+            log.warning("MQTT: the birth message is larger than the broker accepts; trimmed")
+            body = status_online({"agent_version": __version__, "trimmed": True})
+        return self._append(Kind.STATUS, self._topics.status, body, retain=True)
+
+    def _birth_fits(self, body: Mapping[str, Any]) -> bool:
+        assert self._link is not None
+        # the largest seq and ts it may carry: the check must hold for the real one
+        probe = encode(envelope(self._device, 2**53, 1e10, body))
+        return self._link.fits(self._topics.status.value, probe)
 
     def _on_connected(self, session_present: bool) -> None:
         self._publish_birth()
@@ -248,6 +260,10 @@ class Reporter:
                 refused=st.refused,
                 acl_denied=st.acl_denied,
                 reconnects=st.reconnects,
+                takeovers=st.takeovers,
+                last_takeover=st.last_takeover,
+                oversized=st.oversized,
+                max_packet_size=st.max_packet_size,
                 rejected=self._drain.rejected(),
             )
             mqtt["ack_timeouts"] = self._drain.ack_timeouts

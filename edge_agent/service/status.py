@@ -38,6 +38,7 @@ OUTBOX_BACKLOG_S = 600.0  # oldest unsent record older than this: reporting is b
 RATE_LOW_FRACTION = 0.5  # measured below half the configured rate: the sensor lags
 RATE_GRACE_S = 15.0  # rates need a few seconds after start to mean anything
 RECENT_ERRORS_S = 60.0
+TAKEOVER_RECENT_S = 600.0  # a session takeover keeps the verdict DEGRADED this long
 
 T = TypeVar("T")
 
@@ -263,6 +264,20 @@ def _mqtt_findings(m: Any, now: float, reasons: list[str], notes: list[str]) -> 
     denied = get(m, "acl_denied", int, 0)
     if denied:
         reasons.append(f"MQTT: {denied} publish(es) denied by the broker's ACL")
+    last_takeover = num(m, "last_takeover")
+    if last_takeover is not None and now - last_takeover <= TAKEOVER_RECENT_S:
+        n = get(m, "takeovers", int, 1)
+        reasons.append(
+            f"MQTT: another client uses this client id (is device_id unique?): session "
+            f"taken over {n} time(s), last {fmt_duration(now - last_takeover)} ago"
+        )
+    oversized = get(m, "oversized", int, 0)
+    if oversized:
+        limit = get(m, "max_packet_size", int, 0)
+        at = f" (maximum packet size {limit} bytes)" if limit else ""
+        reasons.append(
+            f"MQTT: {oversized} message(s) larger than the broker accepts{at}, set aside"
+        )
 
 
 def summary_line(state: Mapping[str, Any], now: float) -> str:

@@ -1,0 +1,119 @@
+"""Identity clashes and broker limits against a real mosquitto: a session taken over by a
+client with our client id, messages larger than the broker's maximum packet size, and a
+connection the broker closes before CONNACK."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.reporting import Reporter
+from tests.conftest import _need_mosquitto
+from tests.mosquitto import Broker
+from tests.reporting.helpers import event_seqs, make_config, wait_until
+from tests.subscriber import Subscriber
+
+pytestmark = pytest.mark.broker
+
+DUPLICATE_WITHIN_S = 30.0
+# Backoff 1 s doubling, each delay jittered down to half: the attempts after the first
+# wait at least 0.5 + 1 + 2 + 4 + 8 = 15.5 s, the 6th 31.5 s. More connects than this in
+# 30 s means some backoff step saw two connects.
+MAX_CONNECTS_IN_30_S = 6
+
+
+def _big_birth() -> dict[str, object]:
+    return {"profile": "test", "models": [{"name": f"model-{i}", "version": i} for i in range(12)]}
+
+
+@pytest.fixture
+def limited_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker whose maximum packet size (300 bytes) is below the agent's birth."""
+    _need_mosquitto()
+    b = Broker(tmp_path / "broker", extra=("max_packet_size 300",))
+    b.start()
+    yield b
+    b.stop()
+
+
+def _says_duplicate(r: Reporter) -> bool:
+    m = r.snapshot()["mqtt"]
+    return m["takeovers"] >= 1 and "another client uses this client id" in (m["last_error"] or "")
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_two_agents_with_one_device_id_report_the_duplicate_and_back_off(
+    broker: Broker, tmp_path: Path, protocol: str
+) -> None:
+    cfg = make_config(
+        broker, device="raspberrypi", protocol=protocol, reconnect_min_s=1.0,
+        reconnect_max_s=60.0,
+    )  # fmt: skip
+    a = Reporter(cfg, tmp_path / "a", birth=dict)
+    b = Reporter(cfg, tmp_path / "b", birth=dict)
+    a.start()
+    try:
+        assert wait_until(lambda: a.snapshot()["mqtt"]["connected"], 10)
+        b.start()
+        t0 = time.monotonic()
+        both = wait_until(lambda: _says_duplicate(a) and _says_duplicate(b), DUPLICATE_WITHIN_S)
+        assert both, (a.snapshot()["mqtt"], b.snapshot()["mqtt"])
+        time.sleep(max(0.0, t0 + 30.0 - time.monotonic()))
+        for r in (a, b):
+            assert r.snapshot()["mqtt"]["reconnects"] + 1 <= MAX_CONNECTS_IN_30_S
+    finally:
+        a.stop()
+        b.stop()
+    takeovers = len(re.findall("already connected, closing old connection", broker.log()))
+    assert 1 <= takeovers <= 2 * MAX_CONNECTS_IN_30_S
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_oversized_messages_are_set_aside_and_the_rest_flows(
+    limited_broker: Broker, tmp_path: Path, protocol: str
+) -> None:
+    sub = Subscriber(limited_broker.host, limited_broker.port, "edge/#")
+    r = Reporter(make_config(limited_broker, protocol=protocol), tmp_path / "s", _big_birth)
+    r.start()
+    try:
+        small = [r.publish_event({"event": "start", "stream": "s1", "i": i}) for i in range(5)]
+        r.publish_event({"event": "start", "stream": "s1", "pad": "x" * 600})
+        small += [r.publish_event({"event": "end", "stream": "s1", "i": i}) for i in range(5)]
+        assert sub.wait_for(lambda m: set(small) <= set(event_seqs(m)), timeout=30)
+        assert wait_until(lambda: r.snapshot()["outbox"]["depth"] == 0, 30)
+        m = r.snapshot()["mqtt"]
+        assert m["oversized"] >= 1
+        limit = m["max_packet_size"]
+        assert limit is not None
+        # MQTT 5: as the broker announced; 3.1.1: learned, between what it took and refused
+        assert limit == 300 if protocol == "5" else 300 <= limit < 700
+        births = [x.json() for x in sub.messages if x.topic.endswith("/status")]
+        assert any(b.get("state") == "online" and b.get("trimmed") for b in births)
+        connects = len(re.findall(r"New client connected .* as edge-agent-", limited_broker.log()))
+        # no reconnect storm: MQTT 5 knows the limit from the CONNACK; a 3.1.1 broker only
+        # closes the connection, and each close teaches which message was too large
+        assert connects <= (2 if protocol == "5" else 2 + m["oversized"])
+        assert r.snapshot()["mqtt"]["connected"]
+    finally:
+        r.stop()
+        sub.close()
+
+
+def test_connection_closed_during_connect_leaves_its_reason_in_status(tmp_path: Path) -> None:
+    _need_mosquitto()
+    tiny = Broker(tmp_path / "broker", extra=("max_packet_size 20",))  # below our CONNECT
+    tiny.start()
+    r = Reporter(make_config(tiny), tmp_path / "s", birth=dict)
+    r.start()
+    try:
+        assert wait_until(
+            lambda: "during connect" in (r.snapshot()["mqtt"]["last_error"] or ""), 20
+        ), r.snapshot()["mqtt"]
+        assert not r.snapshot()["mqtt"]["connected"]
+    finally:
+        r.stop()
+        tiny.stop()
