@@ -22,29 +22,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
 from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.schema import check
+from edge_agent.sources.aioloop import LoopThread
 from edge_agent.sources.base import Block, Source
 from edge_agent.sources.opcua_grid import AsOfGrid
+from edge_agent.sources.opcua_security import read_secret, secure, translate_error
 from edge_agent.sources.rate import RateMeter
 
 __all__ = ["NodeSpec", "OpcUaSource", "Options"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 QUEUE_ITEMS = 65536  # notifications or polled rows waiting for the runner's thread
 _UNKNOWN = frozenset({"BadNodeIdUnknown", "BadNodeIdInvalid", "BadNoMatch", "BadBrowseNameInvalid"})
@@ -101,44 +100,12 @@ class Options:
         return self.sampling_interval_ms or 1000.0 / self.rate_hz
 
 
-class _LoopThread:
-    """An asyncio event loop on its own daemon thread; `run` waits for a coroutine."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:  # not the builtin one on Python 3.10
-            fut.cancel()
-            raise
-
-    def stop(self) -> None:
-        async def _cancel_all() -> None:
-            me = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not me]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            self.run(_cancel_all(), 5.0)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5.0)
-        if not self._thread.is_alive():
-            self.loop.close()
-
-
 class OpcUaSource(Source):
     kind = "opcua"
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
-        self._loop: _LoopThread | None = None
+        self._loop: LoopThread | None = None
         self._client: Any = None
         self._sub: Any = None
         self._lost = ""
@@ -180,12 +147,12 @@ class OpcUaSource(Source):
         self._grid = AsOfGrid(len(o.channels), 1.0 / o.rate_hz)
         self._seen.clear()
         self._prime_until = time.monotonic() + o.timeout_s
-        self._loop = _LoopThread(f"opcua-{self.name}")
+        self._loop = LoopThread(f"opcua-{self.name}")
         try:
             self._loop.run(self._connect(), o.timeout_s * 3 + 5.0)
         except Exception as e:
             self.close()
-            raise _translate(o.url, e) from e
+            raise translate_error(o.url, e) from e
         self._meter.reset()
         if self._opened_before:
             self._next += 1  # a hole: the samples while disconnected are lost
@@ -298,7 +265,7 @@ class OpcUaSource(Source):
         client.session_timeout = 60_000
         if o.username:
             client.set_user(o.username)
-            client.set_password(_read_secret(o.password_file))
+            client.set_password(read_secret(o.password_file))
         if o.security_policy != "None":
             await self._secure(client)
 
@@ -325,38 +292,15 @@ class OpcUaSource(Source):
             asyncio.get_running_loop().create_task(self._poll_loop())
 
     async def _secure(self, client: Any) -> None:
-        from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
-        from asyncua.ua import MessageSecurityMode
-
         o: Options = self.options
-        for what, path in (("certificate", o.certificate), ("private_key", o.private_key),
-                           ("server_certificate", o.server_certificate)):  # fmt: skip
-            if path:
-                try:
-                    with open(path, "rb"):
-                        pass
-                except OSError as e:
-                    raise SourceError(f"opcua {what} {path}: cannot read ({e.strerror})") from e
-        client.application_uri = o.application_uri or _certificate_uri(o.certificate)
-        mode = getattr(MessageSecurityMode, o.security_mode)
-        if o.server_certificate:
-            # A pinned certificate is checked before anything is encrypted to it: a server
-            # presenting another one is refused (a replaced server, or a man in the middle).
-            pinned = _der(o.server_certificate)
-            endpoints = await client.connect_and_get_server_endpoints()
-            offered = [bytes(e.ServerCertificate or b"") for e in endpoints]
-            if not any(c.startswith(pinned) for c in offered):
-                raise SourceError(
-                    f"opcua {o.url}: the server's certificate is not the pinned "
-                    f"server_certificate {o.server_certificate}; if the server's certificate "
-                    "was renewed, pin the new one"
-                )
-        await client.set_security(
-            SecurityPolicyBasic256Sha256,
-            o.certificate,
-            o.private_key,
-            server_certificate=o.server_certificate or None,
-            mode=mode,
+        await secure(
+            client,
+            url=o.url,
+            mode=o.security_mode,
+            certificate=o.certificate,
+            private_key=o.private_key,
+            server_certificate=o.server_certificate,
+            application_uri=o.application_uri,
         )
 
     async def _resolve(self, i: int) -> Any:
@@ -542,77 +486,6 @@ class OpcUaSource(Source):
         if code is not None and not code.is_good():
             self._lost = f"subscription ended: {code.name}"
             self._ready.set()
-
-
-def _read_secret(path: str) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError as e:
-        raise SourceError(f"opcua password_file {path}: cannot read ({e.strerror})") from e
-
-
-def _load_certificate(path: str) -> Any:
-    from cryptography import x509
-
-    with open(path, "rb") as f:
-        data = f.read()
-    if data.lstrip().startswith(b"-----"):
-        return x509.load_pem_x509_certificate(data)
-    return x509.load_der_x509_certificate(data)
-
-
-def _der(path: str) -> bytes:
-    """A certificate file (PEM or DER) as DER bytes."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    try:
-        der: bytes = _load_certificate(path).public_bytes(Encoding.DER)
-    except (OSError, ValueError) as e:
-        raise SourceError(f"opcua certificate {path}: cannot load ({e})") from e
-    return der
-
-
-def _certificate_uri(path: str) -> str:
-    """The application URI in a certificate's subjectAltName (servers check the client's
-    ApplicationUri against it)."""
-    from cryptography import x509
-
-    try:
-        cert = _load_certificate(path)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
-    except (OSError, ValueError, x509.ExtensionNotFound) as e:
-        raise SourceError(
-            f"opcua certificate {path}: no application URI found ({e}); set application_uri"
-        ) from e
-    if not uris:
-        raise SourceError(
-            f"opcua certificate {path}: no URI in subjectAltName; set application_uri"
-        )
-    return str(uris[0])
-
-
-def _translate(url: str, e: Exception) -> SourceError:
-    """asyncua's and the network's errors, as the runner needs them: a server that is
-    away is waited for; a refusal (security, a bad setting) spends the restart budget."""
-    if isinstance(e, SourceError):
-        return e
-    from asyncua.ua import uaerrors
-
-    timeouts = (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
-    if isinstance(e, (OSError, ConnectionError, *timeouts)):
-        return SourceDisconnectedError(f"opcua {url}: cannot connect: {e or type(e).__name__}")
-    if isinstance(e, uaerrors.UaStatusCodeError):
-        return SourceError(f"opcua {url}: refused: {type(e).__name__}: {e}")
-    if isinstance(e, uaerrors.UaError):
-        return SourceError(
-            f"opcua {url}: {e} (check security_policy and security_mode against the "
-            "endpoints the server offers)"
-        )
-    return SourceError(f"opcua {url}: {type(e).__name__}: {e}")
 
 
 SOURCE_CLASS = OpcUaSource
