@@ -37,12 +37,13 @@ from edge_agent.service.health import (
     StallCheck,
     liveness,
 )
+from edge_agent.service.lifecycle import TickGuard, stop_in_parallel
 from edge_agent.service.logs import MSG_AGENT_READY, MSG_AGENT_STOPPING, MSG_WATCHDOG_STALL, fields
 from edge_agent.service.sdnotify import Notifier, watchdog_interval
 from edge_agent.service.snapshot import HealthSection, SnapshotParts, build_snapshot
 from edge_agent.service.statelock import StateDirLock
 from edge_agent.service.status import summary_line
-from edge_agent.service.supervisor import ComponentState, ComponentStatus, Supervisor, watch
+from edge_agent.service.supervisor import ComponentStatus, Supervisor, watch
 from edge_agent.streams import StreamRuntime, StreamSinks
 from edge_agent.updates.ota_runtime import OtaRuntime
 
@@ -116,7 +117,7 @@ class Agent:
         self._live = StallCheck(True)
         self._status_unwritable = False
         budget = RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s)
-        self._tick = _TickGuard(budget)
+        self._tick = TickGuard(budget)
 
     @property
     def ready(self) -> bool:
@@ -157,11 +158,7 @@ class Agent:
         updater to its announcements (fleet group and device)."""
         self.reporter = reporter
         self.relay.attach(reporter)
-
-        def publish_ota(body: dict[str, Any]) -> None:
-            reporter.publish_ota_state(body)
-
-        self.ota.publish = publish_ota
+        self.ota.publish = self.relay.on_ota_state
         for flt, handler in self.ota.subscriptions():
             reporter.subscribe(flt, handler)
         self.gate.mark(Readiness.OUTBOX_OPEN)
@@ -331,7 +328,7 @@ class Agent:
         stops: list[Callable[[float], None]] = [s.stop_source for s in self.streams]
         if self.ota.updater is not None:
             stops.append(self.ota.updater.stop)
-        _in_parallel(stops, loops_end)
+        stop_in_parallel(stops, loops_end)
         left = self.supervisor.join(loops_end)
         if left:
             log.error("still running at the stop deadline (abandoned): %s", ", ".join(left))
@@ -413,48 +410,3 @@ class Agent:
         if self.on_status is not None:
             self.on_status(snap)
         return snap
-
-
-class _TickGuard:
-    """Failures of the 1 Hz tick: counted and shown like a component's; past the restart
-    budget the tick is reported failed (DEGRADED), and it keeps trying."""
-
-    def __init__(self, budget: RestartBudget) -> None:
-        self._budget = budget
-        self.failures = 0
-        self.last_error = ""
-        self.last_error_at: float | None = None
-        self.spent = False
-
-    def failed(self, e: Exception, errors: ErrorLog) -> None:
-        self.failures += 1
-        self.last_error, self.last_error_at = f"{type(e).__name__}: {e}", time.time()
-        errors.record("tick", self.last_error)
-        log.error("status tick failed (%d): %s", self.failures, self.last_error, exc_info=e)
-        self.spent = not self._budget.allow(time.monotonic()) or self.spent
-
-    def status(self, *, running: bool) -> ComponentStatus:
-        state = ComponentState.FAILED if self.spent else ComponentState.RUNNING
-        if not running:
-            state = ComponentState.STOPPED
-        return ComponentStatus(
-            "tick", state, self.failures, self.last_error, self.last_error_at, None, False
-        )
-
-
-def _in_parallel(stops: list[Callable[[float], None]], deadline: float) -> None:
-    """Call every `stop(timeout)` at once, each in its own thread, all bounded by `deadline`."""
-    threads = []
-    for stop in stops:
-
-        def run(stop: Callable[[float], None] = stop) -> None:
-            try:
-                stop(max(0.0, deadline - time.monotonic()))
-            except Exception:  # one failing stop must not stop the others
-                log.exception("error while stopping")
-
-        t = threading.Thread(target=run, name="stopper", daemon=True)
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))

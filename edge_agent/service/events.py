@@ -1,10 +1,11 @@
 """What the streams find, told to people and to the broker: logs, counters, outbox records.
 
-`EventRelay` is called on the streams' threads (anomaly and sensor-health events) and on
-the agent's tick (telemetry). It stores through a narrow `Publisher` (the reporter); a
-record that cannot be stored is logged and kept in the error list, never raised into a
-stream's scoring loop. After `close()` nothing touches the publisher again (its outbox is
-closed at shutdown; a late thread must not reach a closed SQLite connection).
+`EventRelay` is called on the streams' threads (anomaly and sensor-health events), the
+updater's (OTA state) and the agent's tick (telemetry). It stores through a narrow
+`Publisher` (the reporter); a record that cannot be stored is logged and kept in the
+error list, never raised into a stream's scoring loop. After `close()` nothing touches
+the publisher again (its outbox is closed at shutdown; a late thread must not reach a
+closed SQLite connection).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ MAX_ERRORS_KEPT = 10
 class Publisher(Protocol):
     def publish_event(self, payload: dict[str, Any]) -> int: ...
     def publish_telemetry(self, payload: dict[str, Any]) -> int: ...
+    def publish_ota_state(self, payload: dict[str, Any]) -> int: ...
 
 
 class TelemetrySource(Protocol):
@@ -153,6 +155,10 @@ class EventRelay:
             t=ev.ts,
         )
         self._store(f"sensor event on {where}", lambda p: p.publish_event(body))
+
+    def on_ota_state(self, body: dict[str, Any]) -> None:
+        """An OTA state change (from the updater's thread)."""
+        self._store("OTA state", lambda p: p.publish_ota_state(body))
 
     def send_telemetry(self, streams: Sequence[TelemetrySource]) -> None:
         from edge_agent.reporting.payloads import telemetry_body
