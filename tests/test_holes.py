@@ -316,3 +316,23 @@ def test_an_unplug_is_a_gap_and_disconnected_never_a_rate_fault() -> None:
 def test_a_short_hole_is_no_gap_event() -> None:
     events = _monitor_run(0.5)
     assert not [e for e in events if e.condition is HealthCondition.GAP]
+
+
+def test_a_block_dropped_by_the_full_queue_leaves_a_marked_hole() -> None:
+    from edge_agent.sources.synthetic import Options as SynthOptions
+    from edge_agent.sources.synthetic import SyntheticSource
+
+    # a live source 50x faster than real time and a consumer that does not read
+    src = SyntheticSource("demo", SynthOptions(speed=50.0, block=32))
+    r = SourceRunner(src, max_blocks=2)
+    r.start()
+    try:
+        deadline = time.monotonic() + 30
+        while r.dropped_blocks < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.dropped_blocks >= 3
+        blocks = r.get(0.5)
+    finally:
+        r.stop()
+    assert blocks[0].gap_before  # what came before it was dropped
+    assert not any(b.gap_before for b in blocks[1:] if b.seq == blocks[0].seq + 32)

@@ -5,11 +5,17 @@ paho runs its network loop in its own thread; messages land in a bounded queue
 whatever arrived into one Block. A lost broker connection is reported as
 SourceDisconnectedError, so the runner shows `reconnecting` and reconnects with
 backoff. Malformed messages are counted (see mqtt_payload.py), never raised.
+
+Each sample's time is its message's `t` (spaced at `rate_hz` within a message), else
+its arrival time. Holes: messages dropped by the full queue, and a step between two
+messages' own `t` of more than 1.5 sample periods (or back in time), cut the data into
+blocks, the one after the hole marked `gap_before`.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.schema import check
@@ -29,11 +36,14 @@ __all__ = ["MqttSource", "Options"]
 
 log = logging.getLogger(__name__)
 
+GAP_PERIODS = 1.5  # a step between messages' own times longer than this is a hole
+
 
 @dataclass(frozen=True)
 class Options:
     topic: str = field(metadata=check("nonempty"))
-    channels: tuple[str, ...] = field(metadata=check("nonempty"))
+    # empty: the model card's channel names (filled in when the stream is built)
+    channels: tuple[str, ...] = ()
     format: Literal["json", "binary"] = "json"
     host: str = "127.0.0.1"
     port: int = field(default=1883, metadata=check("port"))
@@ -70,6 +80,9 @@ class MqttSource(Source):
         self._refused = ""
         self._next = 0
         self._meter = RateMeter(options.rate_window_s)
+        self._dropped = False  # a message was dropped since the last read: a hole
+        self._pending: collections.deque[Block] = collections.deque()
+        self._last_t: float | None = None  # own time of the last sample, if it had one
 
     @property
     def measured_rate_hz(self) -> float:
@@ -110,6 +123,8 @@ class MqttSource(Source):
             self.close()
             raise SourceDisconnectedError(f"broker {o.host}:{o.port}: no CONNACK/SUBACK in time")
         self._meter.reset()
+        self._pending.clear()
+        self._last_t = None
         log.info("source %s: subscribed to %s on %s:%d", self.name, o.topic, o.host, o.port)
 
     def _password(self) -> str:
@@ -164,10 +179,13 @@ class MqttSource(Source):
             if len(self._msgs) >= self.options.queue_messages:
                 self._msgs.popleft()
                 self.count("dropped_messages")
+                self._dropped = True
             self._msgs.append((payload, time.time()))
             self._cv.notify()
 
     def read(self, timeout: float) -> Block | None:
+        if self._pending:
+            return self._pending.popleft()
         deadline = time.monotonic() + timeout
         while True:
             with self._cv:
@@ -182,16 +200,20 @@ class MqttSource(Source):
                     )
                 batch = list(self._msgs)
                 self._msgs.clear()
-            blk = self._decode(batch)
-            if blk is not None:
-                return blk
+                dropped, self._dropped = self._dropped, False
+            self._decode(batch, dropped)
+            if self._pending:
+                return self._pending.popleft()
             if time.monotonic() >= deadline:
                 return None
 
-    def _decode(self, batch: list[tuple[bytes, float]]) -> Block | None:
+    def _decode(self, batch: list[tuple[bytes, float]], dropped: bool) -> None:
+        """Queue the batch's samples as blocks with their times, cut at holes."""
         o: Options = self.options
-        parts = []
-        t0: float | None = None
+        step = 1.0 / o.rate_hz
+        # (samples, times, a hole before them)
+        parts: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], bool]] = []
+        hole = dropped
         for payload, arrived in batch:
             d: Decoded = (
                 decode_json(payload, o.channels)
@@ -200,18 +222,34 @@ class MqttSource(Source):
             )
             for what, k in d.errors.items():
                 self.count(what, k)
-            if len(d.samples):
-                self.count("messages")
-                parts.append(d.samples)
-                if t0 is None:
-                    t0 = d.t if d.t is not None else arrived - (len(d.samples) - 1) / o.rate_hz
-        if not parts or t0 is None:
-            return None
-        samples = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        self._meter.add(time.monotonic(), len(samples))
-        blk = Block(samples, t0, self._next, float(o.rate_hz))
-        self._next += len(samples)
-        return blk
+            k = len(d.samples)
+            if not k:
+                continue
+            self.count("messages")
+            first = d.t if d.t is not None else arrived - (k - 1) * step
+            times = first + step * np.arange(k, dtype=np.float64)
+            if d.t is not None:
+                last, self._last_t = self._last_t, float(times[-1])
+                if last is not None and not 0 < d.t - last <= GAP_PERIODS * step:
+                    hole = True
+                    self.count("time_gaps")
+            else:
+                self._last_t = None
+            parts.append((d.samples, times, hole))
+            hole = False
+        if not parts:
+            return
+        self._meter.add(time.monotonic(), sum(len(p[0]) for p in parts))
+        # one block per run of parts without a hole between them
+        runs = itertools.accumulate(int(p[2]) for p in parts)
+        for _, group in itertools.groupby(zip(runs, parts, strict=True), key=lambda x: x[0]):
+            items = [p for _, p in group]
+            samples = np.concatenate([p[0] for p in items]) if len(items) > 1 else items[0][0]
+            times = np.concatenate([p[1] for p in items]) if len(items) > 1 else items[0][1]
+            gap = items[0][2]
+            blk = Block(samples, float(times[0]), self._next, float(o.rate_hz), gap, times)
+            self._pending.append(blk)
+            self._next += len(samples)
 
 
 SOURCE_CLASS = MqttSource

@@ -254,7 +254,7 @@ class ReplaySource(Source):
             data, times, holes = self._order(data, times, holes)
             step = median_step(times)
             if not o.rate_hz and step > 0:
-                self._rate = 1.0 / step
+                self._rate = float(f"{1.0 / step:.6g}")  # 100.0, not 100.000095 from float ms
             jumps = np.flatnonzero(np.diff(times) > GAP_PERIODS / self._rate) + 1
             jumps = np.setdiff1d(jumps, holes)  # a skipped row is counted as bad_rows
             if len(jumps):
