@@ -449,3 +449,33 @@ def test_status_command_does_not_load_numpy_or_runtimes() -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def _components(*comps: dict[str, Any]) -> dict[str, Any]:
+    base = {"restarts": 0, "last_error": "", "last_error_at": None, "hung": False}
+    return {"components": [{**base, **c} for c in comps]}
+
+
+def test_a_component_past_its_budget_or_restarting_is_degraded_a_past_restart_a_note() -> None:
+    now = 1_000_000.0
+    sup = _components(
+        {"name": "stream-press", "state": "failed", "restarts": 5, "last_error": "E: x"},
+        {"name": "reporting", "state": "restarting", "restarts": 1, "last_error": "E: y"},
+        {"name": "metrics", "state": "running", "restarts": 2, "last_error": "E: z"},
+        {"name": "tick", "state": "running"},
+    )
+    a = assess(snap(state(now, supervisor=sup)), now)
+    assert a.verdict is Verdict.DEGRADED
+    assert "stream-press failed, not restarted again (5 restarts): E: x" in a.reasons
+    assert "reporting restarting (restart 2): E: y" in a.reasons
+    assert "metrics restarted 2 time(s): E: z" in a.notes
+    assert not [r for r in a.reasons if "tick" in r or "metrics" in r]
+
+
+def test_a_stop_on_an_error_is_not_called_a_clean_exit() -> None:
+    now = 1_000_000.0
+    st = state(now, running=False, stop_reason="error: OSError: disk gone")
+    a = assess(snap(st), now)
+    assert a.verdict is Verdict.DOWN
+    assert a.reasons[0].startswith("agent stopped on an error: OSError: disk gone")
+    assert "clean exit" not in a.reasons[0]
