@@ -213,6 +213,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         log.warning("stream %s: replacing an unreadable calibration: %s", sc.name, e)
         old = None
     path = save_calibration(state_dir, cal)
+    from edge_agent.ownership import adopt_new_entries
+
+    adopt_new_entries(state_dir)  # run with sudo: the file stays the agent's to replace
     if old is not None:
         log.warning(
             "stream %s: re-calibrated: threshold %.6g -> %.6g (old one fitted %s for %s v%d)",
