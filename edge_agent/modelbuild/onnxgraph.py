@@ -9,7 +9,12 @@ then optionally a float "sum of squares" head giving the score itself, shape (n,
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +193,29 @@ def tflite_int8(spec: DenseStack, rep: F32) -> bytes:
     """Full-integer TFLite (int8 input). Output int8, except with a sum-of-squares head:
     its MUL and SUM stay float32 (denylisted in the converter's quantisation debugger)
     and the output is float32, so the score keeps its resolution."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    with warnings.catch_warnings(), _stdout_to_stderr():
+        # the converter's own debugger still uses TF's deprecated interpreter
+        warnings.simplefilter("ignore")
+        return _tflite_int8(spec, rep)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """The converter prints from C++ straight to file descriptor 1; `--json` output
+    must stay clean, so fd 1 points at stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _tflite_int8(spec: DenseStack, rep: F32) -> bytes:
     import tensorflow as tf
 
     inp = tf.keras.Input((spec.window, spec.channels))
