@@ -210,6 +210,13 @@ def median_step(times: npt.NDArray[np.float64]) -> float:
     return float(np.median(d)) if len(d) else 0.0
 
 
+def _snap(step: float) -> float:
+    """A step read from epoch floats, snapped to whole microseconds when that is within
+    1 ppm (0.0099999905 -> 0.01: 100 Hz, not 100.000095 Hz); otherwise as measured."""
+    near = round(step, 6)
+    return near if near > 0 and abs(near - step) <= 1e-6 * step else step
+
+
 class ReplaySource(Source):
     kind = "replay"
 
@@ -254,7 +261,7 @@ class ReplaySource(Source):
             data, times, holes = self._order(data, times, holes)
             step = median_step(times)
             if not o.rate_hz and step > 0:
-                self._rate = float(f"{1.0 / step:.6g}")  # 100.0, not 100.000095 from float ms
+                self._rate = 1.0 / _snap(step)
             jumps = np.flatnonzero(np.diff(times) > GAP_PERIODS / self._rate) + 1
             jumps = np.setdiff1d(jumps, holes)  # a skipped row is counted as bad_rows
             if len(jumps):
