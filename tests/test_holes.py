@@ -336,3 +336,16 @@ def test_a_block_dropped_by_the_full_queue_leaves_a_marked_hole() -> None:
         r.stop()
     assert blocks[0].gap_before  # what came before it was dropped
     assert not any(b.gap_before for b in blocks[1:] if b.seq == blocks[0].seq + 32)
+
+
+def test_status_text_shows_the_holes() -> None:
+    from tests.test_status import assess, render_text, snap, state
+
+    now = 1_000_000.0
+    st = state(now)
+    st["streams"][0]["gaps"] = 7
+    text = render_text(snap(st), assess(snap(st), now), now)
+    assert "holes: 7 in the data, windowing restarted after each" in text
+    st["streams"][0]["gaps"] = 0
+    text = render_text(snap(st), assess(snap(st), now), now)
+    assert "holes:" not in text

@@ -211,6 +211,9 @@ def _stream_lines(streams: list[Any]) -> list[str]:
             lost.append(f"{withheld} windows withheld, bad samples (w)")
         if lost:
             out.append("    drops: " + "; ".join(lost))
+        gaps = get(s, "gaps", int, 0)
+        if gaps:  # reconnects, lost frames, skipped lines, time jumps: no window spans one
+            out.append(f"    holes: {_compact(gaps)} in the data, windowing restarted after each")
         out += _score_lines(s)
         sh = s.get("sensor_health") if isinstance(s, Mapping) else None
         faults = [str(c) for c in get(sh, "active", list, []) if c]
