@@ -349,3 +349,18 @@ def test_status_text_shows_the_holes() -> None:
     st["streams"][0]["gaps"] = 0
     text = render_text(snap(st), assess(snap(st), now), now)
     assert "holes:" not in text
+
+
+def test_blocks_the_agent_dropped_are_no_gap_in_the_sensors_data() -> None:
+    mon = SensorHealthMonitor("s", CHANNELS, RATE, SensorHealthConfig(), now=0.0)
+    x = np.zeros((10, len(CHANNELS)), np.float32)
+    events: list[HealthEvent] = []
+    for k in range(5):
+        events += mon.observe(Block(x, k * 0.1, k * 10, RATE), k * 0.1 + 0.1)[0]
+    # 3 s of blocks dropped by a full queue: numbers and times both jump by 3 s
+    events += mon.observe(Block(x, 3.5, 350, RATE, gap_before=True), 3.6)[0]
+    assert not [e for e in events if e.condition is HealthCondition.GAP]
+    # 3 s missing with no numbers for it (a reconnect): a hole in the sensor's data
+    events += mon.observe(Block(x, 6.6, 360, RATE, gap_before=True), 6.7)[0]
+    (gap,) = [e for e in events if e.condition is HealthCondition.GAP]
+    assert gap.detail == "hole of 3.0 s in the data"

@@ -171,11 +171,12 @@ class SensorHealthMonitor:
 
     def _hole(self, block: Block, n: int, now: float) -> list[HealthEvent]:
         """`gap` starts at a hole of gap_event_s or more before this block (by the
-        samples' own times) and ends after clear_after_samples samples without one."""
-        prev_end, hole_before = (
-            self._t_end,
-            block.gap_before or (self._seq_end is not None and block.seq != self._seq_end),
-        )
+        samples' own times) and ends after clear_after_samples samples without one.
+        Samples numbered but not here (blocks the agent dropped, camera frames the
+        latest-frame policy skipped) fill their share of the time: an agent falling
+        behind is not a hole in the sensor's data."""
+        skipped = 0 if self._seq_end is None else max(0, block.seq - self._seq_end)
+        prev_end, hole_before = self._t_end, block.gap_before or skipped > 0
         if n:
             self._t_end = block.time_of(n - 1)
         if prev_end is None:
@@ -183,7 +184,7 @@ class SensorHealthMonitor:
         limit = self.cfg.gap_event_s
         if hole_before and limit > 0:
             step = 1.0 / block.rate_hz if block.rate_hz > 0 else 0.0
-            hole_s = block.t0 - prev_end - step
+            hole_s = block.t0 - prev_end - (skipped + 1) * step
             if hole_s >= limit:
                 started = self._gap_clean is None
                 self._gap_clean = 0

@@ -221,7 +221,9 @@ class CameraSource(Source):
         self.count("frames")
         skipped = index - self._prev_index > 1
         self._prev_index = index
-        return Block(self._prepare(frame), ts, index - 1, float(self.options.fps_cap), skipped)
+        # frame numbers count at the camera's rate (fps_cap only thins what is scored)
+        rate = self._camera_fps or float(self.options.fps_cap)
+        return Block(self._prepare(frame), ts, index - 1, rate, skipped)
 
     def _prepare(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         o: Options = self.options
