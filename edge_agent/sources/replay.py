@@ -246,7 +246,10 @@ class ReplaySource(Source):
     def rate_hz(self) -> float:
         """rate_hz if set, else the timestamps' rate, else 1 Hz."""
         if not self._loaded:
-            self._load()
+            try:
+                self._load()
+            except SourceError:
+                return self._rate  # unreadable: open() says why, status still renders
         return self._rate
 
     def _load(self) -> None:
