@@ -115,7 +115,9 @@ class OutboxHealth:
     locked', 'I/O error', ...) or None; `since` is when it began (unix s); `held` records
     (`held_bytes`) wait in memory; `dropped_in_memory` counts spill drops per kind since
     start; `moved_aside` is set when a corrupt database was moved aside at start;
-    `seq_problem` says why the seq reservation file cannot be written (or "")."""
+    `seq_problem` says why the seq reservation file cannot be written (or "");
+    `writer_busy_s` is how long the writer has been inside one store/checkpoint step
+    (0 when idle: a value growing past seconds means storage hangs)."""
 
     fault: str | None
     since: float | None
@@ -125,6 +127,7 @@ class OutboxHealth:
     dropped_in_memory: dict[str, int]
     moved_aside: MovedAside | None
     seq_problem: str = ""
+    writer_busy_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ class Outbox:
         self._fault_logged = 0.0
         self._closing = False
         self._closed = False  # the database is closed for good: the writer ends
+        self._step_started: float | None = None  # monotonic; set while the writer works
         self._durable = 0  # every stored record with seq <= this is durable
         self._drops_dirty = False
         self._unlogged_drops: Counter[str] = Counter()
@@ -405,6 +409,7 @@ class Outbox:
                         break
                 self._spill.pin(len(batch))
                 issued = self._next_seq
+            self._step_started = time.monotonic()
             try:
                 self._step(batch, issued)
                 last_maint = time.monotonic()
@@ -416,6 +421,8 @@ class Outbox:
                     self._cv.wait(backoff)
                 backoff = min(RETRY_MAX_S, backoff * 2)
                 continue
+            finally:
+                self._step_started = None
             backoff = RETRY_MIN_S
 
     def _step(self, batch: list[Held], issued: int) -> None:
@@ -478,7 +485,8 @@ class Outbox:
                     )
                     depth, nbytes = depth + 1, nbytes + h.size
                 _set_counter(db, "next_seq", issued)
-                totals = dict(self._drops)
+                with self._cv:
+                    totals = dict(self._drops)
                 for k, n in drops.items():
                     totals[k] = totals.get(k, 0) + n
                 if drops or self._drops_dirty:
@@ -602,8 +610,10 @@ class Outbox:
             return held + int(row[0])
 
     def health(self) -> OutboxHealth:
+        started = self._step_started
         with self._cv:
             return OutboxHealth(
+                writer_busy_s=0.0 if started is None else time.monotonic() - started,
                 fault=self._fault,
                 since=self._fault_since,
                 detail=self._fault_detail,

@@ -23,6 +23,7 @@ def outbox_health(h: OutboxHealth, refused: dict[str, int]) -> dict[str, Any]:
     """Fields: fault (str|None), since (unix s|None), fault_detail, held_in_memory,
     held_bytes, dropped_by_kind (memory-spill drops since start), refused_by_kind
     (records over the size limit), moved_aside ({path, at, reason, records}|None),
+    writer_busy_s (how long the writer has been in its current step; 0 when idle),
     problems (list of reasons for a DEGRADED verdict)."""
     problems: list[str] = []
     if h.fault is not None:
@@ -54,5 +55,6 @@ def outbox_health(h: OutboxHealth, refused: dict[str, int]) -> dict[str, Any]:
         "dropped_by_kind": dict(h.dropped_in_memory),
         "refused_by_kind": {k: n for k, n in refused.items() if n},
         "moved_aside": moved,
+        "writer_busy_s": round(h.writer_busy_s, 3),
         "problems": problems,
     }
