@@ -21,7 +21,7 @@ from edge_agent.sources.synth_signal import CHANNELS, SignalSpec, SyntheticSigna
 from tests.agentutil import MODELS
 
 N = 3000
-# anomalies at 5-8 s and 17-20 s of 30 s at 100 Hz (rows 500-800 and 1700-2000)
+# anomalies at 5-8 s, 17-20 s and from 29 s of 30 s at 100 Hz (rows 500-800, 1700-2000, 2900-)
 SPEC = SignalSpec(first_anomaly_s=5.0, anomaly_every_s=12.0, anomaly_duration_s=3.0)
 
 
@@ -206,3 +206,41 @@ def test_iso_times_with_offsets_and_z(tmp_path: Path) -> None:
     src = ReplaySource("r", Options(path=str(path), timestamp_column="ts", speed=0))
     times = np.concatenate([b.times for b in _read_all(src) if b.times is not None])
     np.testing.assert_allclose(times, 1711843190.0 + np.array([0.0, 0.01, 0.02]), atol=1e-6)
+
+
+def test_agent_events_carry_the_file_times_of_5_minute_ms_data(tmp_path: Path) -> None:
+    """Through the real agent: a 5-minute-spaced recording with epoch-millisecond times;
+    every anomaly event names a sample time of the file, inside an injected anomaly."""
+    import json
+
+    from tests.agentutil import read_status, run_cli
+
+    t0_ms, step_ms = 1_700_000_000_000, 300_000
+    samples = SyntheticSignal(SPEC).render(0, N)
+    stamps = [str(t0_ms + i * step_ms) for i in range(N)]
+    path = _write(tmp_path / "rec.csv", stamps, samples)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        'device_id = "gw"\n[[streams]]\nname = "press"\nmodel = "vibration-ae"\n'
+        f'[streams.source]\nkind = "replay"\npath = "{path}"\ntimestamp_column = "ts"\n'
+        "speed = 0\n"
+    )
+    state = tmp_path / "state"
+    r = run_cli("run", "--config", str(cfg), "--state-dir", str(state), timeout=120)
+    assert r.returncode == 0, r.stderr
+    (s,) = read_status(state)["streams"]
+    assert s["rate_hz_configured"] == pytest.approx(1 / 300)
+    r = run_cli("events", "--state-dir", str(state), "--json")
+    assert r.returncode == 0, r.stderr
+    events = [e for e in json.loads(r.stdout) if e.get("kind") == "anomaly"]
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) >= 2
+    for e in events:
+        row = (e["t_sample"] - t0_ms / 1000) / (step_ms / 1000)
+        assert row == pytest.approx(round(row), abs=1e-6)  # exactly one of the file's times
+        # the window (64 rows) that decided it overlaps an injected anomaly (rows
+        # 500-800, 1700-2000, 2900-) for a start; an end comes after its start
+        if e["event"] == "start":
+            assert any(a <= row < b + 64 for a, b in ((500, 800), (1700, 2000), (2900, N))), row
+        else:
+            assert e["t_end"] >= e["t_start"]
