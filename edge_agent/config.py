@@ -7,6 +7,7 @@ new source adds keys without touching this file.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -137,6 +138,16 @@ class AlarmConfig:
 class SourceSpec:
     kind: str
     options: Any  # the kind's own frozen options dataclass
+
+    def with_default_channels(self, channels: tuple[str, ...]) -> SourceSpec:
+        """This source with `channels` (the model card's) where its options leave the
+        channel names out (`channels = []`, the default of serial and mqtt sources)."""
+        if not dataclasses.is_dataclass(self.options) or isinstance(self.options, type):
+            return self
+        names = {f.name for f in dataclasses.fields(self.options)}
+        if "channels" not in names or getattr(self.options, "channels", None) != ():
+            return self
+        return SourceSpec(self.kind, replace(self.options, channels=tuple(channels)))
 
 
 def _parse_source(raw: Any, path: str, source: str) -> SourceSpec:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailableError",
+    "BrokerUnreachableError",
     "BudgetExceededError",
     "CalibrationError",
     "ConfigError",
@@ -60,6 +61,10 @@ class SourceDisconnectedError(SourceError):
 
 class PublishError(EdgeAgentError):
     """The MQTT link failed (refused CONNACK, TLS, ACL denial)."""
+
+
+class BrokerUnreachableError(PublishError):
+    """The broker cannot be reached now (down, network): wait and retry, not a config fault."""
 
 
 class PacketTooLargeError(PublishError):

@@ -149,7 +149,8 @@ class StreamRuntime:
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(self.calibration.created)),
                 self.calibration.threshold,
             )
-        self.source = create_source(sc.source.kind, sc.name, sc.source.options)
+        spec = sc.source.with_default_channels(pre.channels)  # channels left out: the card's
+        self.source = create_source(spec.kind, sc.name, spec.options)
         check_source_fits(self.source, pre, cfg.source_file or "config", sc.name, model.card.name)
         self._source_budget = RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s)
         self.runner = self._new_runner()

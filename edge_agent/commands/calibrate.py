@@ -189,7 +189,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     pre = model.card.preprocessing
     window, hop = sc.window or pre.window, sc.hop or pre.hop
     max_samples, duration = _budget(args, sc, window, hop)
-    source = create_source(sc.source.kind, sc.name, sc.source.options)
+    spec = sc.source.with_default_channels(pre.channels)  # channels left out: the card's
+    source = create_source(spec.kind, sc.name, spec.options)
     try:
         samples = collect_samples(
             source,

@@ -41,8 +41,8 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
         cfg = replace(cfg, streams=(*cfg.streams, demo_stream(fast=fast)))
     if args.state_dir:
         cfg = replace(cfg, state_dir=args.state_dir)
-    if not cfg.streams:
-        raise ConfigError(f"{cfg.source_file}: no [[streams]] configured (or use --demo)")
+    if not cfg.streams and not args.config:
+        raise ConfigError("no streams to run: give --config FILE with [[streams]], or --demo")
     if args.max_windows is not None and args.max_windows <= 0:
         raise ConfigError("--max-windows: expected a positive number")
     if args.duration is not None and args.duration <= 0:
@@ -61,6 +61,12 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     setup_logging(cfg.logging, args.log_level)
+    if not cfg.streams:
+        # The shipped config has none: idle and say so (status DEGRADED), instead of an
+        # exit that systemd would turn into a restart loop.
+        from edge_agent.preflight import NO_STREAMS
+
+        log.warning("%s: %s", args.config, NO_STREAMS)
     agent = Agent(cfg, limits=RunLimits(args.max_windows, args.duration))
     # Before loading models: a SIGTERM during a slow load still ends in a clean stop.
     agent.install_signal_handlers()

@@ -148,6 +148,37 @@ def read_password(cfg: MqttConfig) -> str | None:
         raise ConfigError(f"MQTT password file {path}: cannot read: {e}") from e
 
 
+def apply_credentials(c: paho.Client, cfg: MqttConfig) -> None:
+    """User name, password and TLS from `cfg` onto a paho client. ConfigError when a
+    file they name cannot be used."""
+    password = read_password(cfg)
+    if cfg.username or password is not None:
+        c.username_pw_set(cfg.username or None, password)
+    tls = cfg.tls
+    if not tls.enabled:
+        return
+    for what, f in (
+        ("ca_file", tls.ca_file),
+        ("cert_file", tls.cert_file),
+        ("key_file", tls.key_file),
+    ):
+        if f and not Path(f).is_file():
+            raise ConfigError(f"mqtt.tls.{what}: {f}: no such file")
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError("mqtt.tls: cert_file and key_file go together (mTLS)")
+    try:
+        c.tls_set(
+            ca_certs=tls.ca_file or None,
+            certfile=tls.cert_file or None,
+            keyfile=tls.key_file or None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"mqtt.tls: cannot load certificates: {e}") from e
+    if tls.insecure:
+        c.tls_insecure_set(True)
+
+
 def _close_sockets_of(e: BaseException) -> None:
     """Close the sockets a failed paho connect left open (paho 2.2 does not close the
     socket when the TLS handshake fails; it would otherwise leak until GC)."""
@@ -238,31 +269,7 @@ class MqttLink:
         )
         c.max_inflight_messages_set(self._cfg.max_inflight + _PAHO_INFLIGHT_HEADROOM)
         c.max_queued_messages_set(0)
-        password = read_password(self._cfg)
-        if self._cfg.username or password is not None:
-            c.username_pw_set(self._cfg.username or None, password)
-        tls = self._cfg.tls
-        if tls.enabled:
-            for what, f in (
-                ("ca_file", tls.ca_file),
-                ("cert_file", tls.cert_file),
-                ("key_file", tls.key_file),
-            ):
-                if f and not Path(f).is_file():
-                    raise ConfigError(f"mqtt.tls.{what}: {f}: no such file")
-            if bool(tls.cert_file) != bool(tls.key_file):
-                raise ConfigError("mqtt.tls: cert_file and key_file go together (mTLS)")
-            try:
-                c.tls_set(
-                    ca_certs=tls.ca_file or None,
-                    certfile=tls.cert_file or None,
-                    keyfile=tls.key_file or None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"mqtt.tls: cannot load certificates: {e}") from e
-            if tls.insecure:
-                c.tls_insecure_set(True)
+        apply_credentials(c, self._cfg)
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_publish = self._handle_publish

@@ -177,7 +177,7 @@ def _running_findings(st: Mapping[str, Any], now: float) -> tuple[list[str], lis
     reasons.extend(str(h) for h in hints if h)
     streams = get(st, "streams", list, [])
     if not streams:
-        reasons.append("no streams configured")
+        reasons.append("no streams configured: add [[streams]] to the config file and restart")
     for s in streams:
         _stream_findings(s, up, reasons, notes)
     _mqtt_findings(st.get("mqtt"), now, reasons, notes)

@@ -54,7 +54,8 @@ _GONE = {errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.EIO, errno.EBUSY}
 @dataclass(frozen=True)
 class Options:
     port: str = field(metadata=check("nonempty"))
-    channels: tuple[str, ...] = field(metadata=check("nonempty"))
+    # empty: the model card's channel names (filled in when the stream is built)
+    channels: tuple[str, ...] = ()
     format: Literal["binary", "csv", "kv"] = "binary"
     baud: int = field(default=115200, metadata=check("positive"))
     rate_hz: float = field(default=100.0, metadata=check("positive"))
