@@ -271,3 +271,36 @@ def test_small_state_fs_never_fills_through_a_long_outage(tmp_path: Path) -> Non
             assert lowest_free > 256 * 1024, lowest_free
         finally:
             r.stop()
+
+
+def test_full_disk_at_start_is_waited_for_never_moved_aside(tmp_path: Path) -> None:
+    from edge_agent.reporting.outbox import Kind, Outbox
+
+    with small_fs(tmp_path / "state", "2m") as state:
+        ob = Outbox(state, max_bytes=1 << 20, now=time.time())
+        queued = [
+            ob.append(Kind.EVENT, "edge/d/events", lambda s: b"{}", now=time.time())
+            for _ in range(3)
+        ]
+        ob.close()
+        filler = state / "filler"
+        with filler.open("wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        ob = Outbox(state, max_bytes=1 << 20, now=time.time())
+        try:
+            late = ob.append(Kind.EVENT, "edge/d/events", lambda s: b"{}", now=time.time())
+            assert late > queued[-1]
+            assert not list(state.glob(f"{OUTBOX_FILE}.corrupt-*"))
+            assert ob.health().moved_aside is None
+            assert ob.health().fault == "disk full"
+            assert ob.health().held == 1
+            filler.unlink()
+            assert _wait(lambda: ob.health().held == 0 and ob.health().fault is None)
+            assert [r.seq for r in ob.peek(10)] == [*queued, late]
+        finally:
+            ob.close()

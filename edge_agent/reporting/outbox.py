@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -79,6 +80,8 @@ RETRY_MIN_S = 0.1
 RETRY_MAX_S = 2.0
 # An idle writer looks at the WAL this often (checkpoints deletes' WAL growth).
 MAINTENANCE_S = 2.0
+# An I/O error with less free space than this on the state filesystem is a full disk.
+FULL_BELOW_BYTES = 64 * 1024
 # A fault is logged again at most this often while it lasts.
 FAULT_LOG_EVERY_S = 60.0
 
@@ -522,6 +525,8 @@ class Outbox:
 
     def _set_fault(self, e: BaseException, now: float) -> None:
         what = outbox_db.classify(e)
+        if what == "I/O error" and _free_bytes(self._dir) < FULL_BELOW_BYTES:
+            what = "disk full"  # SQLite says "disk I/O error" when it cannot create -shm
         first = self._fault is None
         if first:
             self._fault_since = now
@@ -686,6 +691,13 @@ class Outbox:
                 self._reserved = self._next_seq
             except OSError:
                 log.debug("could not shrink the seq reservation on close", exc_info=True)
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 1 << 62  # unknown: do not claim the disk is full
 
 
 def _counter(db: sqlite3.Connection, name: str) -> int:
