@@ -28,6 +28,7 @@ __all__ = ["RestartBudget", "SourceRunner", "SourceState"]
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 0.2  # bounds how long stop() waits for the thread
+DEVICE_POLL_MAX_S = 2.0  # longest wait between looks for a vanished device
 
 
 class SourceState(str, enum.Enum):
@@ -132,7 +133,10 @@ class SourceRunner:
                 if self.state is not SourceState.RECONNECTING:
                     log.warning("source %s: %s; waiting for it", self.source.name, e)
                 self.state = SourceState.RECONNECTING
-                self._stop.wait(self._backoff.next_delay(1.0))  # no jitter: one device
+                # a vanished device is looked for at least every DEVICE_POLL_MAX_S: an
+                # open() costs nothing, and every second waited past its return is data lost
+                delay = min(self._backoff.next_delay(1.0), DEVICE_POLL_MAX_S)  # one device
+                self._stop.wait(delay)
                 continue
             except SourceError as e:
                 self.last_error = str(e)
