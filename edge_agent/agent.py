@@ -185,8 +185,10 @@ class Agent:
 
     def _on_progress(self) -> None:
         lim = self.limits.max_windows
-        if lim is not None and self.windows_total() >= lim:
-            self.request_stop(f"{lim} windows scored")
+        done = self.windows_total()
+        if lim is not None and done >= lim:
+            # a block yields several windows at once: say how many, as the summary does
+            self.request_stop(f"{done} windows scored (--max-windows {lim})")
 
     def _register_components(self) -> None:
         sinks = StreamSinks(self.relay.on_event, self.relay.on_health, self._on_progress)

@@ -20,11 +20,13 @@ def test_demo_run_scores_windows_and_reports_events(tmp_path):
     state = tmp_path / "state"
     r = run_cli("run", "--demo", "--max-windows", "2000", "--state-dir", str(state))
     assert r.returncode == 0, r.stderr
-    assert "2000 windows scored" in r.stdout
     st = read_status(state)
     assert st["running"] is False
     (s,) = st["streams"]
     assert 2000 <= s["windows"] <= 2002  # stops within one block of the limit
+    # the stop line and the stream's line give one count
+    assert f"stopped: {s['windows']} windows scored (--max-windows 2000)" in r.stdout
+    assert f"demo: {s['windows']} windows," in r.stdout
     assert s["alarms"] >= 5  # anomalies injected at 30, 90, 150, 210, 270 s of 320 s
     assert st["events_total"] == s["events"] >= 9
     assert s["model"]["precision"] == "int8"
