@@ -369,6 +369,8 @@ class StreamRuntime:
                 "precision": m.card.precision,
                 "providers": m.backend.providers,
                 "fallback": m.backend.fallback,
+                # per call of the shared model (all its streams), for the metrics endpoint
+                "inference": m.backend.latency.snapshot().to_json(),
                 "dir": str(m.card.directory),
             },
             "counters": self.source.snapshot_counters(),

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from edge_agent.errors import ModelError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import ModelCard
+from edge_agent.runtime.latency import LatencyHistogram
 
 __all__ = ["SMALL_MODEL_BYTES", "Backend", "Quant", "dequantize", "model_threads", "quantize"]
 
@@ -85,6 +86,7 @@ class Backend(ABC):
         self.fallback: str = ""  # why an accelerator was not used, if one was wanted
         self.calls = 0
         self.total_s = 0.0
+        self.latency = LatencyHistogram()  # per call, for the metrics endpoint
         self._shape: tuple[int, ...] = ()  # per-sample input shape, fixed at load
         # Held from feeding the input to copying the output out (see the module docstring).
         self._lock = threading.Lock()
@@ -111,6 +113,7 @@ class Backend(ABC):
         self._shape = self._sample_shape()
         self.infer(np.zeros((1, *self._shape), dtype=np.float32))  # warm-up
         self.calls, self.total_s = 0, 0.0
+        self.latency.reset()  # the warm-up is not a served call
         log.info(
             "loaded %s v%d on %s (%s)",
             self.card.name,
@@ -140,8 +143,10 @@ class Backend(ABC):
                 raise
             except Exception as e:
                 raise ModelError(f"{self.card.name}: inference failed on {self.key}: {e}") from e
-            self.total_s += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self.total_s += dt
             self.calls += 1
+            self.latency.observe(dt)
         if self.output_quant:
             return dequantize(y, self.output_quant)
         return y  # type: ignore[return-value]  # float models return float32
