@@ -42,6 +42,7 @@ class OtaRuntime:
         self.updater: Updater | None = None
         self.note = ""  # why updates are off, for status
         self.publish: Publish | None = None
+        self._streams: list[StreamRuntime] = []
 
     def open_slots(self) -> Callable[[Path, Profile, str], LoadedModel] | None:
         """The model loader streams use at start (None: OTA off, bundled models serve).
@@ -63,6 +64,7 @@ class OtaRuntime:
     def after_models_loaded(self, streams: Sequence[StreamRuntime], profile: Profile) -> None:
         if self.boot is None:
             return
+        self._streams = list(streams)
         for note in self.boot.notes:
             self._on_error("ota", note)
         self._make_updater(streams, profile)
@@ -191,5 +193,17 @@ class OtaRuntime:
         if self.note:
             snap["note"] = self.note
         if self.boot is not None:
-            snap["model_source"] = dict(self.boot.sources)
+            snap["model_source"] = self._model_sources()
         return snap
+
+    def _model_sources(self) -> dict[str, str]:
+        """Where each stream's model comes from now: a live promotion or rollback changes
+        it after boot (read from the serving model's directory, not remembered)."""
+        from edge_agent.updates.slots import Slot
+
+        assert self.boot is not None
+        out = dict(self.boot.sources)
+        slots = {self.boot.store.slot_dir(sl).resolve(): f"slot {sl.value}" for sl in Slot}
+        for s in self._streams:
+            out[s.name] = slots.get(s.pipeline.model.card.directory.resolve(), "bundled")
+        return out

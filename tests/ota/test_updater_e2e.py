@@ -84,6 +84,7 @@ def test_published_bundle_is_shadowed_promoted_and_committed(
         assert [e["state"] for e in ota["events"]] == HAPPY
         assert ota["active_slot"] == "a"
         assert ota["last_result"] == "committed v2"
+        assert ota["model_source"] == {"vib": "slot a"}  # live, not what served at boot
         m = models_json(state_dir)
         a = m["slots"][0]
         assert (a["role"], a["version"], a["intact"], len(a["signers"])) == ("active", 2, True, 2)
@@ -98,6 +99,7 @@ def test_published_bundle_is_shadowed_promoted_and_committed(
             lambda ms: any(m.json()["state"] == "rolled_back" for m in ms), timeout=10
         )
         assert read_status(state_dir)["ota"]["active_slot"] is None
+        assert read_status(state_dir)["ota"]["model_source"] == {"vib": "bundled"}
     finally:
         out = stop_agent(agent)
         if pub is not None:
