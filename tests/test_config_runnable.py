@@ -252,3 +252,33 @@ def test_run_without_config_or_demo_still_says_what_to_give() -> None:
     r = run_cli("run", "--duration", "1")
     assert r.returncode == 2
     assert "--config FILE with [[streams]], or --demo" in r.stderr
+
+
+def _tls_config(tmp_path: Path, broker: Broker, files: TlsFiles, ca: Path) -> Path:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f'device_id = "gw-01"\n[mqtt]\nhost = "localhost"\nport = {broker.port}\n'
+        f'[mqtt.tls]\nenabled = true\nca_file = "{ca}"\ncert_file = "{files.client_cert}"\n'
+        f'key_file = "{files.client_key}"\n'
+    )
+    return cfg
+
+
+def test_selftest_logs_in_over_mutual_tls(
+    tls_broker: Broker, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    cfg = _tls_config(tmp_path, tls_broker, tls_files, tls_files.ca)
+    r = run_cli("selftest", "--config", str(cfg), "--state-dir", str(tmp_path / "st"), timeout=120)
+    assert r.returncode == 0, r.stdout
+    assert "accepts the login (MQTT 5, TLS)" in r.stdout
+
+
+def test_selftest_fails_when_the_broker_certificate_does_not_verify(
+    tls_broker: Broker, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    cfg = _tls_config(tmp_path, tls_broker, tls_files, tls_files.other_ca)
+    r = run_cli("selftest", "--config", str(cfg), "--state-dir", str(tmp_path / "st"), timeout=120)
+    assert r.returncode == 1, r.stdout
+    line = next(x for x in r.stdout.splitlines() if " broker " in x)
+    assert line.startswith("[FAIL]")  # a TLS fault is the config's, not a broker that is down
+    assert "certificate verify failed" in line
