@@ -141,6 +141,7 @@ class OutboxStats:
     drops: dict[str, int]
     path: str
     health: OutboxHealth | None = field(default=None)
+    groups: int = 0  # group commits since start (one transaction and one fsync each)
 
     def oldest_age_s(self, now: float) -> float | None:
         return None if self.oldest_created is None else max(0.0, now - self.oldest_created)
@@ -182,6 +183,7 @@ class Outbox:
         self._closing = False
         self._closed = False  # the database is closed for good: the writer ends
         self._step_started: float | None = None  # monotonic; set while the writer works
+        self._groups = 0
         self._durable = 0  # every stored record with seq <= this is durable
         self._drops_dirty = False
         self._unlogged_drops: Counter[str] = Counter()
@@ -445,6 +447,7 @@ class Outbox:
                     outbox_db.checkpoint(self._db)
         with self._cv:
             if batch:
+                self._groups += 1
                 self._durable = max(self._durable, batch[-1].seq)
                 self._spill.release(batch)
             self._clear_fault()
@@ -633,6 +636,7 @@ class Outbox:
         health = self.health()
         with self._cv:
             held_oldest = self._spill.oldest_created()
+            groups = self._groups
         with self._db_lock:
             oldest: float | None = None
             if self._db is not None:
@@ -653,6 +657,7 @@ class Outbox:
                 drops=dict(self._drops),
                 path=str(self._path),
                 health=health,
+                groups=groups,
             )
 
     @property

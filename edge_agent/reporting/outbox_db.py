@@ -163,8 +163,12 @@ def wal_bytes(path: Path) -> int:
 
 def fsync_wal(path: Path) -> None:
     """Make every committed WAL frame durable (what synchronous=FULL does at each commit,
-    here done once per group and outside the outbox's locks). Raises OSError."""
-    fd = os.open(f"{path}-wal", os.O_RDONLY)
+    here done once per group and outside the outbox's locks). Without a WAL (a filesystem
+    where SQLite could not use one) the database file itself is fsync'd. Raises OSError."""
+    try:
+        fd = os.open(f"{path}-wal", os.O_RDONLY)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

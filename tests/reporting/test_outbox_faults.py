@@ -75,6 +75,23 @@ def test_locked_outbox_holds_records_in_memory_and_stores_them_in_seq_order_afte
     ob.close()
 
 
+def test_records_waiting_together_are_stored_in_one_group_commit(tmp_path: Path) -> None:
+    ob = _open(tmp_path)
+    _add(ob)
+    locker = _lock(tmp_path)  # hold the writer back so that records pile up
+    try:
+        held = [_add(ob) for _ in range(50)]
+        groups = ob.stats().groups
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert wait_until(lambda: ob.health().held == 0, timeout=60)
+    # one transaction and one fsync for all 50 (GROUP_MAX_RECORDS is 256)
+    assert ob.stats().groups == groups + 1
+    assert [r.seq for r in ob.peek(100)][1:] == held
+    ob.close()
+
+
 def test_locked_at_start_is_waited_for_never_moved_aside(tmp_path: Path) -> None:
     ob = _open(tmp_path)
     queued = [_add(ob) for _ in range(3)]
