@@ -250,12 +250,17 @@ class Outbox:
                 "unknown" if lost is None else lost,
             )
             db = outbox_db.connect(self._path)
-        if not existed:
-            fsync_dir(self._dir)
-        row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
-        drops = {
-            k.value: _counter(db, f"drops.{k.value}") + self._spill.dropped[k.value] for k in Kind
-        }
+        try:
+            if not existed:
+                fsync_dir(self._dir)
+            row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+            drops = {
+                k.value: _counter(db, f"drops.{k.value}") + self._spill.dropped[k.value]
+                for k in Kind
+            }
+        except BaseException:
+            db.close()
+            raise
         with self._db_lock:
             self._db = db
             self._depth, self._bytes = int(row[0]), int(row[1])
@@ -328,7 +333,7 @@ class Outbox:
                     f"{kind.value} record of {size} bytes exceeds the limit of {limit} bytes; "
                     "not stored"
                 )
-            if seq >= self._reserved:
+            if seq >= self._reserved and not self._seq_problem:  # else: the writer retries
                 self._keep_reserved(seq + SEQ_BLOCK)  # rare: the writer keeps ahead
             self._next_seq = seq + 1
             held = Held(seq, kind.value, topic, payload, retain, now, size)
@@ -351,7 +356,7 @@ class Outbox:
         number is covered by the reservation file (retried if it could not be written)."""
         with self._cv:
             seq = self._next_seq
-            if seq >= self._reserved:
+            if seq >= self._reserved and not self._seq_problem:  # else: the writer retries
                 self._keep_reserved(seq + SEQ_BLOCK)  # rare: the writer keeps ahead
             self._next_seq = seq + 1
             self._cv.notify_all()  # the writer keeps the reservation ahead
@@ -397,7 +402,9 @@ class Outbox:
                     while (
                         not len(self._spill)
                         and not self._closing
-                        and self._next_seq + SEQ_BLOCK // 2 < self._reserved
+                        # reserve ahead soon enough (a failing reservation is retried
+                        # at the maintenance pace, not in a busy loop)
+                        and (self._next_seq + SEQ_BLOCK // 2 < self._reserved or self._seq_problem)
                         and time.monotonic() - last_maint < MAINTENANCE_S
                     ):
                         self._cv.wait(MAINTENANCE_S)
@@ -435,6 +442,9 @@ class Outbox:
             if self._closed:
                 raise OutboxError(f"{self._path}: the outbox is closed")
             self._open(time.time())
+            db_next, max_row = self._db_seq()
+            with self._cv:  # a stale reservation must not make us reuse a stored number
+                self._next_seq = max(self._next_seq, db_next, max_row + 1)
         if issued + SEQ_BLOCK // 2 >= self._reserved:
             self._keep_reserved(issued + SEQ_BLOCK)
         if batch:

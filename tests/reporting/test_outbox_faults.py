@@ -8,6 +8,7 @@ keeping only what the main database file held at its last checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -229,3 +230,23 @@ def test_close_keeps_what_is_held_in_the_log_when_storage_still_fails(
     finally:
         locker.execute("COMMIT")
         locker.close()
+
+
+def test_unwritable_seq_reservation_is_reported_and_storing_goes_on(tmp_path: Path) -> None:
+    blocker = tmp_path / SEQ_FILE
+    blocker.mkdir()  # something that is not a file where the reservation must go
+    (blocker / "x").write_text("")
+    ob = _open(tmp_path)
+    seqs = [_add(ob) for _ in range(3)]
+    assert wait_until(lambda: ob.health().held == 0, timeout=30)
+    assert ob.health().fault is None
+    assert [r.seq for r in ob.peek(10)] == seqs
+    assert "cannot reserve seq numbers" in ob.health().seq_problem
+    problems = outbox_health(ob.health(), {})["problems"]
+    assert any("cannot reserve seq numbers" in p for p in problems)
+    # the failing reservation is retried at the maintenance pace, not in a busy loop
+    before = os.times()
+    time.sleep(2.0)
+    after = os.times()
+    assert (after.user + after.system) - (before.user + before.system) < 1.0
+    ob.close()
