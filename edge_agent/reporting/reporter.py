@@ -213,7 +213,13 @@ class Reporter:
             # A birth the broker refuses would be set aside on every connect: send the
             # essentials instead (the rest is in `edge-agent status` on the device).
             log.warning("MQTT: the birth message is larger than the broker accepts; trimmed")
-            body = status_online({"agent_version": __version__, "trimmed": True})
+            body = status_online(
+                {"agent_version": __version__, "commands": self._router.names(), "trimmed": True}
+            )
+            if not self._birth_fits(body):
+                body = status_online(
+                    {"agent_version": __version__, "commands": [], "trimmed": True}
+                )
         return self._append(Kind.STATUS, self._topics.status, body, retain=True)
 
     def _birth_fits(self, body: Mapping[str, Any]) -> bool:

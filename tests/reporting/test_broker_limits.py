@@ -4,11 +4,13 @@ connection the broker closes before CONNACK."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from edge_agent.reporting import Reporter
@@ -19,6 +21,9 @@ from tests.subscriber import Subscriber
 
 pytestmark = pytest.mark.broker
 
+STATUS_SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "docs" / "schemas" / "status.json").read_text()
+)
 DUPLICATE_WITHIN_S = 30.0
 # Backoff 1 s doubling, each delay jittered down to half: the attempts after the first
 # wait at least 0.5 + 1 + 2 + 4 + 8 = 15.5 s, the 6th 31.5 s. More connects than this in
@@ -92,7 +97,11 @@ def test_oversized_messages_are_set_aside_and_the_rest_flows(
         # MQTT 5: as the broker announced; 3.1.1: learned, between what it took and refused
         assert limit == 300 if protocol == "5" else 300 <= limit < 700
         births = [x.json() for x in sub.messages if x.topic.endswith("/status")]
-        assert any(b.get("state") == "online" and b.get("trimmed") for b in births)
+        trimmed = [b for b in births if b.get("state") == "online" and b.get("trimmed")]
+        assert trimmed
+        for b in trimmed:  # still a valid birth: what consumers rely on is there
+            jsonschema.validate(b, STATUS_SCHEMA, cls=jsonschema.Draft202012Validator)
+            assert "rebirth" in b["commands"]
         connects = len(re.findall(r"New client connected .* as edge-agent-", limited_broker.log()))
         # no reconnect storm: MQTT 5 knows the limit from the CONNACK; a 3.1.1 broker only
         # closes the connection, and each close teaches which message was too large
