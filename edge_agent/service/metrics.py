@@ -1,39 +1,29 @@
-"""A small metrics registry and an optional Prometheus text endpoint (stdlib only).
+"""The optional Prometheus endpoint: prometheus_client over the agent's status snapshot.
 
-Off unless `[metrics] enabled = true`; listens on loopback by default. The agent
-either updates metrics as things happen (`inc`, `observe`, `set`) or, once per
-status tick, copies its status dict in with `update_from_status()`; inference
-latency is the one thing that needs `observe()` per batch.
+Off unless `[metrics] enabled = true`; listens on loopback by default. Once per status
+tick the agent hands its status dict to `update_from_status()`; a scrape runs a
+prometheus_client collector over the latest one (metrics_families.py), so the endpoint
+and `edge-agent status` read the same numbers and nothing in the hot path updates
+metrics. prometheus_client is imported only when the endpoint is enabled.
 
-Exposition: Prometheus text format 0.0.4, written by hand (no prometheus_client on
-a gateway for a few dozen lines). Series per family are capped so a bug cannot
-grow memory without bound.
+Families and labels: docs/metrics.md.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import logging
-import math
-import re
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from edge_agent.config import MetricsConfig
 from edge_agent.errors import MetricsError
-from edge_agent.service.status import num
 
 __all__ = [
-    "AGENT_FAMILIES",
     "CONTENT_TYPE",
-    "LATENCY_BUCKETS_S",
-    "MAX_SERIES_PER_FAMILY",
-    "Family",
-    "Kind",
     "Metrics",
     "MetricsServer",
     "start_metrics_server",
@@ -42,223 +32,54 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The Prometheus text format prometheus_client's generate_latest writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_SERIES_PER_FAMILY = 256
-# Inference on a Pi/Jetson: sub-millisecond (tiny int8 models) to seconds (cameras).
-LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-Labels = tuple[str, ...]  # label values in the family's label order
-
-
-class Kind(str, enum.Enum):
-    COUNTER = "counter"
-    GAUGE = "gauge"
-    HISTOGRAM = "histogram"
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    kind: Kind
-    help: str
-    labels: tuple[str, ...] = ()
-    buckets: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise MetricsError(f"metric name {self.name!r} is not a valid Prometheus name")
-        for lab in self.labels:
-            if not _LABEL.match(lab) or lab == "le":
-                raise MetricsError(f"metric {self.name}: bad label name {lab!r}")
-        if self.kind is Kind.HISTOGRAM and list(self.buckets) != sorted(set(self.buckets)):
-            raise MetricsError(f"metric {self.name}: buckets must be strictly increasing")
-
-
-AGENT_FAMILIES = (
-    Family("edge_agent_info", Kind.GAUGE, "Always 1; labels carry version and device.",
-           ("version", "device")),
-    Family("edge_agent_ready", Kind.GAUGE, "1 when the agent is ready (READY=1 sent)."),
-    Family("edge_agent_samples_total", Kind.COUNTER, "Samples read from the source.", ("stream",)),
-    Family("edge_agent_windows_total", Kind.COUNTER, "Windows scored.", ("stream",)),
-    Family("edge_agent_skipped_windows_total", Kind.COUNTER,
-           "Windows not scored (pipeline behind).", ("stream",)),
-    Family("edge_agent_dropped_blocks_total", Kind.COUNTER,
-           "Source blocks dropped by the bounded queue.", ("stream",)),
-    Family("edge_agent_source_restarts_total", Kind.COUNTER, "Source reopen attempts.",
-           ("stream",)),
-    Family("edge_agent_inference_seconds", Kind.HISTOGRAM, "Model inference time per batch.",
-           ("stream",), LATENCY_BUCKETS_S),
-    Family("edge_agent_alarms_total", Kind.COUNTER, "Anomaly alarms opened.", ("stream",)),
-    Family("edge_agent_alarm_open", Kind.GAUGE, "1 while an alarm is open.", ("stream",)),
-    Family("edge_agent_last_score", Kind.GAUGE, "Most recent anomaly score.", ("stream",)),
-    Family("edge_agent_mqtt_connected", Kind.GAUGE, "1 while connected to the broker."),
-    Family("edge_agent_outbox_depth", Kind.GAUGE, "Records waiting in the outbox."),
-    Family("edge_agent_outbox_bytes", Kind.GAUGE, "Bytes used by waiting records."),
-    Family("edge_agent_outbox_oldest_age_seconds", Kind.GAUGE, "Age of the oldest waiting record."),
-    Family("edge_agent_outbox_drops_total", Kind.COUNTER,
-           "Records dropped by the outbox disk budget.", ("kind",)),
-)  # fmt: skip
-
-
-class _Hist:
-    __slots__ = ("counts", "sum")
-
-    def __init__(self, n: int) -> None:
-        self.counts = [0] * (n + 1)  # last one: +Inf
-        self.sum = 0.0
 
 
 class Metrics:
-    """Thread-safe registry of declared families. Unknown names and wrong labels raise
-    MetricsError: a typo must fail a test, not silently create a new series."""
+    """The latest status snapshot, for the collector. Thread-safe: the status tick
+    writes it, scrapes read it."""
 
-    def __init__(self, families: Iterable[Family] = AGENT_FAMILIES) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._families: dict[str, Family] = {}
-        self._values: dict[str, dict[Labels, float]] = {}
-        self._hists: dict[str, dict[Labels, _Hist]] = {}
-        for f in families:
-            self.describe(f)
+        self._status: Mapping[str, Any] | None = None
+        self._registry: Any = None
 
-    def describe(self, family: Family) -> None:
+    def update(self, status: Mapping[str, Any]) -> None:
         with self._lock:
-            if family.name in self._families:
-                raise MetricsError(f"metric {family.name} declared twice")
-            self._families[family.name] = family
-            self._values[family.name] = {}
-            self._hists[family.name] = {}
+            self._status = status
 
-    def _key(self, name: str, labels: Mapping[str, str] | None, kinds: tuple[Kind, ...]) -> Labels:
-        fam = self._families.get(name)
-        if fam is None:
-            raise MetricsError(f"unknown metric {name!r}")
-        if fam.kind not in kinds:
-            raise MetricsError(f"metric {name} is a {fam.kind.value}")
-        given = dict(labels or {})
-        if set(given) != set(fam.labels):
-            raise MetricsError(f"metric {name}: labels {sorted(given)} != {list(fam.labels)}")
-        key = tuple(str(given[k]) for k in fam.labels)
-        store = self._hists[name] if fam.kind is Kind.HISTOGRAM else self._values[name]
-        if key not in store and len(store) >= MAX_SERIES_PER_FAMILY:
-            raise MetricsError(f"metric {name}: more than {MAX_SERIES_PER_FAMILY} series")
-        return key
-
-    def inc(self, name: str, labels: Mapping[str, str] | None = None, value: float = 1.0) -> None:
-        if value < 0:
-            raise MetricsError(f"metric {name}: a counter cannot go down ({value})")
+    def status(self) -> Mapping[str, Any] | None:
         with self._lock:
-            key = self._key(name, labels, (Kind.COUNTER, Kind.GAUGE))
-            self._values[name][key] = self._values[name].get(key, 0.0) + value
+            return self._status
 
-    def set(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        """Gauges: any value. Counters: a running total, which must not go down."""
+    def collect(self) -> Iterator[Any]:
+        """prometheus_client's Collector protocol: the families for the latest status."""
+        from edge_agent.service.metrics_families import families
+
+        st = self.status()
+        if st is not None:
+            yield from families(st, time.time())
+
+    def render(self) -> bytes:
+        """The exposition text of the latest status (what a scrape returns)."""
+        from prometheus_client.exposition import generate_latest
+
         with self._lock:
-            key = self._key(name, labels, (Kind.COUNTER, Kind.GAUGE))
-            old = self._values[name].get(key, 0.0)
-            if self._families[name].kind is Kind.COUNTER and value < old:
-                raise MetricsError(f"metric {name}: counter went down from {old} to {value}")
-            self._values[name][key] = float(value)
+            if self._registry is None:
+                from prometheus_client.registry import CollectorRegistry
 
-    def observe(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        with self._lock:
-            key = self._key(name, labels, (Kind.HISTOGRAM,))
-            fam = self._families[name]
-            h = self._hists[name].setdefault(key, _Hist(len(fam.buckets)))
-            i = next((j for j, b in enumerate(fam.buckets) if value <= b), len(fam.buckets))
-            h.counts[i] += 1
-            h.sum += value
-
-    def render(self) -> str:
-        out: list[str] = []
-        with self._lock:
-            for name, fam in self._families.items():
-                out.append(f"# HELP {name} {_escape_help(fam.help)}")
-                out.append(f"# TYPE {name} {fam.kind.value}")
-                if fam.kind is Kind.HISTOGRAM:
-                    for key, h in sorted(self._hists[name].items()):
-                        out += _hist_lines(fam, key, h)
-                else:
-                    for key, v in sorted(self._values[name].items()):
-                        out.append(f"{name}{_labels(fam.labels, key)} {_num(v)}")
-        return "\n".join(out) + "\n"
-
-
-def _escape_help(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(names: Iterable[str], values: Iterable[str]) -> str:
-    pairs = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    return "{" + ",".join(pairs) + "}" if pairs else ""
-
-
-def _num(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if v == int(v) and abs(v) < 1e15:
-        return str(int(v))
-    return repr(v)
-
-
-def _hist_lines(fam: Family, key: Labels, h: _Hist) -> list[str]:
-    lines = []
-    cum = 0
-    for b, c in zip((*fam.buckets, math.inf), h.counts, strict=True):
-        cum += c
-        le = _labels((*fam.labels, "le"), (*key, _num(b)))
-        lines.append(f"{fam.name}_bucket{le} {cum}")
-    lab = _labels(fam.labels, key)
-    lines.append(f"{fam.name}_sum{lab} {_num(h.sum)}")
-    lines.append(f"{fam.name}_count{lab} {cum}")
-    return lines
+                # no default process/platform collectors: only what the agent documents
+                self._registry = CollectorRegistry(auto_describe=False)
+                self._registry.register(self)
+            registry = self._registry
+        out: bytes = generate_latest(registry)
+        return out
 
 
 def update_from_status(m: Metrics, st: Mapping[str, Any]) -> None:
-    """Copy the agent's status dict (the status.json shape) into the agent families."""
-
-    m.set("edge_agent_ready", 1.0 if st.get("ready") else 0.0)
-    for s in st.get("streams") or []:
-        lab = {"stream": str(s.get("name", "?"))}
-        for fam, key in (
-            ("edge_agent_samples_total", "samples"),
-            ("edge_agent_windows_total", "windows"),
-            ("edge_agent_skipped_windows_total", "skipped_windows"),
-            ("edge_agent_dropped_blocks_total", "dropped_blocks"),
-            ("edge_agent_source_restarts_total", "restarts"),
-            ("edge_agent_alarms_total", "alarms"),
-            ("edge_agent_last_score", "last_score"),
-        ):
-            v = num(s, key)
-            if v is not None:
-                m.set(fam, v, lab)
-        m.set("edge_agent_alarm_open", 1.0 if s.get("alarm_open") else 0.0, lab)
-    mq = st.get("mqtt")
-    if isinstance(mq, Mapping) and mq.get("enabled"):
-        m.set("edge_agent_mqtt_connected", 1.0 if mq.get("connected") else 0.0)
-    ob = st.get("outbox")
-    if isinstance(ob, Mapping):
-        for fam, key in (
-            ("edge_agent_outbox_depth", "depth"),
-            ("edge_agent_outbox_bytes", "bytes"),
-            ("edge_agent_outbox_oldest_age_seconds", "oldest_age_s"),
-        ):
-            v = num(ob, key)
-            m.set(fam, v if v is not None else 0.0)
-        drops = ob.get("drops")
-        if isinstance(drops, Mapping):
-            for kind in drops:
-                v = num(drops, kind)
-                if v is not None:
-                    m.set("edge_agent_outbox_drops_total", v, {"kind": str(kind)})
+    """Hand the agent's status dict (the status.json shape) to the endpoint."""
+    m.update(st)
 
 
 class MetricsServer:
@@ -273,7 +94,12 @@ class MetricsServer:
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404, "only /metrics here")
                     return
-                body = registry.render().encode()
+                try:
+                    body = registry.render()
+                except Exception:  # a bad snapshot must not take the endpoint down
+                    log.exception("metrics: rendering failed")
+                    self.send_error(500, "rendering failed (see the agent's log)")
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE)
                 self.send_header("Content-Length", str(len(body)))
@@ -331,7 +157,13 @@ def _is_loopback(host: str) -> bool:
 
 def start_metrics_server(cfg: MetricsConfig, metrics: Metrics) -> MetricsServer | None:
     """The endpoint if `cfg.enabled`, started; else None. Raises MetricsError if the
-    address cannot be bound (port taken)."""
+    address cannot be bound (port taken), or if prometheus_client is missing."""
     if not cfg.enabled:
         return None
+    try:
+        import prometheus_client  # noqa: F401 - fail at start, not at the first scrape
+    except ImportError as e:
+        raise MetricsError(
+            "[metrics] enabled needs prometheus-client (pip install prometheus-client)"
+        ) from e
     return MetricsServer(metrics, cfg.host, cfg.port).start()
