@@ -101,6 +101,10 @@ class OtaConfig:
     # a failed download (network, server) is tried again by itself, backing off
     retry_min_s: float = field(default=10.0, metadata=check("positive"))
     retry_max_s: float = field(default=600.0, metadata=check("positive"))
+    # file:// URLs in announcements are accepted only for files under this directory
+    # (an operator's USB stick or share); empty: never (a URL from the network must not
+    # name local files)
+    local_bundle_dir: str = ""
 
 
 @dataclass(frozen=True)

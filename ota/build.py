@@ -30,7 +30,6 @@ def plan_bundle(
     expires: datetime,
     min_agent_version: str,
     version: int | None = None,
-    allow_downgrade: bool | None = None,
 ) -> BuildPlan:
     """Describe the card and its model file; the manifest's version is the card's version.
 
@@ -68,6 +67,5 @@ def plan_bundle(
         min_agent_version=min_agent_version,
         created=created,
         expires=expires,
-        allow_downgrade=allow_downgrade,
     )
     return BuildPlan(manifest, sources)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.fsutil import fsync_dir
+from ota.canonical import parse_json
 from ota.errors import BundleFormatError, OtaError, SizeLimitError
 from ota.manifest import MAX_MANIFEST_BYTES, Manifest
 from ota.signing import Signature, signatures_from_list, signatures_to_list
@@ -32,6 +33,7 @@ __all__ = [
     "SIGNATURES_MEMBER",
     "BundleHeader",
     "add_signatures",
+    "bundle_size_bound",
     "open_bundle_tar",
     "read_header",
     "write_bundle",
@@ -43,6 +45,22 @@ PAYLOAD_PREFIX = "payload/"
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024  # far above any edge model; bounds disk and time
 MAX_SIGNATURES_BYTES = 64 * 1024
 _CHUNK = 64 * 1024
+
+
+_BLOCK = 512
+_MEMBER_OVERHEAD = 4 * _BLOCK  # a header block plus room for a PAX header (long names)
+_TAR_END = 20 * _BLOCK  # two zero blocks, padded to tarfile's 10240-byte record
+
+
+def _blocks(n: int) -> int:
+    return -(-n // _BLOCK) * _BLOCK
+
+
+def bundle_size_bound(manifest_len: int, file_sizes: Sequence[int]) -> int:
+    """The most bytes a well-formed bundle of this signed manifest can take: a download
+    limit that comes from signed facts, not from an unsigned announcement."""
+    members = [manifest_len, MAX_SIGNATURES_BYTES, *file_sizes]
+    return sum(_MEMBER_OVERHEAD + _blocks(n) for n in members) + _TAR_END
 
 
 @dataclass(frozen=True)
@@ -73,7 +91,8 @@ def open_bundle_tar(path: Path, max_size: int = MAX_BUNDLE_BYTES) -> Iterator[ta
             yield tf
     except OtaError:
         raise
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError, OverflowError, RecursionError) as e:
+        # tarfile lets plain ValueError out of junk PAX records (e.g. GNU.sparse.size=abc)
         raise BundleFormatError(f"{path}: not a readable bundle (tar): {e}") from e
 
 
@@ -102,10 +121,7 @@ def read_header(path: Path) -> BundleHeader:
         if second is None or second.name != SIGNATURES_MEMBER:
             raise BundleFormatError(f"{path}: second member must be {SIGNATURES_MEMBER}")
         raw = read_member_bounded(tf, second, MAX_SIGNATURES_BYTES)
-    try:
-        sig_list = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise BundleFormatError(f"{path}: {SIGNATURES_MEMBER} is not JSON: {e}") from e
+    sig_list = parse_json(raw, f"{path}: {SIGNATURES_MEMBER}")
     return BundleHeader(manifest_bytes, signatures_from_list(sig_list, SIGNATURES_MEMBER))
 
 

@@ -12,7 +12,14 @@ from typing import Any
 
 from ota.errors import BundleFormatError
 
-__all__ = ["TIME_FORMAT", "canonical_bytes", "format_time", "parse_json_object", "parse_time"]
+__all__ = [
+    "TIME_FORMAT",
+    "canonical_bytes",
+    "format_time",
+    "parse_json",
+    "parse_json_object",
+    "parse_time",
+]
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -22,17 +29,25 @@ def canonical_bytes(obj: Any) -> bytes:
         text = json.dumps(
             obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise BundleFormatError(f"cannot serialise to canonical JSON: {e}") from e
     return text.encode("utf-8")
 
 
-def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
-    """Parse `data` as a JSON object; anything else is a BundleFormatError naming `what`."""
+def parse_json(data: bytes, what: str) -> Any:
+    """Parse untrusted `data` as JSON; every way it can fail is a BundleFormatError naming
+    `what` (hostile nesting makes the parser raise RecursionError, not ValueError)."""
     try:
-        obj = json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
+    except RecursionError as e:
+        raise BundleFormatError(f"{what}: JSON nested too deeply") from e
     except (UnicodeDecodeError, ValueError) as e:
         raise BundleFormatError(f"{what}: not valid UTF-8 JSON: {e}") from e
+
+
+def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """Parse `data` as a JSON object; anything else is a BundleFormatError naming `what`."""
+    obj = parse_json(data, what)
     if not isinstance(obj, dict):
         raise BundleFormatError(f"{what}: expected a JSON object, got {type(obj).__name__}")
     return obj

@@ -144,6 +144,12 @@ def cmd_root_verify(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from ota.build import plan_bundle  # reads model cards (numpy): only this command needs it
 
+    if args.allow_downgrade:
+        raise UsageError(
+            "--allow-downgrade no longer exists: devices never install a version at or below "
+            "their installed one. To go back to an old model, copy its directory, raise the "
+            "card's version above every released one and build that (a roll forward)"
+        )
     now = _now(args)
     plan = plan_bundle(
         args.model_dir,
@@ -152,7 +158,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         expires=_time_arg(args.expires, now),
         min_agent_version=args.min_agent_version,
         version=args.version,
-        allow_downgrade=True if args.allow_downgrade else None,
     )
     write_bundle(args.out, plan.manifest, plan.sources)
     m = plan.manifest
@@ -215,7 +220,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "  (not verified: use `edge-ota verify` with a root)",
     ]
     if m.allow_downgrade:
-        lines.insert(3, "  allow_downgrade: true (signed operator override)")
+        lines.insert(3, "  allow_downgrade: true (an old override field: devices ignore it)")
     _emit(
         args,
         {"manifest": m.to_dict(), "signatures": [s.to_dict() for s in header.signatures]},
@@ -319,7 +324,9 @@ def _add_bundle_commands(sub: Any) -> None:
     s.add_argument("--profiles", nargs="+", required=True, help="target device profiles")
     s.add_argument("--expires", required=True, help="2030-01-01T00:00:00Z or 90d")
     s.add_argument("--min-agent-version", default=agent_version)
-    s.add_argument("--allow-downgrade", action="store_true", help="signed rollback override")
+    s.add_argument(
+        "--allow-downgrade", action="store_true", help=argparse.SUPPRESS
+    )  # removed: refused with an explanation (roll forward instead)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--now", help="creation time (default: now)")
     s.set_defaults(func=cmd_build)
@@ -390,4 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except EdgeAgentError as e:
         print(f"edge-ota: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # hostile files must never produce a traceback
+        log.debug("unexpected error", exc_info=True)
+        print(
+            f"edge-ota: unexpected {type(e).__name__}: {e} (run with -v for details; "
+            "please report it)",
+            file=sys.stderr,
+        )
         return 1

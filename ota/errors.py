@@ -22,6 +22,7 @@ __all__ = [
     "SignatureError",
     "SizeLimitError",
     "ThresholdError",
+    "TransferTooSlowError",
     "UnsafePathError",
 ]
 
@@ -68,6 +69,10 @@ class UnsafePathError(OtaError):
 
 class DownloadError(OtaError):
     """A bundle could not be fetched (network, file, HTTP status, truncated transfer)."""
+
+
+class TransferTooSlowError(DownloadError):
+    """A download crawled below the minimum rate or ran past its deadline (slow retrieval)."""
 
 
 class RootRotationError(OtaError):

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.fsutil import atomic_write_bytes
+from ota.ed25519 import key_problem, signature_problem
 from ota.errors import BundleFormatError, KeyFileError
 
 __all__ = [
@@ -41,12 +42,18 @@ class PublicKey:
     def __post_init__(self) -> None:
         if len(self.raw) != _RAW_LEN:
             raise BundleFormatError(f"ed25519 public key must be {_RAW_LEN} bytes")
+        why = key_problem(self.raw)
+        if why is not None:  # e.g. a small-order key, which OpenSSL would accept
+            raise BundleFormatError(f"ed25519 public key {self.raw.hex()[:16]}... is {why}")
 
     @property
     def keyid(self) -> str:
         return hashlib.sha256(self.raw).hexdigest()
 
     def verify(self, signature: bytes, data: bytes) -> bool:
+        """True only for a strictly valid signature (canonical, non-small-order R, S < L)."""
+        if signature_problem(signature) is not None:
+            return False
         try:
             Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
         except InvalidSignature:
@@ -146,7 +153,11 @@ def load_public_key(path: Path) -> PublicKey:
         raise KeyFileError(f"{path}: not a PEM public key: {e}") from e
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"{path}: not an Ed25519 public key")
-    return PublicKey(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    try:
+        return PublicKey(raw)
+    except BundleFormatError as e:  # OpenSSL loads small-order keys; we never trust them
+        raise KeyFileError(f"{path}: {e}") from e
 
 
 def generate_keypair_files(out_dir: Path, name: str) -> tuple[Path, Path, str]:

@@ -32,7 +32,6 @@ class VerifiedManifest:
     manifest_bytes: bytes
     signer_keyids: tuple[str, ...]
     root_version: int
-    downgrade_allowed: bool  # True when accepted only thanks to the signed override
 
 
 def verify(  # noqa: PLR0917 - the documented positional contract of the core
@@ -76,19 +75,18 @@ def verify(  # noqa: PLR0917 - the documented positional contract of the core
             f"bundle {m.name} v{m.version} needs agent >= {m.min_agent_version}, "
             f"this agent is {agent_version}"
         )
-    downgrade = False
+    # No downgrade override: the `allow_downgrade` field of older signed manifests is
+    # ignored (a signed override could be replayed anywhere until it expired). An
+    # emergency return to an old model is a new, higher version carrying the old weights.
     if m.version <= installed_version:
-        if not m.allow_downgrade:
-            raise RollbackError(
-                f"bundle {m.name} v{m.version} is not above the installed version "
-                f"{installed_version}; refusing a rollback (a signed allow_downgrade "
-                "override is needed)"
-            )
-        downgrade = True
+        raise RollbackError(
+            f"bundle {m.name} v{m.version} is not above the installed version "
+            f"{installed_version}; refusing a rollback (to go back to an old model, "
+            "release its weights as a new, higher version)"
+        )
     return VerifiedManifest(
         manifest=m,
         manifest_bytes=manifest_bytes,
         signer_keyids=tuple(sorted(signers)),
         root_version=trusted_root.version,
-        downgrade_allowed=downgrade,
     )

@@ -5,7 +5,8 @@ With the agent stopped, the slots change here, on the state dir. With it running
 agent does it (it owns the slot state; see edge_agent/updates/manual_rollback.py): this command
 asks, waits for the answer and prints it; the streams switch model without a restart
 and without losing a window. While an update is in progress the rollback is refused
-(docs/ota.md). Run with sudo, every file it creates is given to the state dir's owner
+(docs/ota.md). A slot the agent rolled back for cause (failed trial) is refused, saying
+why, unless --force. Run with sudo, every file it creates is given to the state dir's owner
 (the agent's user), so the agent never meets a file it cannot use.
 """
 
@@ -31,6 +32,11 @@ def register(sub: Any) -> None:
     )
     add_state_dir_args(p)
     p.add_argument("--reason", default="manual rollback by a technician")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="serve the previous slot even if the agent rolled it back for cause",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_rollback)
 
@@ -59,7 +65,7 @@ def _rollback_in(state_dir: Path, args: argparse.Namespace, pid: Any, running: b
     from edge_agent.errors import StateError
 
     if running:
-        answer = _ask_agent(state_dir, args.reason, pid)
+        answer = _ask_agent(state_dir, args.reason, pid, force=args.force)
         if not answer.get("ok"):
             raise StateError(str(answer.get("message", "refused")))
         done = {
@@ -68,7 +74,7 @@ def _rollback_in(state_dir: Path, args: argparse.Namespace, pid: Any, running: b
             "note": f"applied by the running agent (pid {pid}): no restart needed",
         }
     else:
-        done = _offline(state_dir, args.reason)
+        done = _offline(state_dir, args.reason, force=args.force)
     if args.json:
         print(json.dumps(done))
     else:
@@ -76,12 +82,12 @@ def _rollback_in(state_dir: Path, args: argparse.Namespace, pid: Any, running: b
     return 0
 
 
-def _ask_agent(state_dir: Path, reason: str, pid: Any) -> dict[str, Any]:
+def _ask_agent(state_dir: Path, reason: str, pid: Any, *, force: bool) -> dict[str, Any]:
     import time
 
     from edge_agent.updates import manual_rollback as mr
 
-    req = mr.submit(state_dir, reason, time.time())
+    req = mr.submit(state_dir, reason, time.time(), force=force)
     wait_s = mr.STALE_AFTER_S + 5.0
     answer = mr.wait_result(state_dir, req, wait_s)
     if answer is None:
@@ -95,7 +101,7 @@ def _ask_agent(state_dir: Path, reason: str, pid: Any) -> dict[str, Any]:
     return answer
 
 
-def _offline(state_dir: Path, reason: str) -> dict[str, Any]:
+def _offline(state_dir: Path, reason: str, *, force: bool) -> dict[str, Any]:
     from edge_agent.errors import StateError
     from edge_agent.updates.store import SlotStore
 
@@ -107,7 +113,7 @@ def _offline(state_dir: Path, reason: str) -> dict[str, Any]:
     if st.active is None:
         raise StateError("no OTA model is active: the bundled model already serves")
     before = st.active_version
-    new = store.step_back(reason, now)
+    new = store.step_back(reason, now, force=force)
     served = (
         f"slot {new.active.value} v{new.active_version} serves"
         if new.active is not None

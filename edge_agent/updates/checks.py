@@ -63,10 +63,10 @@ def judge_latency(per_window_ms: float, budget_ms: float) -> Verdict:
 
 @dataclass
 class ShadowTally:
-    """Accumulated while the candidate runs beside the active model (mutable, one owner)."""
+    """Accumulated while the candidate runs beside the active model (mutable, one owner).
+    Each batch comes with the thresholds of its own stream (`add`), so streams with
+    different thresholds are each judged by their own."""
 
-    active_threshold: float
-    candidate_threshold: float
     windows: int = 0
     skipped: int = 0  # windows not shadowed because the shadow worker fell behind
     nonfinite: int = 0
@@ -75,12 +75,18 @@ class ShadowTally:
     active_scores: list[float] = field(default_factory=list)
     candidate_scores: list[float] = field(default_factory=list)
 
-    def add(self, active: npt.NDArray[np.float64], candidate: npt.NDArray[np.float64]) -> None:
+    def add(
+        self,
+        active: npt.NDArray[np.float64],
+        candidate: npt.NDArray[np.float64],
+        active_threshold: float,
+        candidate_threshold: float,
+    ) -> None:
         finite = np.isfinite(candidate)
         self.windows += len(candidate)
         self.nonfinite += int((~finite).sum())
-        self.active_over += int((active > self.active_threshold).sum())
-        self.candidate_over += int((candidate[finite] > self.candidate_threshold).sum())
+        self.active_over += int((active > active_threshold).sum())
+        self.candidate_over += int((candidate[finite] > candidate_threshold).sum())
         room = SCORES_KEPT - len(self.active_scores)
         if room > 0:
             self.active_scores.extend(active[:room].tolist())

@@ -61,6 +61,7 @@ class Request:
     id: str
     reason: str
     created: float
+    force: bool = False  # serve a slot the agent rolled back for cause anyway
 
 
 @dataclass(frozen=True)
@@ -73,16 +74,16 @@ class ServedStream:
     bundled_dir: Path
 
 
-def submit(state_dir: Path, reason: str, now: float) -> Request:
+def submit(state_dir: Path, reason: str, now: float, *, force: bool = False) -> Request:
     """Drop a request for the running agent. Run as root, the request is handed to the
     state dir's owner before the agent can see it, so the agent can remove it."""
     from edge_agent.ownership import adopt_new_entries
 
-    req = Request(uuid.uuid4().hex, reason, now)
+    req = Request(uuid.uuid4().hex, reason, now, force)
     path = Path(state_dir) / REQUEST_FILE
     path.parent.mkdir(exist_ok=True)
     adopt_new_entries(Path(state_dir))  # ota/ itself, if this created it
-    body = json.dumps({"id": req.id, "reason": reason, "created": now}).encode()
+    body = json.dumps({"id": req.id, "reason": reason, "created": now, "force": force}).encode()
     # Written beside the target and adopted before the rename: the agent never sees a
     # request owned by root.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -106,7 +107,9 @@ def take(state_dir: Path) -> Request | None:
         return None
     path.unlink(missing_ok=True)
     try:
-        return Request(str(raw["id"]), str(raw["reason"]), float(raw["created"]))
+        return Request(
+            str(raw["id"]), str(raw["reason"]), float(raw["created"]), raw.get("force") is True
+        )
     except (TypeError, KeyError, ValueError):
         log.warning("rollback request %s malformed, dropped: %r", path, raw)
         return None
@@ -156,7 +159,7 @@ def perform(
     if st.active is None or manifest is None:
         raise StateError("no OTA model is active: the bundled model already serves")
     before = st.active_version or 0
-    store.step_back(req.reason, now)
+    store.step_back(req.reason, now, force=req.force)
     served = []
     for s in streams:
         if s.pipeline.model.card.family != manifest.family:

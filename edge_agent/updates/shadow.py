@@ -2,8 +2,10 @@
 
 `ShadowRunner` is installed as a StreamPipeline shadow hook: the stream thread only
 copies the batch into a bounded queue (never waits); a worker thread scores it with the
-candidate. When the worker falls behind, batches are skipped and counted, so the active
-pipeline is never slowed by the candidate. After a promotion the same runner keeps the
+candidate. Each stream's batches are counted against that stream's own thresholds (the
+serving policy's, read per batch, and the candidate's under that stream's config).
+When the worker falls behind, batches are skipped and counted, so the active pipeline is
+never slowed by the candidate. After a promotion the same runner keeps the
 previous model beside the new one for the trial.
 """
 
@@ -13,6 +15,8 @@ import contextlib
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +32,9 @@ log = logging.getLogger(__name__)
 
 SHADOW_QUEUE_BATCHES = 16  # batches waiting for the candidate; beyond this they are skipped
 
-_Item = tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], LoadedModel]
+# data, the active scores, the active model, its threshold, the candidate's threshold
+_Item = tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], LoadedModel, float, float]
+_Hook = Callable[[Windows, npt.NDArray[np.float64], LoadedModel], None]
 
 
 class ShadowRunner:
@@ -41,36 +47,56 @@ class ShadowRunner:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._work, name="ota-shadow", daemon=True)
-        self._pipelines: list[StreamPipeline] = []
+        self._hooks: list[tuple[StreamPipeline, _Hook]] = []
 
     # -- stream thread ---------------------------------------------------------------
-    def hook(self, w: Windows, scores: npt.NDArray[np.float64], model: LoadedModel) -> None:
-        if self._done.is_set():
-            return
-        try:
-            # Windows may be views on the windower's ring buffer: copy before handing over.
-            self._q.put_nowait((np.array(w.data, copy=True), scores.copy(), model))
-        except queue.Full:
-            with self._lock:
-                self.tally.skipped += len(scores)
+    def _hook_for(self, pipeline: StreamPipeline, candidate_threshold: float) -> _Hook:
+        def hook(w: Windows, scores: npt.NDArray[np.float64], model: LoadedModel) -> None:
+            if self._done.is_set():
+                return
+            item = (
+                # Windows may be views on the windower's ring buffer: copy before handing over.
+                np.array(w.data, copy=True),
+                scores.copy(),
+                model,
+                pipeline.threshold,
+                candidate_threshold,
+            )
+            try:
+                self._q.put_nowait(item)
+            except queue.Full:
+                with self._lock:
+                    self.tally.skipped += len(scores)
+
+        return hook
 
     # -- control (updater thread) ----------------------------------------------------
-    def start(self, pipelines: list[StreamPipeline]) -> None:
+    def start(
+        self, pipelines: Sequence[StreamPipeline], candidate_thresholds: Sequence[float]
+    ) -> None:
+        """Shadow `pipelines`; `candidate_thresholds[i]` judges the candidate on the i-th."""
+        if len(pipelines) != len(candidate_thresholds):
+            raise ValueError("one candidate threshold per pipeline")
         self._thread.start()
-        self._pipelines = pipelines
-        for p in pipelines:
-            p.shadow = self.hook
+        for p, thr in zip(pipelines, candidate_thresholds, strict=True):
+            hook = self._hook_for(p, thr)
+            self._hooks.append((p, hook))
+            p.shadow = hook
 
-    def wait(self, stop: threading.Event, poll_s: float = 0.05) -> bool:
-        """Block until `target` windows were shadowed (True) or `stop` is set (False)."""
+    def wait(
+        self, stop: threading.Event, poll_s: float = 0.05, timeout_s: float | None = None
+    ) -> bool:
+        """Block until `target` windows were shadowed (True), or `stop` is set or
+        `timeout_s` passed (False)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._done.wait(poll_s):
-            if stop.is_set():
+            if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
                 return False
         return True
 
     def close(self) -> None:
-        for p in self._pipelines:
-            if p.shadow == self.hook:
+        for p, hook in self._hooks:
+            if p.shadow is hook:
                 p.shadow = None
         self._done.set()
         with contextlib.suppress(queue.Full):
@@ -86,7 +112,7 @@ class ShadowRunner:
                 continue
             if item is None:
                 break
-            data, active_scores, active = item
+            data, active_scores, active, active_thr, cand_thr = item
             try:
                 cand = self.candidate.scores(active.denormalize(data))
             except Exception as e:  # noqa: BLE001 - a candidate that cannot score fails its shadow
@@ -95,6 +121,6 @@ class ShadowRunner:
                 self._done.set()
                 break
             with self._lock:
-                self.tally.add(active_scores, cand)
+                self.tally.add(active_scores, cand, active_thr, cand_thr)
                 if self.tally.windows >= self.target:
                     self._done.set()

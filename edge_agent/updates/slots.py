@@ -95,7 +95,9 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class SlotsState:
-    """What slots.json holds. `versions` maps a slot to the model version it contains."""
+    """What slots.json holds. `versions` maps a slot to the model version it contains;
+    `bad` maps a slot the agent rolled back for cause (failed trial, crash during its
+    trial) to why: a manual rollback refuses to serve it again unless forced."""
 
     phase: Phase = Phase.IDLE
     active: Slot | None = None
@@ -106,6 +108,7 @@ class SlotsState:
     versions: Mapping[Slot, int] = field(default_factory=dict)
     last_result: str = ""
     history: tuple[HistoryEntry, ...] = ()
+    bad: Mapping[Slot, str] = field(default_factory=dict)
 
     @property
     def active_version(self) -> int | None:
@@ -126,6 +129,7 @@ class SlotsState:
             "versions": {s.value: v for s, v in self.versions.items()},
             "last_result": self.last_result,
             "history": [h.to_dict() for h in self.history],
+            "bad": {s.value: why for s, why in self.bad.items()},
         }
 
     @classmethod
@@ -144,6 +148,7 @@ class SlotsState:
                 versions={Slot(k): int(v) for k, v in d.get("versions", {}).items()},
                 last_result=str(d.get("last_result", "")),
                 history=tuple(HistoryEntry.from_dict(h) for h in d.get("history", [])),
+                bad={Slot(k): str(v) for k, v in d.get("bad", {}).items()},
             )
         except (KeyError, ValueError, TypeError) as e:
             raise StateError(f"slots.json is malformed: {e!r}") from e
@@ -202,6 +207,7 @@ def begin_download(s: SlotsState, version: int, now: datetime) -> SlotsState:
         candidate=target,
         previous=None if s.previous is target else s.previous,
         versions=versions,
+        bad=_unmark(s, target),
     )
 
 
@@ -253,15 +259,23 @@ def abandon(s: SlotsState, reason: str, now: datetime) -> SlotsState:
     )  # fmt: skip
 
 
-def rollback(s: SlotsState, reason: str, now: datetime) -> SlotsState:
-    """Serve the previous slot again: automatic during a trial, or manual after a commit."""
+def _unmark(s: SlotsState, slot: Slot | None) -> dict[Slot, str]:
+    return {k: why for k, why in s.bad.items() if k is not slot}
+
+
+def rollback(s: SlotsState, reason: str, now: datetime, *, for_cause: bool = False) -> SlotsState:
+    """Serve the previous slot again: automatic during a trial (`for_cause`: the slot left
+    is marked bad), or manual after a commit."""
     _require(s, {Phase.PROMOTED, Phase.COMMITTED, Phase.ROLLED_BACK}, "roll back")
-    if s.previous is None:
+    if s.previous is None or s.active is None:
         raise TransitionError("no previous model to roll back to")
-    bad = s.active_version
+    left = s.active_version
+    marks = dict(s.bad)  # a forced return onto a marked slot keeps its mark (it is true)
+    if for_cause:
+        marks[s.active] = f"v{left} rolled back by the agent: {reason}"
     return _step(
         s, Phase.ROLLED_BACK, now, reason, active=s.previous, previous=s.active,
-        committed=True, last_result=f"rolled back from v{bad}: {reason}",
+        committed=True, last_result=f"rolled back from v{left}: {reason}", bad=marks,
     )  # fmt: skip
 
 
@@ -282,7 +296,9 @@ def plan_recovery(s: SlotsState, now: datetime) -> Recovery:
         return Recovery(abandon(s, f"interrupted while {s.phase.value}", now), s.candidate, True)
     if s.phase is Phase.PROMOTED:
         if s.previous is not None:
-            return Recovery(rollback(s, "interrupted during trial", now), None, True)
+            return Recovery(
+                rollback(s, "interrupted during trial", now, for_cause=True), None, True
+            )
         # No previous slot: the agent's bundled model serves again; the candidate's
         # trial was interrupted, which counts against it (it is dropped, not committed).
         return Recovery(drop_active(s, "interrupted during trial", now), s.active, True)
@@ -297,6 +313,7 @@ def fall_back(s: SlotsState, reason: str, now: datetime) -> SlotsState:
     return _step(
         s, Phase.ROLLED_BACK, now, reason, active=s.previous, previous=None, candidate=None,
         committed=True, versions=versions, last_result=f"fell back to previous: {reason}",
+        bad=_unmark(s, s.active),
     )  # fmt: skip
 
 
@@ -306,4 +323,5 @@ def drop_active(s: SlotsState, reason: str, now: datetime) -> SlotsState:
     return _step(
         s, Phase.IDLE, now, reason, active=None, previous=None, candidate=None,
         committed=False, versions=versions, last_result=f"no verified model: {reason}",
+        bad=_unmark(s, s.active),
     )  # fmt: skip

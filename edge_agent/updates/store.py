@@ -217,18 +217,29 @@ class SlotStore:
     def commit(self, now: datetime) -> SlotsState:
         return self._save(commit(self._state, now))
 
-    def rollback(self, reason: str, now: datetime) -> SlotsState:
-        """Serve the previous slot (automatic in trial, or the technician's manual rollback)."""
+    def rollback(
+        self, reason: str, now: datetime, *, for_cause: bool = False, force: bool = False
+    ) -> SlotsState:
+        """Serve the previous slot (automatic in trial, or the technician's manual rollback).
+        `for_cause` marks the slot left as bad; a slot so marked is refused (StateError,
+        saying why) unless `force`."""
         s = self._state
         if s.previous is not None and (why := self.check_slot(s.previous)) is not None:
             raise StateError(f"cannot roll back: {why}")
-        return self._save(rollback(s, reason, now))
+        if s.previous is not None and s.previous in s.bad and not force:
+            raise StateError(
+                f"refusing to serve slot {s.previous.value} again: {s.bad[s.previous]}; "
+                "add --force to serve it anyway"
+            )
+        return self._save(rollback(s, reason, now, for_cause=for_cause))
 
-    def step_back(self, reason: str, now: datetime) -> SlotsState:
+    def step_back(
+        self, reason: str, now: datetime, *, for_cause: bool = False, force: bool = False
+    ) -> SlotsState:
         """Stop serving the active slot: the previous one serves if there is one, else
         no slot (the bundled model). For rollbacks, manual or after a failed trial."""
         if self._state.previous is not None:
-            return self.rollback(reason, now)
+            return self.rollback(reason, now, for_cause=for_cause, force=force)
         self.fall_back(reason, now)
         return self._state
 

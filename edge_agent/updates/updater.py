@@ -3,11 +3,17 @@ committed model out -- or a refusal, an abandon or a rollback, each reported.
 
 Runs on its own thread (the stream threads keep scoring). Steps, each published on
 `<prefix>/<device>/ota/state` and shown in status:
-  announced -> verify the announced manifest (before any download) -> downloading (size
-  enforced while reading, resumable) -> verifying (the bundle's own header) -> unpack
-  into the inactive slot -> validating (loads, golden vectors, latency budget) -> shadow
-  (beside the active model on live windows) -> promoted (slot pointer, then model swap at
-  a batch boundary) -> trial -> committed, or rolled_back / rejected / failed.
+  announced -> verify the announced manifest (before any download) -> downloading (on a
+  helper thread: size bound from the signed manifest, deadline and minimum rate; manual
+  rollback is answered meanwhile) -> verifying (the file's own header and every payload
+  hash) -> only now is the inactive slot claimed: unpack -> validating (loads, golden
+  vectors, latency budget) -> shadow (beside the active model on live windows) ->
+  promoted (slot pointer, then model swap at a batch boundary) -> trial -> committed, or
+  rolled_back / rejected / failed.
+Nothing unsigned is bookkeeping: outcomes, attempts, retries and download names are keyed
+by the verified target's identity (`edge_agent.updates.record`). What the announcement
+adds around the signed manifest (URL, size, hash) is a hint: a file that does not match
+the signed target is a failed download (discarded, retried with backoff), never a verdict.
 Decisions are in `edge_agent.updates.checks` (pure); slot files in `edge_agent.updates.store`.
 
 Test-only fault hook: with `EDGE_AGENT_OTA_PAUSE_AT=<step>` (download, unpack, validate,
@@ -34,7 +40,7 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.config import OtaConfig, StreamConfig
 from edge_agent.errors import EdgeAgentError, StateError
-from edge_agent.fsutil import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
@@ -48,15 +54,17 @@ from edge_agent.updates.checks import (
     judge_shadow,
     judge_trial,
 )
+from edge_agent.updates.record import RECORD_FILE, TargetId, UpdateRecord
 from edge_agent.updates.shadow import ShadowRunner
 from edge_agent.updates.slots import PRE_PROMOTION
 from edge_agent.updates.store import SlotStore
 from ota.announce import Announcement
-from ota.bundle import read_header
+from ota.bundle import bundle_size_bound, read_header
 from ota.canonical import canonical_bytes
-from ota.errors import BundleFormatError, HashMismatchError, OtaError, SizeLimitError
-from ota.fetch import fetcher_for
+from ota.errors import BundleFormatError, DownloadError, OtaError, TransferTooSlowError
+from ota.fetch import Fetcher, FetchLimits, fetcher_for, partial_path
 from ota.root import Root, SignedRoot, trust_root
+from ota.unpack import check_payload
 from ota.verify import VerifiedManifest, verify
 
 __all__ = [
@@ -72,24 +80,22 @@ log = logging.getLogger(__name__)
 
 PAUSE_ENV = "EDGE_AGENT_OTA_PAUSE_AT"
 PAUSE_STEPS = ("download", "unpack", "validate", "shadow", "promote", "commit")
-MAX_ATTEMPTS = 3  # interrupted tries of one bundle (crash, stop) before it is given up
-HANDLED_KEPT = 50  # bundles remembered as handled (retained announcements come back)
+MAX_ATTEMPTS = 3  # interrupted tries of one target (crash, stop) before it is given up
 INBOX_SIZE = 4  # announcements waiting for the worker; more are dropped (they are retained)
 JOBS_SIZE = 4  # manual requests waiting for the updater thread
 LATENCY_BATCH = 16  # windows per timed batch when checking the latency budget
 LATENCY_RUNS = 5
 TRIAL_POLL_S = 0.02
+WAIT_POLL_S = 0.2  # how often a wait (download, shadow) answers manual requests
 HISTORY_SHOWN = 10
-UPDATES_FILE = "updates.json"
 
 
 @dataclass
 class _Retry:
-    """A download that failed, to be tried again at `due` (time.monotonic)."""
+    """A verified target whose download failed, to be tried again at `due` (monotonic)."""
 
     payload: bytes
-    sha256: str
-    version: int | None
+    tid: TargetId
     failures: int
     due: float
 
@@ -142,6 +148,7 @@ class Updater:
         clock: Callable[[], float] = time.time,
         rule: AlarmRule | None = None,
         store: SlotStore | None = None,
+        fetch_limits: FetchLimits | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.ota = ota
@@ -151,6 +158,7 @@ class Updater:
         self._publish_cb = publish
         self._clock = clock
         self.rule = rule or AlarmRule()
+        self.fetch_limits = fetch_limits or FetchLimits()
         self.dir = self.state_dir / "ota"
         self.downloads = self.dir / "downloads"
         # One SlotStore per process: it caches the state, so two would overwrite each other.
@@ -158,8 +166,6 @@ class Updater:
         self._inbox: queue.Queue[bytes] = queue.Queue(maxsize=INBOX_SIZE)
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue(maxsize=JOBS_SIZE)
         self._retry: _Retry | None = None
-        self._retry_failures = 0
-        self._payload = b""  # the announcement being handled (for a retry)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -169,43 +175,32 @@ class Updater:
         self.figures: dict[str, Any] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=HISTORY_SHOWN)
         self.dropped_announcements = 0
-        self._record = self._load_record()
+        self.record = UpdateRecord(self.dir / RECORD_FILE)
         self._pause_at = os.environ.get(PAUSE_ENV, "")
-        self._clean_downloads()
+        self._clean_downloads(keep=None)
 
-    # -- persistence of what was handled ----------------------------------------------
-    def _load_record(self) -> dict[str, Any]:
-        try:
-            raw = read_json(self.dir / UPDATES_FILE)
-        except (OSError, ValueError):
-            raw = None
-        if not isinstance(raw, dict):
-            return {"handled": [], "attempts": {}}
-        raw.setdefault("handled", [])
-        raw.setdefault("attempts", {})
-        return raw
-
-    def _save_record(self) -> None:
-        atomic_write_json(self.dir / UPDATES_FILE, self._record)
-
-    def handled(self, sha: str) -> bool:
-        return any(h.get("sha256") == sha for h in self._record["handled"])
-
-    def _finish(self, sha: str, version: int | None, result: str) -> None:
-        handled = [h for h in self._record["handled"] if h.get("sha256") != sha]
-        handled.append({"sha256": sha, "version": version, "result": result, "ts": self._clock()})
-        self._record["handled"] = handled[-HANDLED_KEPT:]
-        self._record["attempts"].pop(sha, None)
-        self._save_record()
-        self.last_result = result
-
-    def _clean_downloads(self) -> None:
-        """Completed downloads are only kept while their update runs; parts are resumed."""
+    # -- files -----------------------------------------------------------------------
+    def _clean_downloads(self, keep: str | None) -> None:
+        """Completed downloads are only kept while their update runs; the part of the
+        target being fetched (`keep`, a signed identity) is resumed, others go: bounded."""
         if not self.downloads.is_dir():
             return
         for p in self.downloads.iterdir():
-            if not p.name.endswith(".part"):
+            if keep is None and p.name.endswith(".part"):
+                continue  # at start: the retained announcement will resume it
+            if keep is None or not p.name.startswith(keep):
                 p.unlink(missing_ok=True)
+
+    def _local_dir(self) -> Path | None:
+        d = self.ota.local_bundle_dir
+        return Path(d) if d else None
+
+    def _public(self, text: str) -> str:
+        """A detail for the public ota/state topic: no local paths of this device."""
+        for path, name in ((self.state_dir, "<state_dir>"), (self._local_dir(), "<local>")):
+            if path is not None:
+                text = text.replace(str(path.resolve()), name).replace(str(path), name)
+        return text
 
     # -- threads ---------------------------------------------------------------------
     def on_announcement(self, payload: bytes) -> None:
@@ -217,6 +212,7 @@ class Updater:
             log.warning("OTA: announcement dropped, %d waiting (it is retained)", INBOX_SIZE)
 
     def start(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._work, name="ota-updater", daemon=True)
         self._thread.start()
 
@@ -231,9 +227,10 @@ class Updater:
             self._thread.join(timeout)
 
     def call_between_updates(self, job: Callable[[], None]) -> bool:
-        """Run `job` on the updater's thread when no update is in progress (e.g. a
-        manual rollback, which must not interleave with an update's slot steps).
-        False if too many jobs wait."""
+        """Run `job` on the updater's thread: between updates, or while an update waits
+        (download, shadow, trial), so it is answered within a fraction of a second. The
+        job sees the slot phase and refuses what it must not do in it. False if too many
+        jobs wait."""
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
@@ -260,20 +257,28 @@ class Updater:
             self._run_jobs()
             r = self._retry
             if r is not None and time.monotonic() >= r.due:
-                log.info(
-                    "OTA: trying the download of v%s again (failure %d)", r.version, r.failures
-                )
+                log.info("OTA: trying the download of %s again (failure %d)", r.tid, r.failures)
                 payload = r.payload
             else:
                 try:
-                    payload = self._inbox.get(timeout=0.2)
+                    payload = self._inbox.get(timeout=WAIT_POLL_S)
                 except queue.Empty:
                     continue
             try:
                 self.process(payload)
             except Exception:  # the updater must never take the agent down
                 log.exception("OTA: update failed unexpectedly")
+                self._release_claim("internal error")
                 self._set_state("failed", None, detail="internal error (see the log)")
+
+    def _release_claim(self, reason: str) -> None:
+        """Never leave a claimed slot behind an unexpected error: the next update must
+        find the store at rest."""
+        try:
+            if self.store.state.phase in PRE_PROMOTION:
+                self.store.abandon(reason, _utc(self._clock()))
+        except Exception:  # best effort; recovery on restart does the rest
+            log.exception("OTA: cannot release the claimed slot")
 
     # -- reporting -------------------------------------------------------------------
     def _set_state(
@@ -287,6 +292,7 @@ class Updater:
     ) -> None:
         from edge_agent.reporting.payloads import ota_state_body
 
+        detail = self._public(detail)
         with self._lock:
             self.state = state
             if figures:
@@ -322,6 +328,7 @@ class Updater:
                 "serving": {t.config.name: t.pipeline.model.card.version for t in self.targets},
                 "dropped_announcements": self.dropped_announcements,
                 "retry": self._retry_snapshot(),
+                "bad_slots": {k.value: why for k, why in s.bad.items()},
                 "events": list(self.events),
                 "history": [h.to_dict() for h in s.history[-HISTORY_SHOWN:]],
             }
@@ -331,7 +338,7 @@ class Updater:
         if r is None:
             return None
         left = max(0.0, r.due - time.monotonic())
-        return {"version": r.version, "failures": r.failures, "in_s": round(left, 1)}
+        return {"version": r.tid.version, "failures": r.failures, "in_s": round(left, 1)}
 
     def _pause(self, step: str) -> None:
         """Test-only fault hook (see module docstring)."""
@@ -340,110 +347,216 @@ class Updater:
         atomic_write_bytes(self.dir / f"paused-at-{step}", str(os.getpid()).encode())
         log.warning("OTA: paused at %s (%s set)", step, PAUSE_ENV)
         while not self._stop.wait(0.1):
-            pass
+            self._run_jobs()
         raise _StoppedError
 
     def _check_stop(self) -> None:
         if self._stop.is_set():
             raise _StoppedError
 
+    def _finish(self, tid: TargetId, result: str) -> None:
+        self.record.finish(tid, result, self._clock())
+        self.last_result = result
+
     # -- one announcement ------------------------------------------------------------
     def process(self, payload: bytes) -> str:
         """Handle one announcement to its end; returns the final state (or "ignored")."""
         try:
             ann = Announcement.from_payload(payload)
-        except OtaError as e:
+        except OtaError as e:  # unsigned junk: reported, never remembered
             self._set_state("rejected", None, detail=f"malformed announcement: {e}")
             return "rejected"
-        if self.handled(ann.sha256):
-            log.debug("OTA: announcement for %s already handled", ann.sha256[:12])
-            return "ignored"
-        r = self._retry
-        if r is not None and r.sha256 != ann.sha256:
-            log.info("OTA: a newer announcement replaces the pending retry of v%s", r.version)
-        self._retry_failures = r.failures if r is not None and r.sha256 == ann.sha256 else 0
-        self._retry = None  # this bundle is handled now; a failed download schedules anew
-        self._payload = payload
-        # self.store is the process's only slot store (start-up and manual rollback use
-        # it too) and nothing else writes slots.json while the agent runs (`edge-agent
-        # rollback` asks the agent): never replaced by a fresh read here.
-        version = ann.manifest.get("version")
-        v = version if isinstance(version, int) else None
+        raw_v = ann.manifest.get("version")
+        v = raw_v if type(raw_v) is int else None
         try:
-            return self._apply(ann, v)
+            return self._apply(ann, payload, v)
         except _StoppedError:
             log.info("OTA: stopped during the update of v%s; resumes on restart", v)
             if self.store.state.phase in PRE_PROMOTION:
                 self.store.abandon("agent stopping", _utc(self._clock()))
             return "stopped"
+        finally:
+            self.candidate = None
 
-    def _apply(self, ann: Announcement, v: int | None) -> str:
+    def _already_serving(self, ann: Announcement) -> bool:
+        active = self.store.active_manifest()
+        try:
+            return active is not None and canonical_bytes(active.to_dict()) == ann.manifest_bytes
+        except OtaError:
+            return False
+
+    def _apply(self, ann: Announcement, payload: bytes, v: int | None) -> str:
+        if self._already_serving(ann):
+            log.debug("OTA: announced v%s is the active slot's model", v)
+            return "ignored"
+        try:
+            job, targets = self._admit(ann, payload, v)
+        except _RefusedError as f:
+            if f.state != "ignored":
+                self._set_state(f.state, v, detail=f.reason)
+            return f.state
+        try:
+            fetched = self._fetch_and_check(job)
+        except OtaError as e:  # the file behind the unsigned URL: transient, never a verdict
+            return self._download_failed(job, e)
+        return self._install_and_try(job, fetched, targets)
+
+    def _admit(
+        self, ann: Announcement, payload: bytes, v: int | None
+    ) -> tuple[_Job, list[UpdateTarget]]:
+        """Verify the announced manifest and decide whether to fetch it; _RefusedError
+        (state "rejected", "failed" or "ignored") when not. Only verdicts on a verified
+        target are remembered."""
+        # The family is unsigned until verified: it only picks the streams whose versions
+        # set the anti-rollback floor; verification below covers the same bytes.
         fam = ann.manifest.get("family")
         targets = [t for t in self.targets if t.family == fam]
         self._set_state("announced", v, detail=f"{ann.manifest.get('name')} from {ann.url}")
         if not targets:
-            return self._refuse(ann, v, f"no stream here serves model family {fam!r}")
+            raise _RefusedError("rejected", f"no stream here serves model family {fam!r}")
         serving = [t.pipeline.model.card.version for t in targets]
         installed = max(self.store.state.highest_committed_version, *serving)
-        now = _utc(self._clock())
         try:
-            vm = verify(
-                ann.manifest_bytes,
-                ann.signatures,
-                self.root,
-                installed,
-                self.profile.name,
-                now,
-                agent_version=__version__,
+            vm = self._verify(ann.manifest_bytes, ann, installed)
+        except OtaError as e:  # refused before any download; nothing is remembered
+            raise _RefusedError("rejected", f"{type(e).__name__}: {e}") from e
+        m = vm.manifest
+        tid = TargetId.of(m.name, m.version, vm.manifest_bytes)
+        done = self.record.outcome(tid)
+        if done is not None:
+            log.debug("OTA: %s already handled here: %s", tid, done)
+            raise _RefusedError("ignored", done)
+        payload_bytes = sum(f.size for f in m.files)
+        if payload_bytes > self.ota.max_bundle_bytes:
+            reason = (
+                f"SizeLimitError: {tid} carries {payload_bytes} bytes, over "
+                f"ota.max_bundle_bytes {self.ota.max_bundle_bytes}"
             )
-            if ann.size > self.ota.max_bundle_bytes:
-                raise SizeLimitError(
-                    f"bundle of {ann.size} bytes exceeds ota.max_bundle_bytes "
-                    f"{self.ota.max_bundle_bytes}"
-                )
-        except OtaError as e:
-            active = self.store.active_manifest()
-            if active is not None and canonical_bytes(active.to_dict()) == ann.manifest_bytes:
-                self._finish(ann.sha256, v, f"v{v} already installed")
-                return "ignored"
-            return self._refuse(ann, v, f"{type(e).__name__}: {e}")
-        attempts = int(self._record["attempts"].get(ann.sha256, 0)) + 1
-        if attempts > MAX_ATTEMPTS:
-            result = f"v{v} given up after {MAX_ATTEMPTS} interrupted attempts"
-            self._finish(ann.sha256, v, result)
-            self._set_state("failed", v, detail=result)
-            return "failed"
-        self._record["attempts"][ann.sha256] = attempts
-        self._save_record()
-        self.candidate = {"version": v, "name": vm.manifest.name, "attempt": attempts}
+            self._finish(tid, f"rejected v{m.version}: {reason}")
+            raise _RefusedError("rejected", reason)
         try:
-            return self._install_and_try(ann, vm, targets, installed)
-        finally:
-            self.candidate = None
+            fetcher = fetcher_for(ann.url, local_root=self._local_dir(), limits=self.fetch_limits)
+        except DownloadError as e:  # the unsigned URL is refused; the target is not judged
+            raise _RefusedError("rejected", f"DownloadError: {e}") from e
+        r = self._retry
+        if r is not None and r.tid != tid:
+            log.info("OTA: verified %s replaces the pending retry of %s", tid, r.tid)
+        failures = r.failures if r is not None and r.tid == tid else 0
+        self._retry = None
+        attempts = self.record.begin_attempt(tid)
+        if attempts > MAX_ATTEMPTS:
+            result = f"v{m.version} given up after {MAX_ATTEMPTS} interrupted attempts"
+            self._finish(tid, result)
+            raise _RefusedError("failed", result)
+        self.candidate = {"version": m.version, "name": m.name, "attempt": attempts}
+        limit = bundle_size_bound(len(vm.manifest_bytes), [f.size for f in m.files])
+        return _Job(ann, payload, vm, tid, fetcher, limit, installed, failures), targets
 
-    def _refuse(self, ann: Announcement, v: int | None, reason: str) -> str:
-        self._finish(ann.sha256, v, f"rejected v{v}: {reason}")
-        self._set_state("rejected", v, detail=reason)
-        return "rejected"
+    def _verify(self, manifest_bytes: bytes, ann: Announcement, installed: int) -> VerifiedManifest:
+        return verify(
+            manifest_bytes,
+            ann.signatures,
+            self.root,
+            installed,
+            self.profile.name,
+            _utc(self._clock()),
+            agent_version=__version__,
+        )
+
+    def _fetch_and_check(self, job: _Job) -> tuple[Path, VerifiedManifest]:
+        v = job.tid.version
+        bundle = self.downloads / f"{job.tid.key}.bundle"
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        self._clean_downloads(keep=job.tid.key)
+        self._set_state("downloading", v, detail=job.ann.url)
+        try:
+            self._download(job.fetcher, job.ann.url, bundle, job.limit)
+            self._pause("download")
+            self._set_state("verifying", v)
+            vm = self._check_download(bundle, job)
+        except OtaError as e:
+            bundle.unlink(missing_ok=True)
+            if not isinstance(e, DownloadError):  # wrong content: do not resume into it
+                partial_path(bundle).unlink(missing_ok=True)
+            raise
+        return bundle, vm
+
+    def _download(self, fetcher: Fetcher, url: str, dest: Path, limit: int) -> None:
+        """Fetch on a helper thread; meanwhile answer manual requests and watch for stop."""
+        cancel = threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                fetcher.fetch(url, dest, limit, cancel)
+            except BaseException as e:  # noqa: BLE001 - handed to the updater thread
+                outcome.append(e)
+            else:
+                outcome.append(None)
+
+        t = threading.Thread(target=run, name="ota-download", daemon=True)
+        t.start()
+        while t.is_alive():
+            self._run_jobs()
+            if self._stop.is_set():
+                cancel.set()
+                raise _StoppedError
+            t.join(WAIT_POLL_S)
+        err = outcome[0] if outcome else DownloadError("download thread ended without a word")
+        if isinstance(err, OtaError):
+            raise err
+        if err is not None:
+            raise DownloadError(f"download failed: {type(err).__name__}: {err}") from err
+
+    def _check_download(self, bundle: Path, job: _Job) -> VerifiedManifest:
+        """The downloaded file on its own: its header is the verified target's manifest,
+        signed again by a threshold, and every payload file has its signed size and hash.
+        Only after this is a slot claimed."""
+        header = read_header(bundle)
+        if header.manifest_bytes != job.vm.manifest_bytes:
+            raise BundleFormatError(f"the downloaded file is not {job.tid}")
+        vm = verify(
+            header.manifest_bytes,
+            header.signatures,
+            self.root,
+            job.installed,
+            self.profile.name,
+            _utc(self._clock()),
+            agent_version=__version__,
+        )
+        check_payload(bundle, vm)
+        return vm
+
+    def _download_failed(self, job: _Job, e: OtaError) -> str:
+        self.record.undo_attempt(job.tid)
+        failures = job.failures + 1
+        delay = min(self.ota.retry_min_s * 2 ** (failures - 1), self.ota.retry_max_s)
+        if isinstance(e, TransferTooSlowError):  # a crawling path: let it recover first
+            delay = max(delay, self.fetch_limits.rate_window_s)
+        self._retry = _Retry(job.payload, job.tid, failures, time.monotonic() + delay)
+        reason = f"{type(e).__name__}: {e}"
+        self.last_result = f"failed v{job.tid.version}: {reason}"
+        self._set_state(
+            "failed",
+            job.tid.version,
+            detail=f"{reason}; trying again in {delay:.0f} s (failure {failures})",
+        )
+        return "failed"
 
     def _install_and_try(
-        self, ann: Announcement, vm: VerifiedManifest, targets: list[UpdateTarget], installed: int
+        self, job: _Job, fetched: tuple[Path, VerifiedManifest], targets: list[UpdateTarget]
     ) -> str:
+        bundle, vm = fetched
         v = vm.manifest.version
         store = self.store
-        cand_dir = store.begin_update(v, _utc(self._clock()))
-        slot = cand_dir.name
-        assert self.candidate is not None
-        self.candidate["slot"] = slot
-        bundle = self.downloads / f"{ann.sha256}.bundle"
+        slot: str | None = None
         try:
-            self._set_state("downloading", v, slot=slot, detail=ann.url)
-            self.downloads.mkdir(parents=True, exist_ok=True)
-            fetcher_for(ann.url).fetch(ann.url, bundle, ann.size)
-            self._pause("download")
-            self._set_state("verifying", v, slot=slot)
-            vm2 = self._verify_download(ann, bundle, installed)
-            store.install_candidate(bundle, vm2, _utc(self._clock()))
+            # Verified: now, and only now, the inactive slot (the rollback target) is claimed.
+            cand_dir = store.begin_update(v, _utc(self._clock()))
+            slot = cand_dir.name
+            assert self.candidate is not None
+            self.candidate["slot"] = slot
+            store.install_candidate(bundle, vm, _utc(self._clock()))
             bundle.unlink(missing_ok=True)
             self._pause("unpack")
             self._set_state("validating", v, slot=slot)
@@ -456,64 +569,28 @@ class Updater:
         except _RefusedError as f:
             bundle.unlink(missing_ok=True)
             store.abandon(f.reason, _utc(self._clock()))
-            self._finish(ann.sha256, v, f"{f.state} v{v}: {f.reason}")
+            self._finish(job.tid, f"{f.state} v{v}: {f.reason}")
             self._set_state(f.state, v, slot=slot, detail=f.reason, figures=f.figures)
             return f.state
-        except OtaError as e:
+        except OtaError as e:  # unpacking what was checked failed (disk?): try again later
             bundle.unlink(missing_ok=True)
-            reason = f"{type(e).__name__}: {e}"
-            store.abandon(reason, _utc(self._clock()))
-            transient = type(e).__name__ == "DownloadError"
-            if transient:  # the network or the server: try again by itself, backing off
-                self.last_result = f"failed v{v}: {reason}"
-                reason += self._schedule_retry(ann.sha256, v)
-            else:
-                self._finish(ann.sha256, v, f"rejected v{v}: {reason}")
-            self._set_state("failed" if transient else "rejected", v, slot=slot, detail=reason)
-            return "failed" if transient else "rejected"
-        return self._promote_and_trial(ann, cand, targets, verdict, slot)
-
-    def _schedule_retry(self, sha: str, version: int | None) -> str:
-        """Plan the next try of a failed download; returns a note for the state detail.
-        A download failure is no interrupted attempt: it does not count toward
-        MAX_ATTEMPTS (which guards against crash loops), it only backs off."""
-        failures = self._retry_failures + 1
-        delay = min(self.ota.retry_min_s * 2 ** (failures - 1), self.ota.retry_max_s)
-        self._retry = _Retry(self._payload, sha, version, failures, time.monotonic() + delay)
-        attempts = self._record["attempts"]
-        if attempts.get(sha, 0) > 0:
-            attempts[sha] -= 1
-            self._save_record()
-        return f"; trying again in {delay:.0f} s (failure {failures})"
-
-    def _verify_download(self, ann: Announcement, bundle: Path, installed: int) -> VerifiedManifest:
-        """The downloaded file is checked on its own: same bytes as announced, and its
-        header passes every check again (the announcement itself is not trusted)."""
-        if sha256_file(bundle) != ann.sha256:
-            raise HashMismatchError("downloaded bundle's sha256 differs from the announcement")
-        header = read_header(bundle)
-        if header.manifest_bytes != ann.manifest_bytes:
-            raise BundleFormatError("the bundle's manifest differs from the announced one")
-        return verify(
-            header.manifest_bytes,
-            header.signatures,
-            self.root,
-            installed,
-            self.profile.name,
-            _utc(self._clock()),
-            agent_version=__version__,
-        )
+            self._release_claim(f"{type(e).__name__}: {e}")
+            return self._download_failed(job, e)
+        except (_StoppedError, Exception):
+            bundle.unlink(missing_ok=True)
+            self._release_claim("interrupted")
+            raise
+        return self._promote_and_trial(job.tid, cand, targets, verdict, slot)
 
     def _validate(self, cand_dir: Path, targets: list[UpdateTarget]) -> LoadedModel:
         try:
             cand = load_model(cand_dir, self.profile)  # hash, load, warm-up, golden vectors
         except EdgeAgentError as e:
             raise _RefusedError("failed", f"validation: {e}") from e
-        active = targets[0].pipeline.model
         for t in targets:
             p = t.pipeline
             cp = cand.card.preprocessing
-            ap = active.card.preprocessing
+            ap = p.model.card.preprocessing
             if (len(cp.channels), cp.columns, cp.window) != (
                 len(ap.channels),
                 ap.columns,
@@ -542,22 +619,28 @@ class Updater:
             best = min(best, time.perf_counter() - t0)
         return best / len(batch) * 1000.0
 
+    def _wait(self, runner: ShadowRunner) -> None:
+        """Until the runner has its windows; manual requests are answered meanwhile."""
+        while not runner.wait(self._stop, poll_s=0.05, timeout_s=WAIT_POLL_S):
+            self._run_jobs()
+            self._check_stop()
+
     def _shadow(self, cand: LoadedModel, targets: list[UpdateTarget], v: int, slot: str) -> Verdict:
-        t0 = targets[0]
-        tally = ShadowTally(
-            active_threshold=t0.pipeline.threshold,
-            candidate_threshold=build_policy(t0.config, cand).threshold,
-        )
+        # Each stream is judged with its own thresholds: the active model's policy on
+        # that stream and the candidate's under that stream's config.
+        tally = ShadowTally()
         self._set_state(
             "shadow", v, slot=slot, detail=f"beside the active model for {self.ota.shadow_windows}"
             " windows",
         )  # fmt: skip
         runner = ShadowRunner(cand, tally, self.ota.shadow_windows)
-        runner.start([t.pipeline for t in targets])
+        runner.start(
+            [t.pipeline for t in targets],
+            [build_policy(t.config, cand).threshold for t in targets],
+        )
         try:
             self._pause("shadow")
-            if not runner.wait(self._stop):
-                raise _StoppedError
+            self._wait(runner)
         finally:
             runner.close()
         if runner.error:
@@ -569,7 +652,7 @@ class Updater:
 
     def _promote_and_trial(
         self,
-        ann: Announcement,
+        tid: TargetId,
         cand: LoadedModel,
         targets: list[UpdateTarget],
         shadow: Verdict,
@@ -587,17 +670,39 @@ class Updater:
             "promoted", v, slot=slot, detail=f"on trial for {self.ota.trial_windows} windows",
             figures=shadow.figures,
         )  # fmt: skip
-        # During the trial the previous model runs as the shadow: the alarm rate of the new
-        # model is compared with the old one's on the same windows, so a real process
-        # anomaly during the trial (both alarm) does not roll a good model back.
-        t0, prev0, prev_policy0 = old[0]
-        tally = ShadowTally(
-            active_threshold=t0.pipeline.threshold, candidate_threshold=prev_policy0.threshold
-        )
-        pipelines = [t.pipeline for t in targets]
+        try:
+            verdict = self._trial(old)
+        except Exception as e:  # never leave a half-tried model serving unjudged
+            if isinstance(e, _StoppedError):
+                raise  # left promoted: recovery on restart rolls it back
+            verdict = Verdict(False, f"trial failed unexpectedly: {type(e).__name__}")
+            log.exception("OTA: trial of v%s failed unexpectedly", v)
+        if not verdict.ok:
+            for t, prev, prev_policy in old:
+                t.pipeline.swap_model(prev, prev_policy)
+            now = _utc(self._clock())
+            store.step_back(f"trial: {verdict.reason}", now, for_cause=True)
+            self._finish(tid, f"rolled back v{v}: {verdict.reason}")
+            self._set_state(
+                "rolled_back", v, slot=slot, detail=verdict.reason, figures=verdict.figures
+            )
+            return "rolled_back"
+        store.commit(_utc(self._clock()))
+        self._pause("commit")
+        self._finish(tid, f"committed v{v}")
+        self._set_state("committed", v, slot=slot, detail=verdict.reason, figures=verdict.figures)
+        return "committed"
+
+    def _trial(self, old: list[tuple[UpdateTarget, LoadedModel, Any]]) -> Verdict:
+        """The new model serves; the previous one runs beside it as the shadow, each
+        stream with its own thresholds, so a real process anomaly during the trial (both
+        alarm) does not roll a good model back."""
+        prev0 = old[0][1]
+        tally = ShadowTally()
+        pipelines = [t.pipeline for t, _, _ in old]
         nonfinite0 = sum(p.stats.nonfinite_scores for p in pipelines)
         runner = ShadowRunner(prev0, tally, self.ota.trial_windows)
-        runner.start(pipelines)
+        runner.start(pipelines, [pp.threshold for _, _, pp in old])
         try:
             self._pause("promote")
             while True:
@@ -610,23 +715,23 @@ class Updater:
                     trial, tally.candidate_rate, self.ota.trial_windows, self.rule
                 )
                 if verdict is not None:
-                    break
+                    return verdict
                 if self._stop.wait(TRIAL_POLL_S):
                     raise _StoppedError  # left promoted: recovery on restart rolls it back
+                self._run_jobs()
         finally:
             runner.close()
-        if not verdict.ok:
-            for t, prev, prev_policy in old:
-                t.pipeline.swap_model(prev, prev_policy)
-            now = _utc(self._clock())
-            store.step_back(f"trial: {verdict.reason}", now)
-            self._finish(ann.sha256, v, f"rolled back v{v}: {verdict.reason}")
-            self._set_state(
-                "rolled_back", v, slot=slot, detail=verdict.reason, figures=verdict.figures
-            )
-            return "rolled_back"
-        store.commit(_utc(self._clock()))
-        self._pause("commit")
-        self._finish(ann.sha256, v, f"committed v{v}")
-        self._set_state("committed", v, slot=slot, detail=verdict.reason, figures=verdict.figures)
-        return "committed"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One verified target on its way: what the download and install steps share."""
+
+    ann: Announcement
+    payload: bytes
+    vm: VerifiedManifest
+    tid: TargetId
+    fetcher: Fetcher
+    limit: int  # bytes: bounded by the signed manifest
+    installed: int  # the anti-rollback floor when the update began
+    failures: int  # failed downloads of this target so far

@@ -3,6 +3,7 @@ factory building real signed bundles (no mocks)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -80,10 +81,12 @@ class Env:
             created=NOW - timedelta(hours=1),
             expires=expires or NOW + timedelta(days=30),
             min_agent_version="0.1.0",
-            allow_downgrade=allow_downgrade,
         )
+        manifest = plan.manifest
+        if allow_downgrade is not None:  # the override field old bundles carry (ignored now)
+            manifest = dataclasses.replace(manifest, allow_downgrade=allow_downgrade)
         out = self.tmp / name
-        write_bundle(out, plan.manifest, plan.sources)
+        write_bundle(out, manifest, plan.sources)
         signers = self.keys[:2] if signers is None else signers
         if signers:
             data = read_header(out).manifest_bytes

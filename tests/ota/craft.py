@@ -51,3 +51,22 @@ def replace_member(bundle: Path, name: str, data: bytes) -> None:
                 info.size = len(data)
             dst.addfile(info, io.BytesIO(body))
     out.replace(bundle)
+
+
+def hostile_copy(bundle: Path, out: Path, kind: str) -> Path:
+    """A copy of a real signed bundle whose UNSIGNED parts are hostile, signed parts kept:
+    `nested`: signatures.json is a list nested 30,000 deep (under its 64 KiB limit);
+    `pax`: the payload members carry a junk PAX record (tarfile raises ValueError)."""
+    with (
+        tarfile.open(bundle, "r:") as src,
+        tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as dst,
+    ):
+        for info in src:
+            body = src.extractfile(info).read() if info.isreg() else b""
+            if kind == "nested" and info.name == "signatures.json":
+                body = b"[" * 30_000 + b"]" * 30_000
+                info.size = len(body)
+            if kind == "pax" and info.name.startswith("payload/"):
+                info.pax_headers = {"GNU.sparse.size": "abc"}
+            dst.addfile(info, io.BytesIO(body))
+    return out

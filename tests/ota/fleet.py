@@ -61,7 +61,14 @@ def make_fleet(d: Path, version: int = 2) -> Fleet:
 
 
 def write_config(
-    d: Path, device: str, port: int, root: Path, *, shadow: int = 40, trial: int = 60
+    d: Path,
+    device: str,
+    port: int,
+    root: Path,
+    *,
+    shadow: int = 40,
+    trial: int = 60,
+    local_dir: Path | None = None,
 ) -> Path:
     cfg = d / f"{device}.toml"
     cfg.write_text(
@@ -79,6 +86,7 @@ group = "line-1"
 root_file = "{root}"
 shadow_windows = {shadow}
 trial_windows = {trial}
+local_bundle_dir = "{local_dir or ""}"
 [health]
 watchdog = false
 [[streams]]

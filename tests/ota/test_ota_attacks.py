@@ -140,11 +140,12 @@ def test_version_equal_or_lower_than_installed(env: Env, installed: int) -> None
     assert_refused(env, env.bundle(), RollbackError, installed=installed)
 
 
-def test_signed_downgrade_override_is_honoured(env: Env) -> None:
+def test_signed_downgrade_override_is_ignored(env: Env) -> None:
+    """Rollback attack with a replayed, validly signed `allow_downgrade` manifest: the old
+    override field no longer lets anything at or below the installed version in."""
     header = read_header(env.bundle(allow_downgrade=True))
-    vm = verify(header.manifest_bytes, header.signatures, env.root, 5, PROFILE, NOW)
-    assert vm.downgrade_allowed
-    assert vm.manifest.version == 2
+    with pytest.raises(RollbackError, match="new, higher version"):
+        verify(header.manifest_bytes, header.signatures, env.root, 5, PROFILE, NOW)
 
 
 def test_built_for_another_profile(env: Env) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_model_dir
-from craft import replace_member
+from craft import hostile_copy, replace_member
 
 from ota.cli import main
 
@@ -171,3 +171,36 @@ def test_help_exits_0() -> None:
     assert r.returncode == 0
     for cmd in ("keygen", "root", "build", "sign", "verify", "inspect", "publish"):
         assert cmd in r.stdout
+
+
+@pytest.mark.parametrize("kind", ["nested", "pax"])
+def test_hostile_unsigned_parts_get_one_error_line_never_a_traceback(
+    signed_bundle: tuple[Path, Path, Path], kind: str
+) -> None:
+    bundle, root, keys = signed_bundle
+    assert main(["sign", str(bundle), "--key", str(keys / "alice.key"), "--key",
+                 str(keys / "bob.key")]) == 0  # fmt: skip
+    hostile = hostile_copy(bundle, bundle.with_name(f"{kind}.bundle"), kind)
+    runs = {
+        "verify": edge_ota("verify", hostile, "--root", root),
+        "inspect": edge_ota("inspect", hostile),
+        "sign": edge_ota("sign", hostile, "--key", keys / "alice.key"),
+    }
+    for cmd, r in runs.items():
+        assert "Traceback" not in r.stderr, (cmd, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        if kind == "nested" or cmd != "inspect":  # inspect reads only the header
+            assert r.returncode == 1, (cmd, r.stderr)
+            assert len(lines) == 1, (cmd, lines)
+            assert lines[0].startswith("edge-ota: BundleFormatError: "), (cmd, lines)
+
+
+def test_build_refuses_the_removed_downgrade_override(tmp_path: Path) -> None:
+    model = write_model_dir(tmp_path / "model", version=2)
+    r = edge_ota(
+        "build", model, "--profiles", "rpi5", "--expires", "30d", "--allow-downgrade",
+        "--out", tmp_path / "b.bundle",
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "roll forward" in r.stderr
+    assert not (tmp_path / "b.bundle").exists()

@@ -11,8 +11,16 @@ from typing import IO, ClassVar
 
 import pytest
 
-from ota.errors import DownloadError, SizeLimitError
-from ota.fetch import Fetcher, FetchStream, FileFetcher, HttpFetcher, fetcher_for, partial_path
+from ota.errors import DownloadError, SizeLimitError, TransferTooSlowError
+from ota.fetch import (
+    Fetcher,
+    FetchLimits,
+    FetchStream,
+    FileFetcher,
+    HttpFetcher,
+    fetcher_for,
+    partial_path,
+)
 from ota.serve import BundleRequestHandler, BundleServer, start_server
 
 DATA = os.urandom(300_000)
@@ -160,3 +168,94 @@ def test_missing_file_is_download_error(tmp_path: Path) -> None:
 def test_unsupported_scheme() -> None:
     with pytest.raises(DownloadError, match="scheme"):
         fetcher_for("ftp://example/b.bundle")
+
+
+class PacedFetcher(Fetcher):
+    """A source whose chunks arrive `gap_s` apart on a simulated clock (no sleeping)."""
+
+    def __init__(self, chunk: int, gap_s: float, total: int, limits: FetchLimits) -> None:
+        self.now = 0.0
+        self.chunk, self.gap_s, self.total = chunk, gap_s, total
+        self.limits = limits
+        self.clock = lambda: self.now
+
+    def _fetch(self, url: str, offset: int) -> FetchStream:
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            while sent < self.total:
+                self.now += self.gap_s
+                n = min(self.chunk, self.total - sent)
+                sent += n
+                yield b"\1" * n
+
+        return FetchStream(0, self.total, chunks())
+
+
+def test_slow_retrieval_below_the_minimum_rate_is_given_up_and_resumable(tmp_path: Path) -> None:
+    limits = FetchLimits(min_rate_bps=1000.0, rate_window_s=10.0, base_s=60.0)
+    f = PacedFetcher(chunk=10, gap_s=1.0, total=100_000, limits=limits)
+    with pytest.raises(TransferTooSlowError, match="below the minimum"):
+        f.fetch("slow://", tmp_path / "x", 100_000)
+    assert f.now <= 11.0  # given up after one rate window, not after 10,000 s
+    assert partial_path(tmp_path / "x").stat().st_size > 0  # kept: the next try resumes
+
+
+def test_download_at_a_usable_rate_is_not_cut(tmp_path: Path) -> None:
+    limits = FetchLimits(min_rate_bps=1000.0, rate_window_s=10.0, base_s=60.0)
+    f = PacedFetcher(chunk=2000, gap_s=1.0, total=100_000, limits=limits)
+    assert f.fetch("ok://", tmp_path / "x", 100_000).stat().st_size == 100_000
+
+
+def test_whole_download_deadline(tmp_path: Path) -> None:
+    # The rate window never closes here: only the overall deadline (1 + 500/1000 s) ends it.
+    limits = FetchLimits(min_rate_bps=1000.0, rate_window_s=1e9, base_s=1.0)
+    f = PacedFetcher(chunk=1, gap_s=0.01, total=500, limits=limits)
+    with pytest.raises(TransferTooSlowError, match="not finished after"):
+        f.fetch("slow://", tmp_path / "x", 500)
+    assert f.now <= 1.6
+
+
+def test_cancelled_download_keeps_its_part(tmp_path: Path) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    f = PacedFetcher(chunk=10, gap_s=0.0, total=100, limits=FetchLimits())
+    with pytest.raises(DownloadError, match="cancelled"):
+        f.fetch("x://", tmp_path / "x", 100, cancel)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    errors: list[Exception] = []
+
+    def run() -> None:
+        try:
+            FileFetcher(tmp_path).fetch(fifo.as_uri(), tmp_path / "out" / "x", 10)
+        except DownloadError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "opening a FIFO blocked"
+    assert errors
+    assert "not a regular file" in str(errors[0])
+
+
+def test_file_outside_the_local_root_is_refused(src: Path, tmp_path: Path) -> None:
+    root = tmp_path / "usb"
+    root.mkdir()
+    (root / "link.bundle").symlink_to(src)
+    for url in ((root / "link.bundle").as_uri(), f"file://{root}/../b.bundle"):
+        with pytest.raises(DownloadError, match="outside the local bundle directory"):
+            FileFetcher(root).fetch(url, tmp_path / "x", len(DATA))
+
+
+def test_file_url_from_the_network_is_refused_alike_for_any_path(tmp_path: Path) -> None:
+    messages = set()
+    for path in (Path("/etc/passwd"), tmp_path / "missing"):
+        with pytest.raises(DownloadError) as e:
+            fetcher_for(path.as_uri())
+        messages.add(str(e.value))
+    assert len(messages) == 1
+    assert "not accepted from announcements" in messages.pop()

@@ -5,128 +5,24 @@ during its trial is rolled back; a good one is committed."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from conftest import NOW, Env
-from otamodels import FP32, copy_model, nan_model
+from conftest import Env
+from otamodels import copy_model, nan_model
+from rig import PROFILE, SHADOW, TRIAL, Rig, announce, make_bundle, make_rig, ota_config
 
-from edge_agent.config import OtaConfig, SourceSpec, StreamConfig
-from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
-from edge_agent.runtime.model import load_model
-from edge_agent.sources.base import Block
-from edge_agent.sources.synth_signal import SyntheticSignal
-from edge_agent.sources.synthetic import Options
-from edge_agent.streams import build_policy
 from edge_agent.updates.slots import Phase
 from edge_agent.updates.store import SlotStore
-from edge_agent.updates.updater import Updater, UpdateTarget
-from ota.announce import Announcement
-from ota.build import plan_bundle
-from ota.bundle import add_signatures, read_header, write_bundle
-from ota.signing import sign_bytes
-
-PROFILE = Profile(name="rpi5")
-SHADOW, TRIAL = 40, 60
-
-
-def make_bundle(env: Env, model_dir: Path, name: str) -> Path:
-    plan = plan_bundle(
-        model_dir,
-        profiles=["rpi5"],
-        created=NOW - timedelta(hours=1),
-        expires=NOW + timedelta(days=30),
-        min_agent_version="0.1.0",
-    )
-    out = env.tmp / name
-    write_bundle(out, plan.manifest, plan.sources)
-    data = read_header(out).manifest_bytes
-    add_signatures(out, [sign_bytes(k, data) for k in env.keys[:2]])
-    return out
-
-
-def announce(bundle: Path) -> bytes:
-    h = read_header(bundle)
-    return Announcement(
-        manifest=json.loads(h.manifest_bytes),
-        signatures=h.signatures,
-        url=bundle.resolve().as_uri(),
-        size=bundle.stat().st_size,
-        sha256=hashlib.sha256(bundle.read_bytes()).hexdigest(),
-        ts=NOW,
-    ).to_payload()
-
-
-@dataclass
-class Feeder:
-    """Feeds the synthetic signal into the pipeline from a thread; `gain` scales it."""
-
-    pipeline: StreamPipeline
-    gain: float = 1.0
-    stop: threading.Event = field(default_factory=threading.Event)
-    errors: list[str] = field(default_factory=list)
-
-    def run(self) -> None:
-        sig = SyntheticSignal()
-        seq, n = 0, 32
-        while not self.stop.is_set():
-            samples = (sig.render(seq, n) * self.gain).astype(np.float32)
-            try:
-                self.pipeline.process(Block(samples, seq / 100.0, seq, 100.0))
-            except Exception as e:  # noqa: BLE001 - reported by the test
-                self.errors.append(repr(e))
-                return
-            seq += n
-            time.sleep(0.001)
-
-
-@dataclass
-class Rig:
-    env: Env
-    pipeline: StreamPipeline
-    updater: Updater
-    feeder: Feeder
-    published: list[dict[str, Any]]
-
-    @property
-    def states(self) -> list[str]:
-        return [p["state"] for p in self.published]
 
 
 @pytest.fixture
 def rig(env: Env, request: pytest.FixtureRequest) -> Iterator[Rig]:
-    profile = getattr(request, "param", PROFILE)
-    model = load_model(FP32, profile)
-    sc = StreamConfig(name="vib", source=SourceSpec("synthetic", Options()))
-    pipe = StreamPipeline("vib", model, build_policy(sc, model), window=64, hop=16)
-    published: list[dict[str, Any]] = []
-    up = Updater(
-        state_dir=env.tmp / "state",
-        ota=OtaConfig(shadow_windows=SHADOW, trial_windows=TRIAL),
-        profile=profile,
-        root=env.root,
-        targets=[UpdateTarget(pipe, sc)],
-        publish=published.append,
-        clock=NOW.timestamp,
-    )
-    feeder = Feeder(pipe)
-    t = threading.Thread(target=feeder.run, daemon=True)
-    t.start()
-    yield Rig(env, pipe, up, feeder, published)
-    feeder.stop.set()
-    up.stop()
-    t.join(5)
-    assert not feeder.errors
+    with make_rig(env, getattr(request, "param", PROFILE)) as r:
+        yield r
 
 
 def test_good_candidate_is_shadowed_promoted_and_committed(rig: Rig) -> None:
@@ -252,9 +148,7 @@ def test_failed_download_is_retried_by_itself_and_not_counted_as_a_crash(rig: Ri
     payload = announce(b)
     away = b.with_suffix(".away")
     b.rename(away)  # the server is down: every download fails
-    rig.updater.ota = OtaConfig(
-        shadow_windows=SHADOW, trial_windows=TRIAL, retry_min_s=0.05, retry_max_s=0.1
-    )
+    rig.updater.ota = ota_config(rig.env, retry_min_s=0.05, retry_max_s=0.1)
     rig.updater.start()
     rig.updater.on_announcement(payload)  # once: no re-announcement, no reconnect
     deadline = time.monotonic() + 10
@@ -280,9 +174,7 @@ def test_newer_announcement_replaces_a_pending_retry(rig: Rig) -> None:
     b2 = make_bundle(rig.env, copy_model(rig.env.tmp / "v2", 2), "v2.bundle")
     p2 = announce(b2)
     b2.unlink()  # v2 can never be fetched
-    rig.updater.ota = OtaConfig(
-        shadow_windows=SHADOW, trial_windows=TRIAL, retry_min_s=60.0, retry_max_s=60.0
-    )
+    rig.updater.ota = ota_config(rig.env, retry_min_s=60.0, retry_max_s=60.0)
     assert rig.updater.process(p2) == "failed"
     assert rig.updater.snapshot()["retry"]["version"] == 2
     b3 = make_bundle(rig.env, copy_model(rig.env.tmp / "v3", 3), "v3.bundle")

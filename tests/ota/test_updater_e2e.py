@@ -115,7 +115,7 @@ def test_sigkill_at_every_step_of_apply_restarts_onto_a_verified_model(
 ) -> None:
     for step in PAUSE_STEPS:
         device = f"gw-{step}"
-        cfg = write_config(tmp_path, device, broker.port, fleet.root)
+        cfg = write_config(tmp_path, device, broker.port, fleet.root, local_dir=fleet.bundle.parent)
         state_dir = tmp_path / device
         ota_cli(
             "publish", str(fleet.bundle), "--host", broker.host, "--port", str(broker.port),
@@ -144,6 +144,8 @@ def test_sigkill_at_every_step_of_apply_restarts_onto_a_verified_model(
         if step == "commit":  # committed before the kill: nothing to recover, nothing redone
             assert not any("interrupted" in r for r in reasons), (step, reasons)
             assert sum(h["phase"] == "committed" for h in m["history"]) == 1
+        elif step == "download":  # downloaded, not yet verified: no slot was claimed
+            assert not any("interrupted" in r for r in reasons), (step, reasons)
         else:
             assert any("interrupted" in r for r in reasons), (step, reasons)
         assert not any((state_dir / "ota" / "downloads").glob("*.bundle")), step
