@@ -254,14 +254,23 @@ class Agent:
                 if deadline is not None and now >= deadline:
                     self.request_stop(f"duration {self.limits.duration_s:g} s reached")
                     break
+                self._check_live(now)
+                line = ""
                 try:
                     self.supervisor.faults.check("tick", self.stop_event)
                     if now >= next_telemetry:
                         next_telemetry = now + self.cfg.mqtt.telemetry_interval_s
                         self.relay.send_telemetry(self.streams)
-                    announced_ready = self._tick_body(now, announced_ready)
+                    line = self._tick_body()
                 except Exception as e:  # noqa: BLE001 - the tick must outlive its bugs
                     self._tick.failed(e, self.errors)
+                # READY and STATUS= do not depend on the tick body succeeding
+                if self.gate.ready and not announced_ready:
+                    announced_ready = True
+                    self.notifier.ready(line or "ready")
+                    log.info("ready: %s", line, extra=fields(message_id=MSG_AGENT_READY))
+                elif line:
+                    self.notifier.status(line if self.gate.ready else self.gate.describe())
                 if self.wd_interval is not None and now >= next_wd and self._live.ok:
                     next_wd = now + self.wd_interval
                     self.notifier.watchdog()
@@ -273,21 +282,15 @@ class Agent:
         finally:
             self.shutdown()
 
-    def _tick_body(self, now: float, announced_ready: bool) -> bool:
+    def _tick_body(self) -> str:
+        """Status file and rollback requests; returns the one-line summary for STATUS=."""
         names = [f"stream-{s.name}" for s in self.streams]
         if self.supervisor.all_finished(names):
             self.request_stop("all sources finished")
-            return announced_ready
+            return ""
         self.ota.poll_manual_rollback(self.streams, self._profile())
-        self._check_live(now)
         snap = self.write_status()
-        line = summary_line(snap, time.time())
-        if self.gate.ready and not announced_ready:
-            self.notifier.ready(line)
-            log.info("ready: %s", line, extra=fields(message_id=MSG_AGENT_READY))
-            return True
-        self.notifier.status(line if self.gate.ready else self.gate.describe())
-        return announced_ready
+        return summary_line(snap, time.time())
 
     def _profile(self) -> Profile:
         assert self.selection is not None

@@ -324,3 +324,35 @@ def test_sigterm_with_8_streams_and_a_backlog_stops_in_time_and_loses_nothing(
     finally:
         sub.close()
     (tmp_path / "shutdown_s.txt").write_text(f"{took:.2f}\n")
+
+
+def test_a_tick_that_always_fails_still_sends_ready_and_watchdog(
+    tmp_path: Path, agents: list[AgentProc]
+) -> None:
+    from tests.notify_socket import NotifySocket
+
+    sock = NotifySocket(tmp_path / "notify.sock")
+    try:
+        cfg = _config(tmp_path / "a.toml", _stream("press"))
+        env = {
+            "NOTIFY_SOCKET": sock.address,
+            "WATCHDOG_USEC": "2000000",
+            "EDGE_AGENT_TEST_FAULT": "tick,100000",  # every tick raises
+        }
+        a = AgentProc(cfg, tmp_path / "state", tmp_path / "a.log", env)
+        agents.append(a)
+        sock.wait_for("READY", 60)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4.0:
+            sock.drain(0.1)
+        pings = [t for t, m in sock.messages if "WATCHDOG" in m and t > t0]
+        assert len(pings) >= 3, sock.messages[-5:]
+        assert a.proc.poll() is None
+        assert a.stop() == 0, a.text()
+        assert "status tick failed" in a.text()
+        final = read_status(a.state)  # the final status is written at the stop
+        tick = _component(final, "tick")
+        assert tick["restarts"] >= 3
+        assert "InjectedFaultError" in tick["last_error"]
+    finally:
+        sock.close()
