@@ -121,7 +121,9 @@ class StreamPipeline:
         # between blocks, and returns when the old model is no longer in use.
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()  # the telemetry interval (short, no inference)
-        self._t_ref = (0.0, 0, 1.0)  # (t0, seq, rate) of the newest block, for timestamps
+        # the newest block: every window cut from a push ends inside it, so its sample
+        # times give each event the time of the sample that decided it
+        self._t_block = Block(np.empty((0, 0), np.float32), 0.0, 0, 1.0)
         self._alarm_started_ts = 0.0
         self._interval = Interval()
 
@@ -160,16 +162,16 @@ class StreamPipeline:
             return old.model
 
     def _ts(self, start: int) -> float:
-        t0, seq, rate = self._t_ref
-        return t0 + (start + self.window - 1 - seq) / rate
+        blk = self._t_block
+        return blk.time_of(start + self.window - 1 - blk.seq)
 
     def process(self, block: Block, bad: npt.NDArray[np.bool_] | None = None) -> list[AnomalyEvent]:
-        self._t_ref = (block.t0, block.seq, block.rate_hz or 1.0)
+        self._t_block = block
         with self._lock:
             sv = self._serving  # one model, normalisation and policy for the whole block
             # Normalise once per sample, not once per window: windows overlap window/hop times.
             x = sv.model.normalize(block.samples)
-            w = self.windower.push(x, block.seq, bad)
+            w = self.windower.push(x, block.seq, bad, gap=block.gap_before)
             self.stats.skipped_windows += w.skipped
             if len(w.data) <= self.max_batch:
                 return self._score(w, sv) if len(w.data) else []
