@@ -133,6 +133,7 @@ class Agent:
             raise StateError(f"state dir {self.state_dir}: {e.strerror} (use --state-dir)") from e
         if not os.access(self.state_dir, os.W_OK):
             raise StateError(f"state dir {self.state_dir} is not writable (use --state-dir)")
+        _refuse_foreign_state_dir_as_root(self.state_dir)
         self._lock = StateDirLock.acquire(self.state_dir)
         self.selection = select(self.cfg.profile, load_profiles())
         log.info("profile %s: %s", self.selection.profile.name, self.selection.reason)
@@ -415,3 +416,23 @@ class Agent:
         if self.on_status is not None:
             self.on_status(snap)
         return snap
+
+
+def _refuse_foreign_state_dir_as_root(state_dir: Path) -> None:
+    """Root running the agent on the agent user's state dir would leave root-owned
+    files (outbox, status, slots) that the service, back under its own user, cannot use."""
+    if os.geteuid() != 0:
+        return
+    owner = state_dir.stat().st_uid
+    if owner != 0:
+        import pwd
+
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        raise StateError(
+            f"state dir {state_dir} belongs to user {name}: run the agent as that user "
+            f"(sudo -u {name} edge-agent run ...), not as root, or it would leave files "
+            "that user cannot use"
+        )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.ownership import adopt_new_entries
+from edge_agent.service.statelock import StateDirLock
 from edge_agent.updates import manual_rollback as mr
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
@@ -55,3 +56,47 @@ def test_rollback_request_written_by_root_belongs_to_the_agent_user(tmp_path: Pa
     mr.submit(state, "technician", 0.0)
     owners = {str(p.relative_to(state)): p.stat().st_uid for p in state.rglob("*")}
     assert owners == {"ota": pw.pw_uid, mr.REQUEST_FILE: pw.pw_uid}
+
+
+def test_root_running_the_agent_on_the_agent_users_state_dir_is_refused(tmp_path: Path) -> None:
+    from tests.agentutil import run_cli
+
+    pw = _agent_user()
+    state = _state_dir(tmp_path, pw)
+    res = run_cli("run", "--demo", "--state-dir", str(state), "--max-windows", "5", timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"belongs to user {pw.pw_name}: run the agent as that user" in res.stderr
+    assert list(state.iterdir()) == []  # nothing left behind owned by root
+
+
+def test_a_lock_file_left_by_root_still_locks_for_the_agent_user() -> None:
+    import shutil
+    import tempfile
+
+    from edge_agent.service.statelock import LOCK_FILE
+
+    pw = _agent_user()
+    base = Path(tempfile.mkdtemp(prefix="ea-own-"))  # pytest's tmp dirs are root-only
+    base.chmod(0o755)
+    try:
+        _lock_as_agent_user(_state_dir(base, pw), pw, LOCK_FILE, StateDirLock)
+    finally:
+        shutil.rmtree(base)
+
+
+def _lock_as_agent_user(
+    state: Path, pw: pwd.struct_passwd, lock_file: str, lock: type[StateDirLock]
+) -> None:
+    (state / lock_file).write_text("")  # root's, mode 0644
+    pid = os.fork()
+    if pid == 0:  # the child becomes the agent's user and takes the lock
+        code = 1
+        try:
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            lock.acquire(state)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -30,8 +30,13 @@ class StateDirLock:
     def acquire(cls, state_dir: Path) -> StateDirLock:
         """StateError naming the holder's pid when another agent uses `state_dir`."""
         path = Path(state_dir) / LOCK_FILE
+        writable = True
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError:
+            # left by another user (e.g. root): a read-only descriptor locks just as well
+            writable = False
+            fd = cls._open_read_only(path, state_dir)
         except OSError as e:
             raise StateError(
                 f"{path}: cannot open the state dir lock: {e.strerror} (is {state_dir} "
@@ -47,9 +52,20 @@ class StateDirLock:
                 f"state dir {state_dir} is in use by another edge-agent ({who}): one state "
                 "dir serves one agent; stop that one or give this one its own --state-dir"
             ) from e
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(path, fd)
+
+    @staticmethod
+    def _open_read_only(path: Path, state_dir: Path) -> int:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise StateError(
+                f"{path}: cannot open the state dir lock: {e.strerror}; give the state dir "
+                f"back to the agent's user (chown -R <agent user> {state_dir})"
+            ) from e
 
     def release(self) -> None:
         if self._fd is not None:
