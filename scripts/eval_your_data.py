@@ -38,6 +38,8 @@ from skab_data import CAL_ROWS, CHANNELS  # noqa: E402
 from edge_agent.cli import main as cli  # noqa: E402
 from edge_agent.measure.evaluation import Counts, confusion, pointwise_alarm  # noqa: E402
 from edge_agent.pipeline.alarms import AlarmPolicy, Transition  # noqa: E402
+from edge_agent.pipeline.baseline_config import BaselineConfig  # noqa: E402
+from edge_agent.pipeline.baseline_follower import BaselineFollower  # noqa: E402
 from edge_agent.pipeline.stream import StreamPipeline  # noqa: E402
 from edge_agent.runtime.model import LoadedModel, load_model  # noqa: E402
 from edge_agent.sources.base import Block  # noqa: E402
@@ -74,6 +76,7 @@ def blocks_of(path: Path, columns: tuple[str, ...]) -> list[Block]:
 
 
 EXTRA: list[str] = []  # further `model new` options (--extra)
+ADAPTIVE: list[BaselineConfig] = []  # --adaptive: the stream's baseline follows
 
 
 def build(path: Path, columns: tuple[str, ...], family: str, out: Path) -> float:
@@ -98,10 +101,23 @@ def transitions(model: LoadedModel, blocks: list[Block]) -> list[tuple[int, bool
         model.card.threshold, min_on=a.min_on, min_off=a.min_off, hysteresis=a.hysteresis
     )
     pipe = StreamPipeline("eval", model, policy, window=pre.window, hop=pre.hop, max_batch=64)
+    follower = None
+    if ADAPTIVE:
+        with tempfile.TemporaryDirectory() as state:
+            follower = BaselineFollower(Path(state), "eval", ADAPTIVE[0], pipe)
+            return _run(pipe, blocks, pre.window, follower)
+    return _run(pipe, blocks, pre.window, follower)
+
+
+def _run(
+    pipe: StreamPipeline, blocks: list[Block], window: int, follower: BaselineFollower | None
+) -> list[tuple[int, bool]]:
     out = []
     for b in blocks:
         for ev in pipe.process(b):
-            out.append((ev.window_start + pre.window - 1, ev.transition is Transition.START))
+            out.append((ev.window_start + window - 1, ev.transition is Transition.START))
+        if follower is not None:
+            follower.after_block(b)
     return out
 
 
@@ -153,8 +169,16 @@ def main() -> None:
     ap.add_argument("--single-channel", action="store_true", help="also 1-channel models")
     ap.add_argument("--out", type=Path, help="write the tables (markdown) here")
     ap.add_argument("--extra", default="", help="more `model new` options, e.g. '--margin 2'")
+    ap.add_argument(
+        "--adaptive",
+        metavar="FOLLOW_S,SETTLE_S",
+        help="run the streams with an adaptive baseline ([streams.baseline])",
+    )
     a = ap.parse_args()
     EXTRA[:] = a.extra.split()
+    if a.adaptive:
+        follow_s, settle_s = (float(v) for v in a.adaptive.split(","))
+        ADAPTIVE[:] = [BaselineConfig("adaptive", follow_s, settle_s)]
     fams = a.family or list(FAMILIES)
     lines = [
         "### All 8 channels; 7 without Temperature; 6 without Temperature and Thermocouple",
@@ -183,6 +207,7 @@ def main() -> None:
             *(f"--family {f}" for f in (a.family or [])),
             *(["--single-channel"] * a.single_channel),
             *([f"--extra '{a.extra}'"] if a.extra else []),
+            *([f"--adaptive {a.adaptive}"] if a.adaptive else []),
         ]
     )
     text = "\n".join([f"Command: `{cmd.strip()}`", "", *lines]) + "\n"
