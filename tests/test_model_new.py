@@ -205,3 +205,33 @@ def test_csv_to_running_agent_alarms_on_injected_faults_only(tmp_path, family, c
             t_fault = later[row, 0]
             assert t_fault <= e["t_sample"] < t_fault + FAULT_LEN, (e, t_fault)
             assert e["t_sample"] in later[:, 0]  # a real sample's time, not a clock reading
+
+
+def test_labelled_anomalous_files_give_row_wise_detection_figures(tmp_path):
+    names = CHANNELS[3]
+    train = write_csv(tmp_path / "a.csv", machine(1200, 3, 1), names)
+    more = write_csv(tmp_path / "b.csv", machine(800, 3, 2, t0=5_000), names)
+    faulty = with_faults(machine(1500, 3, 5, t0=10_000))
+    label = np.zeros(len(faulty))
+    for s in FAULT_STARTS:
+        label[s : s + FAULT_LEN] = 1
+    lines = [",".join(("t", *names, "fault"))]
+    lines += [
+        ",".join(f"{v:.4f}" for v in (*row, lab)) for row, lab in zip(faulty, label, strict=True)
+    ]
+    (tmp_path / "faulty.csv").write_text("\n".join(lines) + "\n")
+    r = run_cli(
+        "model", "new", "--data", str(train), str(more), "--columns", ",".join(names),
+        "--timestamp-column", "t", "--anomalous", str(tmp_path / "faulty.csv"),
+        "--label-column", "fault", "--out", str(tmp_path / "m"), "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)["report"]["variants"]["int8-onnx"]
+    rows = report["anomalous"]["labelled_rows"]
+    assert rows["tp"] + rows["fn"] == len(FAULT_STARTS) * FAULT_LEN
+    assert rows["f1"] > 0.7  # the alarm opens min_on windows late and closes min_off late
+    assert rows["far_percent"] < 5.0  # only each alarm's closing tail (min_off windows)
+    (f,) = report["anomalous"]["files"]
+    assert f["alarms"] == len(FAULT_STARTS)
+    assert report["held_out_normal"]["rows"] == 240 + 160  # both files' tails
+    assert (tmp_path / "m" / "REPORT.md").read_text().count("Labelled rows: F1") == 2
