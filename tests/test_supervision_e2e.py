@@ -270,7 +270,7 @@ def test_damaged_slot_state_serves_the_bundled_model_and_says_so(tmp_path: Path)
     assert res.returncode == 0, res.stdout + res.stderr
     st = read_status(state)
     assert st["windows_total"] >= 20
-    assert st["ota"]["model_source"] == {"press": "bundled"}
+    assert st["ota"]["model_source"]["press"] == "bundled"
     notes = [e["message"] for e in st["errors"] if e["where"] == "ota"]
     assert any(n.startswith("slot state damaged") for n in notes), st["errors"]
     assert (state / "slots.json.damaged").exists()
