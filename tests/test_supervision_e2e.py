@@ -128,20 +128,45 @@ def _status_cli(state: Path) -> subprocess.CompletedProcess[str]:
     return run_cli("status", "--state-dir", str(state), "--json", timeout=30)
 
 
+def _trusted_root(d: Path) -> Path:
+    """A real signed OTA root (two keys, threshold 2), made with `edge-ota`."""
+
+    def ota_cli(*args: str) -> None:
+        p = subprocess.run(
+            [sys.executable, "-m", "ota", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            check=False,
+        )
+        assert p.returncode == 0, p.stderr
+
+    keys, root = d / "keys", d / "root.json"
+    for name in ("alice", "bob"):
+        ota_cli("keygen", "--out", str(keys), "--name", name)
+    pubs = [a for n in ("alice", "bob") for a in ("--key", str(keys / f"{n}.pub"))]
+    privs = [a for n in ("alice", "bob") for a in ("--key", str(keys / f"{n}.key"))]
+    ota_cli("root", "init", *pubs, "--threshold", "2", "--expires", "30d", "--out", str(root))
+    ota_cli("root", "sign", str(root), *privs)
+    return root
+
+
 def test_each_supervised_component_that_raises_is_restarted_and_shown(
     tmp_path: Path, agents: list[AgentProc]
 ) -> None:
     metrics = f"[metrics]\nenabled = true\nport = {_free_port()}\n"
+    ota = f'[ota]\nroot_file = "{_trusted_root(tmp_path / "ota")}"\n'  # so an updater runs
     cfg = _config(
         tmp_path / "a.toml",
         _stream("press"),
         mqtt=f"port = {_free_port()}\nreconnect_max_s = 1",  # a broker that is not there
-        extra=metrics,
+        extra=metrics + ota,
     )
-    faults = "stream-press,2;reporting,1;metrics,1;tick,2"
+    faults = "stream-press,2;reporting,1;metrics,1;updater,1;tick,2"
     a = AgentProc(cfg, tmp_path / "state", tmp_path / "a.log", {"EDGE_AGENT_TEST_FAULT": faults})
     agents.append(a)
-    want = {"stream-press": 2, "reporting": 1, "metrics": 1, "tick": 2}
+    want = {"stream-press": 2, "reporting": 1, "metrics": 1, "updater": 1, "tick": 2}
     st = a.until(
         lambda s: all(_component(s, n)["restarts"] >= k for n, k in want.items()) and s,
         60,
