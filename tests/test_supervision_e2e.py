@@ -120,7 +120,7 @@ def agents() -> Iterator[list[AgentProc]]:
 
 
 def _component(st: dict[str, Any], name: str) -> dict[str, Any]:
-    comps = {c["name"]: c for c in st["supervisor"]["components"]}
+    comps: dict[str, dict[str, Any]] = {c["name"]: c for c in st["supervisor"]["components"]}
     return comps[name]
 
 
