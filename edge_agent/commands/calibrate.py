@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # numpy and the runtimes only when calibrating: `status` stay
 
     from edge_agent.pipeline.calibration import Calibration
     from edge_agent.runtime.model import LoadedModel
-    from edge_agent.sources.base import Source
+    from edge_agent.sources.base import Block, Source
 
 __all__ = ["register"]
 
@@ -88,14 +88,21 @@ def collect_samples(
     max_samples: int,
     duration_s: float | None,
     progress: Callable[[int], None] | None = None,
+    wall_clock: bool = True,
 ) -> npt.NDArray[np.float32]:
-    """Read the source until `max_samples`, `duration_s` elapsed, or its end;
-    `progress(samples so far)` after every block."""
+    """Read the source until `max_samples`, `duration_s` seconds of data, or its end;
+    `progress(samples so far)` after every block.
+
+    `duration_s` counts sample time (the source's timestamps): on a recording read
+    faster than real time, 600 s means the file's first 600 s, not whatever was read in
+    600 s of wall time. With `wall_clock` (live sources) the wall-clock deadline also
+    ends it, so a source that stalls cannot hold the command forever."""
     import numpy as np
 
     blocks: list[npt.NDArray[np.float32]] = []
     n = 0
-    deadline = time.monotonic() + duration_s if duration_s is not None else None
+    deadline = time.monotonic() + duration_s if duration_s is not None and wall_clock else None
+    t_end: float | None = None  # sample time at which --duration is reached
     source.open()
     try:
         while n < max_samples and not source.finished:
@@ -105,15 +112,35 @@ def collect_samples(
             if blk is None:
                 continue
             take = blk.samples[: max_samples - n]
+            done = False
+            if duration_s is not None:
+                times = _sample_times(blk)[: len(take)]
+                if t_end is None and len(times):
+                    t_end = float(times[0]) + duration_s
+                if t_end is not None:
+                    keep = int(np.searchsorted(times, t_end, side="left"))
+                    done = keep < len(take)
+                    take = take[:keep]
             blocks.append(take)
             n += len(take)
             if progress is not None:
                 progress(n)
+            if done:
+                break
     finally:
         source.close()
     if not blocks:
         return np.empty((0, source.columns), dtype=np.float32)
     return np.concatenate(blocks).astype(np.float32, copy=False)
+
+
+def _sample_times(blk: Block) -> npt.NDArray[np.float64]:
+    """Per-sample source times (seconds) of a block."""
+    import numpy as np
+
+    if blk.times is not None:
+        return np.asarray(blk.times, dtype=np.float64)
+    return blk.t0 + np.arange(len(blk.samples), dtype=np.float64) / blk.rate_hz
 
 
 def as_fast_as_possible(sc: StreamConfig) -> StreamConfig:
@@ -139,7 +166,7 @@ class Progress:
             return
         self.last = now
         if self.duration_s is not None:
-            of = f"{now - self.t0:.0f}/{self.duration_s:g} s, {n} samples"
+            of = f"{n} samples, {now - self.t0:.0f} s (up to {self.duration_s:g} s of data)"
         else:
             of = f"{n}/{self.want} samples ({100 * n // max(self.want or 1, 1)} %)"
         print(f"calibrating {self.stream}: {of}", file=sys.stderr, flush=True)
@@ -197,6 +224,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             max_samples=max_samples,
             duration_s=duration,
             progress=Progress(sc.name, None if duration else max_samples, duration),
+            wall_clock=sc.source.kind != "replay",  # a recording: its own time only
         )
     except SourceError as e:
         raise CalibrationError(f"stream {sc.name}: source failed while calibrating: {e}") from e
