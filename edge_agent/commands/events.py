@@ -81,9 +81,19 @@ def parse_since(text: str, now: float) -> float:
 
 
 def _utc(t: Any) -> str:
-    if not isinstance(t, (int, float)):
+    if not isinstance(t, (int, float)) or isinstance(t, bool):
         return ""
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):  # a damaged record: no such time
+        return ""
+
+
+def _num(v: Any) -> str:
+    """A score or threshold in 5 significant digits (never cut: 21445, 1.2346e+06)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:.5g}"
+    return "?"
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -93,13 +103,13 @@ def _line(r: dict[str, Any]) -> str:
         return f"{head}sensor {r.get('condition')}{where} {r.get('event')}: {r.get('detail', '')}"
     text = f"{head}anomaly {r.get('event'):<5} "
     if r.get("event") == "start":
-        text += f"score {r.get('score')!s:.6} "
+        text += f"score {_num(r.get('score'))} "
     else:
-        text += f"peak score {r.get('peak_score')!s:.6} "
+        text += f"peak score {_num(r.get('peak_score'))} "
         if isinstance(r.get("duration_s"), (int, float)):
             text += f"after {r['duration_s']:.1f} s "
     return (
-        text + f"(threshold {r.get('threshold')!s:.6}, {r.get('model')} v{r.get('model_version')})"
+        text + f"(threshold {_num(r.get('threshold'))}, {r.get('model')} v{r.get('model_version')})"
     )
 
 
@@ -108,12 +118,18 @@ def _events(args: argparse.Namespace) -> int:
 
     state_dir = resolve_state_dir(args.state_dir, args.config)
     if not state_dir.is_dir():
-        print(f"edge-agent: {state_dir}: no such state directory", file=sys.stderr)
+        what = "not a directory" if state_dir.exists() else "no such state directory"
+        print(f"edge-agent: {state_dir}: {what}", file=sys.stderr)
         return 1
     since = parse_since(args.since, time.time()) if args.since else None
+    try:
+        history = list(read_history(state_dir))
+    except OSError as e:
+        print(f"edge-agent: {state_dir}: cannot read the event history: {e}", file=sys.stderr)
+        return 1
     recs = [
         r
-        for r in read_history(state_dir)
+        for r in history
         if (args.stream is None or r.get("stream") == args.stream)
         and (
             since is None
