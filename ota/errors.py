@@ -11,16 +11,19 @@ from edge_agent.errors import EdgeAgentError
 __all__ = [
     "AgentVersionError",
     "BundleFormatError",
+    "ChannelStaleError",
     "DownloadError",
     "ExpiredError",
     "HashMismatchError",
     "KeyFileError",
+    "NotDirectedError",
     "OtaError",
     "ProfileMismatchError",
     "RollbackError",
     "RootRotationError",
     "SignatureError",
     "SizeLimitError",
+    "TargetMismatchError",
     "ThresholdError",
     "TransferTooSlowError",
     "UnsafePathError",
@@ -49,6 +52,20 @@ class RollbackError(OtaError):
 
 class ProfileMismatchError(OtaError):
     """The bundle was not built for this device's hardware profile (mix-and-match)."""
+
+
+class ChannelStaleError(ExpiredError):
+    """The update channel's timestamp (or root) has expired: the repository stopped
+    vouching for its current state (indefinite freeze). The serving model is kept."""
+
+
+class TargetMismatchError(OtaError):
+    """The director names a target the image repository does not list with the same
+    length and hashes (mix-and-match, a compromised director key alone)."""
+
+
+class NotDirectedError(OtaError):
+    """The director names no target for this device or its group."""
 
 
 class AgentVersionError(OtaError):

@@ -36,6 +36,7 @@ __all__ = [
     "FileFetcher",
     "HttpFetcher",
     "fetcher_for",
+    "pacer",
     "partial_path",
 ]
 
@@ -74,6 +75,34 @@ class FetchStream:
     total: int | None
     chunks: Iterator[bytes]
     close: Callable[[], None] = field(default=lambda: None)
+
+
+def pacer(
+    limits: FetchLimits, clock: Callable[[], float], url: str, max_size: int
+) -> Callable[[int], None]:
+    """A check to call with the bytes received so far: TransferTooSlowError when the
+    transfer crawls below `limits.min_rate_bps` over a window or runs past its deadline."""
+    t0 = clock()
+    deadline = t0 + limits.deadline_s(max_size)
+    mark = [t0, 0]  # start of the current rate window, bytes at its start
+
+    def check(received: int) -> None:
+        now = clock()
+        if now > deadline:
+            raise TransferTooSlowError(
+                f"{url}: not finished after {now - t0:.0f} s (limit "
+                f"{limits.deadline_s(max_size):.0f} s); will resume"
+            )
+        if now - mark[0] >= limits.rate_window_s:
+            rate = (received - mark[1]) / (now - mark[0])
+            if rate < limits.min_rate_bps:
+                raise TransferTooSlowError(
+                    f"{url}: {rate:.0f} bytes/s over {now - mark[0]:.0f} s, below the "
+                    f"minimum {limits.min_rate_bps:.0f}; will resume"
+                )
+            mark[:] = [now, received]
+
+    return check
 
 
 def partial_path(dest: Path) -> Path:
@@ -121,29 +150,7 @@ class Fetcher(ABC):
         return dest
 
     def _pace(self, url: str, max_size: int) -> Callable[[int], None]:
-        """A check called with the bytes received so far; raises when too slow or long."""
-        lim = self.limits
-        t0 = self.clock()
-        deadline = t0 + lim.deadline_s(max_size)
-        mark = [t0, 0]  # start of the current rate window, bytes at its start
-
-        def check(received: int) -> None:
-            now = self.clock()
-            if now > deadline:
-                raise TransferTooSlowError(
-                    f"{url}: not finished after {now - t0:.0f} s (limit "
-                    f"{lim.deadline_s(max_size):.0f} s); will resume"
-                )
-            if now - mark[0] >= lim.rate_window_s:
-                rate = (received - mark[1]) / (now - mark[0])
-                if rate < lim.min_rate_bps:
-                    raise TransferTooSlowError(
-                        f"{url}: {rate:.0f} bytes/s over {now - mark[0]:.0f} s, below the "
-                        f"minimum {lim.min_rate_bps:.0f}; will resume"
-                    )
-                mark[:] = [now, received]
-
-        return check
+        return pacer(self.limits, self.clock, url, max_size)
 
     def _stream_into(
         self,

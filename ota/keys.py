@@ -109,6 +109,11 @@ class PrivateKey:
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data)
 
+    @property
+    def cryptography_key(self) -> Ed25519PrivateKey:
+        """The underlying key, for signers of other formats (TUF metadata)."""
+        return self._key
+
     def to_pem(self) -> bytes:
         return self._key.private_bytes(
             serialization.Encoding.PEM,

@@ -1,6 +1,7 @@
-"""A tiny HTTP server for bundles (`edge-ota publish --serve`), with Range support so
-devices can resume. Meant for a test fleet on a trusted network: it serves only the
-files it was given, read-only; production fleets serve bundles from any HTTP/S3 store.
+"""A tiny HTTP server for bundles (`edge-ota publish --serve`) and TUF repositories
+(`edge-ota serve`), with Range support so devices can resume. Meant for tests and small
+sites: it serves only the files it was given (or the regular files under one directory),
+read-only; production fleets serve the same static files from any HTTP/S3 store.
 """
 
 from __future__ import annotations
@@ -8,14 +9,22 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import stat
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
-__all__ = ["BundleRequestHandler", "BundleServer", "start_server"]
+__all__ = [
+    "BundleRequestHandler",
+    "BundleServer",
+    "DirectoryRequestHandler",
+    "start_dir_server",
+    "start_server",
+]
 
 log = logging.getLogger(__name__)
 SHUTDOWN_POLL_S = 0.1  # how soon close() returns; the loop sleeps in select() meanwhile
@@ -34,8 +43,11 @@ class BundleRequestHandler(BaseHTTPRequestHandler):
     def _send_body(self, f: BinaryIO, length: int) -> None:
         shutil.copyfileobj(_Limited(f, length), self.wfile)
 
+    def _lookup(self, name: str) -> Path | None:
+        return self.files.get(name)
+
     def _handle(self, body: bool) -> None:
-        path = self.files.get(self.path.lstrip("/"))
+        path = self._lookup(self.path.split("?", 1)[0].lstrip("/"))
         if path is None:
             self.send_error(HTTPStatus.NOT_FOUND)
             return
@@ -73,6 +85,26 @@ class BundleRequestHandler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._handle(body=False)
+
+
+class DirectoryRequestHandler(BundleRequestHandler):
+    """GET/HEAD of regular files under `root` (a TUF repository: static files). Names
+    with empty, `.` or `..` components, links and anything not a regular file are 404."""
+
+    root: ClassVar[Path] = Path()
+
+    def _lookup(self, name: str) -> Path | None:
+        parts = urllib.parse.unquote(name).split("/")
+        if any(p in ("", ".", "..") or "\\" in p for p in parts):
+            return None
+        path = self.root.joinpath(*parts)
+        try:
+            st = path.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or self.root.resolve() not in path.resolve().parents:
+            return None
+        return path
 
 
 class _Limited:
@@ -116,6 +148,13 @@ class BundleServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def start_dir_server(root: Path, host: str = "127.0.0.1", port: int = 0) -> BundleServer:
+    """Serve every regular file under `root` (read at each request: a repository may
+    change while served); port 0 picks a free port."""
+    cls = type("BoundDirHandler", (DirectoryRequestHandler,), {"root": Path(root)})
+    return BundleServer(_Server((host, port), cls))
 
 
 def start_server(

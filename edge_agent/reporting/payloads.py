@@ -116,6 +116,7 @@ OTA_STATES = (
     "rolled_back",
     "rejected",
     "failed",
+    "stale",  # the update channel's signed timestamp expired; the serving model is kept
 )
 
 

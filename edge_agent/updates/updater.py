@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import random
 import threading
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,11 +62,24 @@ from edge_agent.updates.store import SlotStore
 from ota.announce import Announcement
 from ota.bundle import bundle_size_bound, read_header
 from ota.canonical import canonical_bytes
-from ota.errors import BundleFormatError, DownloadError, OtaError, TransferTooSlowError
+from ota.errors import (
+    AgentVersionError,
+    BundleFormatError,
+    ChannelStaleError,
+    DownloadError,
+    NotDirectedError,
+    OtaError,
+    ProfileMismatchError,
+    TransferTooSlowError,
+)
 from ota.fetch import Fetcher, FetchLimits, fetcher_for, partial_path
+from ota.manifest import parse_agent_version
 from ota.root import Root, SignedRoot, trust_root
 from ota.unpack import check_payload
 from ota.verify import VerifiedManifest, verify
+
+if TYPE_CHECKING:  # python-tuf is imported only when a channel is configured
+    from edge_agent.updates.channel import DirectedTarget, UpdateChannel
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -88,6 +102,9 @@ LATENCY_RUNS = 5
 TRIAL_POLL_S = 0.02
 WAIT_POLL_S = 0.2  # how often a wait (download, shadow) answers manual requests
 HISTORY_SHOWN = 10
+DEFAULT_REFRESH_S = 3600.0  # channel refresh period (+- JITTER, so a fleet spreads out)
+JITTER = 0.1
+HINT_MIN_S = 5.0  # MQTT hints move the next refresh forward at most this often
 
 
 @dataclass
@@ -149,6 +166,8 @@ class Updater:
         rule: AlarmRule | None = None,
         store: SlotStore | None = None,
         fetch_limits: FetchLimits | None = None,
+        channel: UpdateChannel | None = None,
+        refresh_s: float = DEFAULT_REFRESH_S,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.ota = ota
@@ -176,6 +195,13 @@ class Updater:
         self.events: deque[dict[str, Any]] = deque(maxlen=HISTORY_SHOWN)
         self.dropped_announcements = 0
         self.record = UpdateRecord(self.dir / RECORD_FILE)
+        self.channel = channel
+        self.refresh_s = refresh_s
+        self.channel_note = ""  # e.g. "update channel stale since ...", for status
+        self.last_refresh: float | None = None  # wall clock of the last refresh that ran
+        self.last_refresh_mono: float | None = None
+        self._next_refresh = 0.0  # monotonic; 0: at once
+        self._last_refusal: tuple[str, str] | None = None
         self._pause_at = os.environ.get(PAUSE_ENV, "")
         self._clean_downloads(keep=None)
 
@@ -252,9 +278,26 @@ class Updater:
             except Exception:  # the updater must never take the agent down
                 log.exception("OTA: job failed unexpectedly")
 
+    def on_hint(self) -> None:
+        """An MQTT "refresh now" hint (from any thread). It carries no trust: it only
+        moves the next refresh of the channel forward (at most one per HINT_MIN_S)."""
+        soonest = (self.last_refresh_mono or -HINT_MIN_S) + HINT_MIN_S
+        self._next_refresh = max(0.0, min(self._next_refresh, soonest))
+
+    def _refresh_due(self) -> bool:
+        return self.channel is not None and time.monotonic() >= self._next_refresh
+
     def _work(self) -> None:
         while not self._stop.is_set():
             self._run_jobs()
+            if self._refresh_due():
+                try:
+                    self.check_channel()
+                except Exception:  # the updater must never take the agent down
+                    log.exception("OTA: channel check failed unexpectedly")
+                    self._release_claim("internal error")
+                    self._set_state("failed", None, detail="internal error (see the log)")
+                continue
             r = self._retry
             if r is not None and time.monotonic() >= r.due:
                 log.info("OTA: trying the download of %s again (failure %d)", r.tid, r.failures)
@@ -329,9 +372,19 @@ class Updater:
                 "dropped_announcements": self.dropped_announcements,
                 "retry": self._retry_snapshot(),
                 "bad_slots": {k.value: why for k, why in s.bad.items()},
+                "channel": self._channel_snapshot(),
                 "events": list(self.events),
                 "history": [h.to_dict() for h in s.history[-HISTORY_SHOWN:]],
             }
+
+    def _channel_snapshot(self) -> dict[str, Any] | None:
+        if self.channel is None:
+            return None
+        return {
+            "trusted_root_versions": dict(self.channel.root_versions),
+            "last_refresh": self.last_refresh,
+            "note": self.channel_note,
+        }
 
     def _retry_snapshot(self) -> dict[str, Any] | None:
         r = self._retry
@@ -452,6 +505,131 @@ class Updater:
         limit = bundle_size_bound(len(vm.manifest_bytes), [f.size for f in m.files])
         return _Job(ann, payload, vm, tid, fetcher, limit, installed, failures), targets
 
+    # -- the TUF channel (image + director repositories) --------------------------------
+    def check_channel(self) -> str:
+        """Refresh the channel now and apply what the director names for this device;
+        returns the last outcome ("idle" when nothing is directed or all is current)."""
+        assert self.channel is not None
+        now_mono = time.monotonic()
+        self.last_refresh_mono = now_mono
+        self._next_refresh = now_mono + self.refresh_s * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter, not secrets
+        self.last_refresh = self._clock()
+        try:
+            directed = self.channel.refresh()
+        except ChannelStaleError as e:  # the serving model is not touched
+            if self.channel_note != str(e):
+                self._set_state("stale", None, detail=str(e))
+            self.channel_note = str(e)
+            return "stale"
+        except NotDirectedError as e:
+            self.channel_note = str(e)
+            return "idle"
+        except OtaError as e:
+            note = f"{type(e).__name__}: {e}"
+            if note != self.channel_note:  # said once, not at every scheduled refresh
+                self._set_state("rejected", None, detail=note)
+            self.channel_note = note
+            return "rejected"
+        self.channel_note = ""
+        result = "idle"
+        for dt in directed:
+            try:
+                result = self._apply_directed(dt)
+            except _StoppedError:
+                log.info("OTA: stopped during the update of v%s; resumes on restart", dt.version)
+                if self.store.state.phase in PRE_PROMOTION:
+                    self.store.abandon("agent stopping", _utc(self._clock()))
+                return "stopped"
+            finally:
+                self.candidate = None
+        return result
+
+    def _apply_directed(self, dt: DirectedTarget) -> str:
+        """Install a target both repositories name (verified by ngclient: length and
+        hashes signed by the image repository's targets keys)."""
+        try:
+            job, targets = self._admit_directed(dt)
+        except _RefusedError as f:
+            # Said once per direction, not at every scheduled refresh.
+            if f.state != "idle" and self._last_refusal != (dt.path, f.reason):
+                self._set_state(f.state, dt.version, detail=f.reason)
+            self._last_refusal = (dt.path, f.reason)
+            return f.state
+        self._last_refusal = None
+        channel = self.channel
+        assert channel is not None
+        bundle = self.downloads / f"{job.tid.key}.bundle"
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        self._clean_downloads(keep=job.tid.key)
+        try:
+            self._set_state("downloading", dt.version, detail=dt.path)
+            self._download(lambda _cancel: channel.download(dt, bundle))
+            self._pause("download")
+            self._set_state("verifying", dt.version)
+            vm = self._check_directed(bundle, dt)
+        except OtaError as e:
+            bundle.unlink(missing_ok=True)
+            return self._download_failed(job, e)
+        return self._install_and_try(job, (bundle, vm), targets)
+
+    def _admit_directed(self, dt: DirectedTarget) -> tuple[_Job, list[UpdateTarget]]:
+        """Whether to fetch a directed target; _RefusedError ("idle" when there is
+        nothing to do) when not."""
+        tid = TargetId(dt.name, dt.version, dt.sha256)
+        active = self.store.active_manifest()
+        if active is not None and (active.name, active.version) == (dt.name, dt.version):
+            raise _RefusedError("idle", "serving it already")
+        targets = [t for t in self.targets if t.family == dt.family]
+        if not targets:
+            raise _RefusedError("rejected", f"no stream here serves model family {dt.family!r}")
+        serving = [t.pipeline.model.card.version for t in targets]
+        installed = max(self.store.state.highest_committed_version, *serving)
+        if dt.version in serving:
+            raise _RefusedError("idle", "serving it already (bundled)")
+        if dt.version <= installed:
+            raise _RefusedError(
+                "rejected",
+                f"RollbackError: the director names {dt.name} v{dt.version}, not above the "
+                f"installed v{installed}; an old model returns as a new version",
+            )
+        if self.record.outcome(tid) is not None:
+            raise _RefusedError("idle", "tried here; the director must name a new version")
+        self._set_state("announced", dt.version, detail=f"{dt.path} directed")
+        attempts = self.record.begin_attempt(tid)
+        if attempts > MAX_ATTEMPTS:
+            result = f"v{dt.version} given up after {MAX_ATTEMPTS} interrupted attempts"
+            self._finish(tid, result)
+            raise _RefusedError("failed", result)
+        self.candidate = {"version": dt.version, "name": dt.name, "attempt": attempts}
+        return _Job(None, b"", None, tid, None, dt.length, installed, 0), targets
+
+    def _check_directed(self, bundle: Path, dt: DirectedTarget) -> VerifiedManifest:
+        """The file's hash was checked against the image repository's signed targets;
+        its manifest must name the same model and version, suit this device, and every
+        payload file must match it. Only then is a slot claimed."""
+        header = read_header(bundle)
+        m = header.manifest
+        if (m.name, m.version, m.family) != (dt.name, dt.version, dt.family):
+            raise BundleFormatError(
+                f"{dt.path}: the bundle holds {m.name} v{m.version} ({m.family}), the "
+                f"signed target says {dt.name} v{dt.version} ({dt.family})"
+            )
+        if self.profile.name not in m.profiles:
+            raise ProfileMismatchError(
+                f"{dt.path} targets {', '.join(m.profiles)}, not {self.profile.name!r}"
+            )
+        if parse_agent_version(__version__) < parse_agent_version(m.min_agent_version):
+            raise AgentVersionError(f"{dt.path} needs agent >= {m.min_agent_version}")
+        assert self.channel is not None
+        vm = VerifiedManifest(
+            manifest=m,
+            manifest_bytes=header.manifest_bytes,
+            signer_keyids=(),
+            root_version=self.channel.root_versions.get("image", 0),
+        )
+        check_payload(bundle, vm)
+        return vm
+
     def _verify(self, manifest_bytes: bytes, ann: Announcement, installed: int) -> VerifiedManifest:
         return verify(
             manifest_bytes,
@@ -468,9 +646,12 @@ class Updater:
         bundle = self.downloads / f"{job.tid.key}.bundle"
         self.downloads.mkdir(parents=True, exist_ok=True)
         self._clean_downloads(keep=job.tid.key)
-        self._set_state("downloading", v, detail=job.ann.url)
+        assert job.ann is not None
+        assert job.fetcher is not None
+        ann, fetcher = job.ann, job.fetcher
+        self._set_state("downloading", v, detail=ann.url)
         try:
-            self._download(job.fetcher, job.ann.url, bundle, job.limit)
+            self._download(lambda cancel: fetcher.fetch(ann.url, bundle, job.limit, cancel))
             self._pause("download")
             self._set_state("verifying", v)
             vm = self._check_download(bundle, job)
@@ -481,14 +662,14 @@ class Updater:
             raise
         return bundle, vm
 
-    def _download(self, fetcher: Fetcher, url: str, dest: Path, limit: int) -> None:
+    def _download(self, fetch: Callable[[threading.Event], object]) -> None:
         """Fetch on a helper thread; meanwhile answer manual requests and watch for stop."""
         cancel = threading.Event()
         outcome: list[BaseException | None] = []
 
         def run() -> None:
             try:
-                fetcher.fetch(url, dest, limit, cancel)
+                fetch(cancel)
             except BaseException as e:  # noqa: BLE001 - handed to the updater thread
                 outcome.append(e)
             else:
@@ -513,6 +694,7 @@ class Updater:
         signed again by a threshold, and every payload file has its signed size and hash.
         Only after this is a slot claimed."""
         header = read_header(bundle)
+        assert job.vm is not None
         if header.manifest_bytes != job.vm.manifest_bytes:
             raise BundleFormatError(f"the downloaded file is not {job.tid}")
         vm = verify(
@@ -533,7 +715,10 @@ class Updater:
         delay = min(self.ota.retry_min_s * 2 ** (failures - 1), self.ota.retry_max_s)
         if isinstance(e, TransferTooSlowError):  # a crawling path: let it recover first
             delay = max(delay, self.fetch_limits.rate_window_s)
-        self._retry = _Retry(job.payload, job.tid, failures, time.monotonic() + delay)
+        if job.payload:
+            self._retry = _Retry(job.payload, job.tid, failures, time.monotonic() + delay)
+        else:  # from the channel: its next refresh tries again, not before the backoff
+            self._next_refresh = max(self._next_refresh, time.monotonic() + delay)
         reason = f"{type(e).__name__}: {e}"
         self.last_result = f"failed v{job.tid.version}: {reason}"
         self._set_state(
@@ -725,13 +910,14 @@ class Updater:
 
 @dataclass(frozen=True)
 class _Job:
-    """One verified target on its way: what the download and install steps share."""
+    """One verified target on its way: what the download and install steps share.
+    From the channel, `ann`, `payload` and `fetcher` are empty (ngclient fetches)."""
 
-    ann: Announcement
+    ann: Announcement | None
     payload: bytes
-    vm: VerifiedManifest
+    vm: VerifiedManifest | None
     tid: TargetId
-    fetcher: Fetcher
-    limit: int  # bytes: bounded by the signed manifest
+    fetcher: Fetcher | None
+    limit: int  # bytes: bounded by signed metadata
     installed: int  # the anti-rollback floor when the update began
     failures: int  # failed downloads of this target so far
