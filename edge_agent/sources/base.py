@@ -8,6 +8,7 @@ can be skipped is counted in `counters` (reported in status), never silent.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -18,8 +19,11 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import SourceError
+from edge_agent.sources.clock import CLOCK, ClockWatch
 
 __all__ = ["Block", "Source", "SourceError"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class Source(ABC):
     # Upper bound on the runner's queue for this kind; 1 = only the newest block
     # (cameras: a slow model scores the current frame, never a backlog).
     max_queue_blocks: ClassVar[int | None] = None
+    # whether the system clock is synchronised (a test may give its own watch)
+    clock: ClockWatch = CLOCK
 
     @property
     def live(self) -> bool:
@@ -124,6 +130,19 @@ class Source(ABC):
 
     def close(self) -> None:  # noqa: B027 - most sources have nothing to release
         """Release the device or file. Idempotent."""
+
+    def note_clock(self, n: int) -> None:
+        """`n` readings were stamped by this gateway's clock: flag them (counted as
+        `unsynced_clock_samples`, warned once) while that clock is not synchronised."""
+        if self.clock.synchronized() is not False:
+            return
+        if not self.counters.get("unsynced_clock_samples"):
+            log.warning(
+                "source %s: the system clock is not synchronised (NTP): sample times may "
+                "be wrong; readings are counted as unsynced_clock_samples",
+                self.name,
+            )
+        self.count("unsynced_clock_samples", n)
 
     def count(self, what: str, n: int = 1) -> None:
         with self._lock:

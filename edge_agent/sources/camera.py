@@ -219,6 +219,7 @@ class CameraSource(Source):
         frame, ts, index = latest
         self._last_delivered = time.monotonic()
         self.count("frames")
+        self.note_clock(1)
         skipped = index - self._prev_index > 1
         self._prev_index = index
         # frame numbers count at the camera's rate (fps_cap only thins what is scored)

@@ -235,6 +235,7 @@ class MqttSource(Source):
                     self.count("time_gaps")
             else:
                 self._last_t = None
+                self.note_clock(k)  # stamped on arrival by this gateway's clock
             parts.append((d.samples, times, hole))
             hole = False
         if not parts:

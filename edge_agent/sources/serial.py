@@ -236,6 +236,7 @@ class SerialSource(Source):
             t0 = wall - (last_seq - self._next) / rate
             self._pending.append(Block(data, t0, self._next, rate, g))
             self._next += len(data)
+        self.note_clock(n)
         if prev is not None:
             self._last = prev
         self._gap = False
