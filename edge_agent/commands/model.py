@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edge_agent.errors import ConfigError
+
 __all__ = ["register"]
 
 FAMILY_HELP = (
@@ -47,6 +49,11 @@ def register(sub: Any) -> None:
     n.add_argument("--columns", required=True, help="channel columns, comma-separated")
     n.add_argument("--timestamp-column", default="", help="time column (seconds or ISO 8601)")
     n.add_argument("--delimiter", default="auto", help="CSV delimiter (default: from the header)")
+    n.add_argument(
+        "--decimal",
+        default=".",
+        help="decimal mark of the values: . (default) or , for 3,14 (with ; or tab delimiters)",
+    )
     n.add_argument("--family", default="zscore", choices=("zscore", "pca", "ae"), help=FAMILY_HELP)
     n.add_argument("--window", type=int, default=10, help="samples per window (default 10)")
     n.add_argument("--hop", type=int, default=1, help="samples between windows (default 1)")
@@ -102,6 +109,7 @@ def _new(args: argparse.Namespace) -> int:
         hop=args.hop,
         timestamp_column=args.timestamp_column,
         delimiter=args.delimiter,
+        decimal=args.decimal,
         name=args.name,
         units=_names(args.units),
         holdout=args.holdout,
@@ -113,7 +121,13 @@ def _new(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         force=args.force,
     )
-    res = build(spec)
+    try:
+        res = build(spec)
+    except OSError as e:  # inputs are read (and refused) as ConfigError: this is --out
+        raise ConfigError(
+            f"--out {spec.out}: cannot write the model ({e.filename or spec.out}: "
+            f"{e.strerror or e}): choose a writable folder"
+        ) from e
     if args.json:
         print(
             json.dumps(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class BuildSpec:
     hop: int = 1
     timestamp_column: str = ""
     delimiter: str = "auto"
+    decimal: str = "."
     name: str = ""
     units: tuple[str, ...] = ()
     holdout: float = 0.2
@@ -87,8 +89,35 @@ class BuildSpec:
             raise ConfigError("--margin must be >= 1")
         if self.epochs < 1 or self.version < 0:
             raise ConfigError("--epochs must be >= 1 and --version >= 0")
+        self._check_reading()
+        name = self.model_name
+        if name in ("", ".", "..") or "/" in name or "\\" in name or name.startswith("."):
+            raise ConfigError(
+                f"--name {name!r}: a model name becomes a folder name: no '/', no leading '.'"
+            )
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out}: exists and is not a directory")
         if self.out.exists() and any(self.out.iterdir()) and not self.force:
             raise ConfigError(f"{self.out}: exists and is not empty (use --force to replace)")
+
+    def _check_reading(self) -> None:
+        """ConfigError on settings that cannot read the files as meant."""
+        if not (math.isfinite(self.rate_hz) and self.rate_hz > 0):
+            raise ConfigError(f"--rate-hz {self.rate_hz:g}: expected a positive sample rate")
+        if self.timestamp_column and self.timestamp_column in self.columns:
+            raise ConfigError(
+                f"--timestamp-column {self.timestamp_column!r} is also in --columns: "
+                "a column is either the time or a channel"
+            )
+        if self.delimiter != "auto" and len(self.delimiter) != 1:
+            raise ConfigError(
+                f"--delimiter {self.delimiter!r}: one character (, ; or a tab), or leave it "
+                "out to take it from the header"
+            )
+        if self.decimal not in (".", ","):
+            raise ConfigError(f"--decimal {self.decimal!r}: expected . or ,")
+        if self.decimal == "," and self.delimiter == ",":
+            raise ConfigError("--decimal ,: the delimiter cannot be , too (e.g. --delimiter ';')")
 
     @property
     def model_name(self) -> str:
@@ -112,6 +141,7 @@ def _read_all(spec: BuildSpec, paths: tuple[Path, ...], labels: bool) -> list[Re
             spec.columns,
             timestamp_column=spec.timestamp_column,
             delimiter=spec.delimiter,
+            decimal=spec.decimal,
             label_column=spec.label_column if labels else "",
         )
         for p in paths

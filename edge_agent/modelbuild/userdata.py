@@ -18,6 +18,7 @@ __all__ = ["Recording", "UserData", "read_recording", "sniff_delimiter", "split"
 
 F32 = npt.NDArray[np.float32]
 MIN_STD = 1e-9  # relative to 1 + |mean|: below this a channel is constant
+DECIMAL_HINT = "values look written with a decimal comma ('3,14')"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ def sniff_delimiter(path: Path) -> str:
             head = f.readline()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): save the CSV as UTF-8"
+        ) from e
     return max((",", ";", "\t"), key=head.count)
 
 
@@ -53,29 +58,48 @@ def read_recording(
     *,
     timestamp_column: str = "",
     delimiter: str = "auto",
+    decimal: str = ".",
     label_column: str = "",
 ) -> Recording:
     """One file's channels (and labels if asked and present). ConfigError: a column is
     missing or the file is unreadable."""
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
+        what = "no such file"
+        if path.is_dir():
+            what = "is a directory: name the CSV or .npy files in it"
+        raise ConfigError(f"{path}: {what}")
     delim = sniff_delimiter(path) if delimiter == "auto" and path.suffix != ".npy" else delimiter
     if delim == "auto":
         delim = ","
+    comma = decimal == ","
+    if comma and delim == ",":
+        raise ConfigError(f"{path}: --decimal , but the delimiter is , too: set --delimiter ';'")
     opts = Options(
-        path=str(path), columns=columns, timestamp_column=timestamp_column, delimiter=delim
+        path=str(path),
+        columns=columns,
+        timestamp_column=timestamp_column,
+        delimiter=delim,
+        decimal="," if comma else ".",
     )
     try:
         x, t, _, _ = load_table(path, opts)
         labels = None
         if label_column:
-            lo = Options(path=str(path), columns=(label_column,), delimiter=delim)
+            lo = Options(
+                path=str(path),
+                columns=(label_column,),
+                delimiter=delim,
+                decimal="," if comma else ".",
+            )
             lab = load_table(path, lo)[0][:, 0]
             if len(lab) != len(x):
                 raise ConfigError(f"{path}: label column {label_column!r} has unparsable rows")
             labels = np.nan_to_num(lab) > 0.5
     except SourceError as e:
-        raise ConfigError(f"{e} (check --columns, --timestamp-column, --delimiter)") from e
+        text = str(e)
+        if DECIMAL_HINT in text:  # the replay source's hint names its config keys
+            text = text.split(DECIMAL_HINT, maxsplit=1)[0] + f"{DECIMAL_HINT}: add --decimal ,"
+        raise ConfigError(f"{text} (check --columns, --timestamp-column, --delimiter)") from e
     return Recording(path, x, t, labels)
 
 
