@@ -132,7 +132,20 @@ class BaselineFollower:
             return None
         if not same or saved[0].shape != mean.shape or saved[1].shape != std.shape:
             return None  # calibrated again since (or another layout): start afresh
-        return saved
+        return saved if self._sane(*saved) else None
+
+    def _sane(self, mean: np.ndarray, std: np.ndarray) -> bool:
+        """False (and a warning) for a damaged file: resuming non-finite or non-positive
+        values would fail the stream on every restart or make every window an alarm."""
+        if np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0):
+            return True
+        log.warning(
+            "stream %s: stored baseline %s holds non-finite or non-positive values, "
+            "starting afresh",
+            self.stream,
+            self.path,
+        )
+        return False
 
     def save(self) -> None:
         t, m = self.tracker, self._ours
