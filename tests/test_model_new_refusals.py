@@ -91,3 +91,17 @@ def test_decimal_commas_are_refused_with_the_option_then_read_with_it(tmp_path):
     mean = card["preprocessing"]["mean"]
     assert abs(mean[0] - 20) < 0.3
     assert abs(mean[1] - 5) < 0.3
+
+
+def test_skipped_rows_are_said_not_silently_dropped(tmp_path):
+    data = _csv(tmp_path / "d.csv")
+    lines = data.read_text().splitlines()
+    lines[10] = "9,abc,5.0"  # a sensor wrote text
+    lines[20] = "19,20.0"  # a row cut short
+    data.write_text("\n".join(lines) + "\n")
+    r = run_cli("model", "new", "--data", str(data), "--columns", "a,b", "--out",
+                str(tmp_path / "m"), "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    notes = json.loads(r.stdout)["notes"]
+    assert any(f"{data}: 2 row(s) skipped" in n for n in notes), notes
+    assert "2 row(s) skipped" in (tmp_path / "m" / "REPORT.md").read_text()

@@ -174,7 +174,7 @@ def build(spec: BuildSpec) -> BuildResult:
     base = _base_card(
         spec, mean=data.mean, std=data.std, rate=rate, fitted=fitted, recs=recs, n_train=len(train)
     )
-    result = BuildResult(spec.out, [], {}, {})
+    result = BuildResult(spec.out, [], {}, {}, notes=_skipped_rows(*recs, *anomalous))
     try:
         onnx = onnxgraph.require_onnx()
         f32 = tmp / "fp32.onnx"
@@ -234,6 +234,17 @@ def build(spec: BuildSpec) -> BuildResult:
     result.report = report
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _skipped_rows(*recs: Recording) -> list[str]:
+    """Notes on rows the reader skipped: said, not silently dropped (the user may have
+    meant them)."""
+    return [
+        f"{r.path}: {r.bad_rows} row(s) skipped (a field that is not a number, or another "
+        "number of fields than the header); windows do not span them"
+        for r in recs
+        if r.bad_rows
+    ]
 
 
 def _base_card(

@@ -27,6 +27,7 @@ class Recording:
     samples: F32  # (rows, channels), rows with NaN kept (they break windows)
     times: npt.NDArray[np.float64] | None
     labels: npt.NDArray[np.bool_] | None  # per row, from --label-column
+    bad_rows: int = 0  # rows skipped: a field not a number, or another number of fields
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def read_recording(
         decimal="," if comma else ".",
     )
     try:
-        x, t, _, _ = load_table(path, opts)
+        x, t, _, bad = load_table(path, opts)
         labels = None
         if label_column:
             lo = Options(
@@ -100,7 +101,7 @@ def read_recording(
         if DECIMAL_HINT in text:  # the replay source's hint names its config keys
             text = text.split(DECIMAL_HINT, maxsplit=1)[0] + f"{DECIMAL_HINT}: add --decimal ,"
         raise ConfigError(f"{text} (check --columns, --timestamp-column, --delimiter)") from e
-    return Recording(path, x, t, labels)
+    return Recording(path, x, t, labels, bad)
 
 
 def rate_of(recs: list[Recording], default: float) -> float:
