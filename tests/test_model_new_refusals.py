@@ -105,3 +105,14 @@ def test_skipped_rows_are_said_not_silently_dropped(tmp_path):
     notes = json.loads(r.stdout)["notes"]
     assert any(f"{data}: 2 row(s) skipped" in n for n in notes), notes
     assert "2 row(s) skipped" in (tmp_path / "m" / "REPORT.md").read_text()
+
+
+def test_a_bad_time_is_named_by_its_value_and_row(tmp_path):
+    data = _csv(tmp_path / "d.csv")
+    lines = data.read_text().splitlines()
+    lines[101] = lines[101].replace("100,", "notatime,", 1)
+    data.write_text("\n".join(lines) + "\n")
+    rc, err = _new("--data", str(data), "--columns", "a,b", "--timestamp-column", "t",
+                   "--out", str(tmp_path / "m"))  # fmt: skip
+    assert rc == 2
+    assert "'notatime' (data row 101) is not a time" in err  # not "Invalid isoformat: '0'"

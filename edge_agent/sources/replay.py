@@ -113,9 +113,29 @@ def _times(raw: list[str], unit: str, path: Path) -> npt.NDArray[np.float64]:
         return np.asarray([_iso_time(x) for x in raw], dtype=np.float64)
     except ValueError as e:
         raise SourceError(
-            f"{path}: timestamp column: {e}; expected epoch seconds/milliseconds or "
-            "ISO 8601 (e.g. 2024-03-31T00:59:50.000+01:00)"
+            f"{path}: timestamp column: {_first_bad_time(raw) or e}; expected epoch "
+            "seconds/milliseconds or ISO 8601 (e.g. 2024-03-31T00:59:50.000+01:00), "
+            "one kind in the whole column"
         ) from e
+
+
+def _first_bad_time(raw: list[str]) -> str:
+    """Which value spoils the column: the first that is neither a number nor ISO 8601
+    (not the first number of a numeric column with one bad row)."""
+    kinds: set[str] = set()
+    for i, x in enumerate(raw):
+        try:
+            float(x)
+            kinds.add("number")
+            continue
+        except ValueError:
+            pass
+        try:
+            _iso_time(x)
+            kinds.add("ISO 8601")
+        except ValueError:
+            return f"{x!r} (data row {i + 1}) is not a time"
+    return "mixes numbers and ISO 8601 times" if len(kinds) > 1 else ""
 
 
 def _decimal_hint(path: Path, o: Options) -> str:
