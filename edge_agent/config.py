@@ -105,6 +105,14 @@ class OtaConfig:
     # (an operator's USB stick or share); empty: never (a URL from the network must not
     # name local files)
     local_bundle_dir: str = ""
+    # The TUF update channel (docs/ota.md): image and director repository base URLs and
+    # the installed trusted root of each; devices refresh every refresh_s (+-10 %) and
+    # at once on an MQTT hint
+    image_url: str = ""
+    director_url: str = ""
+    image_root_file: str = ""
+    director_root_file: str = ""
+    refresh_s: float = field(default=3600.0, metadata=check("positive"))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ __all__ = [
     "Announcement",
     "device_topic",
     "fleet_topic",
+    "is_hint",
 ]
 
 ANNOUNCE_VERSION = 1
@@ -96,3 +97,18 @@ class Announcement:
             sha256=sha,
             ts=parse_time(d.get("ts"), "announcement.ts"),
         )
+
+
+MAX_HINT_BYTES = 1024
+
+
+def is_hint(data: bytes) -> bool:
+    """True for a "refresh now" hint (`{"v": 1, "hint": "refresh", ...}`): it carries no
+    trust, it only makes a device refresh its update channel sooner."""
+    if len(data) > MAX_HINT_BYTES:
+        return False
+    try:
+        d = parse_json_object(data, "hint")
+    except BundleFormatError:
+        return False
+    return d.get("hint") == "refresh"

@@ -70,8 +70,24 @@ class OtaRuntime:
         self._make_updater(streams, profile)
 
     def _make_updater(self, streams: Sequence[StreamRuntime], profile: Profile) -> None:
-        """OTA needs a trusted root; without one, updates are refused (and status says so)."""
-        if not self.cfg.ota.root_file:
+        """OTA needs trust: a root file (announcements) and/or the TUF update channel
+        (image + director repositories); without either, updates are refused (and status
+        says so)."""
+        ota = self.cfg.ota
+        channel_keys = (
+            ota.image_url,
+            ota.director_url,
+            ota.image_root_file,
+            ota.director_root_file,
+        )
+        if any(channel_keys) and not all(channel_keys):
+            self.note = (
+                "update channel needs all of ota.image_url, ota.director_url, "
+                "ota.image_root_file and ota.director_root_file"
+            )
+            self._on_error("ota", self.note)
+            return
+        if not ota.root_file and not all(channel_keys):
             self.note = "no ota.root_file configured: updates are not accepted"
             log.info("OTA: %s", self.note)
             return
@@ -80,21 +96,41 @@ class OtaRuntime:
 
         from edge_agent.updates.updater import Updater, UpdateTarget, load_root
 
-        try:
-            root = load_root(Path(self.cfg.ota.root_file), datetime.now(timezone.utc))
-        except EdgeAgentError as e:
-            self.note = f"trusted root unusable, updates are not accepted: {e}"
-            self._on_error("ota", self.note)
-            return
+        root = None
+        if ota.root_file:
+            try:
+                root = load_root(Path(ota.root_file), datetime.now(timezone.utc))
+            except EdgeAgentError as e:
+                self.note = f"trusted root unusable, updates are not accepted: {e}"
+                self._on_error("ota", self.note)
+                return
+        channel = None
+        if all(channel_keys):
+            # python-tuf only when a channel is configured
+            from edge_agent.updates.channel import ChannelConfig, UpdateChannel
+
+            channel = UpdateChannel(
+                ChannelConfig(
+                    image_url=ota.image_url,
+                    director_url=ota.director_url,
+                    image_root=Path(ota.image_root_file),
+                    director_root=Path(ota.director_root_file),
+                    group=ota.group,
+                    device=self.cfg.device_id,
+                ),
+                self.state_dir,
+            )
         assert self.boot is not None
         self.updater = Updater(
             state_dir=self.state_dir,
-            ota=self.cfg.ota,
+            ota=ota,
             profile=profile,
             root=root,
             targets=[UpdateTarget(s.pipeline, s.config) for s in streams],
             publish=self._publish,
             store=self.boot.store,
+            channel=channel,
+            refresh_s=ota.refresh_s,
         )
 
     def _publish(self, body: dict[str, Any]) -> None:
@@ -192,6 +228,10 @@ class OtaRuntime:
             snap = {"enabled": False, "state": "off"}
         if self.note:
             snap["note"] = self.note
+        elif self.updater is not None and self.updater.channel_note.startswith(
+            "update channel stale"
+        ):
+            snap["note"] = self.updater.channel_note  # shown by `edge-agent status`
         if self.boot is not None:
             snap["model_source"] = self._model_sources()
         return snap

@@ -59,7 +59,7 @@ from edge_agent.updates.record import RECORD_FILE, TargetId, UpdateRecord
 from edge_agent.updates.shadow import ShadowRunner
 from edge_agent.updates.slots import PRE_PROMOTION
 from edge_agent.updates.store import SlotStore
-from ota.announce import Announcement
+from ota.announce import Announcement, is_hint
 from ota.bundle import bundle_size_bound, read_header
 from ota.canonical import canonical_bytes
 from ota.errors import (
@@ -70,6 +70,7 @@ from ota.errors import (
     NotDirectedError,
     OtaError,
     ProfileMismatchError,
+    SignatureError,
     TransferTooSlowError,
 )
 from ota.fetch import Fetcher, FetchLimits, fetcher_for, partial_path
@@ -159,7 +160,7 @@ class Updater:
         state_dir: Path,
         ota: OtaConfig,
         profile: Profile,
-        root: Root,
+        root: Root | None,
         targets: Sequence[UpdateTarget],
         publish: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.time,
@@ -230,7 +231,13 @@ class Updater:
 
     # -- threads ---------------------------------------------------------------------
     def on_announcement(self, payload: bytes) -> None:
-        """From the MQTT thread: queue only (the worker verifies)."""
+        """From the MQTT thread: queue only (the worker verifies). With an update
+        channel any message on the OTA topics is also a hint to refresh it; without a
+        root file announcements themselves are not accepted."""
+        if self.channel is not None:
+            self.on_hint()
+            if self.root is None or is_hint(payload):
+                return
         try:
             self._inbox.put_nowait(payload)
         except queue.Full:
@@ -631,6 +638,8 @@ class Updater:
         return vm
 
     def _verify(self, manifest_bytes: bytes, ann: Announcement, installed: int) -> VerifiedManifest:
+        if self.root is None:
+            raise SignatureError("announcements need ota.root_file (this device has none)")
         return verify(
             manifest_bytes,
             ann.signatures,
@@ -695,6 +704,7 @@ class Updater:
         Only after this is a slot claimed."""
         header = read_header(bundle)
         assert job.vm is not None
+        assert self.root is not None
         if header.manifest_bytes != job.vm.manifest_bytes:
             raise BundleFormatError(f"the downloaded file is not {job.tid}")
         vm = verify(

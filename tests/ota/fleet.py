@@ -64,11 +64,12 @@ def write_config(
     d: Path,
     device: str,
     port: int,
-    root: Path,
+    root: Path | None,
     *,
     shadow: int = 40,
     trial: int = 60,
     local_dir: Path | None = None,
+    extra_ota: str = "",
 ) -> Path:
     cfg = d / f"{device}.toml"
     cfg.write_text(
@@ -83,10 +84,11 @@ reconnect_min_s = 0.1
 reconnect_max_s = 0.5
 [ota]
 group = "line-1"
-root_file = "{root}"
+root_file = "{root or ""}"
 shadow_windows = {shadow}
 trial_windows = {trial}
 local_bundle_dir = "{local_dir or ""}"
+{extra_ota}
 [health]
 watchdog = false
 [[streams]]
