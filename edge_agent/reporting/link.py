@@ -378,12 +378,13 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         if reason.is_failure:
-            with self._lock:
-                self._refused += 1
+            # the error first: whoever sees the count must also see why
             self._error(
                 f"broker {self.broker} refused the connection: {reason.getName()} "
                 f"(reason code 0x{reason.value:02x})"
             )
+            with self._lock:
+                self._refused += 1
             self._set_state(LinkState.REFUSED, None)
             self._gone.set()
             return

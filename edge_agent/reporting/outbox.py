@@ -23,7 +23,6 @@ Semantics are in docs/adr/0003-outbox-semantics.md. In short:
 
 from __future__ import annotations
 
-import enum
 import logging
 import shutil
 import sqlite3
@@ -31,14 +30,22 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from edge_agent.errors import OutboxError
-from edge_agent.fsutil import atomic_write_bytes, fsync_dir
+from edge_agent.fsutil import fsync_dir
 from edge_agent.reporting import outbox_db
-from edge_agent.reporting.outbox_db import MovedAside
+from edge_agent.reporting.outbox_db import MovedAside, counter
+from edge_agent.reporting.outbox_types import (
+    DROP_ORDER,
+    LANE,
+    Kind,
+    OutboxHealth,
+    OutboxStats,
+    Record,
+)
+from edge_agent.reporting.seqres import SEQ_BLOCK, SeqReservation
 from edge_agent.reporting.spill import Held, Spill
 
 __all__ = [
@@ -59,10 +66,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.db"
-SEQ_FILE = "outbox.seq"
-# Seq numbers are reserved this many at a time in SEQ_FILE, so a lost database never
-# makes the device reuse a number (at the cost of a gap of at most SEQ_BLOCK per restart).
-SEQ_BLOCK = 1000
+SEQ_FILE = "outbox.seq"  # the seq reservation (seqres.SeqReservation), SEQ_BLOCK at a time
 # One record may not be larger than this (a payload this big is a bug, not data).
 MAX_RECORD_BYTES = 256 * 1024
 # Accounted per row on top of topic + payload, so many tiny records still count.
@@ -86,67 +90,6 @@ FULL_BELOW_BYTES = 64 * 1024
 FAULT_LOG_EVERY_S = 60.0
 
 
-class Kind(str, enum.Enum):
-    EVENT = "event"
-    TELEMETRY = "telemetry"
-    OTA = "ota"
-    STATUS = "status"
-
-
-# When the budget is reached, the oldest record of the first kind that has any goes
-# first. Status is superseded by the next birth anyway; events are what the device is for.
-DROP_ORDER: tuple[Kind, ...] = (Kind.TELEMETRY, Kind.STATUS, Kind.OTA, Kind.EVENT)
-
-# Status goes out first after a (re)connect: lane 0 drains before lane 1.
-_LANE = {Kind.STATUS: 0, Kind.EVENT: 1, Kind.TELEMETRY: 1, Kind.OTA: 1}
-
-
-@dataclass(frozen=True)
-class Record:
-    id: int
-    seq: int
-    kind: Kind
-    topic: str
-    payload: bytes
-    retain: bool
-    created: float
-
-
-@dataclass(frozen=True)
-class OutboxHealth:
-    """Whether the outbox can write. `fault` is a short name ('disk full', 'database
-    locked', 'I/O error', ...) or None; `since` is when it began (unix s); `held` records
-    (`held_bytes`) wait in memory; `dropped_in_memory` counts spill drops per kind since
-    start; `moved_aside` is set when a corrupt database was moved aside at start;
-    `seq_problem` says why the seq reservation file cannot be written (or "");
-    `writer_busy_s` is how long the writer has been inside one store/checkpoint step
-    (0 when idle: a value growing past seconds means storage hangs)."""
-
-    fault: str | None
-    since: float | None
-    detail: str
-    held: int
-    held_bytes: int
-    dropped_in_memory: dict[str, int]
-    moved_aside: MovedAside | None
-    seq_problem: str = ""
-    writer_busy_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class OutboxStats:
-    depth: int
-    bytes: int
-    oldest_created: float | None
-    drops: dict[str, int]
-    path: str
-    health: OutboxHealth | None = field(default=None)
-    groups: int = 0  # group commits since start (one transaction and one fsync each)
-
-    def oldest_age_s(self, now: float) -> float | None:
-        return None if self.oldest_created is None else max(0.0, now - self.oldest_created)
-
-
 class Outbox:
     """A durable FIFO of MQTT records for one device, with a writer thread."""
 
@@ -162,7 +105,7 @@ class Outbox:
     ) -> None:
         self._dir = Path(state_dir)
         self._path = self._dir / OUTBOX_FILE
-        self._seq_path = self._dir / SEQ_FILE
+        self._seq = SeqReservation(self._dir / SEQ_FILE)
         self._max_bytes = max_bytes
         self._fsync = sync == "always"
         # _cv (its lock) guards seq issue, the spill, the fault and the durable mark:
@@ -170,7 +113,6 @@ class Outbox:
         self._cv = threading.Condition()
         # _db_lock guards the connection and the depth/bytes/drops accounting.
         self._db_lock = threading.Lock()
-        self._reserve_lock = threading.Lock()
         self._spill = Spill(
             max_records=memory_max_records,
             max_bytes=memory_max_bytes,
@@ -196,7 +138,7 @@ class Outbox:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutboxError(f"{self._dir}: cannot create the state dir: {e}") from e
-        reserved, garbled = self._read_reserved()
+        reserved, garbled = self._seq.read()
         self._db: sqlite3.Connection | None = None
         try:
             self._open(now)
@@ -206,7 +148,7 @@ class Outbox:
                 # numbers are free: refuse rather than risk reusing one.
                 raise OutboxError(
                     f"{self._path}: cannot open the outbox ({outbox_db.classify(e)}: {e}) and "
-                    f"{self._seq_path} is missing; free the disk or the lock and start again"
+                    f"{self._seq.path} is missing; free the disk or the lock and start again"
                 ) from e
             self._set_fault(e, now)
         db_next, max_row = self._db_seq()
@@ -215,9 +157,7 @@ class Outbox:
             nxt += SEQ_BLOCK  # the lost reservation may have been up to a block ahead
         self._next_seq = nxt
         self._durable = nxt - 1  # what the database holds now is stored already
-        self._reserved = 0
-        self._seq_problem = ""
-        self._keep_reserved(nxt + SEQ_BLOCK)
+        self._seq.keep(nxt + SEQ_BLOCK)
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
 
@@ -232,7 +172,7 @@ class Outbox:
                 "outbox %s is empty (0 bytes): starting a fresh outbox; whatever queue it "
                 "held is lost (seq continues after the reservation in %s)",
                 self._path,
-                self._seq_path,
+                self._seq.path,
             )
         try:
             db = outbox_db.connect(self._path)
@@ -255,7 +195,7 @@ class Outbox:
                 fsync_dir(self._dir)
             row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
             drops = {
-                k.value: _counter(db, f"drops.{k.value}") + self._spill.dropped[k.value]
+                k.value: counter(db, f"drops.{k.value}") + self._spill.dropped[k.value]
                 for k in Kind
             }
         except BaseException:
@@ -274,35 +214,11 @@ class Outbox:
             if self._db is None:
                 return 0, 0
             try:
-                nxt = _counter(self._db, "next_seq")
+                nxt = counter(self._db, "next_seq")
                 row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
             except sqlite3.Error:
                 return 0, 0
             return nxt, int(row[0])
-
-    def _read_reserved(self) -> tuple[int | None, bool]:
-        """(the reserved bound, whether the file was garbled). None if missing/unreadable."""
-        try:
-            text = self._seq_path.read_text(encoding="ascii").strip()
-            return int(text), False
-        except FileNotFoundError:
-            return None, False
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            log.error(
-                "%s: unreadable seq reservation (%s); resuming a block past the outbox's own "
-                "counter so no seq is reused",
-                self._seq_path,
-                e,
-            )
-            return None, True
-
-    def _reserve(self, upto: int) -> None:
-        """Durably reserve every seq below `upto`. Raises OSError."""
-        with self._reserve_lock:
-            if upto <= self._reserved:
-                return
-            atomic_write_bytes(self._seq_path, f"{upto}\n".encode())
-            self._reserved = upto
 
     # -- writing (any thread) --------------------------------------------------------------
 
@@ -333,8 +249,8 @@ class Outbox:
                     f"{kind.value} record of {size} bytes exceeds the limit of {limit} bytes; "
                     "not stored"
                 )
-            if seq >= self._reserved and not self._seq_problem:  # else: the writer retries
-                self._keep_reserved(seq + SEQ_BLOCK)  # rare: the writer keeps ahead
+            if seq >= self._seq.upto and not self._seq.problem:  # else: the writer retries
+                self._seq.keep(seq + SEQ_BLOCK)  # rare: the writer keeps ahead
             self._next_seq = seq + 1
             held = Held(seq, kind.value, topic, payload, retain, now, size)
             dropped = self._spill.add(
@@ -356,27 +272,11 @@ class Outbox:
         number is covered by the reservation file (retried if it could not be written)."""
         with self._cv:
             seq = self._next_seq
-            if seq >= self._reserved and not self._seq_problem:  # else: the writer retries
-                self._keep_reserved(seq + SEQ_BLOCK)  # rare: the writer keeps ahead
+            if seq >= self._seq.upto and not self._seq.problem:  # else: the writer retries
+                self._seq.keep(seq + SEQ_BLOCK)  # rare: the writer keeps ahead
             self._next_seq = seq + 1
             self._cv.notify_all()  # the writer keeps the reservation ahead
             return seq
-
-    def _keep_reserved(self, upto: int) -> None:
-        """Reserve ahead; a failure is reported (health) and retried, but does not stop
-        storing: the database's own counter still covers every stored record, only a
-        power cut under sync = "normal" could then reissue a number."""
-        try:
-            self._reserve(upto)
-        except OSError as e:
-            problem = f"cannot reserve seq numbers in {self._seq_path}: {e}"
-            if problem != self._seq_problem:
-                log.error("outbox: %s; retrying", problem)
-            self._seq_problem = problem
-            return
-        if self._seq_problem:
-            log.warning("outbox: seq reservation in %s works again", self._seq_path)
-        self._seq_problem = ""
 
     def _count_memory_drops(self, dropped: list[Held]) -> None:
         kinds = Counter(h.kind for h in dropped)
@@ -404,7 +304,7 @@ class Outbox:
                         and not self._closing
                         # reserve ahead soon enough (a failing reservation is retried
                         # at the maintenance pace, not in a busy loop)
-                        and (self._next_seq + SEQ_BLOCK // 2 < self._reserved or self._seq_problem)
+                        and (self._next_seq + SEQ_BLOCK // 2 < self._seq.upto or self._seq.problem)
                         and time.monotonic() - last_maint < MAINTENANCE_S
                     ):
                         self._cv.wait(MAINTENANCE_S)
@@ -445,8 +345,8 @@ class Outbox:
             db_next, max_row = self._db_seq()
             with self._cv:  # a stale reservation must not make us reuse a stored number
                 self._next_seq = max(self._next_seq, db_next, max_row + 1)
-        if issued + SEQ_BLOCK // 2 >= self._reserved:
-            self._keep_reserved(issued + SEQ_BLOCK)
+        if issued + SEQ_BLOCK // 2 >= self._seq.upto:
+            self._seq.keep(issued + SEQ_BLOCK)
         if batch:
             self._store(batch, issued)
             if self._fsync:
@@ -466,59 +366,29 @@ class Outbox:
     def _store(self, batch: list[Held], issued: int) -> None:
         """One transaction for the group. Accounting changes only after COMMIT."""
         with self._db_lock:
-            db = self._db
-            if db is None:
+            if self._db is None:
                 raise sqlite3.OperationalError("outbox is not open")
-            depth, nbytes = self._depth, self._bytes
-            drops: Counter[str] = Counter()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for h in batch:
-                    if h.kind == Kind.STATUS.value:
-                        d, b = _delete_where(db, "kind = ?", (Kind.STATUS.value,))
-                        depth, nbytes = depth - d, nbytes - b
-                    while nbytes + h.size > self._max_bytes:
-                        victim = _oldest_to_drop(db)
-                        if victim is None:
-                            break
-                        vid, vkind, vsize = victim
-                        db.execute("DELETE FROM records WHERE id = ?", (vid,))
-                        depth, nbytes = depth - 1, nbytes - vsize
-                        drops[vkind] += 1
-                    db.execute(
-                        "INSERT INTO records (seq, kind, lane, topic, payload, retain, created,"
-                        " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            h.seq,
-                            h.kind,
-                            _LANE[Kind(h.kind)],
-                            h.topic,
-                            h.payload,
-                            int(h.retain),
-                            h.created,
-                            h.size,
-                        ),
-                    )
-                    depth, nbytes = depth + 1, nbytes + h.size
-                _set_counter(db, "next_seq", issued)
-                with self._cv:
-                    totals = dict(self._drops)
-                for k, n in drops.items():
-                    totals[k] = totals.get(k, 0) + n
-                if drops or self._drops_dirty:
-                    for k, n in totals.items():
-                        _set_counter(db, f"drops.{k}", n)
-                db.execute("COMMIT")
-            except BaseException:
-                _rollback(db)
-                raise
-            self._depth, self._bytes = depth, nbytes
             with self._cv:
-                for k, n in drops.items():
+                totals = dict(self._drops) if self._drops_dirty else None
+            res = outbox_db.store_group(
+                self._db,
+                batch,
+                lane=lambda kind: LANE[Kind(kind)],
+                drop_order=[k.value for k in DROP_ORDER],
+                replaces=Kind.STATUS.value,
+                max_bytes=self._max_bytes,
+                depth=self._depth,
+                nbytes=self._bytes,
+                next_seq=issued,
+                drop_totals=totals,
+            )
+            self._depth, self._bytes = res.depth, res.nbytes
+            with self._cv:
+                for k, n in res.drops.items():
                     self._drops[k] = self._drops.get(k, 0) + n
                 self._drops_dirty = False
-        if drops:
-            self._log_drops(drops)
+        if res.drops:
+            self._log_drops(res.drops)
 
     def _log_drops(self, drops: Counter[str]) -> None:
         # A long outage drops on every append: say it the first time, then sum it up at
@@ -581,10 +451,10 @@ class Outbox:
                 raise OutboxError(f"{self._path}: cannot delete delivered records: not open")
             try:
                 db.execute("BEGIN IMMEDIATE")
-                d, b = _delete_where(db, f"id IN ({marks})", tuple(id_list))
+                d, b = outbox_db.delete_where(db, f"id IN ({marks})", tuple(id_list))
                 db.execute("COMMIT")
             except sqlite3.Error as e:
-                _rollback(db)
+                outbox_db.rollback(db)
                 raise OutboxError(f"{self._path}: cannot delete delivered records: {e}") from e
             self._depth -= d
             self._bytes -= b
@@ -635,7 +505,7 @@ class Outbox:
                 fault=self._fault,
                 since=self._fault_since,
                 detail=self._fault_detail,
-                seq_problem=self._seq_problem,
+                seq_problem=self._seq.problem,
                 held=len(self._spill),
                 held_bytes=self._spill.bytes,
                 dropped_in_memory=dict(self._spill.dropped),
@@ -700,12 +570,8 @@ class Outbox:
         # A clean stop knows exactly which numbers were issued: give back the rest of the
         # block so the next start continues without a gap (a crash leaves the reservation
         # as it was, and the next start skips past it).
-        with self._cv, self._reserve_lock:
-            try:
-                atomic_write_bytes(self._seq_path, f"{self._next_seq}\n".encode())
-                self._reserved = self._next_seq
-            except OSError:
-                log.debug("could not shrink the seq reservation on close", exc_info=True)
+        with self._cv:
+            self._seq.give_back(self._next_seq)
 
 
 def _free_bytes(path: Path) -> int:
@@ -713,42 +579,3 @@ def _free_bytes(path: Path) -> int:
         return shutil.disk_usage(path).free
     except OSError:
         return 1 << 62  # unknown: do not claim the disk is full
-
-
-def _counter(db: sqlite3.Connection, name: str) -> int:
-    row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _set_counter(db: sqlite3.Connection, name: str, value: int) -> None:
-    db.execute(
-        "INSERT INTO counters (name, value) VALUES (?, ?)"
-        " ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
-        (name, value),
-    )
-
-
-def _delete_where(db: sqlite3.Connection, where: str, args: tuple[object, ...]) -> tuple[int, int]:
-    row = db.execute(
-        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE {where}",  # noqa: S608
-        args,
-    ).fetchone()
-    db.execute(f"DELETE FROM records WHERE {where}", args)  # noqa: S608
-    return int(row[0]), int(row[1])
-
-
-def _oldest_to_drop(db: sqlite3.Connection) -> tuple[int, str, int] | None:
-    for kind in DROP_ORDER:
-        row = db.execute(
-            "SELECT id, size FROM records WHERE kind = ? ORDER BY id LIMIT 1", (kind.value,)
-        ).fetchone()
-        if row is not None:
-            return int(row[0]), kind.value, int(row[1])
-    return None
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    try:
-        db.execute("ROLLBACK")
-    except sqlite3.Error:
-        log.debug("rollback after a failed outbox write also failed", exc_info=True)

@@ -16,23 +16,31 @@ import errno
 import logging
 import os
 import sqlite3
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.fsutil import fsync_dir
+from edge_agent.reporting.spill import Held
 
 __all__ = [
     "BUSY_TIMEOUT_S",
     "CHECKPOINT_WAL_BYTES",
     "SCHEMA",
+    "GroupResult",
     "MovedAside",
     "checkpoint",
     "classify",
     "connect",
     "count_records",
+    "counter",
+    "delete_where",
     "fsync_wal",
     "is_corrupt",
     "move_aside",
+    "rollback",
+    "store_group",
     "wal_bytes",
 ]
 
@@ -180,3 +188,114 @@ def checkpoint(db: sqlite3.Connection) -> bool:
     next checkpoint tries again). Raises sqlite3.Error on a storage fault."""
     row = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     return row is not None and int(row[0]) == 0
+
+
+# -- the statements the outbox runs ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """After a stored group: the queue's depth and accounted bytes, and the records the
+    disk budget dropped (per kind)."""
+
+    depth: int
+    nbytes: int
+    drops: Counter[str]
+
+
+def store_group(
+    db: sqlite3.Connection,
+    batch: Sequence[Held],
+    *,
+    lane: Callable[[str], int],
+    drop_order: Sequence[str],
+    replaces: str,
+    max_bytes: int,
+    depth: int,
+    nbytes: int,
+    next_seq: int,
+    drop_totals: Mapping[str, int] | None,
+) -> GroupResult:
+    """Insert `batch` in one transaction (BEGIN IMMEDIATE .. COMMIT; no fsync here).
+
+    A record of kind `replaces` (status) deletes stored ones of that kind first; while
+    the budget `max_bytes` would be exceeded, the oldest record of the first kind in
+    `drop_order` that has any is deleted and counted. `next_seq` raises the stored
+    counter; `drop_totals` (drops counted elsewhere, e.g. in memory) raise the stored
+    drop counters. Raises sqlite3.Error after rolling back."""
+    drops: Counter[str] = Counter()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for h in batch:
+            if h.kind == replaces:
+                d, b = delete_where(db, "kind = ?", (replaces,))
+                depth, nbytes = depth - d, nbytes - b
+            while nbytes + h.size > max_bytes:
+                victim = _oldest(db, drop_order)
+                if victim is None:
+                    break
+                vid, vkind, vsize = victim
+                db.execute("DELETE FROM records WHERE id = ?", (vid,))
+                depth, nbytes = depth - 1, nbytes - vsize
+                drops[vkind] += 1
+            db.execute(
+                "INSERT INTO records (seq, kind, lane, topic, payload, retain, created, size)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (h.seq, h.kind, lane(h.kind), h.topic, h.payload, int(h.retain), h.created, h.size),
+            )
+            depth, nbytes = depth + 1, nbytes + h.size
+        _raise_counter(db, "next_seq", next_seq)
+        for k, n in (drop_totals or {}).items():
+            _raise_counter(db, f"drops.{k}", n)
+        for k, n in drops.items():
+            db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (f"drops.{k}", n),
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        rollback(db)
+        raise
+    return GroupResult(depth, nbytes, drops)
+
+
+def counter(db: sqlite3.Connection, name: str) -> int:
+    row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _raise_counter(db: sqlite3.Connection, name: str, value: int) -> None:
+    """Counters only grow (seq, drop totals)."""
+    db.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+        (name, value),
+    )
+
+
+def delete_where(db: sqlite3.Connection, where: str, args: tuple[object, ...]) -> tuple[int, int]:
+    """Delete matching records; return (how many, their accounted bytes)."""
+    row = db.execute(
+        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE {where}",  # noqa: S608
+        args,
+    ).fetchone()
+    db.execute(f"DELETE FROM records WHERE {where}", args)  # noqa: S608
+    return int(row[0]), int(row[1])
+
+
+def _oldest(db: sqlite3.Connection, order: Sequence[str]) -> tuple[int, str, int] | None:
+    for kind in order:
+        row = db.execute(
+            "SELECT id, size FROM records WHERE kind = ? ORDER BY id LIMIT 1", (kind,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0]), kind, int(row[1])
+    return None
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.debug("rollback after a failed outbox write also failed", exc_info=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from edge_agent.reporting.outbox import OutboxHealth
+from edge_agent.reporting.outbox_types import OutboxHealth
 
 __all__ = ["outbox_health"]
 
