@@ -102,10 +102,10 @@ def _summary(agent: Agent) -> None:
     ob = snap.get("outbox") or {}
     mq = snap.get("mqtt") or {}
     if ob:
-        link = "connected" if mq.get("connected") else "not connected"
-        print(
-            f"  outbox: {ob.get('depth', 0)} records waiting (broker {mq.get('broker', '?')} "
-            f"{link})",
-            file=out,
-        )
+        if mq.get("enabled") is False:  # no broker to name: the records stay local
+            link = "MQTT disabled"
+        else:
+            state = "connected" if mq.get("connected") else "not connected"
+            link = f"broker {mq.get('broker') or '?'} {state}"
+        print(f"  outbox: {ob.get('depth', 0)} records waiting ({link})", file=out)
     print(f"  state: {agent.state_dir}", file=out)
