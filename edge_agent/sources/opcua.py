@@ -249,8 +249,9 @@ class OpcUaSource(Source):
 
     def _enqueue(self, item: tuple[Any, ...]) -> None:
         if len(self._queue) >= QUEUE_ITEMS:
-            self._queue.popleft()
-            self.count("dropped_updates")
+            with contextlib.suppress(IndexError):  # the reader emptied it meanwhile
+                self._queue.popleft()
+                self.count("dropped_updates")
         self._queue.append(item)
         self._ready.set()
 
