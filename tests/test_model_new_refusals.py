@@ -116,3 +116,18 @@ def test_a_bad_time_is_named_by_its_value_and_row(tmp_path):
                    "--out", str(tmp_path / "m"))  # fmt: skip
     assert rc == 2
     assert "'notatime' (data row 101) is not a time" in err  # not "Invalid isoformat: '0'"
+
+
+def test_npy_input_that_cannot_mean_what_was_asked_is_refused(tmp_path):
+    arr = tmp_path / "d.npy"
+    np.save(arr, np.random.default_rng(0).standard_normal((400, 2)))
+    rc, err = _new("--data", str(arr), "--columns", "a,b", "--timestamp-column", "t",
+                   "--out", str(tmp_path / "m"))  # fmt: skip
+    assert rc == 2  # it was silently ignored: the card said 1 Hz
+    assert "an .npy array has no named columns" in err
+    fake = tmp_path / "fake.npy"
+    fake.write_text("hello")
+    rc, err = _new("--data", str(fake), "--columns", "a,b", "--out", str(tmp_path / "m"))
+    assert rc == 2
+    assert "not in numpy's .npy format" in err
+    assert "pickle" not in err  # numpy's text tells the user to unpickle an untrusted file

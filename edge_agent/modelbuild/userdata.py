@@ -69,6 +69,11 @@ def read_recording(
         if path.is_dir():
             what = "is a directory: name the CSV or .npy files in it"
         raise ConfigError(f"{path}: {what}")
+    if path.suffix == ".npy" and (timestamp_column or label_column):
+        raise ConfigError(
+            f"{path}: an .npy array has no named columns: leave out --timestamp-column and "
+            "--label-column (give --rate-hz), or use a CSV"
+        )
     delim = sniff_delimiter(path) if delimiter == "auto" and path.suffix != ".npy" else delimiter
     if delim == "auto":
         delim = ","

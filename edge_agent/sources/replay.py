@@ -155,7 +155,8 @@ def load_recording(path: Path, o: Options) -> Recording:  # noqa: PLR0912, PLR09
         try:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise SourceError(f"{path}: not a readable .npy array: {e}") from e
+            why = "not in numpy's .npy format" if "pickle" in str(e) else str(e)
+            raise SourceError(f"{path}: not a readable .npy array: {why}") from e
         if arr.ndim != 2:
             raise SourceError(f"{path}: expected a 2-D array (samples, channels), got {arr.shape}")
         names = o.columns or tuple(f"ch{i}" for i in range(arr.shape[1]))
