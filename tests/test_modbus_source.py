@@ -409,3 +409,19 @@ channels = [{", ".join(_inline_table(c) for c in chans)}]
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_rtu_port_that_is_not_there_is_waited_for(
+    tmp_path: Path, stop_runners: list[SourceRunner]
+) -> None:
+    # a USB-RS485 adapter not plugged in yet: wait for it, do not spend the restart budget
+    r = _runner(
+        {"transport": "rtu", "serial_port": str(tmp_path / "ttyUSB-absent"),
+         "channels": [{"name": "v", "address": 0}]}
+    )  # fmt: skip
+    stop_runners.append(r)
+    _until(lambda: r.state is SourceState.RECONNECTING, "reconnecting while the port is absent")
+    time.sleep(1.0)
+    assert r.state is SourceState.RECONNECTING
+    assert r.restarts == 0
+    assert "cannot connect" in r.last_error
