@@ -28,8 +28,11 @@ from edge_agent.errors import StateError
 from edge_agent.fsutil import atomic_write_json
 from edge_agent.profiles import Profile, Selection, load_profiles, select
 from edge_agent.reporting.history import EventHistory
+from edge_agent.runtime.pool import ModelPool
+from edge_agent.runtime.scheduler import SchedulerSet
 from edge_agent.service.events import ErrorLog, EventRelay
 from edge_agent.service.faults import Faults
+from edge_agent.service.fleet_state import DeviceStatePublisher
 from edge_agent.service.health import (
     ProgressWatchdog,
     Readiness,
@@ -92,6 +95,8 @@ class Agent:
         self.limits = limits or RunLimits()
         self.state_dir = Path(cfg.state_dir)
         self.streams: list[StreamRuntime] = []
+        self.pool: ModelPool | None = None
+        self.schedulers: SchedulerSet | None = None
         self.reporter: Reporting | None = None
         self.selection: Selection | None = None
         self.started_at = time.time()
@@ -113,6 +118,8 @@ class Agent:
         self._wake = threading.Event()  # stop requested: act before the next tick
         self.ota = OtaRuntime(cfg, self.state_dir, self.errors.record)
         self.on_status: Callable[[dict[str, Any]], None] | None = None  # e.g. metrics
+        # retained fleet state, fed each tick (service/fleet_state.py); None without MQTT
+        self.device_state: DeviceStatePublisher | None = None
         self._lock: StateDirLock | None = None
         self._live = StallCheck(True)
         self._status_unwritable = False
@@ -140,12 +147,26 @@ class Agent:
         models_dir = Path(self.cfg.models_dir) if self.cfg.models_dir else None
         self.notifier.status("loading models")
         loader = self.ota.open_slots()
+        # Every stream of one model variant shares one loaded model, under the budget.
+        self.pool = pool = ModelPool(self.selection.profile, loader=loader)
+        # ... and one supervised inference scheduler per loaded model batches their windows.
+        self.schedulers = scheds = SchedulerSet(self.selection.profile)
+        scheds.on_new = lambda name, sched: self.supervisor.add(name, sched.run)
+        pool.on_load = lambda e: scheds.add(e.model)
+        pool.on_evict = lambda e: scheds.remove(e.model)
         # One grant per model, from this thread: a load that hangs stops the extension.
         with self.notifier.extending(MODEL_LOAD_EXTEND_S) as grant:
             for sc in self.cfg.streams:
                 grant.step()
                 self.streams.append(
-                    StreamRuntime(sc, self.cfg, self.selection.profile, models_dir, loader=loader)
+                    StreamRuntime(
+                        sc,
+                        self.cfg,
+                        self.selection.profile,
+                        models_dir,
+                        pool=self.pool,
+                        schedulers=self.schedulers,
+                    )
                 )
         self.ota.after_models_loaded(self.streams, self.selection.profile)
         self.gate.mark(Readiness.MODELS_WARMED)
@@ -169,6 +190,10 @@ class Agent:
     ) -> None:
         """Watch a thread started elsewhere (e.g. the metrics server)."""
         self.supervisor.add(name, watch(alive, name), on_restart=restart)
+
+    def families(self) -> dict[str, str]:
+        """Each stream's model family (for the fleet state)."""
+        return {s.name: s.pipeline.model.card.family for s in self.streams}
 
     def birth(self) -> dict[str, Any]:
         """Who we are, for the retained status/birth message."""
@@ -291,6 +316,8 @@ class Agent:
             return ""
         self.ota.poll_manual_rollback(self.streams, self._profile())
         snap = self.write_status()
+        if self.device_state is not None:
+            self.device_state.tick(snap, time.time())
         return summary_line(snap, time.time())
 
     def _profile(self) -> Profile:

@@ -15,6 +15,7 @@ __all__ = [
     "MetricsError",
     "ModelError",
     "OutboxError",
+    "OverloadError",
     "PacketTooLargeError",
     "PublishError",
     "SourceDisconnectedError",
@@ -41,6 +42,11 @@ class BackendUnavailableError(ModelError):
 
 class BudgetExceededError(ModelError):
     """A model would exceed the device profile's memory or latency budget."""
+
+
+class OverloadError(EdgeAgentError):
+    """Work that cannot be served in time (an inference queue is full, or a deadline
+    cannot be met): refused at once, to be retried later."""
 
 
 class CalibrationError(EdgeAgentError):

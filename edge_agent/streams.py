@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from edge_agent.backoff import RestartBudget
 from edge_agent.config import AgentConfig, StreamConfig
 from edge_agent.errors import CalibrationError, ConfigError, SourceError
@@ -33,6 +36,8 @@ from edge_agent.pipeline.stream import AnomalyEvent, StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import Preprocessing
 from edge_agent.runtime.model import LoadedModel, load_model, resolve_model_dir
+from edge_agent.runtime.pool import ModelPool
+from edge_agent.runtime.scheduler import Priority, SchedulerSet
 from edge_agent.service.supervisor import Loop
 from edge_agent.sources.base import Block, Source
 from edge_agent.sources.registry import create_source
@@ -128,17 +133,23 @@ class StreamRuntime:
         models_dir: Path | None,
         *,
         loader: ModelLoader | None = None,
+        pool: ModelPool | None = None,
+        schedulers: SchedulerSet | None = None,
     ) -> None:
         self.config = sc
         # The bundled model; `loader` may serve another one (e.g. an OTA slot's) instead.
         self.bundled_dir = resolve_model_dir(
             sc.model, sc.variant, profile, models_dir, Path(cfg.state_dir)
         )
-        model = (
-            loader(self.bundled_dir, profile, sc.name)
-            if loader
-            else load_model(self.bundled_dir, profile)
-        )
+        # With a pool, every stream of one variant shares one loaded instance, charged
+        # once against the profile's model memory budget (the pool uses its own loader).
+        self.pool = pool
+        if pool is not None:
+            model = pool.acquire(self.bundled_dir, sc.name)
+        elif loader is not None:
+            model = loader(self.bundled_dir, profile, sc.name)
+        else:
+            model = load_model(self.bundled_dir, profile)
         pre = model.card.preprocessing
         self.state_dir = Path(cfg.state_dir)
         model, self.calibration, policy = with_calibration(self.state_dir, sc, model)
@@ -153,6 +164,7 @@ class StreamRuntime:
         self.source = create_source(spec.kind, sc.name, spec.options)
         check_source_fits(self.source, pre, cfg.source_file or "config", sc.name, model.card.name)
         self._source_budget = RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s)
+        self._hop = sc.hop or pre.hop
         self.runner = self._new_runner()
         self._runner_started = False
         self.pipeline = StreamPipeline(
@@ -163,6 +175,13 @@ class StreamRuntime:
             hop=sc.hop or pre.hop,
             max_batch=sc.max_batch,
         )
+        # Windows go to the serving model's scheduler, batched with other streams'.
+        self.schedulers = schedulers
+        if schedulers is not None:
+            sched = schedulers.for_model(model)
+            if sched is not None:
+                sched.attach()
+            self.pipeline.scorer = self._score_windows
         self.health = SensorHealthMonitor(
             sc.name,
             tuple(self.source.channels),
@@ -186,11 +205,23 @@ class StreamRuntime:
     def name(self) -> str:
         return self.config.name
 
+    def _score_windows(
+        self, model: LoadedModel, x: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float64]:
+        """The pipeline's scorer: through the model's scheduler when it has one (a model
+        the pool loaded); in this thread otherwise (e.g. an OTA candidate)."""
+        assert self.schedulers is not None
+        sched = self.schedulers.for_model(model)
+        if sched is None:
+            return model.scores_normalized(x)
+        return sched.score(model, x, priority=Priority.REALTIME)
+
     def _new_runner(self) -> SourceRunner:
         return SourceRunner(
             self.source,
             max_blocks=self.config.queue_blocks,
             budget=self._source_budget,
+            merge_below=self._hop,  # tiny blocks travel as one hop
         )
 
     def serve(self, loop: Loop, sinks: StreamSinks) -> None:
@@ -208,7 +239,8 @@ class StreamRuntime:
         while not stop.is_set():
             loop.beat()
             runner = self.runner
-            blocks = runner.get(GET_TIMEOUT_S)
+            # up to the end of the next window: tiny blocks arrive as one hand-over
+            blocks = runner.get(GET_TIMEOUT_S, self.pipeline.windower.samples_to_next_window())
             now = time.time()
             hevents = self.health.set_connected(runner.state is not SourceState.RECONNECTING, now)
             self.health.set_rate(self.source.nominal_rate_hz, now)  # a camera's, once open
@@ -262,6 +294,8 @@ class StreamRuntime:
         """The stream stays down (restart budget spent): its source must not keep running."""
         self.error = why
         self.runner.stop(timeout=2.0)
+        if self.pool is not None:
+            self.pool.release(self.name)  # its model may now be evicted
 
     def _calibrate(self, b: Block, now: float) -> Block:
         """Feed the automatic calibration; returns the part of `b` it did not need."""

@@ -34,6 +34,7 @@ from edge_agent.sources.base import Block
 __all__ = [
     "AnomalyEvent",
     "Interval",
+    "Scorer",
     "Serving",
     "ShadowHook",
     "StreamPipeline",
@@ -43,6 +44,9 @@ __all__ = [
 # Sees each scored batch: windows (normalised with the active model's statistics; see
 # LoadedModel.denormalize), the active model's scores, and the active model.
 ShadowHook = Callable[[Windows, npt.NDArray[np.float64], LoadedModel], None]
+# Scores normalised windows (n, window, columns) with a model, e.g. through the model's
+# inference scheduler (runtime/scheduler.py); None: LoadedModel.scores_normalized here.
+Scorer = Callable[[LoadedModel, npt.NDArray[np.float32]], npt.NDArray[np.float64]]
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class StreamPipeline:
         self.windower = Windower(window, hop, model.card.preprocessing.columns)
         self.stats = StreamStats()
         self.shadow: ShadowHook | None = None
+        self.scorer: Scorer | None = None
         # Held for a whole block (normalise, window, score) and by swaps: a swap lands
         # between blocks, and returns when the old model is no longer in use.
         self._lock = threading.Lock()
@@ -184,7 +189,9 @@ class StreamPipeline:
     def _score(self, w: Windows, sv: Serving) -> list[AnomalyEvent]:
         model, policy = sv.model, sv.policy
         st = self.stats
-        scores = model.scores_normalized(w.data)  # saturated beyond the model's range
+        # saturated beyond the model's range; the scorer may batch with other streams
+        scorer = self.scorer
+        scores = model.scores_normalized(w.data) if scorer is None else scorer(model, w.data)
         total = float(scores.sum())
         if not math.isfinite(total):  # one reduction instead of a mask on every batch
             # NaN/inf on in-range input is a model fault, not an anomaly: counted (status,

@@ -85,6 +85,13 @@ class Windower:
         self._len += n
         return self._cut()
 
+    def samples_to_next_window(self) -> int:
+        """Samples still to come before the next window is complete (>= 1), assuming
+        they follow on without a hole."""
+        if self._expected is None:
+            return self.window
+        return max(1, self._next_start + self.window - self._expected)
+
     def rescale(self, scale: npt.NDArray[np.float32], offset: npt.NDArray[np.float32]) -> None:
         """Map buffered samples x -> x * scale + offset per channel (a model swap with
         other normalisation statistics), so partial windows survive the swap."""

@@ -190,15 +190,32 @@ class LoadedModel:
     def scores_normalized(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """Normalised windows (n, window, columns) -> one score per window; a window
         beyond the model's range (see far_windows) scores SATURATED_SCORE."""
+        x, far = self.model_input(x)
+        return self.scores_from_output(x, self.backend.infer(x), far)
+
+    def model_input(
+        self, x: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None]:
+        """Normalised windows -> (what the backend gets, which are beyond range or None).
+        The two halves of scores_normalized, for callers that batch several inputs into
+        one backend call (the inference scheduler)."""
         far = far_windows(x)
         if far is None:
-            y = self.backend.infer(x)
-            return score_outputs(self.card.score_kind, x, y, self.card.score_weights)
+            return x, None
         # Clipped just past the limit, the model's arithmetic stays finite (no overflow
         # warnings); those windows' scores are replaced anyway.
-        x = np.clip(x, -2 * FAR_SIGMAS, 2 * FAR_SIGMAS).astype(np.float32)
-        y = self.backend.infer(x)
+        return np.clip(x, -2 * FAR_SIGMAS, 2 * FAR_SIGMAS).astype(np.float32), far
+
+    def scores_from_output(
+        self,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.float32],
+        far: npt.NDArray[np.bool_] | None,
+    ) -> npt.NDArray[np.float64]:
+        """(model input, backend output, far mask from model_input) -> one score per window."""
         s = score_outputs(self.card.score_kind, x, y, self.card.score_weights)
+        if far is None:
+            return s
         out: npt.NDArray[np.float64] = np.where(far, SATURATED_SCORE, s)
         return out
 

@@ -19,6 +19,9 @@ import logging
 import threading
 import time
 
+import numpy as np
+import numpy.typing as npt
+
 from edge_agent.backoff import Backoff, RestartBudget
 from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.sources.base import Block, Source
@@ -28,6 +31,7 @@ __all__ = ["RestartBudget", "SourceRunner", "SourceState"]
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 0.2  # bounds how long stop() waits for the thread
+_SAME_TIME_S = 1e-6  # a block starting this close to where the spacing puts it follows on
 DEVICE_POLL_MAX_S = 2.0  # longest wait between looks for a vanished device
 
 
@@ -49,9 +53,18 @@ class SourceRunner:
         budget: RestartBudget | None = None,
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        merge_below: int = 0,
     ) -> None:
+        """`merge_below`: a queued block shorter than this takes the next one into
+        itself when they are contiguous (e.g. the stream's hop: 1-sample blocks from a
+        serial sensor are handed over one hop at a time, not one sample at a time);
+        0 = never."""
         self.source = source
         self._q: collections.deque[Block] = collections.deque()
+        self._queued = 0  # samples in _q
+        self._want = 1  # samples the consumer waits for (see get)
+        # a latest-frame source keeps its one newest block, never a merged backlog
+        self._merge_below = merge_below if source.max_queue_blocks is None else 0
         cap = source.max_queue_blocks
         self._max = min(max_blocks, cap) if cap else max_blocks
         self._cv = threading.Condition()
@@ -79,13 +92,18 @@ class SourceRunner:
         if self.state not in (SourceState.FINISHED, SourceState.FAILED):
             self.state = SourceState.STOPPED
 
-    def get(self, timeout: float) -> list[Block]:
-        """All queued blocks (possibly none after `timeout`)."""
+    def get(self, timeout: float, min_samples: int = 1) -> list[Block]:
+        """All queued blocks (possibly none after `timeout`). Waits (at most `timeout`)
+        until `min_samples` samples are queued, e.g. up to the end of the next window:
+        tiny blocks are then handed over together, one wake-up instead of one each."""
         with self._cv:
-            if not self._q and not self.done:
+            if self._queued < min_samples and not self.done:
+                self._want = max(1, min_samples)
                 self._cv.wait(timeout)
+                self._want = 1
             out = list(self._q)
             self._q.clear()
+            self._queued = 0
             self._cv.notify_all()  # a non-live source may be waiting for room
             return out
 
@@ -110,8 +128,18 @@ class SourceRunner:
             if self._reopened:
                 self._reopened = False
                 blk = blk.with_gap()
+            n = len(blk.samples)
+            if self._q and len(self._q[-1].samples) < self._merge_below:
+                merged = _merged(self._q[-1], blk)
+                if merged is not None:
+                    self._q[-1] = merged
+                    self._queued += n
+                    self.samples_in += n
+                    if self._queued >= self._want:
+                        self._cv.notify()
+                    return
             if len(self._q) >= self._max:
-                self._q.popleft()
+                self._queued -= len(self._q.popleft().samples)
                 self.dropped_blocks += 1
                 # what follows the dropped block starts after a hole
                 if self._q:
@@ -119,8 +147,10 @@ class SourceRunner:
                 else:
                     blk = blk.with_gap()
             self._q.append(blk)
-            self.samples_in += len(blk.samples)
-            self._cv.notify()
+            self._queued += n
+            self.samples_in += n
+            if self._queued >= self._want or len(self._q) >= self._max:
+                self._cv.notify()
 
     def _open(self) -> bool:
         self._backoff.reset()
@@ -197,3 +227,26 @@ class SourceRunner:
                     self._cv.notify_all()
                 break
         self.source.close()
+
+
+def _merged(a: Block, b: Block) -> Block | None:
+    """`a` followed by `b` as one block, when nothing lies between them (numbering
+    follows on, no hole, same rate and shape); None otherwise. Every sample keeps its
+    time: when b does not start where a's spacing puts it (a live source stamps
+    receive times), the merged block carries per-sample times."""
+    n = len(a.samples)
+    if b.gap_before or b.seq != a.seq + n or b.rate_hz != a.rate_hz:
+        return None
+    if a.samples.shape[1:] != b.samples.shape[1:]:
+        return None
+    samples = np.concatenate((a.samples, b.samples))
+    if a.times is None and b.times is None and abs(b.t0 - a.time_of(n)) <= _SAME_TIME_S:
+        return Block(samples, a.t0, a.seq, a.rate_hz, a.gap_before)
+    times = np.concatenate((_times(a), _times(b)))
+    return Block(samples, a.t0, a.seq, a.rate_hz, a.gap_before, times)
+
+
+def _times(b: Block) -> npt.NDArray[np.float64]:
+    if b.times is not None:
+        return b.times
+    return b.t0 + np.arange(len(b.samples), dtype=np.float64) / (b.rate_hz or 1.0)

@@ -1,0 +1,360 @@
+"""One inference scheduler per loaded model: windows from every stream, one batched call.
+
+Streams (and the local serving endpoint, later) hand normalised windows to the
+scheduler of the model they serve and wait for their scores. One worker thread per
+loaded model takes what is queued, most urgent first (real-time streams before
+best-effort requests, then earliest deadline, then arrival), runs it as one batch on
+the shared backend, and hands each requester its own scores. Threads grow with models,
+not streams, and N streams cost one backend call instead of N.
+
+Batching: a batch closes at `max_batch` windows, or when every attached client has a
+request queued, or `max_delay_s` after its oldest request arrived (a quarter of the
+profile's per-window latency budget): a lone real-time stream waits at most that.
+
+Bounded, never silent: a best-effort request is refused at once (OverloadError) when
+the queue already holds `max_queue` windows or cannot be served before its deadline
+(queued windows x the measured time per window); one whose deadline passes while
+queued is refused rather than run late. A real-time request is never refused: each
+stream has at most one in flight (it waits for its scores), so they are bounded by
+the number of streams.
+
+When no worker runs (not started yet, restarting after a fault, the agent stopping)
+a requester scores its own windows in its thread, as before the scheduler existed:
+a stream never waits on a worker that is not there.
+
+Scores are each request's own: scored with its own normalisation (LoadedModel's
+model_input / scores_from_output) on its slice of the batch output. On every bundled
+model but skab-pca (a batch-1 GEMV path in onnxruntime) a row's output does not depend
+on what else is in the batch, so the scores are bit-identical to scoring alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.errors import ModelError, OverloadError
+from edge_agent.profiles import Profile
+from edge_agent.runtime.model import LoadedModel
+
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "InferenceScheduler",
+    "OverloadError",
+    "Priority",
+    "Request",
+    "SchedulerSet",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 256  # windows per backend call (the demo model: ~1 us a window batched)
+TAKE_TIMEOUT_S = 0.25  # the worker's heartbeat period when idle
+WAIT_SLICE_S = 0.25  # a requester re-checks the worker this often
+
+
+class Priority(enum.IntEnum):
+    REALTIME = 0  # a live stream: served first, never refused
+    BEST_EFFORT = 1  # e.g. an endpoint request: refused rather than queued without bound
+
+
+class _Loop(Protocol):  # what the supervisor hands a component (service.supervisor.Loop)
+    stop: threading.Event
+
+    def beat(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Request:
+    model: LoadedModel  # whose normalisation x carries; its backend is the scheduler's
+    x: npt.NDArray[np.float32]  # normalised windows (n, window, columns)
+    priority: Priority
+    deadline: float | None  # monotonic seconds
+    seq: int
+    arrived: float
+    done: threading.Event = field(default_factory=threading.Event)
+    scores: npt.NDArray[np.float64] | None = None
+    error: BaseException | None = None
+
+    def order(self) -> tuple[int, float, int]:
+        return (int(self.priority), self.deadline or float("inf"), self.seq)
+
+    def finish(self, scores: npt.NDArray[np.float64] | None, error: BaseException | None) -> None:
+        self.scores, self.error = scores, error
+        self.done.set()
+
+
+class InferenceScheduler:
+    """The queue and batch worker of one loaded model (one backend instance)."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_delay_s: float = 0.001,
+        max_queue: int = 4 * DEFAULT_MAX_BATCH,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
+            raise ValueError("max_batch and max_queue must be >= 1, max_delay_s >= 0")
+        self.model = model
+        self.backend = model.backend
+        self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
+        self._q: list[Request] = []
+        self._queued_windows = 0
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        self._workers = 0  # worker loops running now
+        self._closed = False
+        self.clients = 0  # attached requesters (streams): a batch with all of them closes
+        # figures for status / metrics
+        self.batches = 0
+        self.windows = 0
+        self.inline_windows = 0  # scored in a requester's thread (no worker running)
+        self.refused = 0
+        self.expired = 0
+        self.max_queued = 0
+        self._s_per_window = 0.0  # moving average, for deadline refusals
+
+    @property
+    def name(self) -> str:
+        return self.model.card.name
+
+    @property
+    def running(self) -> bool:
+        return self._workers > 0 and not self._closed
+
+    def attach(self) -> None:
+        with self._cv:
+            self.clients += 1
+
+    def detach(self) -> None:
+        with self._cv:
+            self.clients = max(0, self.clients - 1)
+
+    # -- requester side ------------------------------------------------------------
+    def submit(
+        self,
+        model: LoadedModel,
+        x: npt.NDArray[np.float32],
+        *,
+        priority: Priority = Priority.REALTIME,
+        deadline: float | None = None,
+    ) -> Request:
+        """Queue normalised windows `x` (n, ...) of `model` (which must share this
+        scheduler's backend). Raises OverloadError for a best-effort request that cannot
+        be served in time; ModelError for another model's windows."""
+        if model.backend is not self.backend:
+            raise ModelError(f"{model.card.name}: not the model of scheduler {self.name}")
+        now = time.monotonic()
+        with self._cv:
+            if priority is not Priority.REALTIME:
+                self._admit(len(x), deadline, now)
+            r = Request(model, x, priority, deadline, next(self._seq), now)
+            self._q.append(r)
+            self._queued_windows += len(x)
+            self.max_queued = max(self.max_queued, self._queued_windows)
+            self._cv.notify_all()
+        return r
+
+    def _admit(self, n: int, deadline: float | None, now: float) -> None:
+        if self._queued_windows + n > self.max_queue:
+            self.refused += 1
+            raise OverloadError(
+                f"model {self.name}: {self._queued_windows} windows queued (limit "
+                f"{self.max_queue}); try again shortly"
+            )
+        if deadline is not None:
+            wait = (self._queued_windows + n) * self._s_per_window
+            if now + wait > deadline:
+                self.refused += 1
+                raise OverloadError(
+                    f"model {self.name}: cannot score within the deadline (about "
+                    f"{wait * 1e3:.1f} ms of work queued)"
+                )
+
+    def score(
+        self,
+        model: LoadedModel,
+        x: npt.NDArray[np.float32],
+        *,
+        priority: Priority = Priority.REALTIME,
+        deadline: float | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """Scores of `x` (one per window), through the worker when one runs, else in the
+        calling thread. Raises what scoring raised (ModelError), or OverloadError."""
+        if not self.running:
+            return self._inline(model, x)
+        r = self.submit(model, x, priority=priority, deadline=deadline)
+        while not r.done.wait(WAIT_SLICE_S):
+            if not self.running and self._withdraw(r):
+                return self._inline(model, x)
+        if r.error is not None:
+            raise r.error
+        assert r.scores is not None
+        return r.scores
+
+    def _inline(self, model: LoadedModel, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        self.inline_windows += len(x)
+        return model.scores_normalized(x)
+
+    def _withdraw(self, r: Request) -> bool:
+        """Take `r` back from the queue (True) unless a worker already took it."""
+        with self._cv:
+            if r in self._q:
+                self._q.remove(r)
+                self._queued_windows -= len(r.x)
+                return True
+            return False
+
+    # -- worker side ------------------------------------------------------------------
+    def run(self, loop: _Loop) -> None:
+        """The worker: a supervised body (beats at least every TAKE_TIMEOUT_S). Returns
+        when the agent stops or the scheduler is closed (its model was evicted)."""
+        with self._cv:
+            self._workers += 1
+        try:
+            while not loop.stop.is_set() and not self._closed:
+                loop.beat()
+                batch = self.next_batch(TAKE_TIMEOUT_S)
+                if batch:
+                    self._execute(batch)
+        finally:
+            with self._cv:
+                self._workers -= 1
+                self._cv.notify_all()
+
+    def close(self) -> None:
+        """No more batches (queued requests are scored by their requesters)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def next_batch(self, timeout: float) -> list[Request]:
+        with self._cv:
+            if not self._q:
+                self._cv.wait(timeout)
+                if not self._q:
+                    return []
+            close_at = min(r.arrived for r in self._q) + self.max_delay_s
+            while (
+                self._queued_windows < self.max_batch
+                and len(self._q) < self.clients
+                and not self._closed
+            ):
+                left = close_at - time.monotonic()
+                if left <= 0 or not self._cv.wait(left):
+                    break
+            self._q.sort(key=Request.order)
+            now = time.monotonic()
+            batch: list[Request] = []
+            n = 0
+            keep: list[Request] = []
+            for r in self._q:
+                if r.deadline is not None and r.deadline < now:
+                    self.expired += 1
+                    r.finish(None, OverloadError(f"model {self.name}: deadline passed in queue"))
+                elif not batch or n + len(r.x) <= self.max_batch:
+                    batch.append(r)
+                    n += len(r.x)
+                else:
+                    keep.append(r)
+            self._q = keep
+            self._queued_windows = sum(len(r.x) for r in keep)
+            return batch
+
+    def _execute(self, batch: list[Request]) -> None:
+        t0 = time.perf_counter()
+        try:
+            inputs = [r.model.model_input(r.x) for r in batch]
+            xs = [x for x, _far in inputs]
+            big = xs[0] if len(xs) == 1 else np.concatenate(xs)
+            y = self.backend.infer(big)
+            at = 0
+            for r, (x, far) in zip(batch, inputs, strict=True):
+                r.finish(r.model.scores_from_output(x, y[at : at + len(x)], far), None)
+                at += len(x)
+        except ModelError as e:  # the requesters' error (a stream restarts), not ours
+            for r in batch:
+                if not r.done.is_set():
+                    r.finish(None, e)
+            return
+        except BaseException as e:
+            for r in batch:
+                if not r.done.is_set():
+                    r.finish(None, e)
+            raise
+        dt = time.perf_counter() - t0
+        self.batches += 1
+        self.windows += len(big)
+        per = dt / len(big)
+        self._s_per_window = per if not self._s_per_window else 0.9 * self._s_per_window + 0.1 * per
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "running": self.running,
+            "clients": self.clients,
+            "batches": self.batches,
+            "windows": self.windows,
+            "mean_batch": round(self.windows / self.batches, 2) if self.batches else None,
+            "inline_windows": self.inline_windows,
+            "refused": self.refused,
+            "expired": self.expired,
+            "max_queued_windows": self.max_queued,
+        }
+
+
+class SchedulerSet:
+    """The schedulers of the loaded models, found by a model's backend. `on_new` is told
+    of each new one (the agent registers its worker with the supervisor)."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self._by_backend: dict[int, InferenceScheduler] = {}
+        self._lock = threading.Lock()
+        self._count = itertools.count(1)
+        # told of each new scheduler (name, scheduler): the agent supervises its worker
+        self.on_new: Callable[[str, InferenceScheduler], None] | None = None
+
+    def max_delay_s(self) -> float:
+        """A quarter of the profile's per-window latency budget, at most waited to fill
+        a batch."""
+        return self.profile.window_latency_ms / 1000.0 / 4.0
+
+    def add(self, model: LoadedModel) -> InferenceScheduler:
+        with self._lock:
+            s = self._by_backend.get(id(model.backend))
+            if s is not None:
+                return s
+            s = InferenceScheduler(model, max_delay_s=self.max_delay_s())
+            self._by_backend[id(model.backend)] = s
+            name = f"scheduler-{model.card.name}-{next(self._count)}"
+        if self.on_new is not None:
+            self.on_new(name, s)
+        return s
+
+    def remove(self, model: LoadedModel) -> None:
+        with self._lock:
+            s = self._by_backend.pop(id(model.backend), None)
+        if s is not None:
+            s.close()
+
+    def for_model(self, model: LoadedModel) -> InferenceScheduler | None:
+        return self._by_backend.get(id(model.backend))
+
+    def all(self) -> list[InferenceScheduler]:
+        with self._lock:
+            return list(self._by_backend.values())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [s.snapshot() for s in self.all()]
