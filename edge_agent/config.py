@@ -283,6 +283,8 @@ def demo_stream(*, fast: bool) -> StreamConfig:
 
     return StreamConfig(
         name="demo",
-        source=SourceSpec("synthetic", Options(speed=0.0 if fast else 1.0)),
+        # one block per hop of the bundled model (16): a window is handed over as soon
+        # as its last sample exists, not when a longer block ends
+        source=SourceSpec("synthetic", Options(speed=0.0 if fast else 1.0, block=16)),
         model="vibration-ae",
     )
