@@ -19,6 +19,8 @@ import pytest
 from fleet import ota_cli, read_status, start_agent, stop_agent, wait_until, write_config
 from otamodels import REPO, copy_model
 
+from edge_agent.updates.updater import PAUSE_ENV, PAUSE_STEPS
+from tests.agentutil import run_cli
 from tests.mosquitto import Broker
 from tests.subscriber import Subscriber
 
@@ -129,3 +131,57 @@ def test_director_moves_a_group_forward_and_back_by_a_new_version(
         out = stop_agent(agent)
         sub.close()
     assert "Traceback" not in out, out
+
+
+def _channel_config(site: dict[str, Any], tmp_path: Path, device: str, port: int) -> Path:
+    extra = "\n".join([
+        f'image_url = "{site["image_url"]}"',
+        f'director_url = "{site["director_url"]}"',
+        f'image_root_file = "{site["image"] / "metadata" / "1.root.json"}"',
+        f'director_root_file = "{site["director"] / "metadata" / "1.root.json"}"',
+    ])  # fmt: skip
+    return write_config(tmp_path, device, port, None, extra_ota=extra)
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_step_of_a_directed_update_restarts_onto_a_verified_model(
+    broker: Broker, site: dict[str, Any], tmp_path: Path
+) -> None:
+    direct(site, release(site, 2))
+    for step in PAUSE_STEPS:
+        device = f"gw-{step}"
+        cfg = _channel_config(site, tmp_path, device, broker.port)
+        state_dir = tmp_path / device
+        agent = start_agent(cfg, {PAUSE_ENV: step})
+        marker = state_dir / "ota" / f"paused-at-{step}"
+        try:
+            wait_until(marker.exists, 60, f"pause at {step}", agent)
+        finally:
+            agent.kill()  # SIGKILL: no clean-up of any kind
+            agent.communicate(timeout=10)
+        agent = start_agent(cfg)  # without the fault: recovery, then the channel again
+        try:
+            wait_until(
+                lambda sd=state_dir: serving(sd) == ("committed", 2), 60, f"v2 after {step}", agent
+            )
+        finally:
+            out = stop_agent(agent)
+        assert "Traceback" not in out, (step, out)
+        p = run_cli("models", "--state-dir", str(state_dir), "--json")
+        m = json.loads(p.stdout)
+        active = next(s for s in m["slots"] if s["role"] == "active")
+        assert (active["version"], active["intact"], m["committed"]) == (2, True, True), step
+        assert not any((state_dir / "ota" / "downloads").glob("*.bundle")), step
+
+
+def test_python_tuf_is_not_imported_without_a_channel() -> None:
+    """Devices without the channel (or with OTA off) do not pay python-tuf's memory."""
+    code = (
+        "import sys, edge_agent.agent, edge_agent.updates.ota_runtime, "
+        "edge_agent.updates.updater, ota.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tuf', 'securesystemslib')))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert p.stdout.strip() == "[]", p.stdout
