@@ -14,6 +14,7 @@ from conftest import write_model_dir
 from craft import hostile_copy, replace_member
 
 from ota.cli import main
+from ota.keys import load_public_key
 
 
 def edge_ota(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -204,3 +205,45 @@ def test_build_refuses_the_removed_downgrade_override(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "roll forward" in r.stderr
     assert not (tmp_path / "b.bundle").exists()
+
+
+def test_repo_commands_release_rotate_and_refresh(tmp_path: Path) -> None:
+    from tuf.api.metadata import Metadata
+
+    keys = tmp_path / "keys"
+    for name in ("alice", "bob", "carol", "online"):
+        assert run_main("keygen", "--out", keys, "--name", name)[0] == 0
+    k = {n: keys / f"{n}.key" for n in ("alice", "bob", "carol", "online")}
+    repo = tmp_path / "image"
+    r = edge_ota(
+        "repo", "init", repo, "--kind", "image", "--root-key", k["alice"], "--root-key",
+        k["bob"], "--root-threshold", "2", "--targets-key", k["alice"], "--targets-key",
+        k["bob"], "--targets-threshold", "2", "--online-key", k["online"],
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    bundle = tmp_path / "b.bundle"
+    assert run_main("build", write_model_dir(tmp_path / "m", 3), "--profiles", "rpi5",
+                    "--expires", "30d", "--out", bundle)[0] == 0  # fmt: skip
+    # One targets key is below the threshold: nothing is released.
+    r = edge_ota("repo", "add", repo, bundle, "--key", k["alice"], "--online-key", k["online"])
+    assert r.returncode == 1
+    assert "ThresholdError" in r.stderr
+    r = edge_ota("repo", "add", repo, bundle, "--key", k["alice"], "--key", k["bob"],
+                 "--online-key", k["online"])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["target"] == "vib-ae/vib-ae-v3.bundle"
+    r = edge_ota(
+        "repo", "rotate", repo, "--old-key", k["alice"], "--old-key", k["bob"], "--root-key",
+        k["alice"], "--root-key", k["carol"], "--root-threshold", "2", "--targets-key",
+        k["alice"], "--targets-key", k["carol"], "--targets-threshold", "2",
+        "--online-key", k["online"],
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    root2 = Metadata.from_file(str(repo / "metadata" / "2.root.json")).signed
+    bob = load_public_key(keys / "bob.pub").raw.hex()
+    assert all(key.keyval["public"] != bob for key in root2.keys.values())  # revoked
+    ts = repo / "metadata" / "timestamp.json"
+    before = Metadata.from_file(str(ts)).signed.version
+    r = edge_ota("repo", "timestamp", repo, "--online-key", k["online"])
+    assert r.returncode == 0, r.stderr
+    assert Metadata.from_file(str(ts)).signed.version == before + 1
