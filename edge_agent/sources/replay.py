@@ -27,6 +27,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -90,16 +91,37 @@ def _iso_time(text: str) -> float:
     return datetime.fromisoformat(t).timestamp()
 
 
-def _epoch_scale(values: npt.NDArray[np.float64], unit: str) -> float:
-    """Seconds per unit of a numeric timestamp column."""
+def _size_scale(value: float) -> float:
+    for limit, scale in _UNIT_LIMITS:
+        if value > limit:
+            return scale
+    return 1.0
+
+
+def _epoch_scale(values: npt.NDArray[np.float64], unit: str, path: Path) -> float:
+    """Seconds per unit of a numeric timestamp column. SourceError: with `auto`, values
+    of different units in one column (a recorder switched from seconds to ms): read by
+    one unit, half the file would land years away."""
     if unit != "auto":
         return _UNITS[unit]
     finite = np.abs(values[np.isfinite(values)])
-    typical = float(np.median(finite)) if len(finite) else 0.0
-    for limit, scale in _UNIT_LIMITS:
-        if typical > limit:
-            return scale
-    return 1.0
+    if not len(finite):
+        return 1.0
+    scale = _size_scale(float(np.median(finite)))
+    lo, hi = _size_scale(float(finite.min())), _size_scale(float(finite.max()))
+    if lo != hi:
+        odd = np.isfinite(values) & (np.vectorize(_size_scale)(np.abs(values)) != scale)
+        row = int(np.flatnonzero(odd)[0])
+        raise SourceError(
+            f"{path}: timestamp column mixes units: {values[row]:.17g} (data row {row + 1}) "
+            f"is not in the unit of most of the column ({_unit_name(scale)}); fix the file "
+            'or set timestamp_unit ("s", "ms", "us" or "ns")'
+        )
+    return scale
+
+
+def _unit_name(scale: float) -> str:
+    return next(name for name, s in _UNITS.items() if s == scale)
 
 
 def _times(raw: list[str], unit: str, path: Path) -> npt.NDArray[np.float64]:
@@ -108,7 +130,7 @@ def _times(raw: list[str], unit: str, path: Path) -> npt.NDArray[np.float64]:
     except ValueError:
         nums = None
     if nums is not None:
-        return nums * _epoch_scale(nums, unit)
+        return nums * _epoch_scale(nums, unit, path)
     try:
         return np.asarray([_iso_time(x) for x in raw], dtype=np.float64)
     except ValueError as e:
@@ -136,6 +158,23 @@ def _first_bad_time(raw: list[str]) -> str:
         except ValueError:
             return f"{x!r} (data row {i + 1}) is not a time"
     return "mixes numbers and ISO 8601 times" if len(kinds) > 1 else ""
+
+
+_CSV_LIMIT_WHY = "a field longer than 128 KiB, or an unbalanced quote"
+
+
+def _csv_rows(text: str, delimiter: str) -> Iterator[list[str] | None]:
+    """The file's CSV rows; None for a row the csv module rejects (a field over its
+    128 KiB limit, e.g. a recorder that lost its line ends), so it is counted as a bad
+    row like any other, not a crash. The reader resumes at the next line."""
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            yield None
 
 
 def _decimal_hint(path: Path, o: Options) -> str:
@@ -168,8 +207,11 @@ def load_recording(path: Path, o: Options) -> Recording:  # noqa: PLR0912, PLR09
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise SourceError(f"{path}: cannot read: {e}") from e
-    rows = csv.reader(io.StringIO(text), delimiter=o.delimiter)
-    header = [h.strip() for h in next(rows, [])]
+    rows = _csv_rows(text, o.delimiter)
+    first = next(rows, [])
+    if first is None:
+        raise SourceError(f"{path}: the header row does not read as CSV ({_CSV_LIMIT_WHY})")
+    header = [h.strip() for h in first]
     if not header:
         raise SourceError(f"{path}: empty file (expected a header row)")
     wanted = o.columns or tuple(h for h in header if h != o.timestamp_column)
@@ -186,11 +228,11 @@ def load_recording(path: Path, o: Options) -> Recording:  # noqa: PLR0912, PLR09
     holes: list[int] = []
     bad = commas = 0
     for row in rows:
-        if not row or (len(row) == 1 and not row[0].strip()):
+        if row is not None and (not row or (len(row) == 1 and not row[0].strip())):
             continue
-        if len(row) != len(header):
+        if row is None or len(row) != len(header):
             bad += 1
-            commas += len(row) > len(header) and o.delimiter == ","
+            commas += row is not None and len(row) > len(header) and o.delimiter == ","
             if not holes or holes[-1] != len(vals):
                 holes.append(len(vals))
             continue
