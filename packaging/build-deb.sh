@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the edge-agent Debian package with dpkg-deb (no debhelper needed).
 #
-#   packaging/build-deb.sh [--no-deps] [--extras tflite] [--wheelhouse DIR] [--out DIR]
+#   packaging/build-deb.sh [--arch arm64|amd64] [--no-deps] [--extras tflite]
+#                          [--wheelhouse DIR] [--glibc 2.35] [--out DIR]
 #
 # Layout: the agent and its Python dependencies go to /opt/edge-agent/lib (pip
 # --target, relocatable, no venv), /usr/bin/edge-agent and edge-ota are small
@@ -9,14 +10,21 @@
 # to /usr/share/edge-agent; unit, sysusers and the default config to their places.
 #
 # Dependencies (docs/install.md):
-#   default      pip installs numpy, onnxruntime, paho-mqtt, ... as binary wheels for
-#                THIS machine's Python and architecture into the package. Build on the
-#                target kind (a Pi OS arm64 box for Pis, JetPack for Jetsons), or pass
-#                --wheelhouse DIR with wheels for the target (offline build).
-#                The package then depends on exactly this python3 minor version.
+#   default      pip installs numpy, onnxruntime, paho-mqtt, ... and LiteRT (the
+#                `tflite` extra, which every device profile lists) as binary wheels for
+#                the TARGET architecture (--arch, default: this machine's) into the
+#                package, at the versions pinned in constraints.txt. Any machine can
+#                build for any supported architecture: pip picks manylinux wheels for
+#                the target (glibc <= --glibc, default 2.35: Debian 12 and Ubuntu 22.04
+#                both run them). The target's Python minor version is $PYTHON's (the
+#                build interpreter, default python3): the package depends on exactly it.
+#                --wheelhouse DIR builds offline from wheels downloaded before.
+#   --arch armhf is refused: onnxruntime, LiteRT and numpy publish no 32-bit ARM wheels.
 #   --no-deps    only edge-agent's own code (Architecture: all, seconds to build). The
 #                Python dependencies must then come from elsewhere (pip); used by CI to
 #                check the package layout without downloading wheels.
+# packaging/inspect-deb.sh checks a built package (contents, architecture of every
+# compiled file).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -24,8 +32,10 @@ root="$(cd "$here/.." && pwd)"
 out="$root/dist"
 py="${PYTHON:-python3}"  # must match the target's /usr/bin/python3 (minor version)
 deps=1
-extras=""
+extras="tflite"
 wheelhouse=""
+arch=""
+glibc="2.35"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,7 +43,9 @@ while [ $# -gt 0 ]; do
         --extras) extras="$2"; shift ;;
         --wheelhouse) wheelhouse="$2"; shift ;;
         --out) out="$2"; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --arch) arch="$2"; shift ;;
+        --glibc) glibc="$2"; shift ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "build-deb: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -42,7 +54,21 @@ done
 command -v dpkg-deb >/dev/null || { echo "build-deb: dpkg-deb not found" >&2; exit 1; }
 version="$("$py" -c 'import re,sys; print(re.search(r"__version__ = \"(.+)\"", open(sys.argv[1]).read())[1])' "$root/edge_agent/__init__.py")"
 pyver="$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
-if [ "$deps" = 1 ]; then arch="$(dpkg --print-architecture)"; else arch="all"; fi
+if [ "$deps" = 0 ]; then
+    arch="all"
+else
+    [ -n "$arch" ] || arch="$(dpkg --print-architecture)"
+    case "$arch" in
+        arm64) machine=aarch64 ;;
+        amd64) machine=x86_64 ;;
+        armhf|armel)
+            echo "build-deb: --arch $arch is not supported: onnxruntime, ai-edge-litert and numpy" \
+                "publish no 32-bit ARM wheels (use a 64-bit OS on the Pi; docs/install.md)" >&2
+            exit 2 ;;
+        *) echo "build-deb: unknown --arch $arch (arm64 or amd64)" >&2; exit 2 ;;
+    esac
+    [[ "$glibc" =~ ^2\.[0-9]+$ ]] || { echo "build-deb: --glibc wants 2.N, got $glibc" >&2; exit 2; }
+fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -68,7 +94,14 @@ for e in filter(None, sys.argv[2].split(",")):
 print("\n".join(reqs))
 PY
 )"
-    pipargs=(--target "$lib" --only-binary=:all: --no-compile --disable-pip-version-check -q)
+    pyabi="cp${pyver/./}"
+    pipargs=(--target "$lib" --only-binary=:all: --no-compile --disable-pip-version-check -q
+        -c "$root/constraints.txt" --implementation cp --python-version "$pyver"
+        --abi "$pyabi" --abi abi3 --abi none)
+    # pip does not widen a manylinux tag to older ones by itself: list every glibc
+    # from manylinux2014's 2.17 up to the target's.
+    for minor in $(seq 17 "${glibc#2.}"); do pipargs+=(--platform "manylinux_2_${minor}_${machine}"); done
+    pipargs+=(--platform "manylinux2014_${machine}")
     [ -n "$wheelhouse" ] && pipargs+=(--no-index --find-links "$wheelhouse")
     # shellcheck disable=SC2086
     printf '%s\n' "$reqs" > "$work/requirements.txt"

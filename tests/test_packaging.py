@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,11 +203,150 @@ def test_wheel_carries_bundled_models_and_profiles(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    (whl,) = tmp_path.glob("edge_agent-*.whl")
+    (whl,) = tmp_path.glob("factory_edge_agent-*.whl")
     names = zipfile.ZipFile(whl).namelist()
-    share = f"edge_agent-{whl.name.split('-')[1]}.data/data/share/edge-agent/"
+    share = f"factory_edge_agent-{whl.name.split('-')[1]}.data/data/share/edge-agent/"
     for prof in ("rpi4", "rpi5", "rpi-zero2w", "jetson-orin-nano", "x86-generic"):
         assert f"{share}device_profiles/{prof}.toml" in names
     for variant in ("fp32-onnx", "int8-onnx"):
         assert f"{share}models/vibration-ae-{variant}/model.json" in names
         assert f"{share}models/vibration-ae-{variant}/model.onnx" in names
+
+
+def test_unit_pulls_in_time_sync_as_well_as_ordering_after_it() -> None:
+    """time-sync.target is passive: After= alone waits for nothing unless it is wanted."""
+    u = parse_unit(UNIT.read_text())
+    wants = " ".join(u["Unit"]["Wants"]).split()
+    after = " ".join(u["Unit"]["After"]).split()
+    assert "time-sync.target" in wants
+    assert "time-sync.target" in after
+    assert "network-online.target" in wants
+    assert "network-online.target" in after
+
+
+def _project() -> dict[str, Any]:
+    import tomllib
+
+    project: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project
+
+
+def test_distribution_name_is_ours_and_commands_are_kept() -> None:
+    """`edge-agent` on the package index is an unrelated project importing as edge_agent."""
+    project = _project()
+    assert project["name"] == "factory-edge-agent"
+    assert project["scripts"] == {"edge-agent": "edge_agent.cli:main", "edge-ota": "ota.cli:main"}
+
+
+def test_no_doc_or_message_sends_users_to_the_index_edge_agent() -> None:
+    """`pip install edge-agent...` (any quoting, any extras) installs someone else's code."""
+    import re
+
+    bad = re.compile(r"pip3? install\s+(-\S+\s+)*['\"]?edge-agent\b(?!/)")
+    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    files += [*(ROOT / "edge_agent").rglob("*.py"), *(ROOT / "ota").rglob("*.py")]
+    hits = [
+        f"{f.relative_to(ROOT)}:{n}: {line.strip()}"
+        for f in files
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+        if bad.search(line)
+    ]
+    assert not hits, hits
+    assert bad.search("pip install 'edge-agent[tflite]'")  # the pattern does catch it
+    assert bad.search("pip install -U edge-agent")
+    assert not bad.search("pip install factory-edge-agent")
+
+
+def test_constraints_pin_what_this_venv_runs() -> None:
+    """constraints.txt is what bootstrap, CI and the .deb install: it must be the tested set."""
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/lock-constraints"), "--check"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    text = (ROOT / "constraints.txt").read_text()
+    for dist in ("numpy", "onnxruntime", "ai-edge-litert", "paho-mqtt", "tuf", "cryptography"):
+        assert f"\n{dist}==" in text, dist
+    # bootstrap installs with it; CI runs bootstrap; the .deb build passes it to pip.
+    assert "-c constraints.txt" in (ROOT / "scripts/bootstrap").read_text()
+    assert "scripts/bootstrap dev" in (ROOT / ".ci/run").read_text()
+    assert '-c "$root/constraints.txt"' in (PKG / "build-deb.sh").read_text()
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
+def test_deb_for_32bit_arm_is_refused_with_the_reason(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [str(PKG / "build-deb.sh"), "--arch", "armhf", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "no 32-bit ARM wheels" in r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def _fake_deb(tmp_path: Path, arch: str, elf: Path) -> Path:
+    stage = tmp_path / "stage"
+    (stage / "DEBIAN").mkdir(parents=True)
+    lib = stage / "opt/edge-agent/lib/native"
+    lib.mkdir(parents=True)
+    shutil.copy(elf, lib / "_native.so")
+    (stage / "DEBIAN/control").write_text(
+        f"Package: edge-agent\nVersion: 0.0.1\nArchitecture: {arch}\n"
+        "Maintainer: t <t@localhost>\nDescription: test\n"
+    )
+    deb = tmp_path / f"fake_{arch}.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(stage), str(deb)],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    return deb
+
+
+@pytest.mark.skipif(
+    shutil.which("dpkg-deb") is None or shutil.which("file") is None,
+    reason="dpkg-deb or file not installed",
+)
+def test_inspect_deb_flags_a_compiled_file_of_another_architecture(tmp_path: Path) -> None:
+    """The architecture check can fail: this machine's python3 binary in an arm64 package."""
+    host_elf = Path(os.path.realpath(sys.executable))
+    desc = subprocess.run(["file", "-b", str(host_elf)], capture_output=True, text=True, check=True)
+    if "ARM aarch64" in desc.stdout:
+        pytest.skip("this machine is aarch64 itself")
+    r = subprocess.run(
+        [str(PKG / "inspect-deb.sh"), str(_fake_deb(tmp_path, "arm64", host_elf))],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout
+    assert "WRONG  opt/edge-agent/lib/native/_native.so" in r.stdout
+    assert "1 ELF files, 1 not arm64" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("EDGE_AGENT_DEB_CROSS") != "1",
+    reason="downloads ~60 MB of arm64 wheels and takes minutes: set EDGE_AGENT_DEB_CROSS=1",
+)
+def test_arm64_deb_cross_built_here_holds_arm64_code_and_litert(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [str(PKG / "build-deb.sh"), "--arch", "arm64", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    deb = Path(r.stdout.strip().splitlines()[-1])
+    assert deb.name == "edge-agent_0.1.0_arm64.deb"
+    r = subprocess.run(
+        [str(PKG / "inspect-deb.sh"), str(deb), "--require-litert"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "Architecture: arm64" in r.stdout
+    assert "LiteRT: present" in r.stdout
+    assert " 0 not arm64" in r.stdout
+    for lib in ("onnxruntime", "numpy", "ai_edge_litert", "paho", "tuf", "cryptography"):
+        assert re.search(rf"(^|\s){lib}(\s|$)", r.stdout, re.MULTILINE), lib
+    # The pinned versions went in, not whatever the index serves today.
+    pins = (ROOT / "constraints.txt").read_text()
+    for dist in ("onnxruntime", "numpy", "ai_edge_litert"):
+        version = re.search(rf"\n{dist.replace('_', '-')}==([^;]+);", pins)
+        assert version, dist
+        assert f"{dist}-{version[1]}.dist-info" in r.stdout, dist

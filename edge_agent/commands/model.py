@@ -3,7 +3,7 @@
 Fits a family (zscore, pca, ae) to the named columns, writes fp32 and int8 ONNX (and
 int8 TFLite where TensorFlow's converter is installed) with model cards, and reports
 false alarms on a held-out tail (edge_agent/modelbuild/). Needs the `onnx` package
-(`pip install 'edge-agent[model]'`); the agent itself does not.
+(`pip install onnx`, the `model` extra); the agent itself does not.
 """
 
 from __future__ import annotations

@@ -69,8 +69,7 @@ def require_onnx() -> Any:
         import onnx
     except ImportError as e:
         raise ModelError(
-            "building a model needs the 'onnx' package: pip install 'edge-agent[model]' "
-            "(or pip install onnx)"
+            "building a model needs the 'onnx' package: pip install onnx (the model extra)"
         ) from e
     return onnx
 

@@ -103,7 +103,9 @@ class CameraSource(Source):
         try:
             import cv2
         except ImportError as e:
-            raise SourceError("camera source needs OpenCV: pip install 'edge-agent[camera]'") from e
+            raise SourceError(
+                "camera source needs OpenCV: pip install opencv-python-headless (the camera extra)"
+            ) from e
         o: Options = self.options
         target: str | int = o.url if o.url else o.device
         cap = cv2.VideoCapture(target)

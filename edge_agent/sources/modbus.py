@@ -112,7 +112,7 @@ class ModbusSource(Source):
             from pymodbus.client import ModbusSerialClient, ModbusTcpClient
         except ImportError as e:
             raise SourceError(
-                "the modbus source needs pymodbus: pip install 'edge-agent[modbus]'"
+                "the modbus source needs pymodbus: pip install 'pymodbus>=3.16,<4' (modbus extra)"
             ) from e
         # pymodbus logs every failed connect at error level; our own messages say it once
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

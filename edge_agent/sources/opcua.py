@@ -136,7 +136,7 @@ class OpcUaSource(Source):
             import asyncua  # noqa: F401 - fail here, with the hint, not deep in a coroutine
         except ImportError as e:
             raise SourceError(
-                "the opcua source needs asyncua: pip install 'edge-agent[opcua]'"
+                "the opcua source needs asyncua: pip install 'asyncua>=2.1,<3' (the opcua extra)"
             ) from e
         # asyncua logs each lost connection and retry at error level with a traceback;
         # this source reports them once, through the runner and the stream's status
