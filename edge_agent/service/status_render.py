@@ -162,6 +162,35 @@ def _score_lines(s: Any) -> list[str]:
     return out
 
 
+# Source counters of input that was rejected (status --json has every counter): a
+# stream that says "stalled" while its sensor sends garbage must show the garbage.
+_REJECTED = (
+    ("bad_lines", "bad lines"),
+    ("decimal_comma_lines", "with decimal commas"),
+    ("oversized_lines", "oversized lines"),
+    ("partial_lines", "partial lines"),
+    ("crc_errors", "CRC errors"),
+    ("lost_frames", "lost frames"),
+    ("oversized_frames", "oversized frames"),
+    ("bad_rows", "bad rows"),
+    ("decimal_comma_rows", "with decimal commas"),
+    ("bad_times", "bad times"),
+    ("bad_messages", "bad messages"),
+    ("oversized_messages", "oversized messages"),
+)
+
+
+def _input_line(s: Any) -> list[str]:
+    """One line of rejected input counts, e.g. "input: 12 bad lines, 3 oversized lines"."""
+    counters = s.get("counters") if isinstance(s, Mapping) else None
+    parts = [
+        f"{_compact(n)} {label}"
+        for key, label in _REJECTED
+        if (n := get(counters, key, int, 0)) > 0
+    ]
+    return ["    input: " + ", ".join(parts)] if parts else []
+
+
 def _stream_lines(streams: list[Any]) -> list[str]:
     if not streams:
         return [f"{'streams':<{LABEL}}none"]
@@ -214,6 +243,7 @@ def _stream_lines(streams: list[Any]) -> list[str]:
         gaps = get(s, "gaps", int, 0)
         if gaps:  # reconnects, lost frames, skipped lines, time jumps: no window spans one
             out.append(f"    holes: {_compact(gaps)} in the data, windowing restarted after each")
+        out += _input_line(s)
         out += _score_lines(s)
         sh = s.get("sensor_health") if isinstance(s, Mapping) else None
         faults = [str(c) for c in get(sh, "active", list, []) if c]
