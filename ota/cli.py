@@ -22,6 +22,7 @@ from edge_agent.fsutil import atomic_write_bytes, sha256_file
 from ota.announce import DEFAULT_PREFIX, Announcement, device_topic, fleet_topic
 from ota.bundle import add_signatures, read_header, write_bundle
 from ota.canonical import canonical_bytes, format_time, parse_json_object, parse_time
+from ota.cli_fleet import add_fleet_commands
 from ota.cli_repo import add_repo_commands
 from ota.errors import BundleFormatError, KeyFileError
 from ota.keys import generate_keypair_files, load_private_key, load_public_key
@@ -379,6 +380,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bundle_commands(sub)
     _add_publish(sub)
     add_repo_commands(sub)
+    add_fleet_commands(sub)
     return p
 
 

@@ -71,7 +71,10 @@ def _run(args: argparse.Namespace) -> int:
     # Before loading models: a SIGTERM during a slow load still ends in a clean stop.
     agent.install_signal_handlers()
     agent.prepare()
-    agent.attach_reporter(Reporter(cfg, Path(cfg.state_dir), agent.birth))
+    reporter = Reporter(cfg, Path(cfg.state_dir), agent.birth)
+    agent.attach_reporter(reporter)
+    if cfg.mqtt.enabled:
+        _attach_fleet(agent, reporter)
     metrics = Metrics()
     server = start_metrics_server(cfg.metrics, metrics)
     if server is not None:
@@ -85,6 +88,19 @@ def _run(args: argparse.Namespace) -> int:
     _summary(agent)
     # a stream that gave up for good: the run did not do all it was asked
     return 1 if any(s.error for s in agent.streams) else 0
+
+
+def _attach_fleet(agent: Agent, reporter: Any) -> None:
+    """Retained device state and the remote commands (docs/fleet.md)."""
+    from pathlib import Path
+
+    from edge_agent.service import log_ring
+    from edge_agent.service.fleet_state import DeviceStatePublisher
+    from edge_agent.service.remote_commands import RemoteCommands
+
+    cfg = agent.cfg
+    agent.device_state = DeviceStatePublisher(reporter, cfg.ota.group, agent.families)
+    RemoteCommands(cfg, Path(cfg.state_dir), log_ring.install()).register(reporter)
 
 
 def _summary(agent: Agent) -> None:

@@ -72,8 +72,9 @@ MAX_RECORD_BYTES = 256 * 1024
 # Accounted per row on top of topic + payload, so many tiny records still count.
 ROW_OVERHEAD_BYTES = 64
 # Bounds of the memory spill (records waiting while the database cannot be written).
-MEMORY_MAX_RECORDS = 20_000
-MEMORY_MAX_BYTES = 8 * 1024 * 1024
+# (~1.1 kB of RSS per held record: 10,000 is ~11 MB at worst, 16 minutes at 10 events/s)
+MEMORY_MAX_RECORDS = 10_000
+MEMORY_MAX_BYTES = 4 * 1024 * 1024
 # One group commit stores at most this many records / bytes.
 GROUP_MAX_RECORDS = 256
 GROUP_MAX_BYTES = 256 * 1024
@@ -127,7 +128,9 @@ class Outbox:
         self._step_started: float | None = None  # monotonic; set while the writer works
         self._groups = 0
         self._durable = 0  # every stored record with seq <= this is durable
-        self._drops_dirty = False
+        # memory drops not yet persisted: counted up by appends, saved by the writer
+        self._drops_version = 0
+        self._drops_saved = 0
         self._unlogged_drops: Counter[str] = Counter()
         self._drops_logged = -FAULT_LOG_EVERY_S
         self.moved_aside: MovedAside | None = None
@@ -205,7 +208,7 @@ class Outbox:
             self._db = db
             self._depth, self._bytes = int(row[0]), int(row[1])
             self._drops = drops
-            self._drops_dirty = any(self._spill.dropped.values())
+            self._drops_saved = -1 if any(self._spill.dropped.values()) else self._drops_version
 
     def _db_seq(self) -> tuple[int, int]:
         """(the database's next_seq counter, the largest seq among its records); zeros
@@ -282,7 +285,7 @@ class Outbox:
         kinds = Counter(h.kind for h in dropped)
         for k, n in kinds.items():
             self._drops[k] = self._drops.get(k, 0) + n
-        self._drops_dirty = True
+        self._drops_version += 1
         log.warning(
             "outbox: memory spill full (%d records, %d bytes) while the database cannot be "
             "written; dropped the oldest %s",
@@ -312,7 +315,9 @@ class Outbox:
                     self._closing and (not len(self._spill) or self._fault is not None)
                 ):
                     return
-                batch = self._spill.take(GROUP_MAX_RECORDS)
+                # While the database fails, probe with one record: the rest stay
+                # unpinned, so the spill's bounds hold exactly.
+                batch = self._spill.take(1 if self._fault is not None else GROUP_MAX_RECORDS)
                 nbytes = 0
                 for i, h in enumerate(batch):
                     nbytes += h.size
@@ -369,7 +374,8 @@ class Outbox:
             if self._db is None:
                 raise sqlite3.OperationalError("outbox is not open")
             with self._cv:
-                totals = dict(self._drops) if self._drops_dirty else None
+                version = self._drops_version
+                totals = dict(self._drops) if version != self._drops_saved else None
             res = outbox_db.store_group(
                 self._db,
                 batch,
@@ -386,7 +392,8 @@ class Outbox:
             with self._cv:
                 for k, n in res.drops.items():
                     self._drops[k] = self._drops.get(k, 0) + n
-                self._drops_dirty = False
+                if totals is not None:
+                    self._drops_saved = version  # later memory drops are saved next time
         if res.drops:
             self._log_drops(res.drops)
 

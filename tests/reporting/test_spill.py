@@ -57,19 +57,17 @@ def test_newer_status_supersedes_held_status_without_counting_a_drop() -> None:
 
 
 def test_pinned_records_being_stored_are_neither_dropped_nor_superseded() -> None:
-    sp = Spill(max_records=2, max_bytes=10_000, drop_order=ORDER)
+    sp = Spill(max_records=3, max_bytes=10_000, drop_order=ORDER)
     sp.add(_h(1, "telemetry"))
     sp.add(_h(2, "status"))
     sp.pin(2)  # the writer is storing both
-    dropped = sp.add(_h(3, "status"), supersedes="status")
-    assert dropped == []  # pinned records do not count against the bound
-    assert [h.seq for h in sp.take(10)] == [1, 2, 3]
+    assert sp.add(_h(3, "status"), supersedes="status") == []
+    assert [h.seq for h in sp.take(10)] == [1, 2, 3]  # the pinned status stays
+    # over the bound: the victim is the first unpinned one in drop order, not telemetry 1
+    assert [h.seq for h in sp.add(_h(4, "event"))] == [3]
+    assert [h.seq for h in sp.take(10)] == [1, 2, 4]
     sp.release(sp.take(2))
-    assert [h.seq for h in sp.take(10)] == [3]
-    sp.pin(1)
-    sp.add(_h(4, "telemetry"))
-    sp.add(_h(5, "event"))
-    assert [h.seq for h in sp.add(_h(6, "event"))] == [4]  # unpinned, in drop order
+    assert [h.seq for h in sp.take(10)] == [4]
 
 
 def test_a_spill_needs_room_for_one_record() -> None:
