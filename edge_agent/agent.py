@@ -118,6 +118,8 @@ class Agent:
         self._wake = threading.Event()  # stop requested: act before the next tick
         self.ota = OtaRuntime(cfg, self.state_dir, self.errors.record)
         self.on_status: Callable[[dict[str, Any]], None] | None = None  # e.g. metrics
+        # more views of each snapshot (e.g. Home Assistant), called after on_status
+        self.status_listeners: list[Callable[[dict[str, Any]], None]] = []
         # retained fleet state, fed each tick (service/fleet_state.py); None without MQTT
         self.device_state: DeviceStatePublisher | None = None
         self._lock: StateDirLock | None = None
@@ -442,6 +444,8 @@ class Agent:
             self._status_unwritable = False
         if self.on_status is not None:
             self.on_status(snap)
+        for fn in self.status_listeners:
+            fn(snap)
         return snap
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "AgentConfig",
     "AlarmConfig",
     "HealthConfig",
+    "HomeAssistantConfig",
     "LoggingConfig",
     "MetricsConfig",
     "MqttConfig",
@@ -131,6 +132,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery (docs/homeassistant.md); needs MQTT enabled."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    # each stream's score/threshold state at most this often (a threshold change at once)
+    state_interval_s: float = field(default=10.0, metadata=check("positive"))
+
+    def __post_init__(self) -> None:
+        from edge_agent.reporting.ha_discovery import valid_discovery_prefix
+
+        valid_discovery_prefix(self.discovery_prefix)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "plain", "journal"] = "auto"
@@ -212,6 +228,7 @@ class AgentConfig:
     ota: OtaConfig = field(default_factory=OtaConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     streams: tuple[StreamConfig, ...] = ()
     source_file: str = field(default="", compare=False, metadata={"internal": True})

@@ -73,6 +73,8 @@ def _run(args: argparse.Namespace) -> int:
     agent.prepare()
     reporter = Reporter(cfg, Path(cfg.state_dir), agent.birth)
     agent.attach_reporter(reporter)
+    if cfg.homeassistant.enabled:
+        _attach_homeassistant(agent)
     if cfg.mqtt.enabled:
         _attach_fleet(agent, reporter)
     metrics = Metrics()
@@ -125,3 +127,26 @@ def _summary(agent: Agent) -> None:
             link = f"broker {mq.get('broker') or '?'} {state}"
         print(f"  outbox: {ob.get('depth', 0)} records waiting ({link})", file=out)
     print(f"  state: {agent.state_dir}", file=out)
+
+
+def _attach_homeassistant(agent: Agent) -> None:
+    """Home Assistant discovery and per-stream state (docs/homeassistant.md)."""
+    from edge_agent import __version__
+    from edge_agent.reporting.ha_publisher import HomeAssistantPublisher
+    from edge_agent.reporting.reporter import Reporter
+
+    cfg = agent.cfg
+    if not cfg.mqtt.enabled or not isinstance(agent.reporter, Reporter):
+        log.warning("[homeassistant] enabled but MQTT is disabled: no discovery is published")
+        return
+    ha = HomeAssistantPublisher(
+        agent.reporter,
+        discovery_prefix=cfg.homeassistant.discovery_prefix,
+        base=agent.reporter.topics.base.value,
+        device=cfg.device_id,
+        streams=[s.name for s in agent.streams],
+        version=__version__,
+        state_interval_s=cfg.homeassistant.state_interval_s,
+    )
+    ha.attach()
+    agent.status_listeners.append(ha.on_status)
