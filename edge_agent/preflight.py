@@ -219,7 +219,7 @@ def _source_fits(where: str, sc: StreamConfig, model: str, pre: Any) -> list[Fin
         key = "columns" if getattr(o, "columns", ()) else "path" if hasattr(o, "path") else ""
         return [Finding(f"{where}.source" + (f".{key}" if key else ""), str(e))]
     if len(channels) == len(pre.channels) and columns == pre.columns:
-        return []
+        return _recording_fits(where, sc, source, pre)
     if pre.frame is not None:
         h, w = pre.frame
         return [
@@ -235,5 +235,35 @@ def _source_fits(where: str, sc: StreamConfig, model: str, pre: Any) -> list[Fin
             f"{where}.source" + (f".{key}" if key else ""),
             f"gives {len(channels)} channels {list(channels)}, model {model} expects "
             f"{len(pre.channels)} {list(pre.channels)}",
+        )
+    ]
+
+
+def _recording_fits(where: str, sc: StreamConfig, source: Any, pre: Any) -> list[Finding]:
+    """A replayed file must hold one whole window somewhere between its holes, or the
+    agent runs and never scores anything (a loop too: each pass starts after a hole)."""
+    from edge_agent.sources.replay import ReplaySource
+
+    if not isinstance(source, ReplaySource):
+        return []
+    window = sc.window or pre.window
+    try:
+        run, rows = source.longest_run, source.rows
+    except EdgeAgentError as e:
+        return [Finding(f"{where}.source.path", str(e))]
+    if run >= window:
+        return []
+    o: Any = sc.source.options
+    what = (
+        f"holds {run} rows"
+        if run == rows
+        else f"has holes (skipped rows, time jumps): its longest stretch without a hole is "
+        f"{run} rows"
+    )
+    return [
+        Finding(
+            f"{where}.source.path",
+            f"{o.path} {what}, fewer than the model's window of {window} samples: no "
+            "window would ever be scored; record more data",
         )
     ]

@@ -59,3 +59,46 @@ def test_epoch_seconds_and_milliseconds_mixed_in_one_column_are_refused(
         "r", Options(path=str(path), timestamp_column="ts", speed=0, timestamp_unit="ms")
     )
     forced.open()
+
+
+def _validate(tmp_path: Path, rows: list[str], **source: object) -> dict[str, str]:
+    from edge_agent.config import parse_config
+    from edge_agent.preflight import check_runnable
+    from edge_agent.profiles import load_profiles, select
+
+    path = tmp_path / "rec.csv"
+    path.write_text("\n".join(["ts,vib_x,vib_y,vib_z,current", *rows]) + "\n")
+    src = {"kind": "replay", "path": str(path), "timestamp_column": "ts", **source}
+    cfg = parse_config(
+        {
+            "device_id": "gw-01",
+            "mqtt": {"enabled": False},
+            "streams": [{"name": "press", "model": "vibration-ae", "source": src}],
+        },
+        source="t",
+    )
+    profile = select("x86-generic", load_profiles()).profile
+    return {f.key: f.message for f in check_runnable(cfg, profile) if f.fatal}
+
+
+def _vib_rows(n: int, t0: float = 1_700_000_000.0) -> list[str]:
+    return [f"{t0 + i / 100:.2f},0.1,0.2,0.3,4.0" for i in range(n)]
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_recording_shorter_than_the_models_window_is_refused(tmp_path: Path, loop: bool) -> None:
+    # 1 row (or 63): the agent would run and never score a window, even looping (each
+    # pass starts after a hole)
+    for n in (1, 63):
+        errors = _validate(tmp_path, _vib_rows(n), loop=loop)
+        assert list(errors) == ["streams[0].source.path"], errors
+        assert f"{n} rows" in errors["streams[0].source.path"]
+        assert "window of 64" in errors["streams[0].source.path"]
+    assert _validate(tmp_path, _vib_rows(64), loop=loop) == {}
+
+
+def test_a_recording_whose_holes_leave_no_whole_window_is_refused(tmp_path: Path) -> None:
+    # 200 rows, but a 1-minute jump every 50 rows: no stretch holds 64 samples
+    rows = [r for k in range(4) for r in _vib_rows(50, 1_700_000_000.0 + 60 * k)]
+    errors = _validate(tmp_path, rows)
+    assert "longest stretch without a hole is 50 rows" in errors["streams[0].source.path"]

@@ -377,6 +377,23 @@ class ReplaySource(Source):
         return data[rows], st[keep], np.asarray(sorted(kept_holes), dtype=np.int64)
 
     @property
+    def rows(self) -> int:
+        """Rows replayed per pass (after skipped rows and repeated times are dropped).
+        SourceError: the file cannot be read."""
+        if not self._loaded:
+            self._load()
+        return len(self._data)
+
+    @property
+    def longest_run(self) -> int:
+        """Rows in the file's longest stretch without a hole (windows never span one).
+        SourceError: the file cannot be read."""
+        if not self._loaded:
+            self._load()
+        ends = np.append(self._starts[1:], len(self._data))
+        return int(np.max(ends - self._starts)) if len(self._data) else 0
+
+    @property
     def nominal_rate_hz(self) -> float | None:
         return self.rate_hz if self.options.speed == 1.0 else None
 
