@@ -102,3 +102,22 @@ def test_a_recording_whose_holes_leave_no_whole_window_is_refused(tmp_path: Path
     rows = [r for k in range(4) for r in _vib_rows(50, 1_700_000_000.0 + 60 * k)]
     errors = _validate(tmp_path, rows)
     assert "longest stretch without a hole is 50 rows" in errors["streams[0].source.path"]
+
+
+def test_decimal_comma_applies_to_the_timestamp_column_too(tmp_path: Path) -> None:
+    # a European export: ';' between fields, ',' in every number, epoch seconds included
+    path = tmp_path / "eu.csv"
+    path.write_text(
+        "ts;a\n"
+        + "".join(f"{1_700_000_000 + i / 100:.2f};{i},5\n".replace(".", ",") for i in range(50))
+    )
+    src = ReplaySource(
+        "r", Options(path=str(path), timestamp_column="ts", delimiter=";", decimal=",", speed=0)
+    )
+    src.open()
+    b = src.read(0.5)
+    assert b is not None
+    assert b.times is not None
+    assert b.times[1] == pytest.approx(1_700_000_000.01)
+    assert b.samples[1, 0] == 1.5
+    assert src.rate_hz == pytest.approx(100.0)

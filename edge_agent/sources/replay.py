@@ -247,7 +247,8 @@ def load_recording(path: Path, o: Options) -> Recording:  # noqa: PLR0912, PLR09
             continue
         vals.append(rec)
         if tidx is not None:
-            traw.append(row[tidx])
+            # the decimal mark applies to a numeric timestamp too (and ISO 8601 allows ",")
+            traw.append(row[tidx].replace(",", ".") if comma else row[tidx])
     if not vals:
         hint = _decimal_hint(path, o) if commas else ""
         raise SourceError(f"{path}: no usable rows ({bad} malformed){hint}")
