@@ -90,8 +90,10 @@ class FleetClient:
         self._refused = ""
         self._subacks: set[int] = set()
         self._suback_cv = threading.Condition()
+        self.denied: dict[int, str] = {}  # mid -> the broker's reason (MQTT 5 PUBACK)
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
         c.on_message = lambda _c, _u, msg: on_message(msg)
         self._c = c
 
@@ -127,6 +129,12 @@ class FleetClient:
             self._subacks.add(mid)
             self._suback_cv.notify_all()
 
+    def _on_publish(self, c: paho.Client, u: Any, mid: int, reason: Any, props: Any) -> None:
+        if getattr(reason, "is_failure", False):  # e.g. 0x87 Not authorized by an ACL
+            with self._suback_cv:
+                self.denied[mid] = str(reason)
+                self._suback_cv.notify_all()
+
     def subscribe(self, filters: Iterable[str], qos: int = 0, timeout_s: float = 10.0) -> None:
         """Subscribe and wait for the SUBACK of each filter."""
         mids = []
@@ -150,7 +158,8 @@ class FleetClient:
         qos: int = 0,
         response_topic: str | None = None,
         correlation: bytes | None = None,
-    ) -> None:
+    ) -> int:
+        """Returns the message id (see `denied`)."""
         props = None
         if self.opts.v5 and (response_topic or correlation):
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -161,6 +170,7 @@ class FleetClient:
         info = self._c.publish(topic, payload, qos=qos, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise PublishError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        return int(info.mid)
 
 
 def _password(path: Path | None) -> str | None:
@@ -253,10 +263,11 @@ def send_command(
     def on_message(msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         c = getattr(props, "CorrelationData", None) if props is not None else None
-        if opts.v5:
-            device = by_corr.get(bytes(c)) if c is not None else None
+        parts = msg.topic.split("/")
+        if c is not None:
+            device = by_corr.get(bytes(c))
         else:
-            parts = msg.topic.split("/")
+            # 3.1.1, or a bridge that dropped the MQTT 5 properties: match by topic
             device = parts[-4] if len(parts) >= 4 and parts[-4] in corr else None
         if device is None:
             return  # someone else's request
@@ -270,12 +281,18 @@ def send_command(
 
     with FleetClient(opts, on_message) as fc:
         fc.subscribe([f"{opts.prefix}/+/cmd/{name}/reply"], qos=1)
+        mids = {}
         for d in devices:
             reply = f"{opts.prefix}/{d}/cmd/{name}/reply"
-            fc.publish(f"{opts.prefix}/{d}/cmd/{name}", payload, 1, reply, corr[d])
+            mids[fc.publish(f"{opts.prefix}/{d}/cmd/{name}", payload, 1, reply, corr[d])] = d
         deadline = time.monotonic() + timeout_s
         with cv:
             while not all(out.complete(d) for d in devices):
+                for mid, why in list(fc.denied.items()):
+                    refused = mids.get(mid)
+                    if refused is not None and not out.replies.get(refused):
+                        err = f"the broker refused the request ({why}): see the ACL"
+                        out.replies[refused] = [{"ok": False, "error": err}]
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
