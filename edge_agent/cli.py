@@ -32,6 +32,7 @@ _COMMANDS = (
     "rollback",
     "model",
     "events",
+    "support_bundle",
 )
 
 log = logging.getLogger("edge_agent")
