@@ -143,7 +143,10 @@ class HomeAssistantConfig:
     def __post_init__(self) -> None:
         from edge_agent.reporting.ha_discovery import valid_discovery_prefix
 
-        valid_discovery_prefix(self.discovery_prefix)
+        try:
+            valid_discovery_prefix(self.discovery_prefix)
+        except ConfigError as e:  # the config loader adds the file and the table
+            raise ValueError(str(e)) from None
 
 
 @dataclass(frozen=True)

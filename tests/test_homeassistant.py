@@ -285,3 +285,19 @@ def test_agent_publishes_discovery_state_and_goes_unavailable_when_killed(
         assert _json(late, f"{BASE}/status")["state"] == "offline"
     finally:
         late.close()
+
+
+def test_config_is_off_by_default_and_a_bad_prefix_names_file_and_key() -> None:
+    from edge_agent.config import parse_config
+
+    cfg = parse_config({"device_id": "gw"}, source="agent.toml")
+    assert cfg.homeassistant.enabled is False
+    assert cfg.homeassistant.discovery_prefix == "homeassistant"
+    with pytest.raises(ConfigError) as e:
+        parse_config(
+            {"device_id": "gw", "homeassistant": {"enabled": True, "discovery_prefix": "ha/#"}},
+            source="agent.toml",
+        )
+    assert str(e.value).startswith("agent.toml: homeassistant: discovery_prefix 'ha/#'")
+    with pytest.raises(ConfigError, match=r"homeassistant\.state_interval_s"):
+        parse_config({"homeassistant": {"state_interval_s": 0}}, source="agent.toml")

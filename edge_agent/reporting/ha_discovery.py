@@ -53,7 +53,7 @@ def valid_discovery_prefix(prefix: str) -> str:
     """The prefix as given; ConfigError when it cannot be a topic prefix."""
     if not prefix or any(c in prefix for c in "+#\x00") or prefix.endswith("/"):
         raise ConfigError(
-            f"homeassistant.discovery_prefix {prefix!r}: must be a non-empty topic without "
+            f"discovery_prefix {prefix!r}: must be a non-empty topic without "
             "'+', '#' or a trailing '/' (Home Assistant's default is 'homeassistant')"
         )
     return prefix
