@@ -83,8 +83,13 @@ class Telemetry:
 def check_source_fits(
     source: Source, pre: Preprocessing, where: str, stream: str, model_name: str
 ) -> None:
-    """ConfigError unless the source's samples have the shape the model's card takes."""
-    if len(source.channels) == len(pre.channels) and source.columns == pre.columns:
+    """ConfigError unless the source's samples have the shape the model's card takes,
+    or when the source cannot say (a replay file that cannot be read)."""
+    try:
+        fits = len(source.channels) == len(pre.channels) and source.columns == pre.columns
+    except SourceError as e:  # name the stream: a config may have several
+        raise ConfigError(f"{where}: streams {stream!r}: source: {e}") from e
+    if fits:
         return
     want = f"{len(pre.channels)} {list(pre.channels)}"
     if pre.frame is not None:
