@@ -301,3 +301,59 @@ def test_config_is_off_by_default_and_a_bad_prefix_names_file_and_key() -> None:
     assert str(e.value).startswith("agent.toml: homeassistant: discovery_prefix 'ha/#'")
     with pytest.raises(ConfigError, match=r"homeassistant\.state_interval_s"):
         parse_config({"homeassistant": {"state_interval_s": 0}}, source="agent.toml")
+
+
+class _Outbox:
+    """Records what the publisher hands to the reporter (the publisher's logic alone; the
+    broker test above runs it against the real reporter)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any], bool]] = []
+        self.handlers: dict[str, Any] = {}
+
+    def publish_raw(self, topic: str, payload: bytes, *, periodic: bool = False) -> int:
+        self.sent.append((topic, json.loads(payload), periodic))
+        return len(self.sent)
+
+    def subscribe(self, topic_filter: str, handler: Any) -> None:
+        self.handlers[topic_filter] = handler
+
+
+def test_publisher_paces_scores_sends_thresholds_at_once_and_coalesces_ha_births() -> None:
+    from edge_agent.reporting.ha_publisher import HomeAssistantPublisher
+
+    now = [100.0]
+    box = _Outbox()
+    pub = HomeAssistantPublisher(
+        box, discovery_prefix="homeassistant", base=BASE, device=DEVICE, streams=["s"],
+        version="1", state_interval_s=10.0, clock=lambda: now[0],
+    )  # fmt: skip
+    pub.attach()
+    assert [t for t, _, _ in box.sent] == [
+        "homeassistant/device/edge_agent_gw-ha/config",
+        "homeassistant/device/edge_agent_gw-ha_s/config",
+    ]
+
+    def tick(score: float, threshold: float, dt: float = 1.0) -> list[dict[str, Any]]:
+        now[0] += dt
+        before = len(box.sent)
+        pub.on_status({"streams": [{"name": "s", "last_score": score, "threshold": threshold}]})
+        return [b for t, b, periodic in box.sent[before:] if t == f"{BASE}/ha/s" and periodic]
+
+    assert tick(0.1, 0.5) == [{"score": 0.1, "threshold": 0.5}]  # the first at once
+    assert tick(0.2, 0.5) == []  # paced
+    assert tick(0.3, 0.7) == [{"score": 0.3, "threshold": 0.7}]  # a new threshold at once
+    assert tick(0.4, 0.7, dt=10.0) == [{"score": 0.4, "threshold": 0.7}]
+    assert tick(0.4, 0.7, dt=30.0) == []  # nothing changed: nothing sent
+
+    births = box.handlers["homeassistant/status"]
+    for _ in range(50):
+        births("homeassistant/status", b"online")
+    births("homeassistant/status", b"offline")
+    assert pub.discovery_sent == 1  # nothing on the MQTT thread
+    sent = tick(0.4, 0.7)
+    assert pub.discovery_sent == 2  # fifty births, one set, at the tick
+    assert sent == [{"score": 0.4, "threshold": 0.7}]  # and the state again with it
+    tick(0.4, 0.7)
+    assert pub.discovery_sent == 2
+    pub.on_status({"streams": "garbage"})  # never raises into the agent's tick

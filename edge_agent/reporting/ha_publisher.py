@@ -2,7 +2,9 @@
 
 Discovery configs (reporting/ha_discovery.py) go out retained when the agent starts and
 again whenever Home Assistant announces itself online on `<discovery_prefix>/status`
-(its birth message after a restart, which may have lost what it knew). Each stream's
+(its birth message after a restart, which may have lost what it knew): the MQTT thread
+only notes the birth, the next status tick sends the configs, so a flood of births costs
+at most one set per tick and no disk write happens on the MQTT thread. Each stream's
 `{"score", "threshold"}` goes to its retained `<base>/ha/<stream>` topic from the status
 snapshot the agent writes every tick: at once when the threshold changes or the first
 time, otherwise at most every `state_interval_s`, so an SD card's outbox is not written
@@ -58,6 +60,7 @@ class HomeAssistantPublisher:
         self._clock = clock
         self._lock = threading.Lock()  # status ticks and the MQTT thread both publish
         self._sent: dict[str, tuple[dict[str, Any], float]] = {}
+        self._ha_born = threading.Event()  # set on the MQTT thread, acted on at the tick
         self.discovery_sent = 0  # times the whole set went out (start + each HA birth)
 
     @property
@@ -81,8 +84,7 @@ class HomeAssistantPublisher:
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         # "online" is Home Assistant's default birth payload; "offline" its will.
         if payload.strip().lower() == b"online":
-            log.info("Home Assistant is online (%s): discovery sent again", topic)
-            self.publish_discovery()
+            self._ha_born.set()
 
     def on_status(self, snap: Mapping[str, Any]) -> None:
         """The agent's status snapshot (each tick). Never raises."""
@@ -92,6 +94,10 @@ class HomeAssistantPublisher:
             log.exception("Home Assistant state not published")
 
     def _on_status(self, snap: Mapping[str, Any]) -> None:
+        if self._ha_born.is_set():
+            self._ha_born.clear()
+            log.info("Home Assistant is online: discovery sent again")
+            self.publish_discovery()
         streams = snap.get("streams")
         if not isinstance(streams, list):
             return
