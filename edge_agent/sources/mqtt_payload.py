@@ -4,8 +4,10 @@ Accepted JSON shapes (one message):
 - `{"t": 1718000000.25, "values": [1.0, 2.0, 3.0]}`          one sample
 - `{"t": 1718000000.25, "values": [[1, 2, 3], [4, 5, 6]]}`   several samples
 - `{"vib_x": 1.0, "vib_y": 2.0, "current": 3.0}`             one sample by channel name
-`t` (seconds, of the first sample) is optional. `null` or a non-number is an invalid
-reading (NaN, counted). Packed binary messages are frames of docs/serial-protocol.md.
+`t` (epoch time of the first sample: seconds, or ms/us/ns told apart by size as for a
+replayed file) is optional; a non-finite `t` is counted (`bad_times`) and not used.
+`null` or a non-number is an invalid reading (NaN, counted). Packed binary messages
+are frames of docs/serial-protocol.md.
 """
 
 from __future__ import annotations
@@ -30,6 +32,22 @@ class Decoded:
     errors: Counter[str] = field(default_factory=Counter)
 
 
+# Epoch magnitudes (now ~1.7e9 s): above these a time is ms, us or ns (as in replay.py).
+_EPOCH_UNITS = ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3))
+
+
+def _epoch_s(t: object, errors: Counter[str]) -> float | None:
+    """A message's `t` in epoch seconds; None if absent, not a number or not finite."""
+    if not isinstance(t, (int, float)) or isinstance(t, bool):
+        return None
+    v = float(t)
+    if not math.isfinite(v):
+        errors["bad_times"] += 1
+        return None
+    scale = next((s for limit, s in _EPOCH_UNITS if abs(v) > limit), 1.0)
+    return v * scale
+
+
 def _empty(channels: int, why: str) -> Decoded:
     return Decoded(np.empty((0, channels), np.float32), None, Counter({why: 1}))
 
@@ -50,8 +68,7 @@ def decode_json(payload: bytes, channels: tuple[str, ...]) -> Decoded:
     if not isinstance(doc, dict):
         return _empty(n_ch, "bad_messages")
     errors: Counter[str] = Counter()
-    t = doc.get("t")
-    ts = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+    ts = _epoch_s(doc.get("t"), errors)
     if "values" in doc:
         vals = doc["values"]
         rows = vals if isinstance(vals, list) and vals and isinstance(vals[0], list) else [vals]
