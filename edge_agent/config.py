@@ -267,7 +267,13 @@ def load_config(path: str | Path) -> AgentConfig:
         text = p.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        utf16 = e.object[:2] in (b"\xff\xfe", b"\xfe\xff")
+        what = 'a UTF-16 ("Unicode") file' if utf16 else f"not UTF-8 text (byte {e.start})"
+        raise ConfigError(
+            f"{p}: {what}: save it as UTF-8 (e.g. Notepad: Save As, Encoding UTF-8)"
+        ) from e
+    except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e}") from e
     try:
         data = tomllib.loads(text)
