@@ -121,3 +121,12 @@ def test_decimal_comma_applies_to_the_timestamp_column_too(tmp_path: Path) -> No
     assert b.times[1] == pytest.approx(1_700_000_000.01)
     assert b.samples[1, 0] == 1.5
     assert src.rate_hz == pytest.approx(100.0)
+
+
+def test_a_channel_named_twice_or_the_timestamp_as_a_channel_is_refused() -> None:
+    # a copy-paste slip fed vib_x twice and vib_z never; the epoch time as a channel
+    # put 1.7e9 into the model: both ran without a word
+    with pytest.raises(ValueError, match="'vib_x' twice"):
+        Options(path="x.csv", columns=("vib_x", "vib_x", "vib_y", "current"))
+    with pytest.raises(ValueError, match="'ts' is the timestamp_column"):
+        Options(path="x.csv", timestamp_column="ts", columns=("ts", "vib_x"))

@@ -70,6 +70,13 @@ class Options:
     def __post_init__(self) -> None:
         if self.decimal == "," and self.delimiter == ",":
             raise ValueError('decimal = "," needs another delimiter, e.g. delimiter = ";"')
+        twice = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        if twice:
+            raise ValueError(f"columns: names {twice[0]!r} twice; each channel once")
+        if self.timestamp_column and self.timestamp_column in self.columns:
+            raise ValueError(
+                f"columns: {self.timestamp_column!r} is the timestamp_column, not a channel"
+            )
 
 
 @dataclass
