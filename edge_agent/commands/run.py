@@ -14,7 +14,7 @@ from edge_agent.errors import ConfigError
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
 
-__all__ = ["build_config", "register"]
+__all__ = ["build_config", "exit_code", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,19 @@ def _run(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop(timeout=2.0)
     _summary(agent)
-    # a stream that gave up for good: the run did not do all it was asked
-    return 1 if any(s.error for s in agent.streams) else 0
+    return exit_code(agent.stop_reason, failed=any(s.error for s in agent.streams))
+
+
+# The stop reasons a SIGTERM/SIGINT gives (Agent.install_signal_handlers).
+_SIGNAL_STOPS = frozenset({"SIGTERM", "SIGINT"})
+
+
+def exit_code(stop_reason: str, *, failed: bool) -> int:
+    """0, or 1 when a stream gave up for good and the run ended on its own (a limit, the end
+    of the data): it did not do all it was asked. A stop that was asked for (`systemctl
+    stop`, Ctrl-C) exits 0 whatever failed before, so the unit ends `inactive`, not
+    `failed`; the failure stays in status.json."""
+    return 1 if failed and stop_reason not in _SIGNAL_STOPS else 0
 
 
 def _attach_fleet(agent: Agent, reporter: Any) -> None:
