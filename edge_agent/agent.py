@@ -74,6 +74,7 @@ class Reporting(Protocol):
     def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
     def dead_threads(self) -> list[str]: ...
+    def outbox_writer(self) -> tuple[bool, float]: ...
     def restart_dead_threads(self) -> None: ...
 
 
@@ -235,6 +236,16 @@ class Agent:
                 "reporting",
                 watch(lambda: not rep.dead_threads(), "reporting"),
                 on_restart=rep.restart_dead_threads,
+            )
+            # The outbox writer: a storage write that blocks (not one that fails: that is
+            # a fault, retried from memory) makes it `hung` and withholds WATCHDOG=1.
+            self.supervisor.add(
+                "outbox",
+                watch(
+                    lambda: rep.outbox_writer()[0],
+                    "outbox writer",
+                    busy=lambda: rep.outbox_writer()[1],
+                ),
             )
         up = self.ota.updater
         if up is not None:

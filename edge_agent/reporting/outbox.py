@@ -551,6 +551,11 @@ class Outbox:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def writer_alive(self) -> bool:
+        """The writer thread runs (it ends only at close(), or on a bug)."""
+        return self._thread.is_alive()
+
     def close(self, timeout: float = 2.0) -> None:
         """Store what is held (within `timeout` s, unless the database has a fault), stop
         the writer, close the database. Records still held are logged as not stored."""

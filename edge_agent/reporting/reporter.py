@@ -122,6 +122,14 @@ class Reporter:
             return []
         return [n for n, t in (("drain", self._drain), ("link", self._link)) if not t.alive]
 
+    def outbox_writer(self) -> tuple[bool, float]:
+        """(alive, busy_s) of the outbox's writer thread, for the supervisor: busy_s is how
+        long it has been inside one storage step (0.0 when idle), so a write that blocks
+        (a dying SD card, a hung network filesystem) shows as a loop that stopped turning."""
+        if self._final is not None:
+            return True, 0.0
+        return self._outbox.writer_alive, self._outbox.health().writer_busy_s
+
     def restart_dead_threads(self) -> None:
         if self._final is None and self._drain is not None and not self._drain.alive:
             self._drain.start()

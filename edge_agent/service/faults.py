@@ -4,7 +4,7 @@
 component raises `InjectedFaultError` at its next `count` heartbeats, default 1) or
 `hang:component[,after]` (the component's `after`-th heartbeat, default the first,
 blocks until the agent stops: a backend call that never returns). Component names are
-the supervisor's (`stream-<name>`, `reporting`, `updater`, `metrics`, `tick`). Unset
+the supervisor's (`stream-<name>`, `reporting`, `outbox`, `updater`, `metrics`, `tick`). Unset
 in production: then every check is one dict lookup.
 """
 

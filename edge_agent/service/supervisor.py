@@ -83,9 +83,11 @@ class Loop:
         self._faults = faults
         self.beat_at = time.monotonic()
 
-    def beat(self) -> None:
-        """One turn of the loop (cheap: a clock read, plus the test hook when set)."""
-        self.beat_at = time.monotonic()
+    def beat(self, *, busy_s: float = 0.0) -> None:
+        """One turn of the loop (cheap: a clock read, plus the test hook when set).
+        `busy_s`: for a watched thread, how long it has been inside its current step; the
+        turn dates from when that step began, so a step that blocks ages the heartbeat."""
+        self.beat_at = time.monotonic() - max(0.0, busy_s)
         self._faults.check(self.name, self.stop)
 
 
@@ -280,14 +282,16 @@ class ThreadDiedError(RuntimeError):
 WATCH_PERIOD_S = 1.0
 
 
-def watch(alive: Callable[[], bool], what: str) -> Body:
+def watch(alive: Callable[[], bool], what: str, busy: Callable[[], float] | None = None) -> Body:
     """A body for a thread owned elsewhere (an HTTP server, the MQTT client): beats every
     second and raises when `alive()` turns False, so the supervisor counts it, shows it
-    and restarts it through the component's `on_restart`."""
+    and restarts it through the component's `on_restart`. `busy()` (seconds the thread
+    has spent in its current step) dates each beat back, so a thread blocked in one
+    call goes `hung` like a supervised loop would."""
 
     def body(loop: Loop) -> None:
         while not loop.stop.is_set():
-            loop.beat()
+            loop.beat(busy_s=busy() if busy is not None else 0.0)
             if not alive():
                 raise ThreadDiedError(f"{what} thread ended unexpectedly")
             loop.stop.wait(WATCH_PERIOD_S)
