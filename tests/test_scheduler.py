@@ -100,8 +100,6 @@ def test_streams_batched_together_get_exactly_their_scores_alone(
             results[name] = got
         except BaseException as e:  # noqa: BLE001 - re-raised by the test thread
             errors.append(e)
-        finally:
-            sched.detach()
 
     for _ in STREAMS:
         sched.attach()
@@ -110,6 +108,8 @@ def test_streams_batched_together_get_exactly_their_scores_alone(
         t.start()
     for t in threads:
         t.join(300)
+    for _ in STREAMS:
+        sched.detach()
     assert not errors, errors
     for n in STREAMS:
         assert len(results[n]) == WINDOWS
@@ -120,6 +120,21 @@ def test_streams_batched_together_get_exactly_their_scores_alone(
     # three streams' requests went out in fewer backend calls than requests
     requests = sum(WINDOWS // (b // 16) if b > 16 else WINDOWS for _s, b in STREAMS.values())
     assert snap["batches"] < requests, snap
+
+
+def test_alone_or_without_a_worker_a_requester_scores_in_its_own_thread(
+    worker: tuple[InferenceScheduler, threading.Event],
+) -> None:
+    sched, _stop = worker
+    model = sched.model
+    x = model.normalize(_signal(2)[: 64 * 3].reshape(3, 64, -1))
+    sched.attach()  # the only client: nothing to batch with
+    assert np.array_equal(sched.score(model, x), model.scores_normalized(x))
+    assert sched.snapshot()["inline_windows"] == 3
+    sched.attach()  # a second one: through the worker
+    assert np.array_equal(sched.score(model, x), model.scores_normalized(x))
+    assert sched.snapshot()["inline_windows"] == 3
+    assert sched.snapshot()["windows"] == 3
 
 
 def test_without_a_worker_a_requester_scores_in_its_own_thread() -> None:
@@ -197,3 +212,25 @@ def test_agent_streams_of_one_model_share_it_and_its_supervised_scheduler(
     names = [c["name"] for c in st["supervisor"]["components"]]
     scheds = [n for n in names if n.startswith("scheduler-")]
     assert scheds == ["scheduler-vibration-ae-fp32-onnx-1"], names
+
+
+def test_a_stream_that_went_quiet_is_not_waited_for_batch_after_batch() -> None:
+    model = ModelPool(PROFILE).acquire(MODEL, "test")
+    sched = InferenceScheduler(model, max_delay_s=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=sched.run, args=(Loop("scheduler", stop, Faults({}, {})),))
+    t.start()
+    try:
+        for _ in range(3):
+            sched.attach()  # three streams attached; two of them never send anything
+        x = model.normalize(_signal(1)[:64].reshape(1, 64, -1))
+        t0 = time.monotonic()
+        for _ in range(200):
+            sched.score(model, x)
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        t.join(10)
+    # waiting 0.2 s for the silent two at every batch would take 40 s
+    assert took < 20, f"{took:.1f} s for 200 requests: the batch waits for quiet streams"
+    assert sched.snapshot()["batches"] == 200
