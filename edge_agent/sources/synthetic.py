@@ -5,12 +5,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from edge_agent.schema import check
 from edge_agent.sources.base import Block, Source
 from edge_agent.sources.pacing import Pacer
 from edge_agent.sources.synth_signal import CHANNELS, SignalSpec, SyntheticSignal
 
 __all__ = ["Options", "SyntheticSource"]
+
+_RENDER_AHEAD = 1024  # samples rendered at once (the signal is a function of the index)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class SyntheticSource(Source):
         )
         self._next = 0
         self._pacer = Pacer(o.speed)
+        # rendered ahead in chunks: a block of 16 costs a slice, not 20 numpy calls
+        self._ahead = np.empty((0, len(CHANNELS)), np.float32)
+        self._ahead_at = 0
         self._t_start = 0.0
 
     @property
@@ -57,10 +65,19 @@ class SyntheticSource(Source):
         end_offset = (self._next + o.block) / o.rate_hz
         if not self._pacer.wait(end_offset, timeout):
             return None
-        samples = self.signal.render(self._next, o.block)
+        samples = self._render(self._next, o.block)
         blk = Block(samples, self._t_start + self._next / o.rate_hz, self._next, o.rate_hz)
         self._next += o.block
         return blk
+
+    def _render(self, start: int, n: int) -> npt.NDArray[np.float32]:
+        end = self._ahead_at + len(self._ahead)
+        if not (self._ahead_at <= start and start + n <= end):
+            self._ahead_at = start
+            self._ahead = self.signal.render(start, max(n, _RENDER_AHEAD))
+        i = start - self._ahead_at
+        out: npt.NDArray[np.float32] = self._ahead[i : i + n].copy()  # a block owns its samples
+        return out
 
 
 SOURCE_CLASS = SyntheticSource
