@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.backoff import RestartBudget
 from edge_agent.config import AgentConfig
@@ -49,6 +49,9 @@ from edge_agent.service.status import summary_line
 from edge_agent.service.supervisor import ComponentStatus, Supervisor, watch
 from edge_agent.streams import StreamRuntime, StreamSinks
 from edge_agent.updates.ota_runtime import OtaRuntime
+
+if TYPE_CHECKING:
+    from edge_agent.serving.http import Endpoint
 
 __all__ = ["SHUTDOWN_S", "STATUS_FILE", "Agent", "Reporting", "RunLimits"]
 
@@ -98,6 +101,7 @@ class Agent:
         self.streams: list[StreamRuntime] = []
         self.pool: ModelPool | None = None
         self.schedulers: SchedulerSet | None = None
+        self.serving: Endpoint | None = None  # [serving]: the local inference endpoint
         self.reporter: Reporting | None = None
         self.selection: Selection | None = None
         self.started_at = time.time()
@@ -173,6 +177,17 @@ class Agent:
                 )
         self.ota.after_models_loaded(self.streams, self.selection.profile)
         self.gate.mark(Readiness.MODELS_WARMED)
+        if self.cfg.serving.enabled:  # bound now: a taken address fails the start
+            from edge_agent.serving.setup import open_endpoint
+
+            self.serving = open_endpoint(
+                self.cfg,
+                self.selection.profile,
+                pool=pool,
+                schedulers=scheds,
+                streams=self.streams,
+                ready=lambda: self.ready,
+            )
         hops = [s.pipeline.hop for s in self.streams] or [1]
         self.progress = ProgressWatchdog(
             self.cfg.health.stall_after_s, samples_per_window=min(hops)
@@ -247,6 +262,8 @@ class Agent:
                     busy=lambda: rep.outbox_writer()[1],
                 ),
             )
+        if self.serving is not None:
+            self.supervisor.add("serving", self.serving.run)
         up = self.ota.updater
         if up is not None:
             self.supervisor.add(
@@ -376,6 +393,8 @@ class Agent:
             stops.append(self.ota.updater.stop)
         stop_in_parallel(stops, loops_end)
         left = self.supervisor.join(loops_end)
+        if self.serving is not None:
+            self.serving.close()
         if left:
             log.error("still running at the stop deadline (abandoned): %s", ", ".join(left))
         if self.reporter is not None:

@@ -34,6 +34,7 @@ __all__ = [
     "MqttConfig",
     "OtaConfig",
     "OutboxConfig",
+    "ServingConfig",
     "SourceSpec",
     "StreamConfig",
     "TlsConfig",
@@ -129,6 +130,26 @@ class MetricsConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = field(default=9108, metadata=check("port"))
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The local Open Inference Protocol endpoint (docs/serving.md); off by default."""
+
+    enabled: bool = False
+    # a unix socket path (access by its file mode); empty: loopback TCP host:port
+    socket: str = ""
+    socket_mode: int = field(default=0o660, metadata=check("nonneg"))
+    host: str = "127.0.0.1"
+    port: int = field(default=8000, metadata=check("port"))
+    allow_remote: bool = False  # a non-loopback host is refused unless this is true
+    # a file holding the bearer token clients must send; required on TCP
+    token_file: str = ""
+    max_body_kb: int = field(default=1024, metadata=check("positive"))
+    rate_per_s: float = field(default=200.0, metadata=check("positive"))
+    max_inflight: int = field(default=4, metadata=check("positive"))
+    max_connections: int = field(default=16, metadata=check("positive"))
+    deadline_ms: float = field(default=100.0, metadata=check("positive"))
 
 
 @dataclass(frozen=True)
@@ -232,6 +253,7 @@ class AgentConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     streams: tuple[StreamConfig, ...] = ()
     source_file: str = field(default="", compare=False, metadata={"internal": True})

@@ -18,6 +18,7 @@ __all__ = [
     "OverloadError",
     "PacketTooLargeError",
     "PublishError",
+    "ServingError",
     "SourceDisconnectedError",
     "SourceError",
     "StateError",
@@ -83,6 +84,10 @@ class OutboxError(EdgeAgentError):
 
 class StateError(EdgeAgentError):
     """The state directory or a state file could not be read or written."""
+
+
+class ServingError(EdgeAgentError):
+    """The local inference endpoint cannot listen (address taken, token file unreadable)."""
 
 
 class MetricsError(EdgeAgentError):

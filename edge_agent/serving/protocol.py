@@ -1,0 +1,278 @@
+"""The Open Inference Protocol (KServe V2) REST subset, as pure functions.
+
+A model takes one input tensor: raw sensor windows, FP32 (FP64 accepted), shape
+[n, window, columns] as the model card's preprocessing says (the endpoint normalises
+them as a stream would). It answers `anomaly_score` (FP64 [n], one per window) and,
+when the request's parameters say `"alarm": true` or its `outputs` name it, `alarm`
+(BOOL [n]: score >= threshold, the threshold also given in the response parameters).
+Errors are ProtocolError(status, message), sent as {"error": message}.
+
+The binary tensor data extension is understood both ways: an input whose parameters
+give `binary_data_size` takes its bytes (little-endian) from after the JSON header
+(`Inference-Header-Content-Length`), and an output asked for with `binary_data: true`
+(or every output, with the request parameter `binary_data_output`) is sent that way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "ALARM",
+    "SCORE",
+    "InferRequest",
+    "ModelSpec",
+    "ProtocolError",
+    "encode_response",
+    "error_body",
+    "infer_response",
+    "model_metadata",
+    "parse_infer",
+]
+
+SCORE = "anomaly_score"
+ALARM = "alarm"
+ACCEPTED_DTYPES = {"FP32": np.float32, "FP64": np.float64}
+
+
+class ProtocolError(Exception):
+    """A request the protocol answers with `status` and {"error": message}."""
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the endpoint says about one model (from its card)."""
+
+    name: str  # as addressed: a family or an exact variant
+    variant: str  # the model directory name actually served
+    family: str
+    version: int
+    platform: str  # "onnxruntime_onnx" or "tensorflow_lite"
+    input_name: str
+    window: int
+    columns: int
+    threshold: float
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    windows: npt.NDArray[np.float32]  # raw windows (n, window, columns)
+    want_alarm: bool
+    stream: str | None  # take this stream's threshold (and normalisation)
+    timeout_s: float | None  # the request's own deadline, from parameters.timeout (us)
+    binary_outputs: frozenset[str] = frozenset()  # outputs to send as binary data
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+def model_metadata(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "versions": [str(spec.version)],
+        "platform": spec.platform,
+        "inputs": [
+            {"name": spec.input_name, "datatype": "FP32", "shape": [-1, spec.window, spec.columns]}
+        ],
+        "outputs": [
+            {"name": SCORE, "datatype": "FP64", "shape": [-1]},
+            {"name": ALARM, "datatype": "BOOL", "shape": [-1]},
+        ],
+    }
+
+
+def _bad(msg: str) -> ProtocolError:
+    return ProtocolError(400, msg)
+
+
+def _flatten(data: Any) -> list[Any]:
+    """Row-major flattening of nested lists (the protocol allows both forms)."""
+    if not isinstance(data, list):
+        raise _bad("input data: expected a JSON array of numbers")
+    if not data or not isinstance(data[0], list):
+        return data
+    out: list[Any] = []
+    for d in data:
+        out.extend(_flatten(d))
+    return out
+
+
+def parse_infer(body: bytes, spec: ModelSpec, header_len: int | None = None) -> InferRequest:
+    """An infer request's body -> InferRequest; ProtocolError(400) saying what is wrong
+    (not JSON, wrong input name, shape, datatype, non-finite data). `header_len`: the
+    Inference-Header-Content-Length of a body carrying binary tensor data."""
+    binary = b""
+    if header_len is not None:
+        if not 0 <= header_len <= len(body):
+            raise _bad(f"Inference-Header-Content-Length {header_len} is beyond the body")
+        body, binary = body[:header_len], body[header_len:]
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(f"request body is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise _bad("request body: expected a JSON object with 'inputs'")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _bad("parameters: expected an object")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise _bad(f"inputs: expected exactly one input tensor {spec.input_name!r}")
+    t = inputs[0]
+    if t.get("name") != spec.input_name:
+        raise _bad(
+            f"inputs[0].name: {t.get('name')!r} is not this model's input {spec.input_name!r}"
+        )
+    dtype = t.get("datatype")
+    if dtype not in ACCEPTED_DTYPES:
+        raise _bad(f"input {spec.input_name}: datatype {dtype!r} not accepted; send FP32 (or FP64)")
+    shape = t.get("shape")
+    want = [spec.window, spec.columns]
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or shape[0] < 1
+        or shape[1:] != want
+    ):
+        raise _bad(
+            f"input {spec.input_name}: shape {shape!r} does not match [n, {spec.window}, "
+            f"{spec.columns}] (n windows of {spec.window} samples x {spec.columns} columns)"
+        )
+    n = shape[0] * spec.window * spec.columns
+    arr = _tensor_data(t, spec.input_name, dtype, n, shape=shape, binary=binary)
+    if not np.all(np.isfinite(arr)):
+        raise _bad(f"input {spec.input_name}: data holds NaN or infinity")
+    windows = arr.astype(np.float32).reshape(shape)
+    if not np.all(np.isfinite(windows)):
+        raise _bad(f"input {spec.input_name}: a value is beyond float32's range")
+    want_alarm = _alarm_asked(params, doc.get("outputs"))
+    stream = params.get("stream")
+    if stream is not None and not isinstance(stream, str):
+        raise _bad("parameters.stream: expected a stream name")
+    rid = doc.get("id")
+    return InferRequest(
+        str(rid) if rid is not None else None,
+        windows,
+        want_alarm,
+        stream,
+        _timeout(params),
+        _binary_outputs(params, doc.get("outputs"), want_alarm),
+    )
+
+
+def _tensor_data(
+    t: dict[str, Any], name: str, dtype: str, n: int, *, shape: list[int], binary: bytes
+) -> npt.NDArray[Any]:
+    tp = np.dtype(ACCEPTED_DTYPES[dtype]).newbyteorder("<")
+    tparams = t.get("parameters") or {}
+    size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size != n * tp.itemsize or size > len(binary):
+            raise _bad(
+                f"input {name}: binary_data_size {size!r} does not match shape {shape} of "
+                f"{dtype} ({n * tp.itemsize} bytes; {len(binary)} bytes follow the header)"
+            )
+        return np.frombuffer(binary[:size], dtype=tp)
+    flat = _flatten(t.get("data"))
+    if len(flat) != n:
+        raise _bad(f"input {name}: {len(flat)} values, shape {shape} needs {n}")
+    try:
+        return np.asarray(flat, dtype=tp)
+    except (TypeError, ValueError) as e:
+        raise _bad(f"input {name}: data must be numbers ({e})") from None
+
+
+def _binary_outputs(params: dict[str, Any], outputs: Any, want_alarm: bool) -> frozenset[str]:
+    names = [SCORE, ALARM] if want_alarm else [SCORE]
+    if params.get("binary_data_output") is True:
+        return frozenset(names)
+    out = set()
+    for o in outputs or []:
+        p = o.get("parameters") or {}
+        if isinstance(p, dict) and p.get("binary_data") is True:
+            out.add(o.get("name"))
+    return frozenset(out)
+
+
+def _alarm_asked(params: dict[str, Any], outputs: Any) -> bool:
+    flag = params.get(ALARM, False)
+    if not isinstance(flag, bool):
+        raise _bad("parameters.alarm: expected true or false")
+    if outputs is None:
+        return flag
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise _bad("outputs: expected an array of {'name': ...}")
+    names = [o.get("name") for o in outputs]
+    unknown = [n for n in names if n not in (SCORE, ALARM)]
+    if unknown:
+        raise _bad(f"outputs: unknown output {unknown[0]!r} (this model has {SCORE!r}, {ALARM!r})")
+    return flag or ALARM in names
+
+
+def _timeout(params: dict[str, Any]) -> float | None:
+    us = params.get("timeout")
+    if us is None:
+        return None
+    if isinstance(us, bool) or not isinstance(us, (int, float)) or not math.isfinite(us) or us <= 0:
+        raise _bad("parameters.timeout: expected a positive number of microseconds")
+    return float(us) / 1e6
+
+
+def encode_response(doc: dict[str, Any], req: InferRequest) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    if not req.binary_outputs:
+        return json.dumps(doc).encode(), None
+    tail = []
+    for o in doc["outputs"]:
+        if o["name"] in req.binary_outputs:
+            tp = "<f8" if o["datatype"] == "FP64" else "?"
+            raw = np.asarray(o.pop("data"), dtype=tp).tobytes()
+            o["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+    head = json.dumps(doc).encode()
+    return head + b"".join(tail), len(head)
+
+
+def infer_response(
+    spec: ModelSpec,
+    req: InferRequest,
+    scores: npt.NDArray[np.float64],
+    threshold: float,
+) -> dict[str, Any]:
+    n = len(scores)
+    outputs: list[dict[str, Any]] = [
+        {"name": SCORE, "datatype": "FP64", "shape": [n], "data": [float(s) for s in scores]}
+    ]
+    if req.want_alarm:
+        outputs.append(
+            {
+                "name": ALARM,
+                "datatype": "BOOL",
+                "shape": [n],
+                "data": [bool(s >= threshold) for s in scores],
+            }
+        )
+    out: dict[str, Any] = {
+        "model_name": spec.name,
+        "model_version": str(spec.version),
+        "parameters": {"variant": spec.variant, "threshold": threshold},
+        "outputs": outputs,
+    }
+    if req.id is not None:
+        out["id"] = req.id
+    return out
