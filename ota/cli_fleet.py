@@ -71,9 +71,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from ota.fleet import render_table
-    from ota.fleet_mqtt import FleetClient, device_filters
+    from ota.fleet_mqtt import FleetClient, device_filters, read_retained
 
-    latest: dict[str, bytes] = {}
+    opts = _opts(args)
+    first, _ = read_retained(opts, quiet_s=args.quiet, max_s=args.max_wait)
+    latest: dict[str, bytes] = dict(first)
     lock = threading.Lock()
 
     def on_message(msg: Any) -> None:
@@ -81,8 +83,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             latest[msg.topic] = bytes(msg.payload)
 
     shown = 0
-    with FleetClient(_opts(args), on_message) as fc:
-        fc.subscribe(device_filters(args.prefix))
+    with FleetClient(opts, on_message) as fc:
+        # then changes only (MQTT 5): not the whole fleet's retained state a second time
+        fc.subscribe(device_filters(args.prefix), retained=False)
         while args.count is None or shown < args.count:
             time.sleep(args.interval)
             with lock:

@@ -34,6 +34,7 @@ __all__ = [
     "FleetClient",
     "device_filters",
     "read_retained",
+    "section_filters",
     "send_command",
 ]
 
@@ -135,11 +136,25 @@ class FleetClient:
                 self.denied[mid] = str(reason)
                 self._suback_cv.notify_all()
 
-    def subscribe(self, filters: Iterable[str], qos: int = 0, timeout_s: float = 10.0) -> None:
-        """Subscribe and wait for the SUBACK of each filter."""
+    def subscribe(
+        self,
+        filters: Iterable[str],
+        qos: int = 0,
+        timeout_s: float = 10.0,
+        *,
+        retained: bool = True,
+    ) -> None:
+        """Subscribe and wait for the SUBACK of each filter. `retained=False` (MQTT 5):
+        live messages only, the broker does not send what it has retained."""
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
         mids = []
         for f in filters:
-            rc, mid = self._c.subscribe(f, qos=qos)
+            if self.opts.v5:
+                opt = SubscribeOptions(qos=qos, retainHandling=0 if retained else 2)
+                rc, mid = self._c.subscribe(f, options=opt)
+            else:
+                rc, mid = self._c.subscribe(f, qos=qos)
             if rc != paho.MQTT_ERR_SUCCESS:
                 raise PublishError(f"subscribe {f!r} failed: {paho.error_string(rc)}")
             mids.append(mid)
@@ -182,44 +197,56 @@ def _password(path: Path | None) -> str | None:
         raise PublishError(f"password file {path}: {e.strerror or e}") from e
 
 
+def section_filters(prefix: str) -> list[str]:
+    """What `read_retained` subscribes, one after the other (see there)."""
+    return [f"{prefix}/+/status"] + [
+        f"{prefix}/+/state/{x}" for x in ("health", "models", "ota", "alarms")
+    ]
+
+
 def read_retained(
     opts: BrokerOptions, *, quiet_s: float = 1.0, max_s: float = 60.0
 ) -> tuple[list[tuple[str, bytes]], str]:
     """Every retained device message (topic, payload), and how reading ended
-    ("sentinel", "quiet" or "max")."""
-    got: dict[str, bytes] = {}
-    cv = threading.Condition()
+    ("sentinel", "quiet" or "max"). One filter at a time, each closed by its sentinel: a
+    broker drops what a slow subscriber has not taken once its per-client queue is full
+    (mosquitto: max_queued_messages, 1000 by default), so the burst is kept to one
+    section of the fleet, and the callback does as little as possible."""
+    got: dict[str, bytes | bytearray] = {}
     last = [time.monotonic()]
-    done = threading.Event()
+    seen = threading.Event()
     sentinel = [""]
+    want = [b""]
 
-    def on_message(msg: paho.MQTTMessage) -> None:
-        with cv:
-            if msg.topic == sentinel[0]:
-                done.set()
-            elif msg.retain:
-                got[msg.topic] = bytes(msg.payload)
-            last[0] = time.monotonic()
-            cv.notify_all()
+    def on_message(msg: paho.MQTTMessage) -> None:  # paho's thread: keep it short
+        last[0] = time.monotonic()
+        if msg.topic == sentinel[0]:
+            if msg.payload == want[0]:
+                seen.set()
+        else:
+            got[msg.topic] = msg.payload
 
     start = time.monotonic()
+    how = "sentinel"
     with FleetClient(opts, on_message) as fc:
         sentinel[0] = f"{opts.prefix}/_ops/{fc.client_id}/sync"
-        fc.subscribe([*device_filters(opts.prefix), sentinel[0]])
-        with cv:
+        fc.subscribe([sentinel[0]])
+        for i, flt in enumerate(section_filters(opts.prefix)):
+            seen.clear()
+            want[0] = str(i).encode()
+            fc.subscribe([flt])
             last[0] = time.monotonic()
-        fc.publish(sentinel[0], b"")
-        how = "max"
-        with cv:
-            while time.monotonic() - start < max_s:
-                if done.is_set():
-                    how = "sentinel"
+            fc.publish(sentinel[0], want[0])
+            while not seen.wait(0.05):
+                if time.monotonic() - start >= max_s:
+                    how = "max"
                     break
                 if time.monotonic() - last[0] >= quiet_s:
-                    how = "quiet"
+                    how = "quiet"  # the sentinel did not come back (e.g. an ACL)
                     break
-                cv.wait(0.05)
-            items = list(got.items())
+            if how == "max":
+                break
+        items = [(t, bytes(p)) for t, p in list(got.items())]
     return items, how
 
 

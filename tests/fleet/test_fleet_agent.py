@@ -17,6 +17,7 @@ from tests.fleet.fleetrig import (
     agent_config,
     fleet_cmd,
     fleet_status,
+    ota_cli,
     wait_until,
 )
 from tests.mosquitto import Broker, mosquitto_available
@@ -140,6 +141,10 @@ def test_group_command_and_311_fallback(rig: tuple[Broker, AgentProc, Path]) -> 
     assert '"seq"' in p.stdout
     p = fleet_cmd(broker, "--device", "gw-1", "--group", "line-3", "ping")
     assert p.returncode == 2
+    p = ota_cli("fleet", "watch", "--port", str(broker.port), "--interval", "0.5",
+                "--count", "2")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("1 devices: 1 online") == 2
 
 
 def test_alarm_state_is_retained_when_it_opens_and_when_it_closes(tmp_path: Path) -> None:
