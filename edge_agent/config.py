@@ -151,6 +151,26 @@ class ServingConfig:
     max_connections: int = field(default=16, metadata=check("positive"))
     deadline_ms: float = field(default=100.0, metadata=check("positive"))
 
+    def __post_init__(self) -> None:
+        if not self.enabled or self.socket:
+            return
+        import ipaddress
+
+        try:
+            loopback = ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = self.host == "localhost"
+        if not loopback and not self.allow_remote:
+            raise ValueError(
+                f"host = {self.host!r} is not a loopback address: the endpoint would be "
+                "reachable from the network. Use 127.0.0.1 or a socket, or set allow_remote = true"
+            )
+        if not self.token_file:
+            raise ValueError(
+                "on TCP it needs token_file (any local user could ask otherwise); "
+                "or listen on a unix socket (socket = PATH) and rely on its file mode"
+            )
+
 
 @dataclass(frozen=True)
 class HomeAssistantConfig:

@@ -25,7 +25,8 @@ MAX_BODY_KB = 256
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serving_agent(tmp_path_factory.mktemp("serving"), f"max_body_kb = {MAX_BODY_KB}") as a:
+    extra = f"max_body_kb = {MAX_BODY_KB}\ndeadline_ms = 10000"  # conformance, not timing
+    with serving_agent(tmp_path_factory.mktemp("serving"), extra) as a:
         yield a
 
 
@@ -225,7 +226,7 @@ def test_tritonclient_works_against_it(agent: Served) -> None:
 
 def test_unix_socket_with_file_mode(tmp_path: Path) -> None:
     sock = tmp_path / "infer.sock"
-    extra = f'socket = "{sock}"\nsocket_mode = 0o600'
+    extra = f'socket = "{sock}"\nsocket_mode = 0o600\ndeadline_ms = 10000'
     with serving_agent(tmp_path, extra, demo=False, socket_path=sock) as agent:
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
         card = CARDS["skab-zsq-int8-onnx"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ from typing import Any, Protocol
 
 from edge_agent import __version__
 from edge_agent.config import ServingConfig
-from edge_agent.errors import ConfigError, ServingError
+from edge_agent.errors import ServingError
 from edge_agent.serving.limits import TokenBucket
 from edge_agent.serving.models import Catalogue, Scorer
 from edge_agent.serving.protocol import (
@@ -49,7 +48,7 @@ from edge_agent.serving.protocol import (
     parse_infer,
 )
 
-__all__ = ["Endpoint", "check_bind", "read_token"]
+__all__ = ["Endpoint", "read_token"]
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +63,6 @@ class _Loop(Protocol):  # service.supervisor.Loop
     def beat(self) -> None: ...
 
 
-def check_bind(cfg: ServingConfig) -> None:
-    """ConfigError for a listening address the config does not allow."""
-    if cfg.socket:
-        return
-    if not _is_loopback(cfg.host) and not cfg.allow_remote:
-        raise ConfigError(
-            f"[serving] host = {cfg.host!r} is not a loopback address: the endpoint would be "
-            "reachable from the network. Use 127.0.0.1 or a socket, or set allow_remote = true"
-        )
-    if not cfg.token_file:
-        raise ConfigError(
-            "[serving] on TCP needs token_file (any local user could ask otherwise); "
-            "or listen on a unix socket (socket = PATH) and rely on its file mode"
-        )
-
-
 def read_token(path: str) -> str | None:
     """The bearer token from `path` (first line, stripped); None when `path` is empty."""
     if not path:
@@ -91,13 +74,6 @@ def read_token(path: str) -> str | None:
     if not token or len(token[0].strip()) < 16:
         raise ServingError(f"[serving] token_file {path}: needs a token of at least 16 characters")
     return token[0].strip()
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class _Bounded(socketserver.ThreadingMixIn):
@@ -152,8 +128,8 @@ def _refuse_busy(sock: socket.socket) -> None:
 
 class Endpoint:
     """The bound server (construct, then run(loop) as a supervised component; close()).
-    Raises ConfigError for a bind the config does not allow, ServingError when the
-    address cannot be bound or the token file read."""
+    Raises ServingError when the address cannot be bound or the token file read (the
+    config already refused a bind it does not allow: ServingConfig)."""
 
     def __init__(
         self,
@@ -162,7 +138,6 @@ class Endpoint:
         scorer: Scorer,
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
-        check_bind(cfg)
         self.cfg = cfg
         self.catalogue = catalogue
         self.scorer = scorer

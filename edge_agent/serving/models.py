@@ -115,9 +115,10 @@ class Scorer:
         stream: str | None = None,
     ) -> tuple[npt.NDArray[np.float64], float]:
         """(scores (n,), threshold) of raw `windows` (n, window, columns) by the model
-        `spec` names, within `budget_s` seconds of the model being there (a model loaded
-        on demand is not charged its load time). Raises ProtocolError: 503 (overload,
-        deadline, no room in the model memory budget), 400 (unknown stream), 500."""
+        `spec` names, within `budget_s` seconds of the model and its scheduler being
+        there (a model loaded on demand is not charged its load time). Raises
+        ProtocolError: 503 (overload, deadline, no room in the model memory budget),
+        400 (unknown stream), 500."""
         user = f"serving#{next(self._ids)}"
         try:
             model = self.pool.acquire(self.catalogue.models_dir / spec.variant, user)
@@ -128,8 +129,7 @@ class Scorer:
             raise ProtocolError(500, f"model {spec.variant} does not load: {e}") from None
         try:
             use, threshold = self._with_stream(model, spec, stream)
-            deadline = time.monotonic() + budget_s
-            return self._run(use, use.normalize(windows), deadline), threshold
+            return self._run(use, use.normalize(windows), budget_s), threshold
         finally:
             self.pool.release(user)
 
@@ -157,10 +157,10 @@ class Scorer:
             self.refused += 1
 
     def _run(
-        self, model: LoadedModel, x: npt.NDArray[np.float32], deadline: float
+        self, model: LoadedModel, x: npt.NDArray[np.float32], budget_s: float
     ) -> npt.NDArray[np.float64]:
         sched = self.schedulers.for_model(model)
-        until = min(deadline, time.monotonic() + WORKER_WAIT_S)
+        until = time.monotonic() + WORKER_WAIT_S
         while sched is None or not sched.running:
             if time.monotonic() >= until:
                 self._count()
@@ -169,6 +169,7 @@ class Scorer:
                 )
             time.sleep(0.005)
             sched = self.schedulers.for_model(model)
+        deadline = time.monotonic() + budget_s  # the worker is there: the clock starts
         try:
             r = sched.submit(model, x, priority=Priority.BEST_EFFORT, deadline=deadline)
         except OverloadError as e:

@@ -157,7 +157,8 @@ def parse_infer(body: bytes, spec: ModelSpec, header_len: int | None = None) -> 
     arr = _tensor_data(t, spec.input_name, dtype, n, shape=shape, binary=binary)
     if not np.all(np.isfinite(arr)):
         raise _bad(f"input {spec.input_name}: data holds NaN or infinity")
-    windows = arr.astype(np.float32).reshape(shape)
+    with np.errstate(over="ignore"):
+        windows = arr.astype(np.float32).reshape(shape)
     if not np.all(np.isfinite(windows)):
         raise _bad(f"input {spec.input_name}: a value is beyond float32's range")
     want_alarm = _alarm_asked(params, doc.get("outputs"))
@@ -192,7 +193,8 @@ def _tensor_data(
     if len(flat) != n:
         raise _bad(f"input {name}: {len(flat)} values, shape {shape} needs {n}")
     try:
-        return np.asarray(flat, dtype=tp)
+        # as float64 first: a JSON number too large for FP32 is told apart from NaN
+        return np.asarray(flat, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise _bad(f"input {name}: data must be numbers ({e})") from None
 
