@@ -16,6 +16,18 @@ Everything runs against a mosquitto this script starts on a free loopback port.
   thread swaps models (fp32 <-> int8) every 20 ms; the longest gap between scored
   batches around swaps vs without swaps.
 Also used by scripts/bench_peers.py, which puts these figures beside the peers'.
+
+    python scripts/bench_agent.py --matrix [--streams 1,16,64] [--blocks 1,16,1024]
+        [--seconds 3] [--json OUT]
+
+The agent as users run it (issue 15): the real `edge-agent run` process with N
+synthetic streams of the demo model and block sizes B, at max speed (windows/s, CPU
+seconds, windows per CPU-second) and in real time at 100 Hz (CPU share of one core,
+blocks dropped), each beside raw batched onnxruntime (`session.run` on batches of 256
+windows, one thread) measured in the same run: the ratio is the agent's windows per
+CPU-second over the raw runtime's. Also RSS with one ONNX and one TFLite model, and
+cold start to READY. Counts are read from status.json (written every second) between
+READY + 1 s and the end of the measured interval; CPU from /proc/<pid>/stat.
 """
 
 from __future__ import annotations
@@ -247,6 +259,271 @@ def swap_pause(seconds: float) -> dict[str, Any]:
     }
 
 
+# -- the agent as users run it (--matrix) ------------------------------------------------
+MATRIX_VARIANT = "int8-onnx"  # what the demo serves on x86 (the profile's precision)
+RAW_BATCH = 256
+MATRIX_QUEUE_BLOCKS = 8
+
+
+SOURCES = ("synthetic", "replay")
+REPLAY_SAMPLES = 200_000
+
+
+def _replay_file(work: Path) -> Path:
+    """The demo signal as a .npy file (replayed in a loop): a source that costs almost
+    nothing per sample, so the agent's own work is what is timed."""
+    import numpy as np
+
+    from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal
+
+    f = work / "signal.npy"
+    if not f.exists():
+        np.save(f, SyntheticSignal(SignalSpec(seed=1, anomalies=False)).render(0, REPLAY_SAMPLES))
+    return f
+
+
+def _source(kind: str, work: Path, i: int, block: int, speed: float) -> str:
+    if kind == "replay":
+        from edge_agent.sources.synth_signal import CHANNELS
+
+        cols = ", ".join(f'"{c}"' for c in CHANNELS)
+        return (
+            f'{{ kind = "replay", path = "{_replay_file(work)}", columns = [{cols}], '
+            f"rate_hz = 100.0, block = {block}, speed = {speed}, loop = true }}"
+        )
+    return (
+        f'{{ kind = "synthetic", seed = {i + 1}, block = {block}, speed = {speed}, '
+        "anomalies = false }"
+    )
+
+
+def _stream_config(
+    path: Path,
+    port: int,
+    state: Path,
+    *,
+    streams: int,
+    block: int,
+    speed: float,
+    variant: str,
+    source: str = "synthetic",
+) -> Path:
+    lines = [
+        'device_id = "bench-gw"',
+        f'state_dir = "{state}"',
+        "[mqtt]",
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        "telemetry_interval_s = 60",
+    ]
+    for i in range(streams):
+        lines += [
+            "[[streams]]",
+            f'name = "s{i}"',
+            'model = "vibration-ae"',
+            f'variant = "{variant}"',
+            # a generated source prefetches at most this many blocks: 256 blocks of 1,024
+            # samples x 64 streams would spend the measured seconds filling queues
+            f"queue_blocks = {MATRIX_QUEUE_BLOCKS}",
+            f"source = {_source(source, path.parent, i, block, speed)}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _status(state: Path) -> dict[str, Any]:
+    for _ in range(50):  # written by rename: a read never sees half a file, but may race
+        try:
+            data: dict[str, Any] = json.loads((state / "status.json").read_text())
+            return data
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise RuntimeError(f"no status.json in {state}")
+
+
+def raw_batched(variant: str, seconds: float = 1.5) -> dict[str, float]:
+    """onnxruntime alone: session.run on batches of RAW_BATCH windows, one thread."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edge_agent.runtime.card import load_card
+
+    card = load_card(ROOT / "models" / f"vibration-ae-{variant}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(card.path), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [RAW_BATCH, *(int(d) for d in card.input.shape[1:] if d is not None)]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    if "int8" in inp.type:
+        x = np.clip(
+            np.rint(x / (card.input.scale or 1.0)) + (card.input.zero_point or 0), -128, 127
+        )
+        x = x.astype(np.uint8 if "uint8" in inp.type else np.int8)
+    for _ in range(20):
+        sess.run(None, {inp.name: x})
+    n, w0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - w0 < seconds:
+        sess.run(None, {inp.name: x})
+        n += RAW_BATCH
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    return {
+        "windows_per_s": n / wall,
+        "windows_per_cpu_s": n / cpu,
+        "us_per_window": wall / n * 1e6,
+    }
+
+
+def agent_run(
+    port: int,
+    work: Path,
+    *,
+    streams: int,
+    block: int,
+    speed: float,
+    seconds: float,
+    variant: str,
+    root: Path = ROOT,
+    source: str = "synthetic",
+) -> dict[str, Any]:
+    """One real agent process (the checkout at `root`): counts and CPU between READY +
+    1 s and `seconds` later."""
+    tag = f"n{streams}-b{block}-{'max' if speed == 0 else 'rt'}-{len(list(work.iterdir()))}"
+    state = work / tag
+    cfg = _stream_config(
+        work / f"{tag}.toml",
+        port,
+        state,
+        streams=streams,
+        block=block,
+        speed=speed,
+        variant=variant,
+        source=source,
+    )
+    sock = NotifySocket(work / f"notify-{tag}")
+    env = {**os.environ, "NOTIFY_SOCKET": sock.address}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        _agent_cmd(cfg), env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        sock.wait_for("READY", READY_TIMEOUT_S)
+        ready_s = next(t for t, m in sock.messages if "READY" in m) - t0
+        time.sleep(1.0)
+        s0, c0, w0 = _status(state), _cpu_s(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        s1, c1, w1 = _status(state), _cpu_s(proc.pid), time.monotonic()
+        rss = _proc_status(proc.pid)
+    finally:
+        _stop(proc)
+        sock.close()
+    windows = s1["windows_total"] - s0["windows_total"]
+    dropped = sum(s["dropped_blocks"] for s in s1["streams"])
+    samples = sum(s["samples"] for s in s1["streams"]) - sum(s["samples"] for s in s0["streams"])
+    cpu, wall = c1 - c0, w1 - w0
+    return {
+        "agent": "baseline" if root != ROOT else "this",
+        "source": source,
+        "streams": streams,
+        "block": block,
+        "mode": "max-speed" if speed == 0 else "real-time",
+        "ready_s": ready_s,
+        "windows": windows,
+        "windows_per_s": windows / wall,
+        "samples_per_s": samples / wall,
+        "cpu_share": cpu / wall,  # of one core
+        "windows_per_cpu_s": windows / cpu if cpu > 0 else 0.0,
+        "dropped_blocks": dropped,
+        "rss_mb": rss["VmRSS"] / 1024,
+    }
+
+
+def rss_one_model(port: int, work: Path, variant: str, settle_s: float = 2.0) -> dict[str, float]:
+    """RSS of the agent serving one real-time stream of `variant`; cold start to READY."""
+    r = agent_run(port, work, streams=1, block=16, speed=1.0, seconds=settle_s, variant=variant)
+    return {"rss_mb": r["rss_mb"], "ready_s": r["ready_s"]}
+
+
+def run_matrix(
+    streams: list[int],
+    blocks: list[int],
+    seconds: float,
+    variant: str,
+    *,
+    baseline: Path | None = None,
+    source: str = "synthetic",
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"variant": variant, "seconds": seconds, "source": source, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="bench-matrix-") as d:
+        work = Path(d)
+        broker = Broker(work / "broker")
+        broker.start()
+        try:
+            out["raw"] = raw_batched(variant)
+            roots = [ROOT] if baseline is None else [baseline, ROOT]
+            plan = [(n, b, 0.0) for n in streams for b in blocks]
+            plan += [(n, b, 1.0) for n in [x for x in streams if x > 1] or streams for b in blocks]
+            for n, b, speed in plan:
+                if speed and b > 16:
+                    continue  # one 1,024-sample block every 10 s: nothing to see in seconds
+                for root in roots:  # side by side, one configuration after the other
+                    r = agent_run(
+                        broker.port,
+                        work,
+                        streams=n,
+                        block=b,
+                        speed=speed,
+                        seconds=seconds,
+                        variant=variant,
+                        root=root,
+                        source=source,
+                    )
+                    if not speed:
+                        r["ratio_per_cpu_s"] = (
+                            r["windows_per_cpu_s"] / out["raw"]["windows_per_cpu_s"]
+                        )
+                    out["runs"].append(r)
+                    _print_run(r)
+            out["rss_onnx"] = rss_one_model(broker.port, work, variant)
+            out["rss_tflite"] = rss_one_model(broker.port, work, "int8-tflite")
+        finally:
+            broker.stop()
+    return out
+
+
+def _print_run(r: dict[str, Any]) -> None:
+    ratio = (
+        f", {r['ratio_per_cpu_s'] * 100:.1f}% of raw per CPU-s" if "ratio_per_cpu_s" in r else ""
+    )
+    print(
+        f"{r['agent']:8} {r['source']:9} {r['mode']:9} {r['streams']:3} streams x block "
+        f"{r['block']:5}: "
+        f"{r['windows_per_s']:9,.0f} windows/s, CPU {r['cpu_share'] * 100:5.1f}% of a core, "
+        f"{r['windows_per_cpu_s']:9,.0f} windows/CPU-s{ratio}; dropped {r['dropped_blocks']}, "
+        f"READY {r['ready_s']:.2f} s, RSS {r['rss_mb']:.1f} MB",
+        flush=True,
+    )
+
+
+def print_matrix(m: dict[str, Any]) -> None:
+    raw = m["raw"]
+    print(
+        f"raw batched onnxruntime ({m['variant']}, batch {RAW_BATCH}, 1 thread): "
+        f"{raw['windows_per_s']:,.0f} windows/s, {raw['windows_per_cpu_s']:,.0f} windows/CPU-s "
+        f"({raw['us_per_window']:.2f} us/window)"
+    )
+    for key, what in (("rss_onnx", m["variant"]), ("rss_tflite", "int8-tflite")):
+        r = m[key]
+        print(
+            f"one {what} stream: RSS {r['rss_mb']:.1f} MB, cold start to READY {r['ready_s']:.2f} s"
+        )
+
+
 def run_all(repeats: int, latency_seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as d:
         work = Path(d)
@@ -295,9 +572,36 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--matrix", action="store_true", help="N streams x block sizes (issue 15)")
+    ap.add_argument("--streams", default="1,16,64", help="--matrix: stream counts")
+    ap.add_argument("--blocks", default="1,16,1024", help="--matrix: block sizes")
+    ap.add_argument("--seconds", type=float, default=3.0, help="--matrix: measured per run")
+    ap.add_argument("--variant", default=MATRIX_VARIANT, help="--matrix: demo model variant")
+    ap.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="synthetic",
+        help="--matrix: the demo generator, or the same signal replayed from a .npy file",
+    )
+    ap.add_argument(
+        "--baseline-root",
+        help="--matrix: also run this checkout's agent beside ours (e.g. an older commit "
+        "unpacked with `git archive REV | tar -x -C DIR`)",
+    )
     args = ap.parse_args()
-    r = run_all(args.repeats, args.latency_seconds)
-    print_report(r)
+    if args.matrix:
+        r = run_matrix(
+            [int(x) for x in args.streams.split(",")],
+            [int(x) for x in args.blocks.split(",")],
+            args.seconds,
+            args.variant,
+            baseline=Path(args.baseline_root) if args.baseline_root else None,
+            source=args.source,
+        )
+        print_matrix(r)
+    else:
+        r = run_all(args.repeats, args.latency_seconds)
+        print_report(r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
     return 0
