@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -128,7 +129,11 @@ def read_snapshot(state_dir: Path) -> Snapshot:
         return Snapshot(sd, exists=True, error="not a JSON object")
     pid = state.get("pid")
     alive = pid_alive(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None
-    return Snapshot(sd, exists=True, state=state, pid_alive=alive)
+    try:
+        free: int | None = shutil.disk_usage(state_dir).free  # what a non-root user may use
+    except OSError:
+        free = None
+    return Snapshot(sd, exists=True, state=state, pid_alive=alive, free_bytes=free)
 
 
 def _once(state_dir: Path, as_json: bool) -> tuple[str, int]:

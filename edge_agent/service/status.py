@@ -34,6 +34,8 @@ __all__ = [
 STATUS_FILE = "status.json"
 STATUS_FORMAT = 1
 STALE_AFTER_S = 10.0  # the agent writes every ~1 s; 10 missed writes = not responding
+# A stale file with less than this free beside it: the disk is why it is stale.
+FULL_BELOW_BYTES = 1 << 20
 OUTBOX_BACKLOG_S = 600.0  # oldest unsent record older than this: reporting is behind
 RATE_LOW_FRACTION = 0.5  # measured below half the configured rate: the sensor lags
 RATE_GRACE_S = 15.0  # rates need a few seconds after start to mean anything
@@ -62,6 +64,7 @@ class Snapshot:
     state: Mapping[str, Any] | None = None
     error: str = ""
     pid_alive: bool | None = None  # None: not checked / no pid in the file
+    free_bytes: int | None = None  # free space where status.json lives; None: not measured
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,25 @@ def _process_problem(st: Mapping[str, Any], pid_alive: bool | None, age: float |
     return ""
 
 
+def _disk_full(snap: Snapshot) -> str:
+    """Why a running agent's status is stale when its filesystem is full, else ""."""
+    st = snap.state
+    free = snap.free_bytes
+    if (
+        st is None
+        or free is None
+        or free >= FULL_BELOW_BYTES
+        or not get(st, "running", bool, False)
+    ):
+        return ""
+    pid = get(st, "pid", int, 0)
+    return (
+        f"disk full: the agent (pid {pid}) runs but cannot write {STATUS_FILE} "
+        f"({free // 1024} KiB free on the filesystem of {snap.state_dir}); free space there "
+        "(records wait in memory meanwhile); what follows is the last status written"
+    )
+
+
 def assess(snap: Snapshot, now: float) -> Assessment:
     """The verdict. DOWN: the agent does not run (or does no work at all);
     DEGRADED: it runs but something needs attention; OK: nothing to report."""
@@ -154,6 +176,10 @@ def assess(snap: Snapshot, now: float) -> Assessment:
     written = num(st, "written_at")
     age = None if written is None else max(0.0, now - written)
     problem = _process_problem(st, snap.pid_alive, age)
+    full = _disk_full(snap) if problem and snap.pid_alive else ""
+    if full:
+        # It runs and scores (records wait in memory); a restart would not help.
+        return Assessment(Verdict.DEGRADED, (full,), stale=True, age_s=age)
     if problem:
         return Assessment(Verdict.DOWN, (problem,), stale=True, age_s=age)
     reasons, notes = _running_findings(st, now)
