@@ -153,7 +153,11 @@ class Endpoint:
             "errors": 0,
         }
         self._counts_lock = threading.Lock()
-        handler = type("Handler", (_Handler,), {"ep": self})
+        # TCP_NODELAY on TCP: headers and body are two writes, and Nagle would hold the
+        # body until the client's delayed ACK (~40 ms a request)
+        handler = type(
+            "Handler", (_Handler,), {"ep": self, "disable_nagle_algorithm": not cfg.socket}
+        )
         server: _TCPServer | _UnixServer
         try:
             if cfg.socket:
