@@ -5,10 +5,12 @@
 
 Latency: sequential batch-1 infer requests over one keep-alive connection (p50/p99, ms).
 Throughput at saturation: CLIENTS threads sending batch-1 (and batch-64) requests for
-SECS seconds (windows/s). Swap-in: the first request to a model not loaded (the pool
-loads it on demand) against the same request warm. The endpoint's own limits are
-raised for the run (rate_per_s, max_inflight = clients) so the figures are the
-endpoint's, not its throttles'. Model: vibration-ae-fp32-onnx (bench_peers.py's).
+SECS seconds (windows/s). JSON tensors for both servers; the agent again with the binary
+tensor data extension (tritonclient's default), which skips JSON's per-number parsing.
+Swap-in: the first request to a model not loaded (the pool loads it on demand)
+against the same request warm. The endpoint's own limits are raised for the run
+(rate_per_s, max_inflight = clients) so the figures are the endpoint's, not its
+throttles'. Model: vibration-ae-fp32-onnx (bench_peers.py's).
 
 --mlserver: the same client and load against MLServer serving the same ONNX file
 (bench_peers.py's throw-away venv and custom runtime; skipped with the reason when the
@@ -46,7 +48,8 @@ from tests.serving_agent import free_port  # noqa: E402
 MODEL = "vibration-ae-fp32-onnx"
 TOKEN = "bench-serving-token-0123456789"
 
-Post = Callable[[http.client.HTTPConnection, bytes], None]
+Body = tuple[bytes, dict[str, str]]  # the request body and its own headers
+Post = Callable[[http.client.HTTPConnection, Body], None]
 
 
 def _windows(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,14 +61,24 @@ def _windows(n: int) -> tuple[np.ndarray, np.ndarray]:
     return raw.astype(np.float32), m.normalize(raw.astype(np.float32))
 
 
-def _body(x: np.ndarray) -> bytes:
+def _body(x: np.ndarray) -> Body:
     inp = {"name": "window", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
-    return json.dumps({"inputs": [inp]}).encode()
+    return json.dumps({"inputs": [inp]}).encode(), {}
+
+
+def _binary_body(x: np.ndarray) -> Body:
+    """The binary tensor data extension (what tritonclient sends by default)."""
+    raw = np.ascontiguousarray(x, dtype="<f4").tobytes()
+    inp: dict[str, Any] = {"name": "window", "shape": list(x.shape), "datatype": "FP32"}
+    inp["parameters"] = {"binary_data_size": len(raw)}
+    head = json.dumps({"inputs": [inp], "parameters": {"binary_data_output": True}}).encode()
+    return head + raw, {"Inference-Header-Content-Length": str(len(head))}
 
 
 def poster(path: str, headers: dict[str, str]) -> Post:
-    def post(c: http.client.HTTPConnection, body: bytes) -> None:
-        c.request("POST", path, body, {"Content-Type": "application/json", **headers})
+    def post(c: http.client.HTTPConnection, body: Body) -> None:
+        hdrs = {"Content-Type": "application/json", **headers, **body[1]}
+        c.request("POST", path, body[0], hdrs)
         r = c.getresponse()
         data = r.read()
         if r.status != 200:
@@ -74,9 +87,11 @@ def poster(path: str, headers: dict[str, str]) -> Post:
     return post
 
 
-def latency(port: int, post: Post, xs: np.ndarray, n: int) -> LatencySummary:
+def latency(
+    port: int, post: Post, xs: np.ndarray, n: int, make: Callable[[np.ndarray], Body] = _body
+) -> LatencySummary:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    bodies = [_body(xs[i % len(xs)][None]) for i in range(n)]
+    bodies = [make(xs[i % len(xs)][None]) for i in range(n)]
     for b in bodies[:20]:  # warm-up
         post(c, b)
     lat = []
@@ -89,9 +104,16 @@ def latency(port: int, post: Post, xs: np.ndarray, n: int) -> LatencySummary:
 
 
 def throughput(
-    port: int, post: Post, xs: np.ndarray, batch: int, *, secs: float, clients: int
+    port: int,
+    post: Post,
+    xs: np.ndarray,
+    batch: int,
+    *,
+    secs: float,
+    clients: int,
+    make: Callable[[np.ndarray], Body] = _body,
 ) -> float:
-    bodies = [_body(xs[i : i + batch]) for i in range(0, 8 * batch, batch)]
+    bodies = [make(xs[i : i + batch]) for i in range(0, 8 * batch, batch)]
     counts = [0] * clients
     stop = time.perf_counter() + secs
 
@@ -156,13 +178,20 @@ deadline_ms = 1000
     raise RuntimeError("agent not ready: " + (work / "agent.log").read_text()[-800:])
 
 
-def measure(port: int, post: Post, xs: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    port: int,
+    post: Post,
+    xs: np.ndarray,
+    args: argparse.Namespace,
+    make: Callable[[np.ndarray], Body] = _body,
+) -> dict[str, Any]:
+    def tput(batch: int) -> float:
+        return throughput(port, post, xs, batch, secs=args.secs, clients=args.clients, make=make)
+
     return {
-        "latency_ms_batch1": latency(port, post, xs, args.n).__dict__,
-        "windows_per_s_batch1": throughput(port, post, xs, 1, secs=args.secs, clients=args.clients),
-        "windows_per_s_batch64": throughput(
-            port, post, xs, 64, secs=args.secs, clients=args.clients
-        ),
+        "latency_ms_batch1": latency(port, post, xs, args.n, make).__dict__,
+        "windows_per_s_batch1": tput(1),
+        "windows_per_s_batch64": tput(64),
     }
 
 
@@ -203,6 +232,7 @@ def main() -> int:
             out["swap_in"] = swap_in(port)
             post = poster(f"/v2/models/{MODEL}/infer", {"Authorization": f"Bearer {TOKEN}"})
             out["agent"] = measure(port, post, raw, args)
+            out["agent_binary_tensors"] = measure(port, post, raw, args, _binary_body)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
