@@ -18,6 +18,7 @@ from edge_agent.errors import EdgeAgentError, StateError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import load_card
 from edge_agent.runtime.model import LoadedModel, load_model
+from edge_agent.updates.seal import SealTrust
 from edge_agent.updates.store import SlotStore
 
 __all__ = ["SlotBoot"]
@@ -34,12 +35,16 @@ class SlotBoot:
     sources: dict[str, str] = field(default_factory=dict)  # stream -> "slot a" / "bundled"
 
     @classmethod
-    def open(cls, state_dir: Path, now: datetime | None = None) -> SlotBoot:
+    def open(
+        cls, state_dir: Path, now: datetime | None = None, trust: SealTrust | None = None
+    ) -> SlotBoot:
         """Never refuses to start: a damaged slots.json is moved aside and the bundled
-        model serves (with a note for status) rather than no model at all."""
+        model serves (with a note for status) rather than no model at all. With an
+        anchored `trust`, each slot is re-checked against the signed evidence it was
+        installed with (`edge_agent.updates.seal`): a slot changed on disk never serves."""
         notes = []
         try:
-            store = SlotStore(state_dir)
+            store = SlotStore(state_dir, trust)
         except StateError as e:
             if isinstance(e.__cause__, PermissionError):
                 raise  # not damage: the file is intact, and needs its owner fixed
@@ -50,7 +55,7 @@ class SlotBoot:
             )
             log.error("OTA: %s", why)
             notes.append(why)
-            store = SlotStore(state_dir)
+            store = SlotStore(state_dir, trust)
         report = store.recover(now or datetime.now(timezone.utc))
         boot = cls(store, notes)
         for a in report.actions:

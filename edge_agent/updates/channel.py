@@ -28,6 +28,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.ngclient import Updater as NgUpdater
 
+from edge_agent.updates.seal import TufEvidence
 from ota.ed25519 import key_problem
 from ota.errors import (
     ChannelStaleError,
@@ -266,6 +267,15 @@ class UpdateChannel:
             version=version,
             info=info,
         )
+
+    def evidence(self, target: DirectedTarget) -> TufEvidence:
+        """The signed record a slot filled from `target` keeps (re-checked at every start):
+        the image repository's targets metadata ngclient verified in refresh()."""
+        try:
+            data = (self._meta_dir("image") / "targets.json").read_bytes()
+        except OSError as e:
+            raise DownloadError(f"image repository: targets metadata unreadable: {e}") from e
+        return TufEvidence(targets_json=data, path=target.path)
 
     def download(self, target: DirectedTarget, dest: Path) -> Path:
         """Fetch `target` from the image repository into `dest` (length and hashes

@@ -51,9 +51,16 @@ class OtaRuntime:
         if not self.cfg.ota.enabled:
             return None
         from edge_agent.updates.boot import SlotBoot
+        from edge_agent.updates.seal import SealTrust
 
+        ota = self.cfg.ota
+        trust = SealTrust(
+            root_file=Path(ota.root_file) if ota.root_file else None,
+            image_root_file=Path(ota.image_root_file) if ota.image_root_file else None,
+            image_meta_dir=self.state_dir / "ota" / "tuf" / "image",
+        )
         try:
-            self.boot = SlotBoot.open(self.state_dir)
+            self.boot = SlotBoot.open(self.state_dir, trust=trust)
         except EdgeAgentError as e:  # e.g. slots.json not readable by the agent's user
             self.note = f"OTA off: {e}"
             self._on_error("ota", self.note)

@@ -24,6 +24,7 @@ from edge_agent.fsutil import (
     read_json,
     sha256_file,
 )
+from edge_agent.updates.seal import SealTrust, TufEvidence, check_seal, clear_seal, write_seal
 from edge_agent.updates.slots import (
     Phase,
     Slot,
@@ -63,8 +64,11 @@ class RecoveryReport:
 class SlotStore:
     """A/B slots in `state_dir`. Every method that changes state persists it before returning."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, trust: SealTrust | None = None) -> None:
+        """`trust`: the anchors slots are re-checked against (the agent's); without one
+        (the technician's CLI) slots are checked against their stored manifests only."""
         self.root = Path(state_dir)
+        self.trust = trust
         self.slots_dir = self.root / "slots"
         self.state_path = self.root / STATE_FILE
         self._state = self._load()
@@ -124,9 +128,13 @@ class SlotStore:
         return None if self._state.active is None else self.manifest(self._state.active)
 
     def check_slot(self, slot: Slot) -> str | None:
-        """Re-check a slot's files against its stored manifest; None if intact, else why."""
-        m = self.manifest(slot)
-        if m is None:
+        """Re-check a slot's files against its stored manifest and, with an anchored
+        `trust`, that manifest and those files against the signed evidence they were
+        installed with (`edge_agent.updates.seal`); None if intact, else why."""
+        try:
+            manifest_bytes = self._meta_path(slot).read_bytes()
+            m = Manifest.from_bytes(manifest_bytes)
+        except (OSError, OtaError):
             return f"slot {slot.value}: no readable manifest"
         d = self.slot_dir(slot)
         for f in m.files:
@@ -137,6 +145,8 @@ class SlotStore:
                 return f"slot {slot.value}: {f.path} has the wrong size"
             if sha256_file(p) != f.sha256:
                 return f"slot {slot.value}: {f.path} sha256 mismatch"
+        if self.trust is not None and self.trust.anchored:
+            return check_seal(self.slots_dir, slot.value, d, manifest_bytes, self.trust)
         return None
 
     # --- writing -------------------------------------------------------------------------
@@ -161,25 +171,36 @@ class SlotStore:
     def _clear(self, slot: Slot) -> None:
         self._meta_path(slot).unlink(missing_ok=True)
         self._signers_path(slot).unlink(missing_ok=True)
+        clear_seal(self.slots_dir, slot.value)
         for p in (self.slot_dir(slot), self.slots_dir / f".{slot.value}.unpacking"):
             if p.exists():
                 shutil.rmtree(p)
         if self.slots_dir.exists():
             fsync_dir(self.slots_dir)
 
-    def _fill(self, slot: Slot, bundle: Path, verified: VerifiedManifest) -> None:
+    def _fill(
+        self, slot: Slot, bundle: Path, verified: VerifiedManifest, tuf: TufEvidence | None
+    ) -> None:
         self._clear(slot)
+        from ota.bundle import read_header
         from ota.unpack import unpack
 
         unpack(bundle, verified, self.slot_dir(slot))
+        write_seal(self.slots_dir, slot.value, bundle, read_header(bundle).signatures, tuf)
         atomic_write_json(self._signers_path(slot), list(verified.signer_keyids))
         atomic_write_bytes(self._meta_path(slot), verified.manifest_bytes)
 
-    def install_initial(self, bundle: Path, verified: VerifiedManifest, now: datetime) -> Path:
+    def install_initial(
+        self,
+        bundle: Path,
+        verified: VerifiedManifest,
+        now: datetime,
+        tuf: TufEvidence | None = None,
+    ) -> Path:
         """First install (factory model) into slot A, committed."""
         if self._state.active is not None:
             raise StateError("a model is already installed; use an update")
-        self._fill(Slot.A, bundle, verified)
+        self._fill(Slot.A, bundle, verified, tuf)
         self._save(install_initial(self._state, verified.manifest.version, now))
         return self.slot_dir(Slot.A)
 
@@ -190,8 +211,16 @@ class SlotStore:
         self._clear(new.candidate)
         return self.slot_dir(new.candidate)
 
-    def install_candidate(self, bundle: Path, verified: VerifiedManifest, now: datetime) -> Path:
-        """Unpack a verified bundle into the claimed slot; then the state says `unpacked`."""
+    def install_candidate(
+        self,
+        bundle: Path,
+        verified: VerifiedManifest,
+        now: datetime,
+        tuf: TufEvidence | None = None,
+    ) -> Path:
+        """Unpack a verified bundle into the claimed slot, keeping its signed evidence
+        (its signatures; `tuf`: the channel's target record); then the state says
+        `unpacked`."""
         s = self._state
         if s.phase is not Phase.DOWNLOADING or s.candidate is None:
             raise StateError(f"no update in progress (phase {s.phase.value})")
@@ -200,7 +229,7 @@ class SlotStore:
                 f"bundle v{verified.manifest.version} is not the v{s.candidate_version} "
                 "this update was started for"
             )
-        self._fill(s.candidate, bundle, verified)
+        self._fill(s.candidate, bundle, verified, tuf)
         self._save(mark_unpacked(s, now))
         return self.slot_dir(s.candidate)
 

@@ -56,6 +56,7 @@ from edge_agent.updates.checks import (
     judge_trial,
 )
 from edge_agent.updates.record import RECORD_FILE, TargetId, UpdateRecord
+from edge_agent.updates.seal import TufEvidence
 from edge_agent.updates.shadow import ShadowRunner
 from edge_agent.updates.slots import PRE_PROMOTION
 from edge_agent.updates.store import SlotStore
@@ -574,10 +575,11 @@ class Updater:
             self._pause("download")
             self._set_state("verifying", dt.version)
             vm = self._check_directed(bundle, dt)
+            evidence = channel.evidence(dt)
         except OtaError as e:
             bundle.unlink(missing_ok=True)
             return self._download_failed(job, e)
-        return self._install_and_try(job, (bundle, vm), targets)
+        return self._install_and_try(job, (bundle, vm), targets, evidence)
 
     def _admit_directed(self, dt: DirectedTarget) -> tuple[_Job, list[UpdateTarget]]:
         """Whether to fetch a directed target; _RefusedError ("idle" when there is
@@ -739,7 +741,11 @@ class Updater:
         return "failed"
 
     def _install_and_try(
-        self, job: _Job, fetched: tuple[Path, VerifiedManifest], targets: list[UpdateTarget]
+        self,
+        job: _Job,
+        fetched: tuple[Path, VerifiedManifest],
+        targets: list[UpdateTarget],
+        tuf: TufEvidence | None = None,
     ) -> str:
         bundle, vm = fetched
         v = vm.manifest.version
@@ -751,7 +757,7 @@ class Updater:
             slot = cand_dir.name
             assert self.candidate is not None
             self.candidate["slot"] = slot
-            store.install_candidate(bundle, vm, _utc(self._clock()))
+            store.install_candidate(bundle, vm, _utc(self._clock()), tuf)
             bundle.unlink(missing_ok=True)
             self._pause("unpack")
             self._set_state("validating", v, slot=slot)
