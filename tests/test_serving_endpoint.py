@@ -5,6 +5,9 @@ model run directly), errors in the protocol's form; plain urllib and tritonclien
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,3 +242,37 @@ def test_unix_socket_with_file_mode(tmp_path: Path) -> None:
         # the token file is still honoured on a socket when configured
         _assert_error(*agent.request("/v2", token="wrong")[:2], 401)
     assert not sock.exists()  # removed at stop
+
+
+def test_connections_over_the_limit_get_503_at_once(tmp_path: Path) -> None:
+    with serving_agent(tmp_path, "max_connections = 1", demo=False) as agent:
+        # a held keep-alive connection takes the one slot (once the connections of
+        # the start-up polling are gone)
+        end = time.monotonic() + 60
+        while True:
+            held = agent.connection()
+            held.request("GET", "/v2/health/live")
+            r = held.getresponse()
+            if r.read() == b'{"live": true}':
+                break
+            held.close()
+            assert time.monotonic() < end, "the slot never became free"
+            time.sleep(0.1)
+        for _ in range(3):
+            status, doc, headers = agent.request("/v2/health/live")
+            _assert_error(status, doc, 503, "too many connections")
+            assert headers["Retry-After"] == "1"
+        held.close()
+        while agent.request("/v2/health/live")[0] != 200:  # the slot comes back
+            assert time.monotonic() < end
+            time.sleep(0.1)
+
+
+def test_off_by_default_and_not_imported() -> None:
+    code = (
+        "import sys; from edge_agent.config import parse_config; import edge_agent.agent; "
+        "assert parse_config({}).serving.enabled is False; "
+        "assert not [m for m in sys.modules if m.startswith('edge_agent.serving')]"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr

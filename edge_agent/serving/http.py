@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5  # the component beats at least this often
 IDLE_CONNECTION_S = 30.0  # a keep-alive connection silent this long is closed
 DISCARD_LIMIT = 8  # an oversized body up to this many times the limit is read and dropped
+REFUSERS = 4  # threads answering connections over max_connections with a 503
+REFUSE_READ_S = 1.0  # how long such a connection may take to send its request head
 
 
 class _Loop(Protocol):  # service.supervisor.Loop
@@ -77,22 +79,37 @@ def read_token(path: str) -> str | None:
 
 
 class _Bounded(socketserver.ThreadingMixIn):
-    """A thread per connection, at most `slots` at once; beyond that a 503 at once."""
+    """A thread per connection, at most `slots` at once. Beyond that a connection is
+    answered 503 by one of at most REFUSERS short-lived threads (which read its request
+    first, so the client sees the answer rather than a reset), or closed at once when
+    those are busy too."""
 
     daemon_threads = True
     block_on_close = False
     slots = threading.BoundedSemaphore(1)  # replaced by the Endpoint
+    refusers = threading.BoundedSemaphore(REFUSERS)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
-            _refuse_busy(request)
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            if self.refusers.acquire(blocking=False):
+                threading.Thread(
+                    target=self._refuse, args=(request,), name="serving-refuse", daemon=True
+                ).start()
+            else:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self.slots.release()
             raise
+
+    def _refuse(self, request: socket.socket) -> None:
+        try:
+            _refuse_busy(request)
+        finally:
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.refusers.release()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -110,20 +127,26 @@ class _UnixServer(_Bounded, socketserver.UnixStreamServer):
 
 
 def _refuse_busy(sock: socket.socket) -> None:
-    """A 503 for a connection over the limit, written from the accepting thread: what
-    the client sent so far is read (so closing does not reset the connection)."""
+    """A 503 for a connection over the limit, after reading its request head (and what
+    of a body is already there) so that closing does not reset the connection."""
     body = error_body("too many connections to the inference endpoint; try again shortly")
     head = (
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         f"Retry-After: 1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
-    try:
+    with contextlib.suppress(OSError):
+        sock.settimeout(REFUSE_READ_S)
+        got = b""
+        while b"\r\n\r\n" not in got and len(got) < 65536:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        sock.sendall(head.encode() + body)
         sock.settimeout(0.05)
         with contextlib.suppress(OSError):
-            sock.recv(65536)
-        sock.sendall(head.encode() + body)
-    except OSError:
-        pass
+            while sock.recv(65536):  # the rest of a body already sent
+                pass
 
 
 class Endpoint:
@@ -170,6 +193,7 @@ class Endpoint:
             where = cfg.socket or f"{cfg.host}:{cfg.port}"
             raise ServingError(f"[serving] cannot listen on {where}: {e.strerror or e}") from e
         server.slots = threading.BoundedSemaphore(cfg.max_connections)
+        server.refusers = threading.BoundedSemaphore(REFUSERS)
         server.timeout = POLL_S
         self._server = server
         log.info("inference endpoint (Open Inference Protocol) on %s", self.address)
