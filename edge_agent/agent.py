@@ -115,6 +115,7 @@ class Agent:
         self.supervisor = Supervisor(
             budget=cfg.health.restart_budget,
             window_s=cfg.health.restart_window_s,
+            retry_failed_s=cfg.health.retry_failed_s,
             hang_after_s=max(cfg.health.stall_after_s, MIN_HANG_S),
             faults=Faults.from_env(),
             on_error=self.errors.record,
@@ -244,6 +245,7 @@ class Agent:
                 on_give_up=lambda s=s: s.give_up(  # type: ignore[misc]
                     "scoring stopped: restart budget spent (see supervisor in status)"
                 ),
+                on_retry=s.revive,
             )
         rep = self.reporter
         if rep is not None:

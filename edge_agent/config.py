@@ -122,6 +122,8 @@ class HealthConfig:
     watchdog: bool = True
     restart_budget: int = field(default=5, metadata=check("positive"))
     restart_window_s: float = field(default=60.0, metadata=check("positive"))
+    # a supervised component past its budget is tried again this often (fresh budget)
+    retry_failed_s: float = field(default=300.0, metadata=check("positive"))
     stall_after_s: float = field(default=10.0, metadata=check("positive"))
 
 

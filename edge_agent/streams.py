@@ -296,11 +296,15 @@ class StreamRuntime:
         log.info("stream %s: source reader started again", self.name)
 
     def give_up(self, why: str) -> None:
-        """The stream stays down (restart budget spent): its source must not keep running."""
+        """The stream is down (restart budget spent): its source must not keep running.
+        Its model stays pinned: the supervisor tries the stream again later."""
         self.error = why
         self.runner.stop(timeout=2.0)
-        if self.pool is not None:
-            self.pool.release(self.name)  # its model may now be evicted
+
+    def revive(self) -> None:
+        """Before the supervisor tries a stream that gave up again: a fresh source."""
+        self.error = ""
+        self.restart_source()
 
     def _calibrate(self, b: Block, now: float) -> Block:
         """Feed the automatic calibration; returns the part of `b` it did not need."""

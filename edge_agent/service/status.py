@@ -207,7 +207,7 @@ def _running_findings(st: Mapping[str, Any], now: float) -> tuple[list[str], lis
     for s in streams:
         _stream_findings(s, up, reasons, notes)
     _mqtt_findings(st.get("mqtt"), now, reasons, notes)
-    _component_findings(st.get("supervisor"), reasons, notes)
+    _component_findings(st.get("supervisor"), now, reasons, notes)
     out = st.get("outbox")
     # The reporter words the outbox's storage faults itself (reporting/outbox_health.py).
     reasons.extend(str(p) for p in get(out, "problems", list, []) if p)
@@ -261,7 +261,7 @@ def _stream_findings(s: Any, up: float | None, reasons: list[str], notes: list[s
         notes.append(f"stream {name}: {dropped} blocks dropped (pipeline behind)")
 
 
-def _component_findings(sup: Any, reasons: list[str], notes: list[str]) -> None:
+def _component_findings(sup: Any, now: float, reasons: list[str], notes: list[str]) -> None:
     """The supervisor's view: failed (budget spent) and restarting components are
     DEGRADED; past restarts of a component that runs again are a note."""
     for c in get(sup, "components", list, []):
@@ -270,7 +270,13 @@ def _component_findings(sup: Any, reasons: list[str], notes: list[str]) -> None:
         n = get(c, "restarts", int, 0)
         err = get(c, "last_error", str, "")
         why = f": {err}" if err else ""
-        if state == "failed":
+        retry_at = num(c, "retry_at")
+        if state == "failed" and retry_at is not None:
+            wait = fmt_duration(retry_at - now)
+            reasons.append(
+                f"{name} failed past its restart budget ({n} restarts), next try in {wait}{why}"
+            )
+        elif state == "failed":
             reasons.append(f"{name} failed, not restarted again ({n} restarts){why}")
         elif state == "restarting":
             reasons.append(f"{name} restarting (restart {n + 1}){why}")

@@ -9,6 +9,9 @@ What happens when it ends:
   restarted after an exponential backoff, as long as its restart budget (`budget`
   restarts within `window_s`) allows; past the budget it is `failed`, `on_give_up` runs
   (e.g. stop the stream's source) and the rest of the agent keeps running (DEGRADED);
+  every `retry_failed_s` (default 5 min) a failed component is tried again with a fresh
+  budget (`on_retry` first), so a fault that outlasts the budget (a sensor cable
+  pulled for ten minutes) does not leave the part down until the next service restart;
 - it stops beating for longer than its `hang_after_s` while running: `hung` (a
   backend call or a storage write that does not return). The agent withholds
   systemd's WATCHDOG=1 then, so a wedged process gets restarted.
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+RETRY_FAILED_S = 300.0  # a component past its budget is tried again this often
 
 
 class ComponentState(str, enum.Enum):
@@ -59,6 +63,7 @@ class ComponentStatus:
     last_error_at: float | None  # wall clock (s since the epoch)
     heartbeat_age_s: float | None  # None: not running
     hung: bool
+    retry_at: float | None = None  # failed: when it is tried again (wall clock); None: never
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +76,7 @@ class ComponentStatus:
             if self.heartbeat_age_s is None
             else round(self.heartbeat_age_s, 3),
             "hung": self.hung,
+            "retry_at": self.retry_at,
         }
 
 
@@ -101,6 +107,7 @@ class _Component:
     body: Body
     on_restart: Hook | None
     on_give_up: Hook | None
+    on_retry: Hook | None
     hang_after_s: float
     budget: RestartBudget
     loop: Loop
@@ -109,6 +116,7 @@ class _Component:
     restarts: int = 0
     last_error: str = ""
     last_error_at: float | None = None
+    retry_at: float | None = None
     thread: threading.Thread | None = None
 
 
@@ -121,9 +129,15 @@ class Supervisor:
         hang_after_s: float,
         faults: Faults | None = None,
         on_error: Callable[[str, str], None] | None = None,
+        retry_failed_s: float | None = RETRY_FAILED_S,
     ) -> None:
+        """`retry_failed_s`: seconds before a component past its budget is tried again
+        (None: never)."""
         if hang_after_s <= 0:
             raise ValueError("hang_after_s must be positive")
+        if retry_failed_s is not None and retry_failed_s <= 0:
+            raise ValueError("retry_failed_s must be positive")
+        self._retry_failed_s = retry_failed_s
         self.stop_event = threading.Event()
         self._budget = (budget, window_s)
         self._hang_after_s = hang_after_s
@@ -144,9 +158,12 @@ class Supervisor:
         *,
         on_restart: Hook | None = None,
         on_give_up: Hook | None = None,
+        on_retry: Hook | None = None,
         hang_after_s: float | None = None,
     ) -> None:
-        """Register a component (before or after start(); it starts at once if running)."""
+        """Register a component (before or after start(); it starts at once if running).
+        `on_retry` undoes `on_give_up` before a failed component is tried again (default:
+        `on_restart`)."""
         if name in self._components:
             raise ValueError(f"component {name!r} registered twice")
         c = _Component(
@@ -154,6 +171,7 @@ class Supervisor:
             body,
             on_restart,
             on_give_up,
+            on_retry,
             hang_after_s or self._hang_after_s,
             RestartBudget(*self._budget),
             Loop(name, self.stop_event, self._faults),
@@ -185,7 +203,7 @@ class Supervisor:
                     log.info("%s ended while stopping: %r", c.name, e)
                     break
                 self._failed_once(c, e, started)
-                if c.state is ComponentState.FAILED:
+                if c.state is ComponentState.FAILED and not self._wait_retry(c):
                     return
                 continue
             c.state = ComponentState.STOPPED if stop.is_set() else ComponentState.FINISHED
@@ -204,11 +222,13 @@ class Supervisor:
             self._on_error(c.name, msg)
         if not c.budget.allow(now):
             c.state = ComponentState.FAILED
+            retry = self._retry_failed_s
             log.error(
-                "%s failed %d times within %.0f s, not restarted again: %s",
+                "%s failed %d times within %.0f s, %s: %s",
                 c.name,
                 self._budget[0] + 1,
                 self._budget[1],
+                "not restarted again" if retry is None else f"tried again in {retry:.0f} s",
                 msg,
                 exc_info=e,
             )
@@ -221,6 +241,28 @@ class Supervisor:
         if self.stop_event.wait(delay):
             return
         self._hook(c, c.on_restart, "on_restart")
+
+    def _wait_retry(self, c: _Component) -> bool:
+        """A failed component waits `retry_failed_s`, then gets a fresh budget; False when
+        it is never retried or the agent stops meanwhile."""
+        if self._retry_failed_s is None:
+            return False
+        c.retry_at = time.time() + self._retry_failed_s
+        if self.stop_event.wait(self._retry_failed_s):
+            c.retry_at = None
+            c.state = ComponentState.STOPPED
+            return False
+        c.retry_at = None
+        c.budget = RestartBudget(*self._budget)
+        c.backoff.reset()
+        c.restarts += 1
+        log.warning(
+            "%s: trying again %.0f s after it failed past its restart budget",
+            c.name,
+            self._retry_failed_s,
+        )
+        self._hook(c, c.on_retry or c.on_restart, "on_retry")
+        return True
 
     def _hook(self, c: _Component, hook: Hook | None, what: str) -> None:
         if hook is None:
@@ -260,6 +302,7 @@ class Supervisor:
                     c.last_error_at,
                     age,
                     age is not None and age > c.hang_after_s,
+                    c.retry_at if c.state is ComponentState.FAILED else None,
                 )
             )
         return out
