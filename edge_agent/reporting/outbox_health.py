@@ -15,6 +15,15 @@ from edge_agent.reporting.outbox_types import OutboxHealth
 __all__ = ["outbox_health"]
 
 
+# What a technician can do about each storage fault (outbox_db.classify's names).
+FIXES = {
+    "disk full": "free space on the state dir's filesystem",
+    "database locked": "another process holds outbox.db for writing (sqlite3, a backup): close it",
+    "permission denied": "give the state dir back to the agent's user (chown -R)",
+    "I/O error": "check the storage device (dmesg)",
+}
+
+
 def _clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 
@@ -28,7 +37,11 @@ def outbox_health(h: OutboxHealth, refused: dict[str, int]) -> dict[str, Any]:
     problems: list[str] = []
     if h.fault is not None:
         since = f" since {_clock(h.since)}" if h.since is not None else ""
-        problems.append(f"outbox: {h.fault}{since}, {h.held} record(s) held in memory ({h.detail})")
+        fix = FIXES.get(h.fault)
+        problems.append(
+            f"outbox: {h.fault}{since}, {h.held} record(s) held in memory ({h.detail})"
+            + (f"; {fix}" if fix else "")
+        )
     if h.seq_problem:
         problems.append(f"outbox: {h.seq_problem}")
     lost = {k: n for k, n in h.dropped_in_memory.items() if n}
