@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from edge_agent.errors import ModelError
+from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.runtime.card import CARD_FILE, load_card, sha256_file
-from ota.errors import BundleFormatError
+from ota.errors import BundleFormatError, GoldenVectorError
 from ota.manifest import FileEntry, Manifest
 from ota.paths import check_relative_path
 
-__all__ = ["BuildPlan", "plan_bundle"]
+__all__ = ["BuildPlan", "check_golden", "plan_bundle"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,20 @@ def plan_bundle(
         expires=expires,
     )
     return BuildPlan(manifest, sources)
+
+
+def check_golden(model_dir: Path) -> str:
+    """Load the model as a device does and run its card's golden vectors (the check each
+    device makes before a model may serve); returns a description of the model run.
+    GoldenVectorError, saying what did not reproduce, when they fail or the model cannot
+    be run on this machine."""
+    from edge_agent.runtime.model import load_model  # the model runtime: only for build
+
+    try:
+        model = load_model(Path(model_dir))
+    except EdgeAgentError as e:  # golden mismatch, runtime missing here, model too large
+        raise GoldenVectorError(
+            f"refusing to build {model_dir}: the golden vectors did not pass here ({e}); "
+            "a device would refuse this model. Fix the model or the card's golden scores"
+        ) from e
+    return model.description

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__ as agent_version
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.fsutil import atomic_write_bytes, sha256_file
 from ota.announce import DEFAULT_PREFIX, Announcement, device_topic, fleet_topic
+from ota.broker_args import add_broker_arguments, target_from_args
 from ota.bundle import add_signatures, read_header, write_bundle
 from ota.canonical import canonical_bytes, format_time, parse_json_object, parse_time
 from ota.cli_fleet import add_fleet_commands
@@ -144,7 +145,7 @@ def cmd_root_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ota.build import plan_bundle  # reads model cards (numpy): only this command needs it
+    from ota.build import check_golden, plan_bundle  # model cards, runtime: only for build
 
     if args.allow_downgrade:
         raise UsageError(
@@ -161,8 +162,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         min_agent_version=args.min_agent_version,
         version=args.version,
     )
+    ran = check_golden(args.model_dir)  # as every device will, before a bundle exists
     write_bundle(args.out, plan.manifest, plan.sources)
     m = plan.manifest
+    print(f"golden vectors reproduce on {ran}")
     print(f"built {m.name} v{m.version} for {', '.join(m.profiles)} -> {args.out} (unsigned)")
     return 0
 
@@ -232,7 +235,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from ota.publish import MqttTarget, publish_retained
+    from ota.publish import publish_retained
     from ota.serve import start_server
 
     bundle = _bundle_path(args.bundle)
@@ -262,8 +265,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         topics = [fleet_topic(g, args.prefix) for g in args.group] + [
             device_topic(d, args.prefix) for d in args.device
         ]
-        target = MqttTarget(args.host, args.port, args.username, args.password)
-        publish_retained(target, [(t, ann.to_payload()) for t in topics])
+        publish_retained(target_from_args(args), [(t, ann.to_payload()) for t in topics])
         for t in topics:
             print(f"announced {url} on {t} (retained)", flush=True)
         if server is not None:
@@ -357,10 +359,7 @@ def _add_bundle_commands(sub: Any) -> None:
 def _add_publish(sub: Any) -> None:
     s = sub.add_parser("publish", help="announce a bundle over MQTT (retained)")
     s.add_argument("bundle", type=Path)
-    s.add_argument("--host", required=True)
-    s.add_argument("--port", type=int, default=1883)
-    s.add_argument("--username")
-    s.add_argument("--password")
+    add_broker_arguments(s)
     s.add_argument("--prefix", default=DEFAULT_PREFIX)
     s.add_argument("--group", action="append", default=[], help="fleet group (repeatable)")
     s.add_argument("--device", action="append", default=[], help="device id (repeatable)")
@@ -396,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (UsageError, KeyFileError) as e:
+    except (UsageError, KeyFileError, ConfigError) as e:
         print(f"edge-ota: error: {e}", file=sys.stderr)
         return 2
     except EdgeAgentError as e:

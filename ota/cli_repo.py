@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ota.announce import DEFAULT_PREFIX, fleet_topic
+from ota.broker_args import add_broker_arguments, target_from_args
 from ota.keys import PrivateKey, load_private_key, load_public_key
 
 __all__ = ["add_repo_commands"]
@@ -116,14 +117,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_hint(args: argparse.Namespace) -> int:
-    from ota.publish import MqttTarget, publish_retained
+    from ota.publish import publish_retained
 
     body = json.dumps({"v": HINT_VERSION, "hint": "refresh", "ts": _now().isoformat()}).encode()
     topics = [fleet_topic(g, args.prefix) for g in args.group]
-    publish_retained(
-        MqttTarget(args.host, args.port, args.username, args.password),
-        [(t, body) for t in topics],
-    )
+    publish_retained(target_from_args(args), [(t, body) for t in topics])
     for t in topics:
         print(f"hint published on {t} (it carries no trust: devices refresh their channel)")
     return 0
@@ -191,10 +189,7 @@ def _add_director_serve_hint(sub: Any) -> None:
     _cmd(x, cmd_serve)
 
     x = sub.add_parser("hint", help="tell a group to refresh its update channel now (MQTT)")
-    x.add_argument("--host", required=True)
-    x.add_argument("--port", type=int, default=1883)
-    x.add_argument("--username")
-    x.add_argument("--password")
+    add_broker_arguments(x)
     x.add_argument("--prefix", default=DEFAULT_PREFIX)
     x.add_argument("--group", action="append", required=True)
     _cmd(x, cmd_hint)

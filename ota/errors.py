@@ -14,6 +14,7 @@ __all__ = [
     "ChannelStaleError",
     "DownloadError",
     "ExpiredError",
+    "GoldenVectorError",
     "HashMismatchError",
     "KeyFileError",
     "NotDirectedError",
@@ -102,3 +103,7 @@ class BundleFormatError(OtaError):
 
 class KeyFileError(OtaError):
     """A key file is missing, unreadable, or not an Ed25519 key."""
+
+
+class GoldenVectorError(OtaError):
+    """The model's golden vectors do not reproduce (the check every device runs)."""

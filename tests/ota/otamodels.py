@@ -32,11 +32,15 @@ def _rewrite_card(d: Path, **changes: Any) -> Path:
     return d
 
 
-def copy_model(dst: Path, version: int, *, threshold: float | None = None) -> Path:
+def copy_model(
+    dst: Path, version: int, *, threshold: float | None = None, name: str | None = None
+) -> Path:
     shutil.copytree(FP32, dst)
     changes: dict[str, Any] = {"version": version}
     if threshold is not None:
         changes["threshold"] = threshold
+    if name is not None:
+        changes["name"] = name
     return _rewrite_card(dst, **changes)
 
 

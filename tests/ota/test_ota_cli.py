@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import write_model_dir
 from craft import hostile_copy, replace_member
+from otamodels import FP32, copy_model
 
 from ota.cli import main
 from ota.keys import load_public_key
@@ -52,7 +53,7 @@ def signed_bundle(tmp_path: Path) -> tuple[Path, Path, Path]:
     assert rc == 0
     rc, _ = run_main("root", "sign", root, "--key", keys / "alice.key", "--key", keys / "bob.key")
     assert rc == 0
-    model = write_model_dir(tmp_path / "model", version=4)
+    model = copy_model(tmp_path / "model", 4, name="vib-ae")  # build runs golden vectors
     bundle = tmp_path / "out" / "vib-ae-4.bundle"
     rc, _ = run_main(
         "build", model, "--version", "4", "--profiles", "rpi5", "x86-generic",
@@ -95,7 +96,8 @@ def test_tampered_bundle_fails_verify_with_message(
     bundle, root, keys = signed_bundle
     assert main(["sign", str(bundle), "--key", str(keys / "alice.key"), "--key",
                  str(keys / "bob.key")]) == 0  # fmt: skip
-    replace_member(bundle, "payload/model.onnx", b"\x00" * 10240)
+    size = (FP32 / "model.onnx").stat().st_size  # same size, other bytes: only the hash
+    replace_member(bundle, "payload/model.onnx", b"\x00" * size)
     r = edge_ota("verify", bundle, "--root", root)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
@@ -222,7 +224,7 @@ def test_repo_commands_release_rotate_and_refresh(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     bundle = tmp_path / "b.bundle"
-    assert run_main("build", write_model_dir(tmp_path / "m", 3), "--profiles", "rpi5",
+    assert run_main("build", copy_model(tmp_path / "m", 3, name="vib-ae"), "--profiles", "rpi5",
                     "--expires", "30d", "--out", bundle)[0] == 0  # fmt: skip
     # One targets key is below the threshold: nothing is released.
     r = edge_ota("repo", "add", repo, bundle, "--key", k["alice"], "--online-key", k["online"])
