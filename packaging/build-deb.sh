@@ -126,7 +126,7 @@ done
 install -m 644 "$here/edge-agent.service" "$stage/usr/lib/systemd/system/edge-agent.service"
 install -m 644 "$here/edge-agent.sysusers" "$stage/usr/lib/sysusers.d/edge-agent.conf"
 install -m 644 "$here/agent.toml" "$stage/etc/edge-agent/agent.toml"
-for doc in install.md status.md configuration.md; do
+for doc in install.md status.md configuration.md homeassistant.md; do
     [ -f "$root/docs/$doc" ] && install -m 644 "$root/docs/$doc" "$stage/usr/share/doc/edge-agent/$doc"
 done
 install -m 755 "$here/debian/postinst" "$here/debian/prerm" "$here/debian/postrm" "$stage/DEBIAN/"

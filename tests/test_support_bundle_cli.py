@@ -66,7 +66,8 @@ def _no_journalctl_env(tmp_path: Path) -> dict[str, str]:
 def test_bundle_after_a_demo_run_has_everything_and_no_secret(tmp_path: Path) -> None:
     state = tmp_path / "state"
     cfg = _config(tmp_path, state)
-    r = run_cli("run", "--demo", "--config", str(cfg), "--max-windows", "50", timeout=120)
+    # 2000 windows: the demo's injected anomalies raise events into the local history
+    r = run_cli("run", "--demo", "--config", str(cfg), "--max-windows", "2000", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
 
     out = tmp_path / "bundle.tar.gz"
@@ -80,7 +81,7 @@ def test_bundle_after_a_demo_run_has_everything_and_no_secret(tmp_path: Path) ->
     members = _members(out)
     assert set(members) == {
         "MANIFEST.json", "config.json", "status.json", "status.txt", "models.json",
-        "versions.json",
+        "versions.json", "events.jsonl",
     }  # fmt: skip
     for name, data in members.items():
         assert SECRET_IN_FILE.encode() not in data, name
@@ -97,10 +98,13 @@ def test_bundle_after_a_demo_run_has_everything_and_no_secret(tmp_path: Path) ->
     assert status["state"]["device_id"] == "gw-support"
     (stream,) = status["state"]["streams"]
     assert stream["name"] == "demo"
-    assert stream["windows"] >= 50
+    assert stream["windows"] >= 2000
     assert "demo" in members["status.txt"].decode()
     assert "slots" in json.loads(members["models.json"])
     assert json.loads(members["versions.json"])["agent"] == __version__
+    assert members["events.jsonl"] == (state / "events.jsonl").read_bytes()
+    events = [json.loads(x) for x in members["events.jsonl"].splitlines()]
+    assert any(e.get("stream") == "demo" for e in events), events[:3]
 
     manifest = json.loads(members["MANIFEST.json"])
     assert manifest["device_id"] == "gw-support"
@@ -122,7 +126,9 @@ def test_a_config_that_does_not_validate_is_included_redacted(tmp_path: Path) ->
     assert "mqtt.password: unknown key" in doc["error"]
     assert doc["parsed"]["mqtt"]["password"] == "<redacted>"
     assert all(SECRET_IN_CONFIG.encode() not in d for d in members.values())
-    assert json.loads(members["MANIFEST.json"])["skipped"] == {"journal.txt": "--journal-lines 0"}
+    skipped = json.loads(members["MANIFEST.json"])["skipped"]
+    assert skipped["journal.txt"] == "--journal-lines 0"
+    assert "no event raised here yet" in skipped["events.jsonl"]
     assert json.loads(members["status.json"])["verdict"] == "DOWN"  # never ran here
 
 
@@ -147,4 +153,5 @@ def test_members_are_cut_from_the_oldest_line() -> None:
     assert len(cut) <= 100
     assert cut.endswith(b"line 999\n")
     assert cut.startswith(b"line ")  # whole lines only
+    assert len(cut.splitlines()) == cut.count(b"\n")
     assert _cut_oldest(b"short\n", 100) == (b"short\n", False)

@@ -11,6 +11,8 @@ What goes in (MANIFEST.json lists every member, what was cut and what was skippe
 - `status.json` and `status.txt`: `edge-agent status --json` and its text.
 - `models.json`: `edge-agent models --json` (slots, versions, commit state).
 - `versions.json`: agent, Python, platform, package versions.
+- `events.jsonl`: the newest part of the local event history (`edge-agent events`),
+  the anomaly and sensor events the agent raised.
 - `journal.txt`: the last N lines of `journalctl -u edge-agent` where journalctl works;
   otherwise skipped with the reason in the manifest.
 
@@ -153,6 +155,20 @@ def journal_lines(n: int, run: Callable[..., Any] = subprocess.run) -> tuple[byt
     return out, ""
 
 
+def _tail_file(path: Path, limit: int) -> tuple[bytes | None, str]:
+    """The last `limit` bytes of a file (whole lines), or None and why not."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - limit - 1))
+            data = f.read()
+    except FileNotFoundError:
+        return None, f"{path} does not exist (no event raised here yet)"
+    except OSError as e:
+        return None, f"cannot read {path}: {e.strerror or e}"
+    return (_cut_oldest(data, limit)[0] if size > limit else data), ""
+
+
 def _cut_oldest(data: bytes, limit: int) -> tuple[bytes, bool]:
     """At most `limit` bytes, dropping whole lines from the start."""
     if len(data) <= limit:
@@ -166,6 +182,7 @@ def collect(
     config: Path | None, state_dir: Path, journal: int
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Every member's bytes (bounded) and the manifest describing them."""
+    from edge_agent.reporting.history import HISTORY_FILE
     from edge_agent.service.support_bundle import versions
 
     cfg_doc, device = _config_member(config)
@@ -174,6 +191,11 @@ def collect(
     members["models.json"] = _json(_models_member(state_dir))
     members["versions.json"] = _json(versions())
     skipped: dict[str, str] = {}
+    events, why = _tail_file(state_dir / HISTORY_FILE, MAX_MEMBER_BYTES)
+    if events is None:
+        skipped["events.jsonl"] = why
+    else:
+        members["events.jsonl"] = events
     log, why = journal_lines(journal)
     if log is None:
         skipped["journal.txt"] = why
