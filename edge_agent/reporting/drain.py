@@ -64,6 +64,8 @@ class Drainer:
         self._last_publish: float | None = None
         self._rejected: Counter[str] = Counter()
         self._ack_timeouts = 0
+        # the oldest send no PUBACK followed, across reconnects; None once one comes
+        self._unacked_since: float | None = None
         self._failures = 0
         self._last_failure: str | None = None
         link.wake_hook = self.wake
@@ -97,6 +99,13 @@ class Drainer:
         """How often the link was reconnected because no PUBACK came in time."""
         with self._lock:
             return self._ack_timeouts
+
+    @property
+    def unacked_since(self) -> float | None:
+        """Since when (unix s) the broker has acknowledged nothing, once an ack timeout
+        fired; None after any PUBACK. Survives the reconnects the timeouts cause."""
+        with self._lock:
+            return self._unacked_since
 
     def rejected(self) -> dict[str, int]:
         with self._lock:
@@ -146,6 +155,7 @@ class Drainer:
             self._acked.extend(done)
             with self._lock:
                 self._last_publish = time.time()
+                self._unacked_since = None
 
     def _delete_acked(self) -> None:
         if self._acked:
@@ -165,6 +175,8 @@ class Drainer:
         )
         with self._lock:
             self._ack_timeouts += 1
+            if self._unacked_since is None:
+                self._unacked_since = min(self._sent_at.values())
         # paho re-sends them after the reconnect: their clock starts again then.
         for mid in self._sent_at:
             self._sent_at[mid] = now

@@ -306,6 +306,7 @@ class Reporter:
                 rejected=self._drain.rejected(),
             )
             mqtt["ack_timeouts"] = self._drain.ack_timeouts
+            mqtt["unacked_since"] = self._drain.unacked_since
         age = ob.oldest_age_s(now)
         return {
             "mqtt": mqtt,

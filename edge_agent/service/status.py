@@ -12,6 +12,7 @@ useful about a half-written, older or newer file, never print a traceback.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -293,6 +294,15 @@ def _mqtt_findings(m: Any, now: float, reasons: list[str], notes: list[str]) -> 
         dur = f" for {fmt_duration(now - since)}" if since is not None else ""
         err = get(m, "last_error", str, "")
         reasons.append(f"MQTT not connected to {broker}{dur}" + (f": {err}" if err else ""))
+    unacked = num(m, "unacked_since")
+    if unacked is not None:  # a broker that takes messages but acknowledges none
+        n = get(m, "ack_timeouts", int, 0)
+        clock = time.strftime("%H:%M:%S", time.localtime(unacked))
+        dur = fmt_duration(now - unacked)
+        reasons.append(
+            f"MQTT: {broker} has acknowledged nothing since {clock} ({dur}, {n} ack "
+            "timeout(s)); records wait in the outbox: check the broker (its log, disk)"
+        )
     denied = get(m, "acl_denied", int, 0)
     if denied:
         reasons.append(f"MQTT: {denied} publish(es) denied by the broker's ACL")
