@@ -159,7 +159,7 @@ class Agent:
         self.pool = pool = ModelPool(self.selection.profile, loader=loader)
         # ... and one supervised inference scheduler per loaded model batches their windows.
         self.schedulers = scheds = SchedulerSet(self.selection.profile)
-        scheds.on_new = lambda name, sched: self.supervisor.add(name, sched.run)
+        scheds.on_new = lambda name, sched: self.supervisor.add(name, sched.run, transient=True)
         pool.on_load = lambda e: scheds.add(e.model)
         pool.on_evict = lambda e: scheds.remove(e.model)
         # One grant per model, from this thread: a load that hangs stops the extension.

@@ -118,6 +118,7 @@ class _Component:
     last_error_at: float | None = None
     retry_at: float | None = None
     thread: threading.Thread | None = None
+    transient: bool = False  # forgotten when it finishes (e.g. an evicted model's worker)
 
 
 class Supervisor:
@@ -160,10 +161,12 @@ class Supervisor:
         on_give_up: Hook | None = None,
         on_retry: Hook | None = None,
         hang_after_s: float | None = None,
+        transient: bool = False,
     ) -> None:
         """Register a component (before or after start(); it starts at once if running).
         `on_retry` undoes `on_give_up` before a failed component is tried again (default:
-        `on_restart`)."""
+        `on_restart`). A `transient` one is dropped from the table when it finishes, so
+        components that come and go (one per loaded model) do not pile up in status."""
         if name in self._components:
             raise ValueError(f"component {name!r} registered twice")
         c = _Component(
@@ -175,6 +178,7 @@ class Supervisor:
             hang_after_s or self._hang_after_s,
             RestartBudget(*self._budget),
             Loop(name, self.stop_event, self._faults),
+            transient=transient,
         )
         with self._lock:
             self._components[name] = c
@@ -209,6 +213,9 @@ class Supervisor:
             c.state = ComponentState.STOPPED if stop.is_set() else ComponentState.FINISHED
             if c.state is ComponentState.FINISHED:
                 log.info("%s finished", c.name)
+                if c.transient:
+                    with self._lock:
+                        self._components.pop(c.name, None)
             return
         c.state = ComponentState.STOPPED
 
@@ -281,7 +288,7 @@ class Supervisor:
         for c in list(self._components.values()):
             if c.thread is not None:
                 c.thread.join(max(0.0, deadline - time.monotonic()))
-        return [c.name for c in self._components.values() if c.thread and c.thread.is_alive()]
+        return [c.name for c in list(self._components.values()) if c.thread and c.thread.is_alive()]
 
     # -- looking ------------------------------------------------------------------------
     def state(self, name: str) -> ComponentState:
