@@ -4,6 +4,7 @@ model run directly), errors in the protocol's form; plain urllib and tritonclien
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -174,6 +175,29 @@ def test_errors_in_the_protocols_form(agent: Served) -> None:
     _assert_error(*agent.request("/v2/models/vibration-ae/infer")[:2], 405, "POST")
     # the connection-level refusals did not break the endpoint
     assert agent.request(path, _infer_body(card, x))[0] == 200
+
+
+def test_one_keep_alive_connection_survives_refused_requests_with_bodies(
+    agent: Served,
+) -> None:
+    card = CARDS["skab-zsq-int8-onnx"]
+    good = json.dumps(_infer_body(card, card.golden.inputs[:2])).encode()
+    path = "/v2/models/skab-zsq-int8-onnx/infer"
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    conn = agent.connection()
+    try:
+        for headers, want in [
+            (auth, 200),
+            ({**auth, "Authorization": "Bearer wrong"}, 401),  # refused before its body
+            (auth, 200),
+            (auth, 200),
+        ]:
+            conn.request("POST", path, good, headers)
+            r = conn.getresponse()
+            doc = json.loads(r.read())
+            assert r.status == want, doc
+    finally:
+        conn.close()
 
 
 def test_tritonclient_works_against_it(agent: Served) -> None:

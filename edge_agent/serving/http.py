@@ -269,6 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = IDLE_CONNECTION_S
     server_version = "edge-agent"
     ep: Endpoint
+    _body_read = False  # this request's body was read (or dropped)
 
     def address_string(self) -> str:
         ca = self.client_address
@@ -307,6 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         ep = self.ep
         ep.count("requests")
+        self._body_read = False  # per request: a keep-alive connection carries many
         path = self.path.split("?", 1)[0]
         parts = [p for p in path.split("/") if p]
         try:
@@ -467,8 +469,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _drain_unread(self) -> None:
         """An error answered before the body was read: read it, so the next request on
         this keep-alive connection starts at its own first byte."""
-        if getattr(self, "_body_read", False):
-            self._body_read = False
+        if self._body_read:
             return
         raw = self.headers.get("Content-Length") if self.headers else None
         try:
@@ -477,7 +478,6 @@ class _Handler(BaseHTTPRequestHandler):
             n = 0
         if n > 0:
             self._discard(n, self.ep.cfg.max_body_kb * 1024)
-        self._body_read = False
 
 
 def _method(got: str, want: str) -> None:
