@@ -26,8 +26,10 @@ from edge_agent.pipeline.calibration import (
     Calibration,
     Calibrator,
     apply_calibration,
+    carried_note,
     fit_calibration,
     load_for_model,
+    not_applied_note,
     save_calibration,
     threshold_warning,
 )
@@ -199,6 +201,13 @@ class StreamRuntime:
             self.baseline = BaselineFollower(self.state_dir, sc.name, sc.baseline, self.pipeline)
         self.calibrator: Calibrator | None = None
         self.calibration_error = ""
+        # For status: carried over from an older model, or why a stored calibration is
+        # not applied; an OTA update keeps it (and `calibration`) to what serves.
+        self.calibration_note = (
+            carried_note(self.calibration, model.card)
+            if self.calibration is not None
+            else not_applied_note(self.state_dir, sc.name, model.card)
+        )
         if sc.calibrate_windows > 0 and self.calibration is None:
             p = self.pipeline
             self.calibrator = Calibrator(p.window, p.hop, sc.calibrate_windows, pre.columns)
@@ -330,7 +339,7 @@ class StreamRuntime:
             self.calibration_error = str(e)
             log.error("stream %s: automatic calibration failed: %s", self.name, e)
         else:
-            self.calibration = c
+            self.calibration, self.calibration_note = c, ""
             self.pipeline.swap_model(
                 apply_calibration(model, c), build_policy(self.config, model, c)
             )
@@ -350,11 +359,13 @@ class StreamRuntime:
         if self.calibrator is not None:
             c = self.calibrator
             return {"state": "calibrating", "collected": c.collected, "needed": c.needed}
+        note = {"note": self.calibration_note} if self.calibration_note else {}
         if self.calibration is not None:
-            return {"state": "calibrated", **self.calibration.summary()}
+            return {"state": "calibrated", **self.calibration.summary(), **note}
         return {
             "state": "failed" if self.calibration_error else "none",
             "error": self.calibration_error,
+            **note,
         }
 
     def take_telemetry(self) -> Telemetry:

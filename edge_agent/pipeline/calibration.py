@@ -16,14 +16,17 @@ margin leaves room for normal data not seen in a short calibration.
 Core (`fit_calibration`) is pure apart from running the model: samples and time in,
 a frozen `Calibration` out. Storage is `<state_dir>/calibration/<stream>.json`, written
 atomically; the model's own (signed) files are never touched. A calibration belongs
-to one model file (sha256): for any other model it is ignored with a warning.
+to one model file (sha256): for any other model it is ignored with a warning -- unless
+it was carried over to that model (`carry_over`): an update to a model of the same
+family reading the same channels with the same window keeps the machine's statistics
+and threshold (`carried_to` lists those models' sha256, the last CARRIED_KEPT).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -44,10 +47,14 @@ __all__ = [
     "Calibrator",
     "apply_calibration",
     "calibration_path",
+    "carried",
+    "carried_note",
+    "carry_over",
     "fit_calibration",
     "load_calibration",
     "load_for_model",
     "matches_model",
+    "not_applied_note",
     "samples_needed",
     "save_calibration",
     "threshold_warning",
@@ -68,6 +75,7 @@ CONSTANT_REL_STD = 1e-6  # std below this fraction of max(|mean|, 1): a constant
 # 0.07-0.9x).
 SUSPICIOUS_RATIO = 5.0
 SCORE_BATCH = 256  # windows per inference call while calibrating
+CARRIED_KEPT = 4  # models a calibration was carried over to, remembered (rollbacks)
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,7 @@ class Calibration:
     created: float
     score_quantile: float  # the quantile of calibration scores, before the margin
     params: CalibrationParams = field(default_factory=CalibrationParams)
+    carried_to: tuple[str, ...] = ()  # sha256 of later models it was carried over to
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -135,6 +144,7 @@ class Calibration:
                 created=float(d["created"]),
                 score_quantile=float(d["score_quantile"]),
                 params=CalibrationParams(**d["params"]),
+                carried_to=tuple(str(x) for x in d.get("carried_to", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CalibrationError(f"{where}: malformed calibration: {e!r}") from e
@@ -284,8 +294,34 @@ def apply_calibration(model: LoadedModel, cal: Calibration) -> LoadedModel:
 
 
 def matches_model(cal: Calibration, card: ModelCard) -> bool:
-    """A calibration is only valid for the exact model file it was fitted with."""
-    return cal.model_sha256 == card.sha256 and cal.channels == card.preprocessing.channels
+    """A calibration is only valid for the exact model file it was fitted with, or one
+    it was carried over to."""
+    ok = card.sha256 == cal.model_sha256 or card.sha256 in cal.carried_to
+    return ok and cal.channels == card.preprocessing.channels
+
+
+def carry_over(cal: Calibration, card: ModelCard, window: int) -> str:
+    """Why `cal`, in use on a stream cutting `window`-sample windows, cannot serve the
+    model of `card` there; "" if it can: the same channels in the same order and the
+    same window, so the machine's per-channel statistics still describe what the model
+    sees. (The threshold was fitted on the older model's scores: an update's shadow
+    judges the candidate with it, and re-calibrating fits it to the new model.)"""
+    if cal.channels != card.preprocessing.channels:
+        return (
+            f"{card.name} reads channels {list(card.preprocessing.channels)}, the calibration "
+            f"has {list(cal.channels)}"
+        )
+    if card.preprocessing.window != window:
+        return f"{card.name} takes windows of {card.preprocessing.window}, the stream {window}"
+    return ""
+
+
+def carried(cal: Calibration, card: ModelCard) -> Calibration:
+    """`cal`, valid for `card` too (see carry_over)."""
+    if matches_model(cal, card):
+        return cal
+    kept = (*(s for s in cal.carried_to if s != card.sha256), card.sha256)[-CARRIED_KEPT:]
+    return replace(cal, carried_to=kept)
 
 
 # -- storage ----------------------------------------------------------------------
@@ -344,6 +380,34 @@ def load_for_model(state_dir: Path, stream: str, card: ModelCard) -> Calibration
         )
         return None
     return cal
+
+
+def not_applied_note(state_dir: Path, stream: str, card: ModelCard) -> str:
+    """Why a stored calibration of `stream` is not applied to the model of `card`; ""
+    if it is, or the stream has none."""
+    try:
+        cal = load_calibration(state_dir, stream)
+    except EdgeAgentError as e:
+        return f"stored calibration unusable ({e}): runs on the card's values; re-calibrate"
+    if cal is None or matches_model(cal, card):
+        return ""
+    return (
+        f"calibration fitted on {cal.model_name} v{cal.model_version} does not apply to "
+        f"{card.name} v{card.version}: this stream runs on the card's normalisation and "
+        "threshold; re-calibrate it (edge-agent calibrate)"
+    )
+
+
+def carried_note(cal: Calibration, card: ModelCard) -> str:
+    """For status: that `cal` serves `card` carried over from the model it was fitted
+    on; "" when `card` is that model."""
+    if card.sha256 == cal.model_sha256:
+        return ""
+    return (
+        f"fitted on {cal.model_name} v{cal.model_version}, carried over to {card.name} "
+        f"v{card.version} (same channels and window); re-calibrate to fit the threshold "
+        "to this model"
+    )
 
 
 class Calibrator:

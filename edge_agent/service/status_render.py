@@ -84,7 +84,16 @@ def _short(v: float | None, chars: int, digits: int = 3) -> str:
 
 
 def _calibration_line(cal: Any) -> str:
-    """On-site calibration of one stream, or "" when it has none."""
+    """On-site calibration of one stream, or "" when it has none; a second line with
+    its note (carried over to an updated model, or not applied to it)."""
+    note = get(cal, "note", str, "")
+    line = _calibration_state(cal)
+    if note:
+        line = f"{line}\n    calibration: {note}" if line else f"    calibration: {note}"
+    return line
+
+
+def _calibration_state(cal: Any) -> str:
     state = get(cal, "state", str, "none")
     if state == "calibrated":
         return (
@@ -251,7 +260,7 @@ def _stream_lines(streams: list[Any]) -> list[str]:
             out.append("    sensor: " + ", ".join(faults))
         cal_line = _calibration_line(s.get("calibration") if isinstance(s, Mapping) else None)
         if cal_line:
-            out.append(cal_line)
+            out.extend(cal_line.splitlines())
         err = get(s, "source_error", str, "")
         if err:
             out.append(f"    error: {err}")

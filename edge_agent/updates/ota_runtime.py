@@ -133,7 +133,7 @@ class OtaRuntime:
             ota=ota,
             profile=profile,
             root=root,
-            targets=[UpdateTarget(s.pipeline, s.config) for s in streams],
+            targets=[UpdateTarget(s.pipeline, s.config, s) for s in streams],
             publish=self._publish,
             store=self.boot.store,
             channel=channel,
@@ -202,6 +202,10 @@ class OtaRuntime:
             log.warning("manual rollback refused: %s", e)
             mr.write_result(self.state_dir, req, False, str(e))
             return
+        from edge_agent.updates.calib_carry import refresh
+
+        for s in streams:  # status shows the calibration applied to what serves now
+            refresh(s, self.state_dir, s.name, s.pipeline.model.card)
         message = f"rolled back from v{before}: {served}"
         log.warning("manual rollback (%s): %s", req.reason, message)
         detail = f"manual: {req.reason}"

@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 
 SHADOW_QUEUE_BATCHES = 16  # batches waiting for the candidate; beyond this they are skipped
 
-# data, the active scores, the active model, its threshold, the candidate's threshold
-_Item = tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], LoadedModel, float, float]
+# data, the active scores, the active model, its threshold, the candidate (as this
+# stream runs it: its calibration) and the candidate's threshold
+_Item = tuple[
+    npt.NDArray[np.float32], npt.NDArray[np.float64], LoadedModel, float, LoadedModel, float
+]
 _Hook = Callable[[Windows, npt.NDArray[np.float64], LoadedModel], None]
 
 
@@ -50,7 +53,9 @@ class ShadowRunner:
         self._hooks: list[tuple[StreamPipeline, _Hook]] = []
 
     # -- stream thread ---------------------------------------------------------------
-    def _hook_for(self, pipeline: StreamPipeline, candidate_threshold: float) -> _Hook:
+    def _hook_for(
+        self, pipeline: StreamPipeline, candidate: LoadedModel, candidate_threshold: float
+    ) -> _Hook:
         def hook(w: Windows, scores: npt.NDArray[np.float64], model: LoadedModel) -> None:
             if self._done.is_set():
                 return
@@ -60,6 +65,7 @@ class ShadowRunner:
                 scores.copy(),
                 model,
                 pipeline.threshold,
+                candidate,
                 candidate_threshold,
             )
             try:
@@ -72,14 +78,20 @@ class ShadowRunner:
 
     # -- control (updater thread) ----------------------------------------------------
     def start(
-        self, pipelines: Sequence[StreamPipeline], candidate_thresholds: Sequence[float]
+        self,
+        pipelines: Sequence[StreamPipeline],
+        candidate_thresholds: Sequence[float],
+        candidates: Sequence[LoadedModel] | None = None,
     ) -> None:
-        """Shadow `pipelines`; `candidate_thresholds[i]` judges the candidate on the i-th."""
-        if len(pipelines) != len(candidate_thresholds):
-            raise ValueError("one candidate threshold per pipeline")
+        """Shadow `pipelines`; `candidate_thresholds[i]` judges the candidate on the i-th,
+        which runs there as `candidates[i]` (the same model with that stream's
+        calibration; default: the runner's candidate as it is)."""
+        cands = list(candidates) if candidates is not None else [self.candidate] * len(pipelines)
+        if not len(pipelines) == len(candidate_thresholds) == len(cands):
+            raise ValueError("one candidate and one candidate threshold per pipeline")
         self._thread.start()
-        for p, thr in zip(pipelines, candidate_thresholds, strict=True):
-            hook = self._hook_for(p, thr)
+        for p, cand, thr in zip(pipelines, cands, candidate_thresholds, strict=True):
+            hook = self._hook_for(p, cand, thr)
             self._hooks.append((p, hook))
             p.shadow = hook
 
@@ -112,9 +124,9 @@ class ShadowRunner:
                 continue
             if item is None:
                 break
-            data, active_scores, active, active_thr, cand_thr = item
+            data, active_scores, active, active_thr, candidate, cand_thr = item
             try:
-                cand = self.candidate.scores(active.denormalize(data))
+                cand = candidate.scores(active.denormalize(data))
             except Exception as e:  # noqa: BLE001 - a candidate that cannot score fails its shadow
                 self.error = f"{type(e).__name__}: {e}"
                 log.warning("shadow: candidate failed: %s", self.error)

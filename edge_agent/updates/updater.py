@@ -45,7 +45,7 @@ from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
-from edge_agent.streams import build_policy
+from edge_agent.updates.calib_carry import CalibrationHolder, StreamRun, for_stream, keep
 from edge_agent.updates.checks import (
     AlarmRule,
     ShadowTally,
@@ -131,10 +131,12 @@ class _RefusedError(Exception):
 
 @dataclass(frozen=True)
 class UpdateTarget:
-    """A stream the slot's model serves: its pipeline and config (for the alarm policy)."""
+    """A stream the slot's model serves: its pipeline and config (for the alarm policy),
+    and what status shows of its calibration (kept to what is applied)."""
 
     pipeline: StreamPipeline
     config: StreamConfig
+    status: CalibrationHolder | None = None
 
     @property
     def family(self) -> str:
@@ -766,7 +768,8 @@ class Updater:
             self._pause("validate")
             self._check_stop()
             store.mark_shadow(_utc(self._clock()))
-            verdict = self._shadow(cand, targets, v, slot)
+            runs = [for_stream(self.state_dir, t.pipeline, t.config, cand) for t in targets]
+            verdict = self._shadow(cand, targets, runs, v, slot)
         except _RefusedError as f:
             bundle.unlink(missing_ok=True)
             store.abandon(f.reason, _utc(self._clock()))
@@ -781,7 +784,9 @@ class Updater:
             bundle.unlink(missing_ok=True)
             self._release_claim("interrupted")
             raise
-        return self._promote_and_trial(job.tid, cand, targets, verdict, slot)
+        return self._promote_and_trial(
+            job.tid, cand, list(zip(targets, runs, strict=True)), verdict, slot
+        )
 
     def _validate(self, cand_dir: Path, targets: list[UpdateTarget]) -> LoadedModel:
         try:
@@ -826,9 +831,17 @@ class Updater:
             self._run_jobs()
             self._check_stop()
 
-    def _shadow(self, cand: LoadedModel, targets: list[UpdateTarget], v: int, slot: str) -> Verdict:
+    def _shadow(
+        self,
+        cand: LoadedModel,
+        targets: list[UpdateTarget],
+        runs: list[StreamRun],
+        v: int,
+        slot: str,
+    ) -> Verdict:
         # Each stream is judged with its own thresholds: the active model's policy on
-        # that stream and the candidate's under that stream's config.
+        # that stream and the candidate's as that stream runs it (its config, and its
+        # calibration where it carries over).
         tally = ShadowTally()
         self._set_state(
             "shadow", v, slot=slot, detail=f"beside the active model for {self.ota.shadow_windows}"
@@ -837,7 +850,8 @@ class Updater:
         runner = ShadowRunner(cand, tally, self.ota.shadow_windows)
         runner.start(
             [t.pipeline for t in targets],
-            [build_policy(t.config, cand).threshold for t in targets],
+            [r.policy.threshold for r in runs],
+            [r.model for r in runs],
         )
         try:
             self._pause("shadow")
@@ -855,7 +869,7 @@ class Updater:
         self,
         tid: TargetId,
         cand: LoadedModel,
-        targets: list[UpdateTarget],
+        runs: list[tuple[UpdateTarget, StreamRun]],
         shadow: Verdict,
         slot: str,
     ) -> str:
@@ -863,10 +877,15 @@ class Updater:
         store = self.store
         store.promote(_utc(self._clock()))  # the pointer first: a crash now rolls back
         old: list[tuple[UpdateTarget, LoadedModel, Any]] = []
-        for t in targets:
+        shown: list[tuple[CalibrationHolder, Any, str]] = []
+        for t, run in runs:
+            keep(self.state_dir, run)  # a carried calibration applies after a restart too
             prev_policy = t.pipeline.policy
-            prev = t.pipeline.swap_model(cand, build_policy(t.config, cand))
+            prev = t.pipeline.swap_model(run.model, run.policy)
             old.append((t, prev, prev_policy))
+            if t.status is not None:  # status shows what is applied now
+                shown.append((t.status, t.status.calibration, t.status.calibration_note))
+                t.status.calibration, t.status.calibration_note = run.calibration, run.note
         self._set_state(
             "promoted", v, slot=slot, detail=f"on trial for {self.ota.trial_windows} windows",
             figures=shadow.figures,
@@ -881,6 +900,8 @@ class Updater:
         if not verdict.ok:
             for t, prev, prev_policy in old:
                 t.pipeline.swap_model(prev, prev_policy)
+            for holder, cal, note in shown:
+                holder.calibration, holder.calibration_note = cal, note
             now = _utc(self._clock())
             store.step_back(f"trial: {verdict.reason}", now, for_cause=True)
             self._finish(tid, f"rolled back v{v}: {verdict.reason}")
@@ -898,12 +919,12 @@ class Updater:
         """The new model serves; the previous one runs beside it as the shadow, each
         stream with its own thresholds, so a real process anomaly during the trial (both
         alarm) does not roll a good model back."""
-        prev0 = old[0][1]
         tally = ShadowTally()
         pipelines = [t.pipeline for t, _, _ in old]
         nonfinite0 = sum(p.stats.nonfinite_scores for p in pipelines)
-        runner = ShadowRunner(prev0, tally, self.ota.trial_windows)
-        runner.start(pipelines, [pp.threshold for _, _, pp in old])
+        # each stream's previous model as it ran there (its own calibration)
+        runner = ShadowRunner(old[0][1], tally, self.ota.trial_windows)
+        runner.start(pipelines, [pp.threshold for _, _, pp in old], [m for _, m, _ in old])
         try:
             self._pause("promote")
             while True:
