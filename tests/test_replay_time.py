@@ -238,6 +238,10 @@ def test_agent_events_carry_the_file_times_of_5_minute_ms_data(tmp_path: Path) -
     for e in events:
         row = (e["t_sample"] - t0_ms / 1000) / (step_ms / 1000)
         assert row == pytest.approx(round(row), abs=1e-6)  # exactly one of the file's times
+        # the window it came from, by sample count: it ends at that very row
+        w = e["window"]
+        assert w["samples"] == 64
+        assert w["first_sample"] + w["samples"] - 1 == round(row)
         # the window (64 rows) that decided it overlaps an injected anomaly (rows
         # 500-800, 1700-2000, 2900-) for a start; an end comes after its start
         if e["event"] == "start":

@@ -62,6 +62,7 @@ class AnomalyEvent:
     model_version: int
     windows: int  # alarm length in windows (end events)
     started_ts: float  # when the alarm started (== ts on start events)
+    window_samples: int = 0  # the deciding window: samples window_start .. + window_samples - 1
 
     def to_payload(self) -> dict[str, Any]:
         d = asdict(self)
@@ -235,6 +236,7 @@ class StreamPipeline:
                     model_version=model.card.version,
                     windows=ch.windows,
                     started_ts=self._alarm_started_ts,
+                    window_samples=self.window,
                 )
             )
         st.events += len(out)

@@ -131,8 +131,14 @@ def event_body(
     t_start: float,
     t_end: float | None = None,
     peak_score: float | None = None,
+    t_sample: float | None = None,
+    window: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """An anomaly start or end on one stream (times are sample times, epoch seconds)."""
+    """An anomaly start or end on one stream (times are sample times, epoch seconds).
+
+    `t_sample` is the time of the sample that decided this transition (the deciding
+    window's last sample); `window` is that window as (first sample index in the
+    source's sample count, samples in it)."""
     if event not in EVENT_TYPES:
         raise PublishError(f"event must be one of {EVENT_TYPES}, got {event!r}")
     body: dict[str, Any] = {
@@ -148,6 +154,10 @@ def event_body(
         body["t_end"] = t_end
     if peak_score is not None:
         body["peak_score"] = _finite(peak_score)
+    if t_sample is not None:
+        body["t_sample"] = t_sample
+    if window is not None:
+        body["window"] = {"first_sample": window[0], "samples": window[1]}
     return body
 
 

@@ -130,6 +130,8 @@ class EventRelay:
             t_start=ev.started_ts,
             t_end=None if start else ev.ts,
             peak_score=ev.peak,
+            t_sample=ev.ts,
+            window=(ev.window_start, ev.window_samples) if ev.window_samples else None,
         )
         what = f"anomaly {ev.transition.value} on {ev.stream}"
         self._store(what, lambda p: p.publish_event(body))

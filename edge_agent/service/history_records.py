@@ -34,6 +34,8 @@ def anomaly_record(ev: AnomalyEvent) -> dict[str, Any]:
         "model": ev.model,
         "model_version": ev.model_version,
     }
+    if ev.window_samples:
+        rec["window"] = {"first_sample": ev.window_start, "samples": ev.window_samples}
     if not start:
         rec["t_end"] = ev.ts
         rec["duration_s"] = ev.ts - ev.started_ts
