@@ -258,3 +258,28 @@ def test_camera_delivering_far_fewer_frames_than_it_reports_is_a_rate_fault() ->
         seq += 1
     assert _keys(events) == [(HealthCondition.RATE, "", True)]
     assert "configured 30.0 Hz" in events[0].detail
+
+
+def test_sample_condition_events_carry_the_samples_time_not_the_clock() -> None:
+    """A replayed recording's sensor events land at the file's times: the start at the
+    first bad sample, the end at the sample that cleared it; the clock is not asked."""
+    m = _mon()
+    t0 = 1_600_000_000.0  # a recording from 2020, scored in 2026
+    x = _noise(32)
+    x[28, 0] = np.nan  # 3 clean samples after it: still in force (needs 10)
+    ev, _ = m.observe(Block(x, t0, 0, RATE), now=99_999.0)
+    assert _keys(ev) == [(HealthCondition.NON_FINITE, "vib", True)]
+    assert ev[0].ts == pytest.approx(t0 + 28 / RATE)
+    ev, _ = m.observe(Block(_noise(32, 1), t0 + 0.32, 32, RATE), now=99_999.5)
+    assert _keys(ev) == [(HealthCondition.NON_FINITE, "vib", False)]
+    assert ev[0].ts == pytest.approx(t0 + 0.32 + 31 / RATE)
+
+
+def test_a_gap_event_is_dated_at_the_first_sample_after_the_hole() -> None:
+    m = _mon(gap_event_s=1.0)
+    t0 = 1_600_000_000.0
+    m.observe(Block(_noise(32), t0, 0, RATE), now=5.0)
+    after = t0 + 0.32 + 30.0  # 30 s with no data
+    ev, _ = m.observe(Block(_noise(32, 1), after, 32, RATE, True), now=6.0)
+    assert _keys(ev) == [(HealthCondition.GAP, "", True)]
+    assert ev[0].ts == pytest.approx(after)

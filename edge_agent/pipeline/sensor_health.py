@@ -52,6 +52,9 @@ class HealthEvent:
     condition: HealthCondition
     active: bool  # True = the condition started, False = it ended
     detail: str
+    # Sample conditions and gaps: the source time of the sample that started or ended
+    # them (a replay's events carry the file's times). Stalled, rate, disconnected:
+    # the clock, since no sample exists to name.
     ts: float
 
 
@@ -148,7 +151,7 @@ class SensorHealthMonitor:
             HealthCondition.STUCK: self._stuck(x, finite),
         }
         for cond, f in flags.items():
-            events.extend(self._transitions(cond, f, x, now))
+            events.extend(self._transitions(cond, f, x, block))
         bad = flags[HealthCondition.NON_FINITE] | flags[HealthCondition.OUT_OF_RANGE]
         bad |= flags[HealthCondition.STUCK]
         self._sample_faults = any(bool(a.any()) for a in self._active.values())
@@ -206,7 +209,8 @@ class SensorHealthMonitor:
                 self._gap_clean = 0
                 if started:
                     detail = f"hole of {hole_s:.1f} s in the data"
-                    return [self._event("", HealthCondition.GAP, True, detail, now)]
+                    # the first sample after the hole
+                    return [self._event("", HealthCondition.GAP, True, detail, block.t0)]
                 return []
         if self._gap_clean is None:
             return []
@@ -215,7 +219,7 @@ class SensorHealthMonitor:
             return []
         self._gap_clean = None
         detail = f"{self.cfg.clear_after_samples} samples without a hole"
-        return [self._event("", HealthCondition.GAP, False, detail, now)]
+        return [self._event("", HealthCondition.GAP, False, detail, block.time_of(n - 1))]
 
     def set_rate(self, rate_hz: float | None, now: float) -> None:
         """The nominal rate may become known late (a camera reports it once open):
@@ -299,7 +303,7 @@ class SensorHealthMonitor:
         cond: HealthCondition,
         flags: npt.NDArray[np.bool_],
         x: npt.NDArray[np.float32],
-        now: float,
+        block: Block,
     ) -> list[HealthEvent]:
         n = len(flags)
         seen = flags.any(axis=0)
@@ -316,10 +320,12 @@ class SensorHealthMonitor:
         for i in (int(j) for j in np.flatnonzero(starts | ends)):
             ch = self.channels[i]
             if starts[i]:
-                events.append(self._event(ch, cond, True, self._detail(cond, flags, x, i), now))
+                first = int(np.argmax(flags[:, i]))  # the first bad sample
+                detail = self._detail(cond, flags, x, i)
+                events.append(self._event(ch, cond, True, detail, block.time_of(first)))
             if ends[i]:
                 detail = f"{self.cfg.clear_after_samples} clean samples"
-                events.append(self._event(ch, cond, False, detail, now))
+                events.append(self._event(ch, cond, False, detail, block.time_of(n - 1)))
         return events
 
     def _detail(
