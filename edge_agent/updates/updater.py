@@ -14,7 +14,8 @@ Nothing unsigned is bookkeeping: outcomes, attempts, retries and download names 
 by the verified target's identity (`edge_agent.updates.record`). What the announcement
 adds around the signed manifest (URL, size, hash) is a hint: a file that does not match
 the signed target is a failed download (discarded, retried with backoff), never a verdict.
-Decisions are in `edge_agent.updates.checks` (pure); slot files in `edge_agent.updates.store`.
+Decisions are in `edge_agent.updates.checks` (pure); slot files in `edge_agent.updates.store`;
+the TUF channel's side (refresh, director's targets) in `edge_agent.updates.directed`.
 
 Test-only fault hook: with `EDGE_AGENT_OTA_PAUSE_AT=<step>` (download, unpack, validate,
 shadow, promote, commit) the updater writes `<state_dir>/ota/paused-at-<step>` and waits
@@ -26,13 +27,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
+from edge_agent.updates import directed
 from edge_agent.updates.calib_carry import CalibrationHolder, StreamRun, for_stream, keep
 from edge_agent.updates.checks import (
     AlarmRule,
@@ -55,6 +56,10 @@ from edge_agent.updates.checks import (
     judge_shadow,
     judge_trial,
 )
+from edge_agent.updates.job import MAX_ATTEMPTS, utc
+from edge_agent.updates.job import Job as _Job
+from edge_agent.updates.job import RefusedError as _RefusedError
+from edge_agent.updates.job import StoppedError as _StoppedError
 from edge_agent.updates.record import RECORD_FILE, TargetId, UpdateRecord
 from edge_agent.updates.seal import TufEvidence
 from edge_agent.updates.shadow import ShadowRunner
@@ -64,24 +69,19 @@ from ota.announce import Announcement, is_hint
 from ota.bundle import bundle_size_bound, read_header
 from ota.canonical import canonical_bytes
 from ota.errors import (
-    AgentVersionError,
     BundleFormatError,
-    ChannelStaleError,
     DownloadError,
-    NotDirectedError,
     OtaError,
-    ProfileMismatchError,
     SignatureError,
     TransferTooSlowError,
 )
-from ota.fetch import Fetcher, FetchLimits, fetcher_for, partial_path
-from ota.manifest import parse_agent_version
+from ota.fetch import FetchLimits, fetcher_for, partial_path
 from ota.root import Root, SignedRoot, trust_root
 from ota.unpack import check_payload
 from ota.verify import VerifiedManifest, verify
 
 if TYPE_CHECKING:  # python-tuf is imported only when a channel is configured
-    from edge_agent.updates.channel import DirectedTarget, UpdateChannel
+    from edge_agent.updates.channel import UpdateChannel
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -96,7 +96,6 @@ log = logging.getLogger(__name__)
 
 PAUSE_ENV = "EDGE_AGENT_OTA_PAUSE_AT"
 PAUSE_STEPS = ("download", "unpack", "validate", "shadow", "promote", "commit")
-MAX_ATTEMPTS = 3  # interrupted tries of one target (crash, stop) before it is given up
 INBOX_SIZE = 4  # announcements waiting for the worker; more are dropped (they are retained)
 JOBS_SIZE = 4  # manual requests waiting for the updater thread
 LATENCY_BATCH = 16  # windows per timed batch when checking the latency budget
@@ -105,7 +104,6 @@ TRIAL_POLL_S = 0.02
 WAIT_POLL_S = 0.2  # how often a wait (download, shadow) answers manual requests
 HISTORY_SHOWN = 10
 DEFAULT_REFRESH_S = 3600.0  # channel refresh period (+- JITTER, so a fleet spreads out)
-JITTER = 0.1
 HINT_MIN_S = 5.0  # MQTT hints move the next refresh forward at most this often
 
 
@@ -117,16 +115,6 @@ class _Retry:
     tid: TargetId
     failures: int
     due: float
-
-
-class _StoppedError(Exception):
-    """The agent is stopping: leave the update where a restart can recover it."""
-
-
-class _RefusedError(Exception):
-    def __init__(self, state: str, reason: str, figures: dict[str, Any] | None = None) -> None:
-        super().__init__(reason)
-        self.state, self.reason, self.figures = state, reason, figures or {}
 
 
 @dataclass(frozen=True)
@@ -150,10 +138,6 @@ def load_root(path: Path, now: datetime) -> Root:
     except OSError as e:
         raise StateError(f"ota.root_file {path}: cannot read: {e.strerror or e}") from e
     return trust_root(SignedRoot.from_bytes(data), now)
-
-
-def _utc(t: float) -> datetime:
-    return datetime.fromtimestamp(t, timezone.utc)
 
 
 class Updater:
@@ -329,7 +313,7 @@ class Updater:
         find the store at rest."""
         try:
             if self.store.state.phase in PRE_PROMOTION:
-                self.store.abandon(reason, _utc(self._clock()))
+                self.store.abandon(reason, utc(self._clock()))
         except Exception:  # best effort; recovery on restart does the rest
             log.exception("OTA: cannot release the claimed slot")
 
@@ -388,13 +372,7 @@ class Updater:
             }
 
     def _channel_snapshot(self) -> dict[str, Any] | None:
-        if self.channel is None:
-            return None
-        return {
-            "trusted_root_versions": dict(self.channel.root_versions),
-            "last_refresh": self.last_refresh,
-            "note": self.channel_note,
-        }
+        return directed.channel_snapshot(self)
 
     def _retry_snapshot(self) -> dict[str, Any] | None:
         r = self._retry
@@ -436,7 +414,7 @@ class Updater:
         except _StoppedError:
             log.info("OTA: stopped during the update of v%s; resumes on restart", v)
             if self.store.state.phase in PRE_PROMOTION:
-                self.store.abandon("agent stopping", _utc(self._clock()))
+                self.store.abandon("agent stopping", utc(self._clock()))
             return "stopped"
         finally:
             self.candidate = None
@@ -515,131 +493,11 @@ class Updater:
         limit = bundle_size_bound(len(vm.manifest_bytes), [f.size for f in m.files])
         return _Job(ann, payload, vm, tid, fetcher, limit, installed, failures), targets
 
-    # -- the TUF channel (image + director repositories) --------------------------------
+    # -- the TUF channel (image + director repositories): edge_agent.updates.directed
     def check_channel(self) -> str:
         """Refresh the channel now and apply what the director names for this device;
         returns the last outcome ("idle" when nothing is directed or all is current)."""
-        assert self.channel is not None
-        now_mono = time.monotonic()
-        self.last_refresh_mono = now_mono
-        self._next_refresh = now_mono + self.refresh_s * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter, not secrets
-        self.last_refresh = self._clock()
-        try:
-            directed = self.channel.refresh()
-        except ChannelStaleError as e:  # the serving model is not touched
-            if self.channel_note != str(e):
-                self._set_state("stale", None, detail=str(e))
-            self.channel_note = str(e)
-            return "stale"
-        except NotDirectedError as e:
-            self.channel_note = str(e)
-            return "idle"
-        except OtaError as e:
-            note = f"{type(e).__name__}: {e}"
-            if note != self.channel_note:  # said once, not at every scheduled refresh
-                self._set_state("rejected", None, detail=note)
-            self.channel_note = note
-            return "rejected"
-        self.channel_note = ""
-        result = "idle"
-        for dt in directed:
-            try:
-                result = self._apply_directed(dt)
-            except _StoppedError:
-                log.info("OTA: stopped during the update of v%s; resumes on restart", dt.version)
-                if self.store.state.phase in PRE_PROMOTION:
-                    self.store.abandon("agent stopping", _utc(self._clock()))
-                return "stopped"
-            finally:
-                self.candidate = None
-        return result
-
-    def _apply_directed(self, dt: DirectedTarget) -> str:
-        """Install a target both repositories name (verified by ngclient: length and
-        hashes signed by the image repository's targets keys)."""
-        try:
-            job, targets = self._admit_directed(dt)
-        except _RefusedError as f:
-            # Said once per direction, not at every scheduled refresh.
-            if f.state != "idle" and self._last_refusal != (dt.path, f.reason):
-                self._set_state(f.state, dt.version, detail=f.reason)
-            self._last_refusal = (dt.path, f.reason)
-            return f.state
-        self._last_refusal = None
-        channel = self.channel
-        assert channel is not None
-        bundle = self.downloads / f"{job.tid.key}.bundle"
-        self.downloads.mkdir(parents=True, exist_ok=True)
-        self._clean_downloads(keep=job.tid.key)
-        try:
-            self._set_state("downloading", dt.version, detail=dt.path)
-            self._download(lambda _cancel: channel.download(dt, bundle))
-            self._pause("download")
-            self._set_state("verifying", dt.version)
-            vm = self._check_directed(bundle, dt)
-            evidence = channel.evidence(dt)
-        except OtaError as e:
-            bundle.unlink(missing_ok=True)
-            return self._download_failed(job, e)
-        return self._install_and_try(job, (bundle, vm), targets, evidence)
-
-    def _admit_directed(self, dt: DirectedTarget) -> tuple[_Job, list[UpdateTarget]]:
-        """Whether to fetch a directed target; _RefusedError ("idle" when there is
-        nothing to do) when not."""
-        tid = TargetId(dt.name, dt.version, dt.sha256)
-        active = self.store.active_manifest()
-        if active is not None and (active.name, active.version) == (dt.name, dt.version):
-            raise _RefusedError("idle", "serving it already")
-        targets = [t for t in self.targets if t.family == dt.family]
-        if not targets:
-            raise _RefusedError("rejected", f"no stream here serves model family {dt.family!r}")
-        serving = [t.pipeline.model.card.version for t in targets]
-        installed = max(self.store.state.highest_committed_version, *serving)
-        if dt.version in serving:
-            raise _RefusedError("idle", "serving it already (bundled)")
-        if dt.version <= installed:
-            raise _RefusedError(
-                "rejected",
-                f"RollbackError: the director names {dt.name} v{dt.version}, not above the "
-                f"installed v{installed}; an old model returns as a new version",
-            )
-        if self.record.outcome(tid) is not None:
-            raise _RefusedError("idle", "tried here; the director must name a new version")
-        self._set_state("announced", dt.version, detail=f"{dt.path} directed")
-        attempts = self.record.begin_attempt(tid)
-        if attempts > MAX_ATTEMPTS:
-            result = f"v{dt.version} given up after {MAX_ATTEMPTS} interrupted attempts"
-            self._finish(tid, result)
-            raise _RefusedError("failed", result)
-        self.candidate = {"version": dt.version, "name": dt.name, "attempt": attempts}
-        return _Job(None, b"", None, tid, None, dt.length, installed, 0), targets
-
-    def _check_directed(self, bundle: Path, dt: DirectedTarget) -> VerifiedManifest:
-        """The file's hash was checked against the image repository's signed targets;
-        its manifest must name the same model and version, suit this device, and every
-        payload file must match it. Only then is a slot claimed."""
-        header = read_header(bundle)
-        m = header.manifest
-        if (m.name, m.version, m.family) != (dt.name, dt.version, dt.family):
-            raise BundleFormatError(
-                f"{dt.path}: the bundle holds {m.name} v{m.version} ({m.family}), the "
-                f"signed target says {dt.name} v{dt.version} ({dt.family})"
-            )
-        if self.profile.name not in m.profiles:
-            raise ProfileMismatchError(
-                f"{dt.path} targets {', '.join(m.profiles)}, not {self.profile.name!r}"
-            )
-        if parse_agent_version(__version__) < parse_agent_version(m.min_agent_version):
-            raise AgentVersionError(f"{dt.path} needs agent >= {m.min_agent_version}")
-        assert self.channel is not None
-        vm = VerifiedManifest(
-            manifest=m,
-            manifest_bytes=header.manifest_bytes,
-            signer_keyids=(),
-            root_version=self.channel.root_versions.get("image", 0),
-        )
-        check_payload(bundle, vm)
-        return vm
+        return directed.check_channel(self)
 
     def _verify(self, manifest_bytes: bytes, ann: Announcement, installed: int) -> VerifiedManifest:
         if self.root is None:
@@ -650,7 +508,7 @@ class Updater:
             self.root,
             installed,
             self.profile.name,
-            _utc(self._clock()),
+            utc(self._clock()),
             agent_version=__version__,
         )
 
@@ -717,7 +575,7 @@ class Updater:
             self.root,
             job.installed,
             self.profile.name,
-            _utc(self._clock()),
+            utc(self._clock()),
             agent_version=__version__,
         )
         check_payload(bundle, vm)
@@ -755,24 +613,24 @@ class Updater:
         slot: str | None = None
         try:
             # Verified: now, and only now, the inactive slot (the rollback target) is claimed.
-            cand_dir = store.begin_update(v, _utc(self._clock()))
+            cand_dir = store.begin_update(v, utc(self._clock()))
             slot = cand_dir.name
             assert self.candidate is not None
             self.candidate["slot"] = slot
-            store.install_candidate(bundle, vm, _utc(self._clock()), tuf)
+            store.install_candidate(bundle, vm, utc(self._clock()), tuf)
             bundle.unlink(missing_ok=True)
             self._pause("unpack")
             self._set_state("validating", v, slot=slot)
             cand = self._validate(cand_dir, targets)
-            store.mark_validated(_utc(self._clock()))
+            store.mark_validated(utc(self._clock()))
             self._pause("validate")
             self._check_stop()
-            store.mark_shadow(_utc(self._clock()))
+            store.mark_shadow(utc(self._clock()))
             runs = [for_stream(self.state_dir, t.pipeline, t.config, cand) for t in targets]
             verdict = self._shadow(cand, targets, runs, v, slot)
         except _RefusedError as f:
             bundle.unlink(missing_ok=True)
-            store.abandon(f.reason, _utc(self._clock()))
+            store.abandon(f.reason, utc(self._clock()))
             self._finish(job.tid, f"{f.state} v{v}: {f.reason}")
             self._set_state(f.state, v, slot=slot, detail=f.reason, figures=f.figures)
             return f.state
@@ -875,7 +733,7 @@ class Updater:
     ) -> str:
         v = cand.card.version
         store = self.store
-        store.promote(_utc(self._clock()))  # the pointer first: a crash now rolls back
+        store.promote(utc(self._clock()))  # the pointer first: a crash now rolls back
         old: list[tuple[UpdateTarget, LoadedModel, Any]] = []
         shown: list[tuple[CalibrationHolder, Any, str]] = []
         for t, run in runs:
@@ -902,14 +760,14 @@ class Updater:
                 t.pipeline.swap_model(prev, prev_policy)
             for holder, cal, note in shown:
                 holder.calibration, holder.calibration_note = cal, note
-            now = _utc(self._clock())
+            now = utc(self._clock())
             store.step_back(f"trial: {verdict.reason}", now, for_cause=True)
             self._finish(tid, f"rolled back v{v}: {verdict.reason}")
             self._set_state(
                 "rolled_back", v, slot=slot, detail=verdict.reason, figures=verdict.figures
             )
             return "rolled_back"
-        store.commit(_utc(self._clock()))
+        store.commit(utc(self._clock()))
         self._pause("commit")
         self._finish(tid, f"committed v{v}")
         self._set_state("committed", v, slot=slot, detail=verdict.reason, figures=verdict.figures)
@@ -943,18 +801,3 @@ class Updater:
                 self._run_jobs()
         finally:
             runner.close()
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One verified target on its way: what the download and install steps share.
-    From the channel, `ann`, `payload` and `fetcher` are empty (ngclient fetches)."""
-
-    ann: Announcement | None
-    payload: bytes
-    vm: VerifiedManifest | None
-    tid: TargetId
-    fetcher: Fetcher | None
-    limit: int  # bytes: bounded by signed metadata
-    installed: int  # the anti-rollback floor when the update began
-    failures: int  # failed downloads of this target so far

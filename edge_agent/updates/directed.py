@@ -1,0 +1,185 @@
+"""The updater's TUF channel side (image + director repositories): refresh on the
+updater's schedule (with jitter; at once on an MQTT hint, which carries no trust) and
+install what the director names for this device or its group -- a target both
+repositories name with the same length and hashes (`edge_agent.updates.channel`, with
+python-tuf's ngclient). From the download on it is the same path as an announced
+bundle (`Updater._install_and_try`): verified, unpacked into the inactive slot,
+validated, shadowed, promoted, tried, committed or rolled back.
+
+Functions of the `Updater` they work for (its state, its steps); python-tuf is only
+imported by `edge_agent.updates.channel`, when a channel is configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent import __version__
+from edge_agent.updates.job import MAX_ATTEMPTS, Job, RefusedError, StoppedError, utc
+from edge_agent.updates.record import TargetId
+from edge_agent.updates.slots import PRE_PROMOTION
+from ota.bundle import read_header
+from ota.errors import (
+    AgentVersionError,
+    BundleFormatError,
+    ChannelStaleError,
+    NotDirectedError,
+    OtaError,
+    ProfileMismatchError,
+)
+from ota.manifest import parse_agent_version
+from ota.unpack import check_payload
+from ota.verify import VerifiedManifest
+
+if TYPE_CHECKING:
+    from edge_agent.updates.channel import DirectedTarget
+    from edge_agent.updates.updater import Updater, UpdateTarget
+
+__all__ = ["JITTER", "channel_snapshot", "check_channel"]
+
+log = logging.getLogger(__name__)
+
+JITTER = 0.1  # the refresh period varies by +- this fraction, so a fleet spreads out
+
+
+def check_channel(up: Updater) -> str:
+    """Refresh the channel now and apply what the director names for this device;
+    returns the last outcome ("idle" when nothing is directed or all is current)."""
+    assert up.channel is not None
+    now_mono = time.monotonic()
+    up.last_refresh_mono = now_mono
+    up._next_refresh = now_mono + up.refresh_s * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter
+    up.last_refresh = up._clock()
+    try:
+        directed = up.channel.refresh()
+    except ChannelStaleError as e:  # the serving model is not touched
+        if up.channel_note != str(e):
+            up._set_state("stale", None, detail=str(e))
+        up.channel_note = str(e)
+        return "stale"
+    except NotDirectedError as e:
+        up.channel_note = str(e)
+        return "idle"
+    except OtaError as e:
+        note = f"{type(e).__name__}: {e}"
+        if note != up.channel_note:  # said once, not at every scheduled refresh
+            up._set_state("rejected", None, detail=note)
+        up.channel_note = note
+        return "rejected"
+    up.channel_note = ""
+    result = "idle"
+    for dt in directed:
+        try:
+            result = apply_directed(up, dt)
+        except StoppedError:
+            log.info("OTA: stopped during the update of v%s; resumes on restart", dt.version)
+            if up.store.state.phase in PRE_PROMOTION:
+                up.store.abandon("agent stopping", utc(up._clock()))
+            return "stopped"
+        finally:
+            up.candidate = None
+    return result
+
+
+def apply_directed(up: Updater, dt: DirectedTarget) -> str:
+    """Install a target both repositories name (verified by ngclient: length and
+    hashes signed by the image repository's targets keys)."""
+    try:
+        job, targets = admit_directed(up, dt)
+    except RefusedError as f:
+        # Said once per direction, not at every scheduled refresh.
+        if f.state != "idle" and up._last_refusal != (dt.path, f.reason):
+            up._set_state(f.state, dt.version, detail=f.reason)
+        up._last_refusal = (dt.path, f.reason)
+        return f.state
+    up._last_refusal = None
+    channel = up.channel
+    assert channel is not None
+    bundle = up.downloads / f"{job.tid.key}.bundle"
+    up.downloads.mkdir(parents=True, exist_ok=True)
+    up._clean_downloads(keep=job.tid.key)
+    try:
+        up._set_state("downloading", dt.version, detail=dt.path)
+        up._download(lambda _cancel: channel.download(dt, bundle))
+        up._pause("download")
+        up._set_state("verifying", dt.version)
+        vm = check_directed(up, bundle, dt)
+        evidence = channel.evidence(dt)
+    except OtaError as e:
+        bundle.unlink(missing_ok=True)
+        return up._download_failed(job, e)
+    return up._install_and_try(job, (bundle, vm), targets, evidence)
+
+
+def admit_directed(up: Updater, dt: DirectedTarget) -> tuple[Job, list[UpdateTarget]]:
+    """Whether to fetch a directed target; RefusedError ("idle" when there is
+    nothing to do) when not."""
+    tid = TargetId(dt.name, dt.version, dt.sha256)
+    active = up.store.active_manifest()
+    if active is not None and (active.name, active.version) == (dt.name, dt.version):
+        raise RefusedError("idle", "serving it already")
+    targets = [t for t in up.targets if t.family == dt.family]
+    if not targets:
+        raise RefusedError("rejected", f"no stream here serves model family {dt.family!r}")
+    serving = [t.pipeline.model.card.version for t in targets]
+    installed = max(up.store.state.highest_committed_version, *serving)
+    if dt.version in serving:
+        raise RefusedError("idle", "serving it already (bundled)")
+    if dt.version <= installed:
+        raise RefusedError(
+            "rejected",
+            f"RollbackError: the director names {dt.name} v{dt.version}, not above the "
+            f"installed v{installed}; an old model returns as a new version",
+        )
+    if up.record.outcome(tid) is not None:
+        raise RefusedError("idle", "tried here; the director must name a new version")
+    up._set_state("announced", dt.version, detail=f"{dt.path} directed")
+    attempts = up.record.begin_attempt(tid)
+    if attempts > MAX_ATTEMPTS:
+        result = f"v{dt.version} given up after {MAX_ATTEMPTS} interrupted attempts"
+        up._finish(tid, result)
+        raise RefusedError("failed", result)
+    up.candidate = {"version": dt.version, "name": dt.name, "attempt": attempts}
+    return Job(None, b"", None, tid, None, dt.length, installed, 0), targets
+
+
+def check_directed(up: Updater, bundle: Path, dt: DirectedTarget) -> VerifiedManifest:
+    """The file's hash was checked against the image repository's signed targets;
+    its manifest must name the same model and version, suit this device, and every
+    payload file must match it. Only then is a slot claimed."""
+    header = read_header(bundle)
+    m = header.manifest
+    if (m.name, m.version, m.family) != (dt.name, dt.version, dt.family):
+        raise BundleFormatError(
+            f"{dt.path}: the bundle holds {m.name} v{m.version} ({m.family}), the "
+            f"signed target says {dt.name} v{dt.version} ({dt.family})"
+        )
+    if up.profile.name not in m.profiles:
+        raise ProfileMismatchError(
+            f"{dt.path} targets {', '.join(m.profiles)}, not {up.profile.name!r}"
+        )
+    if parse_agent_version(__version__) < parse_agent_version(m.min_agent_version):
+        raise AgentVersionError(f"{dt.path} needs agent >= {m.min_agent_version}")
+    assert up.channel is not None
+    vm = VerifiedManifest(
+        manifest=m,
+        manifest_bytes=header.manifest_bytes,
+        signer_keyids=(),
+        root_version=up.channel.root_versions.get("image", 0),
+    )
+    check_payload(bundle, vm)
+    return vm
+
+
+def channel_snapshot(up: Updater) -> dict[str, Any] | None:
+    if up.channel is None:
+        return None
+    return {
+        "trusted_root_versions": dict(up.channel.root_versions),
+        "last_refresh": up.last_refresh,
+        "note": up.channel_note,
+    }
