@@ -22,6 +22,7 @@ pytest.importorskip("asyncua")
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
 from edge_agent.sources.base import Block
+from edge_agent.sources.opcua_security import translate_error
 from edge_agent.sources.registry import create_source
 from edge_agent.sources.runner import SourceRunner, SourceState
 from tests.agentutil import MODELS, REPO
@@ -275,6 +276,35 @@ def test_pinned_server_certificate_that_does_not_match_is_refused(
     assert r.state is not SourceState.RUNNING
     assert r.restarts >= 1 or r.state is SourceState.FAILED  # refused, not waited for
     assert r.samples_in == 0
+
+
+def test_private_key_of_another_certificate_is_refused_naming_both_files(
+    secure_server: OpcUaServer, certs: Certificates, runners: list[SourceRunner]
+) -> None:
+    # a technician copied the wrong key: the server just drops the channel, so without
+    # a check here the stream waited forever saying only "cannot connect: "
+    r = _runner(
+        {
+            "url": secure_server.url,
+            "security_policy": "Basic256Sha256",
+            "certificate": str(certs.client_cert),
+            "private_key": str(certs.server_key),
+            "server_certificate": str(certs.server_cert),
+            "channels": CHANNELS,
+        }
+    )
+    runners.append(r)
+    _until(lambda: r.last_error, "an error reported")
+    assert "does not belong to certificate" in r.last_error
+    assert str(certs.server_key) in r.last_error
+    assert str(certs.client_cert) in r.last_error
+    assert r.restarts >= 1 or r.state is SourceState.FAILED  # refused, not waited for
+    assert r.samples_in == 0
+
+
+def test_an_error_without_a_message_is_named_by_its_kind() -> None:
+    err = translate_error("opc.tcp://plc:4840", TimeoutError())
+    assert str(err).endswith("cannot connect: TimeoutError")
 
 
 def _cfg(**src: Any) -> None:

@@ -37,6 +37,7 @@ async def secure(
                     pass
             except OSError as e:
                 raise SourceError(f"opcua {what} {path}: cannot read ({e.strerror})") from e
+    _check_key_matches(certificate, private_key)
     client.application_uri = application_uri or certificate_uri(certificate)
     if server_certificate:
         # A pinned certificate is checked before anything is encrypted to it: a server
@@ -90,6 +91,42 @@ def der(path: str) -> bytes:
     return out
 
 
+def _check_key_matches(certificate: str, private_key: str) -> None:
+    """SourceError when `private_key` is not the key of `certificate`: the server only
+    drops the secure channel then, which reads as a server that does not answer."""
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_der_private_key,
+        load_pem_private_key,
+    )
+
+    try:
+        with open(private_key, "rb") as f:
+            data = f.read()
+        load = load_pem_private_key if data.lstrip().startswith(b"-----") else load_der_private_key
+        key = load(data, password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise SourceError(
+            f"opcua private_key {private_key}: cannot load ({e}); give an unencrypted "
+            "PEM or DER private key"
+        ) from e
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    cert_key = _der_certificate(certificate).public_key()
+    if key.public_key().public_bytes(*spki) != cert_key.public_bytes(*spki):
+        raise SourceError(
+            f"opcua private_key {private_key} does not belong to certificate {certificate}; "
+            "give the key the certificate was made with"
+        )
+
+
+def _der_certificate(path: str) -> Any:
+    try:
+        return _load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"opcua certificate {path}: cannot load ({e})") from e
+
+
 def certificate_uri(path: str) -> str:
     """The application URI in a certificate's subjectAltName (servers check the client's
     ApplicationUri against it)."""
@@ -119,7 +156,8 @@ def translate_error(url: str, e: Exception) -> SourceError:
 
     timeouts = (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
     if isinstance(e, (OSError, ConnectionError, *timeouts)):
-        return SourceDisconnectedError(f"opcua {url}: cannot connect: {e or type(e).__name__}")
+        # str(): an exception is always truthy, and a timeout's message is empty
+        return SourceDisconnectedError(f"opcua {url}: cannot connect: {str(e) or type(e).__name__}")
     if isinstance(e, uaerrors.UaStatusCodeError):
         return SourceError(f"opcua {url}: refused: {type(e).__name__}: {e}")
     if isinstance(e, uaerrors.UaError):
