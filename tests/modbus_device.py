@@ -100,10 +100,12 @@ class ModbusDevice:
         ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
         self._thread.start()
-        if not ready.wait(10):
+        # building pymodbus's simulated devices takes ~4 s on a loaded 2-core machine:
+        # 10 s was not enough when other tests ran beside this one
+        if not ready.wait(60):
             raise RuntimeError("modbus test server did not start")
         if not self.serial_port:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
                     socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
