@@ -132,6 +132,33 @@ def test_a_config_that_does_not_validate_is_included_redacted(tmp_path: Path) ->
     assert json.loads(members["status.json"])["verdict"] == "DOWN"  # never ran here
 
 
+def test_a_password_in_a_url_is_refused_and_kept_out_of_the_bundle(tmp_path: Path) -> None:
+    # asyncua takes a user and password from opc.tcp://user:password@host/, so a
+    # technician may write one there; it must not reach status, logs or the archive
+    cfg = tmp_path / "url.toml"
+    cfg.write_text(
+        f'device_id = "gw-url"\nstate_dir = "{tmp_path / "state"}"\n'
+        '[[streams]]\nname = "press"\nmodel = "vibration-ae"\n'
+        '[streams.source]\nkind = "opcua"\n'
+        f'url = "opc.tcp://operator:{SECRET_IN_CONFIG}@10.0.0.30:4840/"\n'
+        "channels = ["
+        + ", ".join(f'{{name = "c{i}", node_id = "ns=2;i={i}"}}' for i in range(4))
+        + "]\n"
+    )
+    r = run_cli("config", "validate", str(cfg))
+    assert r.returncode == 2
+    assert "streams[0].source" in r.stderr
+    assert "password_file" in r.stderr
+    assert SECRET_IN_CONFIG not in r.stderr + r.stdout
+    out = tmp_path / "u.tgz"
+    r = run_cli("support-bundle", "--config", str(cfg), "--out", str(out), "--journal-lines", "0")
+    assert r.returncode == 0, r.stderr
+    members = _members(out)
+    assert all(SECRET_IN_CONFIG.encode() not in d for d in members.values())
+    url = json.loads(members["config.json"])["parsed"]["streams"][0]["source"]["url"]
+    assert url == "opc.tcp://operator:<redacted>@10.0.0.30:4840/"
+
+
 def test_bad_usage_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     cfg = _config(tmp_path, tmp_path / "state")
     for args in (

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import platform
+import re
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ MIN_CHUNK_BYTES = 1024
 MAX_CHUNK_BYTES = 192 * 1024
 REDACTED = "<redacted>"
 # Config keys whose values are secrets (or say where one is); matched as substrings.
+_URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^/@\s]+@")
 _SECRET_KEYS = ("password", "secret", "token", "credential", "passphrase", "private")
 _PACKAGES = ("numpy", "onnxruntime", "paho-mqtt", "tuf", "cryptography", "ai-edge-litert")
 
@@ -52,6 +54,9 @@ def redact(obj: Any) -> Any:
         return out
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        # a password in a URL (rtsp://user:pw@camera/, opc.tcp://user:pw@plc/)
+        return _URL_PASSWORD.sub(rf"\1{REDACTED}@", obj)
     return obj
 
 

@@ -89,6 +89,13 @@ class Options:
             raise ValueError(f"channels: duplicate names in {names}")
         if not self.url.startswith("opc.tcp://"):
             raise ValueError(f"url must start with opc.tcp://, got {self.url!r}")
+        if "@" in self.url.split("/", 3)[2]:
+            # asyncua would log in with it, and the url is shown in status, logs and events;
+            # the url is not echoed here for the same reason
+            raise ValueError(
+                "url carries a user (user:password@host): set username, and the password "
+                "in a file named by password_file"
+            )
         if self.security_policy != "None" and not (self.certificate and self.private_key):
             raise ValueError(
                 f"security_policy {self.security_policy!r} needs certificate and private_key "
