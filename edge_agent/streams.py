@@ -52,6 +52,7 @@ __all__ = [
     "StreamRuntime",
     "StreamSinks",
     "build_policy",
+    "source_connected",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,16 @@ HealthSink = Callable[[HealthEvent], None]
 # (bundled model dir, profile, stream name) -> the model the stream serves
 ModelLoader = Callable[[Path, Profile, str], LoadedModel]
 GET_TIMEOUT_S = 0.25
+
+
+def source_connected(state: SourceState) -> bool | None:
+    """What a runner's state says about its device: True running, False reconnecting,
+    None otherwise (starting, stopped, finished, failed: a stop is not a reconnect)."""
+    if state is SourceState.RUNNING:
+        return True
+    if state is SourceState.RECONNECTING:
+        return False
+    return None
 
 
 @dataclass(frozen=True)
@@ -256,7 +267,8 @@ class StreamRuntime:
             # up to the end of the next window: tiny blocks arrive as one hand-over
             blocks = runner.get(GET_TIMEOUT_S, self.pipeline.windower.samples_to_next_window())
             now = time.time()
-            hevents = self.health.set_connected(runner.state is not SourceState.RECONNECTING, now)
+            connected = source_connected(runner.state)
+            hevents = [] if connected is None else self.health.set_connected(connected, now)
             self.health.set_rate(self.source.nominal_rate_hz, now)  # a camera's, once open
             hevents += self._score(blocks, sinks, now, stop)
             if not runner.done:
