@@ -186,7 +186,8 @@ def _stream(where: str, sc: StreamConfig, cfg: AgentConfig, profile: Profile) ->
 def _source_files(where: str, sc: StreamConfig) -> list[Finding]:
     o: Any = sc.source.options
     out: list[Finding] = []
-    for key in ("path", "password_file"):
+    # replay files, login passwords, OPC UA certificates and keys
+    for key in ("path", "password_file", "certificate", "private_key", "server_certificate"):
         path = getattr(o, key, "")
         if isinstance(path, str) and path and (why := _readable(path)):
             out.append(Finding(f"{where}.source.{key}", why))
