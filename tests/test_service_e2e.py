@@ -382,11 +382,15 @@ def test_silence_shows_in_status_without_systemd_watchdog(tmp_path: Path, board:
         _kill(proc)
 
 
+READY_WITHIN_S = 2.0  # issue 12: a sensor absent at start still gives READY within 2 s
+
+
 def test_absent_sensor_still_gets_ready_and_a_minute_of_silence_keeps_the_watchdog(
     tmp_path: Path, notify: NotifySocket
 ) -> None:
     """WATCHDOG_USEC=5 s as under systemd. The board is not plugged in at start: READY=1
-    comes anyway (measured, and before any sample could exist). Plugged in, it sends,
+    comes anyway, within 2 s of the last model load beginning and before any sample
+    could exist. Plugged in, it sends,
     then stays silent for 60 s: WATCHDOG=1 never misses its 5 s, status says DEGRADED."""
     state = tmp_path / "state"
     port = tmp_path / "dev" / "serial" / "by-id" / "usb-Acme_Late-if00"
@@ -401,13 +405,22 @@ def test_absent_sensor_still_gets_ready_and_a_minute_of_silence_keeps_the_watchd
     try:
         _until(lambda: _notified(notify, lambda m: "READY" in m, proc=proc, log=log), 60, "READY=1")
         t_ready = next(t for t, m in notify.messages if "READY" in m)
-        last_extend = max(t for t, m in notify.messages if "EXTEND_TIMEOUT_USEC" in m)
+        last_extend = max(
+            t for t, m in notify.messages if "EXTEND_TIMEOUT_USEC" in m and t <= t_ready
+        )
         assert not port.exists()  # no board, so no sample: READY did not wait for one
         st = _until(lambda: _status_file(state), 10, "status")
         assert st["windows_total"] == 0
         print(  # the measurement docs/benchmarks.md quotes
             f"READY after {t_ready - t_start:.2f} s from start, "
             f"{t_ready - last_extend:.2f} s after the last model load began"
+        )
+        # Within 2 s of the agent saying it loads its (last) model: that load, the outbox
+        # and the first tick, with no sample. Not from process start: Python's imports
+        # alone take longer than 2 s on a busy 2-core machine.
+        assert t_ready - last_extend <= READY_WITHIN_S, (
+            f"READY {t_ready - last_extend:.2f} s after the last model load began "
+            f"(over {READY_WITHIN_S} s)"
         )
         board = PtyBoard(port)
         writer = SensorWriter(board)
