@@ -16,13 +16,19 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from edge_agent.config import parse_config
 from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.pipeline.windows import Windows, samples_needed
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
+from edge_agent.runtime.pool import ModelPool
+from edge_agent.runtime.scheduler import InferenceScheduler, SchedulerSet
+from edge_agent.service.faults import Faults
+from edge_agent.service.supervisor import Loop
 from edge_agent.sources.base import Block
 from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal
+from edge_agent.streams import StreamRuntime
 from tests.agentutil import MODELS
 
 WINDOWS = 10_000
@@ -125,6 +131,112 @@ def test_two_streams_sharing_a_promoted_model_get_their_own_scores(variant: str)
         assert len(shared) == WINDOWS
         # Same backend, same batches: the same bits.
         np.testing.assert_array_equal(shared, reference[name], err_msg=f"stream {name}")
+    assert candidate.backend.calls > WINDOWS // 16  # both streams really ran on it
+
+
+def _reference(
+    model_dir: Path, signals: dict[str, npt.NDArray[np.float32]]
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Each stream alone, single-threaded, on an instance of its own, no scheduler."""
+    reference = {}
+    for name, (block, batch) in STREAMS.items():
+        alone = _pipeline(name, load_model(model_dir, PROFILE), batch)
+        got: list[npt.NDArray[np.float64]] = []
+        alone.shadow = _recorder(got)
+        _run(alone, signals[name], block, [])
+        reference[name] = np.concatenate(got)
+        assert len(reference[name]) == WINDOWS
+    return reference
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_two_streams_through_the_scheduler_across_a_promotion_get_their_own_scores(
+    variant: str, tmp_path: Path
+) -> None:
+    """As the agent wires it: the pool loads the variant once for both streams, the
+    model's InferenceScheduler (its worker running as the supervisor runs it) batches
+    their windows together; halfway through a quarter, the updater's promotion swaps one
+    candidate into both pipelines while they score. 10,000 windows each, every score
+    the single-threaded reference's."""
+    model_dir: Path = MODELS / variant
+    signals = {name: _signal(seed) for seed, name in enumerate(STREAMS, start=1)}
+    reference = _reference(model_dir, signals)
+
+    cfg = parse_config(
+        {
+            "state_dir": str(tmp_path),
+            "streams": [
+                {
+                    "name": name,
+                    "model": str(model_dir),
+                    "max_batch": batch,
+                    "source": {"kind": "synthetic"},
+                }
+                for name, (_block, batch) in STREAMS.items()
+            ],
+        }
+    )
+    stop = threading.Event()
+    workers: list[threading.Thread] = []
+
+    def supervise(name: str, sched: InferenceScheduler) -> None:  # the agent's on_new
+        t = threading.Thread(target=sched.run, args=(Loop(name, stop, Faults({}, {})),))
+        t.start()
+        workers.append(t)
+
+    pool = ModelPool(PROFILE)
+    scheds = SchedulerSet(PROFILE)
+    scheds.on_new = supervise
+    pool.on_load = lambda e: scheds.add(e.model)
+    pool.on_evict = lambda e: scheds.remove(e.model)
+    try:
+        rts = {
+            sc.name: StreamRuntime(sc, cfg, PROFILE, None, pool=pool, schedulers=scheds)
+            for sc in cfg.streams
+        }
+        active = rts["live"].pipeline.model
+        assert rts["catch-up"].pipeline.model is active  # one instance for the family
+        sched = scheds.for_model(active)
+        assert sched is not None
+        assert sched.clients == 2
+        candidate = load_model(model_dir, PROFILE)  # the updater loads it from its slot
+        scores: dict[str, list[npt.NDArray[np.float64]]] = {name: [] for name in STREAMS}
+        errors: list[BaseException] = []
+        promoted = threading.Event()
+        threads = []
+        for name, (block, _batch) in STREAMS.items():
+            pipe = rts[name].pipeline
+            pipe.shadow = _recorder(scores[name])
+            args = (pipe, signals[name], block, errors, promoted)
+            threads.append(threading.Thread(target=_run, args=args, name=f"stream-{name}"))
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        pipes = [rt.pipeline for rt in rts.values()]
+        while min(p.stats.windows for p in pipes) < WINDOWS // 4 and not errors:
+            assert time.monotonic() < deadline, "the streams did not get going"
+            time.sleep(0.01)
+        # the updater's promotion: the same candidate into every target, while scoring
+        for p in pipes:
+            p.swap_model(candidate, AlarmPolicy(candidate.card.threshold))
+        promoted.set()
+        for t in threads:
+            t.join(300)
+        assert not any(t.is_alive() for t in threads), "a stream did not finish"
+        assert errors == []
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
+    assert not any(w.is_alive() for w in workers)
+    # before the promotion the scheduler's worker scored both streams, batched together
+    assert sched.windows >= WINDOWS // 4
+    assert sched.batches < sched.windows
+    for name in STREAMS:
+        assert rts[name].pipeline.model is candidate
+        got = np.concatenate(scores[name])
+        assert len(got) == WINDOWS
+        np.testing.assert_array_equal(got, reference[name], err_msg=f"stream {name}")
     assert candidate.backend.calls > WINDOWS // 16  # both streams really ran on it
 
 
