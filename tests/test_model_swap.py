@@ -9,6 +9,7 @@ old model's normalisation with the new model, or the other way round.
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -45,10 +46,21 @@ def test_swaps_during_scoring_never_mix_one_models_normalisation_with_another() 
     pipe.shadow = hook
     done = threading.Event()
     errors: list[BaseException] = []
+    # The pipeline's lock is not fair: a feeder that hands in blocks back to back can
+    # take it again each time and, on a loaded machine, starve the swapper until the
+    # stream is over. Each block waits (60 s at most) for a swap since the one before,
+    # so swaps interleave with scoring however the threads are scheduled.
+    swapped = threading.Condition()
+    swap_count = [0]
+
+    def swapped_at_least(n: int) -> bool:
+        return swap_count[0] >= n
 
     def stream() -> None:
         try:
-            for start in range(0, len(raw), BLOCK):
+            for i, start in enumerate(range(0, len(raw), BLOCK)):
+                with swapped:
+                    swapped.wait_for(partial(swapped_at_least, i), timeout=60)
                 pipe.process(Block(raw[start : start + BLOCK], start / 100.0, start, 100.0))
         except BaseException as e:  # noqa: BLE001 - re-raised by the test thread
             errors.append(e)
@@ -63,6 +75,9 @@ def test_swaps_during_scoring_never_mix_one_models_normalisation_with_another() 
         pipe.swap_model(model, AlarmPolicy(policy.threshold))
         thresholds[id(model)] = policy.threshold
         swaps += 1
+        with swapped:
+            swap_count[0] = swaps
+            swapped.notify_all()
     t.join(60)
     assert errors == []
     assert swaps > 10, "the test did not swap while scoring"
