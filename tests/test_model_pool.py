@@ -8,6 +8,7 @@ would get alone; a budget that holds two models refuses a third while both are i
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,32 @@ def test_a_model_that_does_not_load_is_not_charged(tmp_path: Path) -> None:
         pool.acquire(tmp_path, "x")
     assert pool.entries() == []
     assert pool.used_mb == 0.0
+
+
+def test_a_model_loaded_again_keeps_the_charge_measured_at_its_first_load() -> None:
+    # A resident-set meter in a running process sees other threads' allocations and
+    # reused memory: the same model measures differently each time it loads.
+    measured = iter([5.0, 1.0, 0.2, 9.0])
+
+    def noisy(load: Callable[[], LoadedModel]) -> tuple[LoadedModel, float]:
+        return load(), next(measured)
+
+    pool = ModelPool(PROFILE, budget_mb=6.5, meter=noisy)
+    pool.acquire(A, "a")  # 5.0
+    pool.release("a")
+    pool.acquire(B, "b")  # 1.0: both fit
+    pool.release("b")
+    pool.set_budget(1.5)  # A (least recently used) goes
+    assert [e.key for e in pool.entries()] == [B.resolve()]
+    pool.set_budget(6.5)
+    pool.acquire(A, "a")  # measures 0.2 this time; still charged 5.0
+    charges = {e.key: e.charge_mb for e in pool.entries()}
+    assert charges == {A.resolve(): 5.0, B.resolve(): 1.0}
+    assert pool.used_mb == 6.0
+    pool.release("a")
+    pool.set_budget(0.5)  # both go
+    assert pool.entries() == []
+    assert pool.evictions == 3
+    pool.set_budget(5.5)
+    pool.acquire(A, "a")  # measures 9.0 this time: still 5.0, so it fits
+    assert {e.key: e.charge_mb for e in pool.entries()} == {A.resolve(): 5.0}

@@ -4,7 +4,8 @@ Streams (and, later, the local serving endpoint) ask the pool for a model direct
 all users of one model variant share one loaded instance (the backend's per-instance
 lock makes that safe). Each entry is charged what loading it measurably cost
 (`rss_meter`: the process's resident set before and after the load, at least the model
-file's size) against the profile's `model_memory_mb`. A model some user holds is
+file's size) against the profile's `model_memory_mb`; a model loaded again after an
+eviction keeps the charge measured at its first load. A model some user holds is
 pinned; an idle one stays loaded until room is needed, then the least recently used
 goes first. A load that cannot fit even after evicting every idle model is refused
 with a ConfigError naming the models held, the one asked for and the megabytes.
@@ -193,8 +194,12 @@ class ModelPool:
         need = self._estimate(key)
         self._evict_idle(need, key)
         self._check_fits(need, key, user)
-        model, mb = self._meter(lambda: self._loader(key, self.profile, user))
-        self._known[key] = mb
+        model, measured = self._meter(lambda: self._loader(key, self.profile, user))
+        # A model measured once keeps that charge when it loads again: measured again in
+        # a running process, the resident set also moves with other threads' allocations
+        # and freed memory the allocator reuses (one model: 3.1 MB, then 0.25 MB), and a
+        # budget planned from the charges would refuse a model that had fitted.
+        mb = self._known.setdefault(key, measured)
         self._evict_idle(mb, key)
         self._check_fits(mb, key, user)  # the model is dropped with the error
         e = PoolEntry(key, model, mb, last_used=time.monotonic())
