@@ -79,7 +79,7 @@ def test_published_bundle_is_shadowed_promoted_and_committed(
         assert all(m["version"] == 2 and m["device"] == "gw-01" for m in msgs)
         assert msgs[-2]["figures"]["windows"] >= 40  # the shadow's figures come with promote
         assert msgs[-1]["slot"] == "a"
-        wait_until(lambda: serving(state_dir) == ("committed", 2), 10, "status shows v2", agent)
+        wait_until(lambda: serving(state_dir) == ("committed", 2), 60, "status shows v2", agent)
         ota = read_status(state_dir)["ota"]
         assert [e["state"] for e in ota["events"]] == HAPPY
         assert ota["active_slot"] == "a"

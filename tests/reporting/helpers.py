@@ -58,7 +58,8 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
+def wait_until(pred: Callable[[], bool], timeout: float = 60.0, step: float = 0.02) -> bool:
+    # generous: a loaded 2-core machine; every caller waits for something to happen
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():

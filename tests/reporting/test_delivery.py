@@ -179,7 +179,7 @@ def test_sigkill_makes_the_broker_publish_the_last_will_offline(
     # It is retained: a new subscriber sees "offline" at once.
     late = Subscriber(broker.host, broker.port, "edge/gw-01/status", client_id="late")
     try:
-        assert late.wait_for(lambda m: len(m) > 0, timeout=5)
+        assert late.wait_for(lambda m: len(m) > 0, timeout=60)
         assert late.messages[0].retain
         assert late.messages[0].json()["state"] == "offline"
     finally:
@@ -193,6 +193,6 @@ def test_clean_stop_publishes_retained_offline(
     r.start()
     assert wait_until(lambda: r.snapshot()["mqtt"]["connected"])
     r.stop()
-    assert sub.wait_for(lambda m: any(x.json().get("state") == "offline" for x in m), 5)
+    assert sub.wait_for(lambda m: any(x.json().get("state") == "offline" for x in m), 60)
     last = sub.on("/status")[-1].json()
     assert last == {**last, "state": "offline", "clean": True}
