@@ -138,3 +138,30 @@ def test_a_stream_that_gave_up_is_revived_by_the_slow_retry_in_a_real_agent(
     )
     assert a.stop() == 0, a.text()
     assert "trying again 3 s after it failed past its restart budget" in a.text()
+
+
+def test_failed_is_shown_only_with_the_give_up_done_and_the_next_try_set() -> None:
+    # A status written while the component gives up must not show it 'failed' without
+    # what giving up does (the stream's error) or when it is tried again.
+    cable = _Cable()
+    seen_in_give_up: list[tuple[ComponentState, float | None]] = []
+    sup = Supervisor(budget=1, window_s=600, hang_after_s=30, retry_failed_s=600.0)
+
+    def give_up() -> None:
+        st = next(s for s in sup.statuses() if s.name == "stream-press")
+        seen_in_give_up.append((st.state, st.retry_at))
+
+    sup.add("stream-press", cable.body, on_give_up=give_up)
+    sup.start()
+    try:
+        _until(lambda: sup.state("stream-press") is ComponentState.FAILED)
+        assert len(seen_in_give_up) == 1
+        state_then, retry_then = seen_in_give_up[0]
+        assert state_then is not ComponentState.FAILED
+        assert retry_then is None
+        st = next(s for s in sup.statuses() if s.name == "stream-press")
+        assert st.retry_at is not None
+        assert st.retry_at > time.time() + 500
+    finally:
+        sup.request_stop()
+        sup.join(time.monotonic() + 10)

@@ -228,7 +228,6 @@ class Supervisor:
         if self._on_error is not None:
             self._on_error(c.name, msg)
         if not c.budget.allow(now):
-            c.state = ComponentState.FAILED
             retry = self._retry_failed_s
             log.error(
                 "%s failed %d times within %.0f s, %s: %s",
@@ -240,6 +239,11 @@ class Supervisor:
                 exc_info=e,
             )
             self._hook(c, c.on_give_up, "on_give_up")
+            # Failed only now, with when it is tried again: a status written meanwhile
+            # showed 'failed' without the give-up's effects (the stream's error) or retry_at.
+            if retry is not None:
+                c.retry_at = time.time() + retry
+            c.state = ComponentState.FAILED
             return
         c.restarts += 1
         c.state = ComponentState.RESTARTING
@@ -254,7 +258,6 @@ class Supervisor:
         it is never retried or the agent stops meanwhile."""
         if self._retry_failed_s is None:
             return False
-        c.retry_at = time.time() + self._retry_failed_s
         if self.stop_event.wait(self._retry_failed_s):
             c.retry_at = None
             c.state = ComponentState.STOPPED
