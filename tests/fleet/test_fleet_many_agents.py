@@ -54,6 +54,9 @@ def test_fleet_status_shows_every_real_agent(tmp_path: Path) -> None:
             fleet_status(broker)
         )
         up_s = time.monotonic() - started
+        # each device's versions are a retained message of their own, published after
+        # its health (the verdict waited for above)
+        assert wait_until(lambda: all(r["versions"] for r in fleet_status(broker)["devices"]), 60)
         doc = fleet_status(broker)
         assert {r["device"] for r in doc["devices"]} == set(names)
         assert all(r["versions"] == {"vibration-ae": "v1"} for r in doc["devices"])
