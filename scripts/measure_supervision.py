@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Short measurement for docs/benchmarks.md: time from a fault to its verdict in status,
-and SIGTERM time with 8 streams and an outbox backlog. Real agent processes.
+and SIGTERM time with 8 streams and an outbox backlog (broker away, and broker
+reachable so the drain grace is used). Real agent processes; the broker measurements
+run a real mosquitto (tests/mosquitto.py).
 
-    .venv/bin/python scripts/measure_supervision.py
+    .venv/bin/python scripts/measure_supervision.py            # all
+    .venv/bin/python scripts/measure_supervision.py broker_killed broker_silent
 
 Fault -> verdict latencies use the agent's own clock: the moment the fault happened
 (from status fields or the time this script caused it) and the `written_at` of the
@@ -29,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_agent.service.status import Snapshot, assess  # noqa: E402
+from tests.mosquitto import Broker  # noqa: E402
+from tests.subscriber import Subscriber  # noqa: E402
 
 MODELS = REPO / "models"
 
@@ -202,10 +207,138 @@ def shutdown_8_streams(work: Path) -> str:
     )
 
 
+def mqtt_to(broker: Broker, extra: str = "") -> str:
+    return (
+        f'host = "{broker.host}"\nport = {broker.port}\ntelemetry_interval_s = 1\n'
+        f"reconnect_min_s = 0.2\nreconnect_max_s = 1.0\n{extra}"
+    )
+
+
+def fast_synthetic(name: str, speed: float) -> str:
+    return (
+        f'[[streams]]\nname = "{name}"\nvariant = "int8-onnx"\n'
+        f'source = {{ kind = "synthetic", speed = {speed}, first_anomaly_s = 1, '
+        "anomaly_every_s = 3, anomaly_duration_s = 1 }\n"
+    )
+
+
+def broker_killed(work: Path) -> str:
+    broker = Broker(work / "broker")
+    broker.start()
+    p = start(work, config(work, synthetic("press"), mqtt=mqtt_to(broker)))
+    try:
+        first(work, lambda s: s["mqtt"]["connected"] and verdict(s) == "OK", 60)
+        assert broker._proc is not None
+        broker._proc.kill()  # SIGKILL: no DISCONNECT, the socket just closes
+        t_kill = time.time()
+        st = first(work, lambda s: verdict(s) == "DEGRADED", 60)
+    finally:
+        stop(p)
+        broker.stop()
+    return f"broker killed (SIGKILL): DEGRADED {st['written_at'] - t_kill:.2f} s later"
+
+
+ACK_TIMEOUT_S = 5.0
+
+
+def broker_silent(work: Path) -> str:
+    """A broker that keeps the connection but acknowledges nothing: mosquitto SIGSTOPped
+    (the kernel still accepts the agent's packets)."""
+    broker = Broker(work / "broker")
+    broker.start()
+    mqtt = mqtt_to(broker, f"ack_timeout_s = {ACK_TIMEOUT_S}\n")
+    p = start(work, config(work, synthetic("press"), mqtt=mqtt))
+    assert broker._proc is not None
+    try:
+        first(work, lambda s: s["mqtt"]["connected"] and verdict(s) == "OK", 60)
+        broker._proc.send_signal(signal.SIGSTOP)
+        t_stop = time.time()
+        st = first(work, lambda s: verdict(s) == "DEGRADED", 120)
+        why = assess(Snapshot("", True, st, pid_alive=True), st["written_at"]).reasons[0]
+    finally:
+        broker._proc.send_signal(signal.SIGCONT)
+        stop(p)
+        broker.stop()
+    return (
+        f"broker stops acknowledging (SIGSTOP, ack_timeout_s = {ACK_TIMEOUT_S:g}): DEGRADED "
+        f"{st['written_at'] - t_stop:.2f} s later ({why.split(';')[0]})"
+    )
+
+
+def _outbox_seqs(state: Path) -> set[int]:
+    db = sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        return {int(r[0]) for r in db.execute("SELECT seq FROM records")}
+    finally:
+        db.close()
+
+
+def shutdown_8_streams_draining(work: Path) -> str:
+    """A backlog stored while the broker was away (a first run at full speed), then 8
+    streams with the broker reachable: SIGTERM as soon as the link is up, so the outbox
+    is still draining and the shutdown's drain grace is used."""
+    broker = Broker(work / "broker")
+    fill = "".join(fast_synthetic(f"line{i}", 0.0) for i in range(2))
+    p = start(work, config(work, fill, mqtt=mqtt_to(broker)))  # not started yet: away
+    try:
+        first(work, lambda s: s["outbox"]["depth"] >= 20_000, 300)
+    finally:
+        stop(p)
+    broker.start()
+    sub = Subscriber(broker.host, broker.port, "edge/gw-m/#", client_id="measure-sub")
+    streams = "".join(synthetic(f"line{i}") for i in range(8))
+    p = start(work, config(work, streams, mqtt=mqtt_to(broker)))
+    try:
+        st = first(work, lambda s: s["mqtt"]["connected"], 120)
+        at_term = _outbox_seqs(work / "state")
+    finally:
+        t0 = time.monotonic()
+        stop(p)
+        took = time.monotonic() - t0
+    try:
+        left = _outbox_seqs(work / "state")
+        time.sleep(3)  # the subscriber receives what the broker acknowledged
+        got = set()
+        for m in sub.messages:
+            try:
+                seq = m.json().get("seq")
+            except ValueError:
+                continue
+            if isinstance(seq, int):
+                got.add(seq)
+    finally:
+        sub.close()
+        broker.stop()
+    sent = at_term & got
+    missing = at_term - got - left
+    return (
+        f"SIGTERM, 8 streams, {len(at_term)} records in the outbox, broker reachable: exit "
+        f"{p.returncode} after {took:.2f} s; {len(sent)} of them delivered during the stop "
+        f"(drain grace), {len(at_term & left)} left in the outbox for the next start, "
+        f"{len(missing)} lost (status depth when connected: {st['outbox']['depth']})"
+    )
+
+
+MEASURES: dict[str, Callable[[Path], str]] = {
+    f.__name__: f
+    for f in (
+        crash_past_budget,
+        hung_loop,
+        silent_sensor,
+        outbox_locked,
+        broker_killed,
+        broker_silent,
+        shutdown_8_streams,
+        shutdown_8_streams_draining,
+    )
+}
+
+
 def main() -> None:
-    for measure in (crash_past_budget, hung_loop, silent_sensor, outbox_locked, shutdown_8_streams):
+    names = sys.argv[1:] or list(MEASURES)
+    for name in names:
         with tempfile.TemporaryDirectory(prefix="ea-measure-") as d:
-            print(f"- {measure(Path(d))}", flush=True)
+            print(f"- {MEASURES[name](Path(d))}", flush=True)
 
 
 if __name__ == "__main__":
