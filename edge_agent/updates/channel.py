@@ -89,6 +89,13 @@ def _edge(tf: TargetFile) -> dict[str, Any]:
     return edge if isinstance(edge, dict) else {}
 
 
+def _names(edge: dict[str, Any], key: str) -> list[str]:
+    """A director entry's `groups` or `devices`: a list of names, else none (a plain
+    string must not match by substring: "line-10" is not group "line-1")."""
+    names = edge.get(key)
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
 @contextmanager
 def _translated(repo: str, meta_dir: Path, up: NgUpdater | None = None) -> Iterator[None]:
     """python-tuf's exceptions -> our specific OtaErrors, naming the repository."""
@@ -214,8 +221,8 @@ class UpdateChannel:
         mine: dict[str, TargetFile] = {}
         for tf in dtargets.targets.values():
             edge = _edge(tf)
-            for_me = self.cfg.device in edge.get("devices", [])
-            if not for_me and self.cfg.group not in edge.get("groups", []):
+            for_me = self.cfg.device in _names(edge, "devices")
+            if not for_me and self.cfg.group not in _names(edge, "groups"):
                 continue
             name = str(edge.get("name", ""))
             if name in mine and not for_me:

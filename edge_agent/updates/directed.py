@@ -137,6 +137,13 @@ def admit_directed(up: Updater, dt: DirectedTarget) -> tuple[Job, list[UpdateTar
         )
     if up.record.outcome(tid) is not None:
         raise RefusedError("idle", "tried here; the director must name a new version")
+    failures = 0
+    pending = up._channel_retry
+    if pending is not None and pending[0] == tid.key:
+        failures = pending[1]
+        # A hint flood refreshes the metadata; the same target waits out its backoff.
+        if time.monotonic() < pending[2]:
+            raise RefusedError("idle", f"{dt.path}: download failed; waiting to try again")
     up._set_state("announced", dt.version, detail=f"{dt.path} directed")
     attempts = up.record.begin_attempt(tid)
     if attempts > MAX_ATTEMPTS:
@@ -144,7 +151,7 @@ def admit_directed(up: Updater, dt: DirectedTarget) -> tuple[Job, list[UpdateTar
         up._finish(tid, result)
         raise RefusedError("failed", result)
     up.candidate = {"version": dt.version, "name": dt.name, "attempt": attempts}
-    return Job(None, b"", None, tid, None, dt.length, installed, 0), targets
+    return Job(None, b"", None, tid, None, dt.length, installed, failures), targets
 
 
 def check_directed(up: Updater, bundle: Path, dt: DirectedTarget) -> VerifiedManifest:

@@ -189,6 +189,9 @@ class Updater:
         self.last_refresh: float | None = None  # wall clock of the last refresh that ran
         self.last_refresh_mono: float | None = None
         self._next_refresh = 0.0  # monotonic; 0: at once
+        # A failed channel download: (target key, failures, monotonic time it may be
+        # fetched again). Hints refresh the metadata but do not cut this backoff short.
+        self._channel_retry: tuple[str, int, float] | None = None
         self._last_refusal: tuple[str, str] | None = None
         self._pause_at = os.environ.get(PAUSE_ENV, "")
         self._clean_downloads(keep=None)
@@ -591,6 +594,7 @@ class Updater:
             self._retry = _Retry(job.payload, job.tid, failures, time.monotonic() + delay)
         else:  # from the channel: its next refresh tries again, not before the backoff
             self._next_refresh = max(self._next_refresh, time.monotonic() + delay)
+            self._channel_retry = (job.tid.key, failures, time.monotonic() + delay)
         reason = f"{type(e).__name__}: {e}"
         self.last_result = f"failed v{job.tid.version}: {reason}"
         self._set_state(
