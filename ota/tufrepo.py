@@ -17,6 +17,7 @@ strictly (`ota.ed25519`) before it is written into a root.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ DEFAULT_EXPIRY: dict[str, timedelta] = {
     "snapshot": timedelta(days=7),
     "timestamp": timedelta(days=1),
 }
+
+
+# A model name becomes a path component of the target and of its file: one plain
+# component only ("../x", "/x", "a/b" would write outside the repository).
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class RepositoryError(OtaError):
@@ -274,6 +280,13 @@ class Repository:
             m = header.manifest
         except BundleFormatError as e:
             raise RepositoryError(f"{bundle}: not a bundle: {e}") from e
+        if not _TARGET_NAME.fullmatch(m.name):
+            raise RepositoryError(
+                f"{bundle}: model name {m.name!r} cannot name a target: it becomes a "
+                "directory and file name in the repository, so it must be letters, digits, "
+                "'.', '_' and '-', starting with a letter or digit; rename the model (card "
+                "`name`) and build again"
+            )
         rel = f"{m.name}/{m.name}-v{m.version}.bundle"
         tf = TargetFile.from_file(rel, str(bundle), ["sha256"])
         tf.unrecognized_fields["custom"] = {
