@@ -626,6 +626,7 @@ class Updater:
             self._pause("unpack")
             self._set_state("validating", v, slot=slot)
             cand = self._validate(cand_dir, targets)
+            _card_matches(cand, vm)
             store.mark_validated(utc(self._clock()))
             self._pause("validate")
             self._check_stop()
@@ -805,3 +806,15 @@ class Updater:
                 self._run_jobs()
         finally:
             runner.close()
+
+
+def _card_matches(cand: LoadedModel, vm: VerifiedManifest) -> None:
+    """The unpacked card must be the model the signed manifest names: the serving card's
+    version is the anti-rollback floor and what status reports. _RefusedError if not."""
+    c, m = cand.card, vm.manifest
+    if (c.name, c.family, c.version) != (m.name, m.family, m.version):
+        raise _RefusedError(
+            "failed",
+            f"validation: the card says {c.name} v{c.version} ({c.family}), the signed "
+            f"manifest {m.name} v{m.version} ({m.family}); rebuild with `edge-ota build`",
+        )
