@@ -3,7 +3,10 @@
 One thread owns the mid -> record map, so an acknowledgement can never be matched
 before its publish was recorded. A record is deleted when its PUBACK arrives; a
 PUBACK with a failure reason (ACL denial) also deletes it (retrying cannot succeed),
-and that is counted and logged as an error by the link.
+and that is counted and logged as an error by the link. A message the link stopped
+sending because a newer retained one to its topic was queued (Ack reason SUPERSEDED) is
+only forgotten: the outbox decides whether its record is still due (a newer status
+record has replaced it there).
 
 The thread survives anything: a failed step (the database locked for a delete, a raw
 sqlite error, a bug) is logged, backed off and retried; acknowledged records whose
@@ -23,7 +26,7 @@ import time
 from collections import Counter
 
 from edge_agent.errors import PublishError
-from edge_agent.reporting.link import MqttLink
+from edge_agent.reporting.link import SUPERSEDED, MqttLink
 from edge_agent.reporting.outbox import Kind, Outbox
 
 __all__ = ["ACK_TIMEOUT_S", "Drainer"]
@@ -147,6 +150,8 @@ class Drainer:
             entry = self._mids.pop(ack.mid, None)
             if entry is None:
                 continue  # a command reply, not an outbox record
+            if ack.reason == SUPERSEDED:
+                continue  # not delivered: peek() offers the record again if still stored
             done.append(entry[0])
             if ack.reason >= 0x80:
                 with self._lock:

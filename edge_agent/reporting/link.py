@@ -48,6 +48,7 @@ from edge_agent.reporting.topics import Topic
 
 __all__ = [
     "NOT_AUTHORIZED",
+    "SUPERSEDED",
     "Ack",
     "Incoming",
     "LinkState",
@@ -65,6 +66,9 @@ NOT_AUTHORIZED = 0x87
 TAKEOVER_BACKOFF_MIN_S = 5.0
 # A paho-side bound on queued QoS>0 messages beyond our own window (command replies).
 _PAHO_INFLIGHT_HEADROOM = 10
+# Ack.reason of a message the link stopped sending because a newer retained message to
+# its topic was queued (supersede()): not delivered, not refused; the outbox decides.
+SUPERSEDED = -1
 
 
 class LinkState(str, enum.Enum):
@@ -77,7 +81,8 @@ class LinkState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Ack:
-    """A PUBACK: `reason` >= 0x80 means the broker refused the message (e.g. ACL)."""
+    """A PUBACK: `reason` >= 0x80 means the broker refused the message (e.g. ACL);
+    SUPERSEDED (negative) means the link dropped it unsent-again (see supersede())."""
 
     mid: int
     reason: int
@@ -247,6 +252,8 @@ class MqttLink:
         self._inflight: OrderedDict[int, Sent] = OrderedDict()
         self._acked_early: set[int] = set()
         self._pending_aside: list[Sent] = []  # judged at a drop, discarded after it
+        self._retained: dict[int, str] = {}  # unacknowledged retained mid -> its topic
+        self._stale: set[int] = set()  # superseded: never to be re-sent
         self._stop = threading.Event()
         self._gone = threading.Event()
         self._dropping = False  # force_reconnect() is ending the connection
@@ -323,6 +330,7 @@ class MqttLink:
                 with self._lock:
                     aside, self._pending_aside = self._pending_aside, []
                 self._set_aside(aside)
+                self._drop_stale()
             if self._stop.is_set():
                 break
             draw = self._rng.random()
@@ -396,7 +404,7 @@ class MqttLink:
             self._watch.connected(now, announced)
             # paho re-sends every unacknowledged message right after this callback
             for mid, sent in self._inflight.items():
-                self._inflight[mid] = Sent(mid, sent.size, now)
+                self._inflight[mid] = Sent(mid, sent.size, now, sent.key)
             # queued before the limit was known: take them out before paho re-sends them
             # (it does so right after this callback)
             aside = [x for x in self._inflight.values() if self._watch.too_large(x.size)]
@@ -414,6 +422,9 @@ class MqttLink:
             self._on_connected(flags.session_present)
         except Exception:  # a failing birth must not kill paho's thread
             log.exception("MQTT: on-connect handler failed")
+        # older births the new one superseded: out before paho re-sends them (each would
+        # cost a dropped connection where the broker refuses its size)
+        self._drop_stale()
         self._set_state(LinkState.CONNECTED, time.time())
         self.wake_hook()
 
@@ -462,10 +473,44 @@ class MqttLink:
         paho's thread is stopped, or from its on_connect (before it re-sends)."""
         for sent in messages:
             self._client.discard_outgoing(sent.mid)
+            with self._lock:
+                self._forget(sent.mid)
             # the drain deletes the record and counts it, as for any refused message
             self.acks.put(Ack(sent.mid, PACKET_TOO_LARGE, "Packet too large"))
         if messages:
             self.wake_hook()
+
+    def supersede(self, topic: str) -> int:
+        """A newer retained message to `topic` is about to be queued: the unacknowledged
+        ones to it are stale (a retained topic keeps only the newest) and are not sent
+        again; each gets an Ack with reason SUPERSEDED. Any thread; call it before queuing
+        the newer one. Returns how many were marked. A stale message already written on
+        the current connection may still be acknowledged; it is dropped at the next
+        connect (before paho re-sends) or disconnect."""
+        with self._lock:
+            stale = {m for m, t in self._retained.items() if t == topic}
+            self._stale |= stale
+        return len(stale)
+
+    def _drop_stale(self) -> None:
+        """Discard superseded messages from paho's queue. Only while paho's thread is
+        stopped, or from its on_connect (before it re-sends)."""
+        with self._lock:
+            stale, self._stale = self._stale, set()
+            for mid in stale:
+                self._inflight.pop(mid, None)
+                self._forget(mid)
+        dropped = [mid for mid in sorted(stale) if self._client.discard_outgoing(mid)]
+        for mid in dropped:
+            self.acks.put(Ack(mid, SUPERSEDED, "Superseded"))
+        if dropped:
+            log.info("MQTT: %d superseded retained message(s) will not be re-sent", len(dropped))
+            self.wake_hook()
+
+    def _forget(self, mid: int) -> None:
+        """`mid` is done (acknowledged, set aside, superseded). Under self._lock."""
+        self._retained.pop(mid, None)
+        self._stale.discard(mid)
 
     def _handle_publish(
         self,
@@ -478,6 +523,7 @@ class MqttLink:
         code = int(reason.value)
         with self._lock:
             sent = self._inflight.pop(mid, None)
+            self._forget(mid)
             if sent is None:
                 self._acked_early.add(mid)
             elif code < 0x80:
@@ -541,7 +587,9 @@ class MqttLink:
             if mid in self._acked_early:  # the PUBACK beat us here
                 self._acked_early.discard(mid)
             else:
-                self._inflight[mid] = Sent(mid, size, time.monotonic())
+                self._inflight[mid] = Sent(mid, size, time.monotonic(), topic if retain else None)
+                if retain:
+                    self._retained[mid] = topic
         return mid
 
     def packet_size(self, topic: str, payload: bytes, props: Properties | None = None) -> int:

@@ -171,6 +171,10 @@ class Reporter:
         logged, counted, and -1 is returned. A body the envelope refuses (a reserved key,
         not JSON) is the caller's bug: PublishError, nothing issued."""
         now = time.time()
+        if kind is Kind.STATUS and self._link is not None:
+            # the outbox replaces undelivered older status records; the link must also stop
+            # re-sending those already handed to it (before the newer one can be sent)
+            self._link.supersede(topic.value)
         try:
             seq = self._outbox.append(
                 kind,

@@ -73,6 +73,13 @@ class Sent:
     mid: int
     size: int  # packet bytes
     at: float  # when it was (last) written, monotonic s
+    # what a drop's blame sticks to: the topic of a retained message (a newer one to it
+    # replaces the older, so it inherits the suspicion), else None: the mid
+    key: str | None = None
+
+    @property
+    def suspect(self) -> str | int:
+        return self.mid if self.key is None else self.key
 
 
 class DropKind(str, enum.Enum):
@@ -106,7 +113,7 @@ class SessionWatch:
     _connected_at: float | None = field(default=None, init=False)
     _largest_acked: int = field(default=0, init=False)  # the broker took this size
     _short_drops: int = field(default=0, init=False)
-    _strikes: dict[int, int] = field(default_factory=dict, init=False)
+    _strikes: dict[str | int, int] = field(default_factory=dict, init=False)
 
     def connected(self, now: float, max_packet_size: int | None) -> None:
         """A successful CONNACK; `max_packet_size` as announced (MQTT 5), else None."""
@@ -163,13 +170,17 @@ class SessionWatch:
         if recent:
             # The largest is the suspect: if size is the problem, it fails first. (Not
             # "the first unacked": a broker that closes on unread data resets the socket,
-            # and the PUBACKs it sent just before are lost with it.)
-            first = max(recent, key=lambda s: s.size)
-            self._strikes[first.mid] = self._strikes.get(first.mid, 0) + 1
+            # and the PUBACKs it sent just before are lost with it.) One blamed before and
+            # in flight again is preferred: it was the largest then, and a drop right after
+            # it twice is what sets it aside (a larger one queued since would otherwise
+            # start its own count, and cost a connection more).
+            again = [s for s in recent if self._strikes.get(s.suspect, 0) > 0]
+            first = max(again or recent, key=lambda s: s.size)
+            self._strikes[first.suspect] = self._strikes.get(first.suspect, 0) + 1
             # Once the broker is known to drop large messages, one drop after a message
             # larger than any it took is enough.
             learned = self.limit is not None and first.size > self._largest_acked
-            if self._strikes[first.mid] >= STRIKES or learned:
+            if self._strikes[first.suspect] >= STRIKES or learned:
                 return self._too_large(first, inflight, announced=False)
             return DropVerdict(
                 DropKind.SHORT,
@@ -195,7 +206,7 @@ class SessionWatch:
     ) -> DropVerdict:
         if culprit.size <= self._largest_acked:
             # not its size (the broker took larger ones): some other rule (an ACL?)
-            self._strikes.pop(culprit.mid, None)
+            self._strikes.pop(culprit.suspect, None)
             return DropVerdict(
                 DropKind.TOO_LARGE,
                 f"broker {self.broker} closed the connection each time a {culprit.size}-byte "
@@ -208,7 +219,7 @@ class SessionWatch:
         self.limit = bound if self.limit is None else min(self.limit, bound)
         aside = tuple(s for s in inflight if s.size > self.limit)
         for s in aside:
-            self._strikes.pop(s.mid, None)
+            self._strikes.pop(s.suspect, None)
         how = (
             "the broker refused it (Packet too large)"
             if announced

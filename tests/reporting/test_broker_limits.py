@@ -17,7 +17,7 @@ from edge_agent.reporting import Reporter
 from tests.conftest import _need_mosquitto
 from tests.mosquitto import Broker
 from tests.reporting.helpers import event_seqs, make_config, wait_until
-from tests.subscriber import Subscriber
+from tests.subscriber import Received, Subscriber
 
 pytestmark = pytest.mark.broker
 
@@ -43,6 +43,13 @@ def limited_broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+def _trimmed_birth(msg: Received) -> bool:
+    if not msg.topic.endswith("/status"):
+        return False
+    body = msg.json()
+    return bool(body.get("state") == "online" and body.get("trimmed"))
 
 
 def _says_duplicate(r: Reporter) -> bool:
@@ -89,6 +96,9 @@ def test_oversized_messages_are_set_aside_and_the_rest_flows(
         r.publish_event({"event": "start", "stream": "s1", "pad": "x" * 600})
         small += [r.publish_event({"event": "end", "stream": "s1", "i": i}) for i in range(5)]
         assert sub.wait_for(lambda m: set(small) <= set(event_seqs(m)), timeout=30)
+        # the trimmed birth comes with the connect after the full one was set aside (the
+        # outbox may be empty in between)
+        assert sub.wait_for(lambda m: any(_trimmed_birth(x) for x in m), timeout=30)
         assert wait_until(lambda: r.snapshot()["outbox"]["depth"] == 0, 30)
         m = r.snapshot()["mqtt"]
         assert m["oversized"] >= 1

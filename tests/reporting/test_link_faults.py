@@ -3,6 +3,7 @@ link that stays down, a Last Will that cannot be built, deletes on a locked outb
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import threading
@@ -30,6 +31,7 @@ class SilentBroker:
         self.port = free_port()
         self.connects = 0
         self.publishes = 0
+        self.seen: list[tuple[int, str, bytes]] = []  # (connection number, topic, payload)
         self._lock = threading.Lock()
         self._srv = socket.create_server(("127.0.0.1", self.port))
         self._srv.settimeout(0.2)
@@ -87,6 +89,7 @@ class SilentBroker:
                     v5 = body[6] == 5
                     with self._lock:
                         self.connects += 1
+                        number = self.connects
                     conn.sendall(b"\x20\x03\x00\x00\x00" if v5 else b"\x20\x02\x00\x00")
                 elif kind == 8:  # SUBSCRIBE: grant QoS 1
                     pid = body[:2]
@@ -98,6 +101,7 @@ class SilentBroker:
                 elif kind == 3:  # PUBLISH: swallowed, never acknowledged
                     with self._lock:
                         self.publishes += 1
+                        self.seen.append((number, *_topic_and_payload(body, v5)))
                 elif kind == 14:  # DISCONNECT
                     return
 
@@ -106,6 +110,23 @@ class SilentBroker:
         self._srv.close()
         for t in self._threads:
             t.join(2)
+
+
+def _topic_and_payload(body: bytes, v5: bool) -> tuple[str, bytes]:
+    """Of a QoS 1 PUBLISH's body (topic, packet id, [properties], payload)."""
+    n = int.from_bytes(body[:2], "big")
+    at = 2 + n + 2
+    if v5:  # properties: a variable-length size, then that many bytes
+        size, mult = 0, 1
+        while True:
+            b = body[at]
+            at += 1
+            size += (b & 0x7F) * mult
+            mult *= 128
+            if not b & 0x80:
+                break
+        at += size
+    return body[2 : 2 + n].decode(), body[at:]
 
 
 def _cfg(port: int, **mqtt: object) -> dict[str, object]:
@@ -147,6 +168,39 @@ def test_broker_that_never_acknowledges_is_detected_within_the_ack_timeout(
         assert wait_until(lambda: fake.connects >= 2, timeout=30)  # it reconnected
         # nothing was given up: the records wait in the outbox for a real PUBACK
         assert r.snapshot()["outbox"]["depth"] >= 1
+    finally:
+        r.stop(timeout=1.0)
+        fake.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_superseded_birth_is_not_sent_again_after_a_reconnect(
+    tmp_path: Path, protocol: str
+) -> None:
+    # The status topic is retained: only the newest birth matters. Births handed to the
+    # link and never acknowledged must not be re-sent next to the one a reconnect queues
+    # (where the broker refuses their size, each would cost a dropped connection).
+    fake = SilentBroker()
+    r = Reporter(
+        parse_config(_cfg(fake.port, ack_timeout_s=2.0, protocol=protocol)), tmp_path, birth=dict
+    )
+
+    def births(conn: int) -> list[int]:
+        with fake._lock:
+            seen = list(fake.seen)
+        return [json.loads(p)["seq"] for c, t, p in seen if c == conn and t.endswith("/status")]
+
+    r.start()
+    try:
+        assert wait_until(lambda: len(births(1)) == 1, timeout=30)
+        second = r.publish_birth()  # e.g. the serving models changed
+        assert wait_until(lambda: second in births(1), timeout=30)
+        # no PUBACK ever comes: the ack timeout reconnects, which queues a third birth;
+        # the next ack timeout ends connection 2, after everything it carried was written
+        assert wait_until(lambda: fake.connects >= 3, timeout=60)
+        again = births(2)
+        assert len(again) == 1, again
+        assert again[0] > second
     finally:
         r.stop(timeout=1.0)
         fake.close()

@@ -95,6 +95,37 @@ def test_mqtt311_message_that_closes_the_connection_twice_is_set_aside() -> None
     assert w.takeovers == 0
 
 
+def test_mqtt311_a_retained_message_replaced_by_a_newer_one_keeps_its_strike() -> None:
+    # The birth (retained) is blamed for the first drop; the next connect carries a newer
+    # birth (another mid, one byte longer) and a larger message queued meanwhile. The
+    # newer birth inherits the strike: the second drop sets it aside and learns a limit
+    # that also rules out the larger one, instead of starting a count for it.
+    w = _watch(v5=False)
+    w.connected(0.0, None)
+    v1 = w.dropped(0.1, 0.0, UNSPECIFIED, "", by_us=False,
+                   inflight=[Sent(1, 554, 0.0, "edge/gw/status"), Sent(2, 90, 0.0)])  # fmt: skip
+    assert not v1.set_aside
+    w.connected(2.0, None)
+    birth = Sent(5, 555, 2.0, "edge/gw/status")
+    big = Sent(6, 718, 2.0)
+    v2 = w.dropped(2.1, 0.0, UNSPECIFIED, "", by_us=False, inflight=[birth, big])
+    assert v2.kind is DropKind.TOO_LARGE
+    assert set(v2.set_aside) == {birth, big}
+    assert w.limit == 554
+
+
+def test_mqtt311_an_unblamed_message_does_not_outrank_the_largest() -> None:
+    w = _watch(v5=False)
+    w.connected(0.0, None)
+    w.dropped(0.1, 0.0, UNSPECIFIED, "", by_us=False, inflight=[Sent(1, 500, 0.0)])
+    w.connected(2.0, None)
+    # 1 (blamed) is acknowledged meanwhile; 2 was in flight but never the largest
+    v = w.dropped(2.1, 0.0, UNSPECIFIED, "", by_us=False,
+                  inflight=[Sent(2, 100, 2.0), Sent(3, 800, 2.0)])  # fmt: skip
+    assert not v.set_aside
+    assert "800-byte" in v.message
+
+
 def test_once_the_limit_is_learned_one_drop_after_a_larger_message_suffices() -> None:
     w = _watch(v5=False)
     w.connected(0.0, None)
