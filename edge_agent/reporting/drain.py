@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 
-from edge_agent.errors import PublishError
+from edge_agent.errors import OutboxError, PublishError
 from edge_agent.reporting.link import SUPERSEDED, MqttLink
 from edge_agent.reporting.outbox import Kind, Outbox
 
@@ -134,10 +134,15 @@ class Drainer:
 
     def _step(self, now: float) -> None:
         self._collect_acks()
-        self._delete_acked()
+        failed = self._delete_acked()
         if self._link.connected:
             self._check_ack_timeout(now)
             self._fill(now)
+            failed = self._delete_acked() or failed
+        if failed is not None:
+            # Sending went on (a locked database still reads); the run loop counts,
+            # logs and backs off on the failed delete.
+            raise failed
 
     def _collect_acks(self) -> None:
         done: list[int] = []
@@ -162,10 +167,18 @@ class Drainer:
                 self._last_publish = time.time()
                 self._unacked_since = None
 
-    def _delete_acked(self) -> None:
-        if self._acked:
-            self._outbox.delete(self._acked)  # raises when the database is locked: kept
-            self._acked = []
+    def _delete_acked(self) -> OutboxError | None:
+        """Delete what was acknowledged; on failure (database locked, disk) the ids are
+        kept for a later step and the error is returned, not raised, so that a delete
+        that cannot happen never stops new records from being sent."""
+        if not self._acked:
+            return None
+        try:
+            self._outbox.delete(self._acked)
+        except OutboxError as e:  # kept; excluded from peek() until deleted
+            return e
+        self._acked = []
+        return None
 
     def _check_ack_timeout(self, now: float) -> None:
         if not self._sent_at:
@@ -203,4 +216,3 @@ class Drainer:
                 continue
             self._mids[mid] = (rec.id, rec.kind)
             self._sent_at[mid] = now
-        self._delete_acked()
