@@ -117,6 +117,21 @@ def _sign(md: Metadata[Any], keys: Sequence[PrivateKey]) -> None:
         md.sign(_signer(k), append=True)
 
 
+def _assign_roles(root: Root, keys: RepoKeys) -> None:
+    """The key table of a root, for a new repository and for each rotation alike: offline
+    root and targets keys with their thresholds, the one online key for snapshot and
+    timestamp."""
+    for role, pubs, thr in (
+        ("root", keys.root, keys.root_threshold),
+        ("targets", keys.targets, keys.targets_threshold),
+        ("snapshot", [keys.online], 1),
+        ("timestamp", [keys.online], 1),
+    ):
+        for pub in pubs:
+            root.add_key(sslib_key(pub), role)
+        root.roles[role].threshold = thr
+
+
 def _check_signed(delegator: Metadata[Any], role: str, md: Metadata[Any]) -> None:
     """A threshold of `role`'s keys (as `delegator` defines them) signed `md`."""
     try:
@@ -144,15 +159,7 @@ def init_repository(
         raise RepositoryError(f"{path}: already holds a repository")
     exp = {**DEFAULT_EXPIRY, **(expiry or {})}
     root = Root(expires=now + exp["root"], consistent_snapshot=True)
-    for role, pubs, thr in (
-        ("root", keys.root, keys.root_threshold),
-        ("targets", keys.targets, keys.targets_threshold),
-        ("snapshot", [keys.online], 1),
-        ("timestamp", [keys.online], 1),
-    ):
-        for pub in pubs:
-            root.add_key(sslib_key(pub), role)
-        root.roles[role].threshold = thr
+    _assign_roles(root, keys)
     md_root = Metadata(root)
     _sign(md_root, root_signers)
     _check_signed(md_root, "root", md_root)
@@ -321,15 +328,7 @@ class Repository:
             expires=now + exp["root"],
             consistent_snapshot=True,
         )
-        for role, pubs, thr in (
-            ("root", keys.root, keys.root_threshold),
-            ("targets", keys.targets, keys.targets_threshold),
-            ("snapshot", [keys.online], 1),
-            ("timestamp", [keys.online], 1),
-        ):
-            for pub in pubs:
-                new.add_key(sslib_key(pub), role)
-            new.roles[role].threshold = thr
+        _assign_roles(new, keys)
         md = Metadata(new)
         _sign(md, [*old_signers, *new_signers])
         _check_signed(old, "root", md)
