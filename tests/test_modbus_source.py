@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ from edge_agent.config import parse_config
 from edge_agent.sources.base import Block
 from edge_agent.sources.registry import create_source
 from edge_agent.sources.runner import SourceRunner, SourceState
-from tests.agentutil import MODELS, REPO
+from tests.agentutil import MODELS, first_stream_scoring
 from tests.modbus_device import ModbusDevice
 from tests.null_modem import NullModem
 
@@ -382,33 +379,11 @@ rate_hz = 100.0
 channels = [{", ".join(_inline_table(c) for c in chans)}]
 """
     )
-    log = tmp_path / "agent.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg),
-             "--state-dir", str(state)],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
-        )  # fmt: skip
-    try:
-
-        def scored() -> dict[str, Any] | None:
-            assert proc.poll() is None, log.read_text()
-            try:
-                st: dict[str, Any] = json.loads((state / "status.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                return None
-            s = st["streams"][0] if st.get("streams") else None
-            return s if s and s["windows"] >= 5 and s["last_score"] is not None else None
-
-        s = _until(scored, "windows scored from the Modbus stream", timeout=90)
-        assert s["source_kind"] == "modbus"
-        assert s["source_state"] == "running"
-        assert math.isfinite(s["last_score"])
-        assert s["counters"]["polls"] > 0
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    s = first_stream_scoring(cfg, state, "windows scored from the Modbus stream")
+    assert s["source_kind"] == "modbus"
+    assert s["source_state"] == "running"
+    assert math.isfinite(s["last_score"])
+    assert s["counters"]["polls"] > 0
 
 
 def test_rtu_port_that_is_not_there_is_waited_for(

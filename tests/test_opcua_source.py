@@ -3,11 +3,7 @@ and without security, driven through the same SourceRunner the agent uses."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +21,7 @@ from edge_agent.sources.base import Block
 from edge_agent.sources.opcua_security import translate_error
 from edge_agent.sources.registry import create_source
 from edge_agent.sources.runner import SourceRunner, SourceState
-from tests.agentutil import MODELS, REPO
+from tests.agentutil import MODELS, first_stream_scoring
 from tests.opcua_server import Certificates, OpcUaServer, make_certificates
 
 # asyncua's server leaves one coroutine unawaited when a node with a monitored item is
@@ -372,32 +368,12 @@ publishing_interval_ms = 100
 channels = [{chans}]
 """
     )
-    log = tmp_path / "agent.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg),
-             "--state-dir", str(state)],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
-        )  # fmt: skip
     try:
-
-        def scored() -> dict[str, Any] | None:
-            assert proc.poll() is None, log.read_text()
-            try:
-                st: dict[str, Any] = json.loads((state / "status.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                return None
-            s = st["streams"][0] if st.get("streams") else None
-            return s if s and s["windows"] >= 5 and s["last_score"] is not None else None
-
-        s = _until(scored, "windows scored from the OPC UA stream", timeout=90)
+        s = first_stream_scoring(cfg, state, "windows scored from the OPC UA stream")
         assert s["source_kind"] == "opcua"
         assert s["source_state"] == "running"
         assert math.isfinite(s["last_score"])
     finally:
-        proc.terminate()
-        proc.wait(30)
         stop.set()
         writer.join(5)
         plc.stop()
