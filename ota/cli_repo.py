@@ -45,9 +45,13 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
         [k.public for k in roots], args.root_threshold, targets_pub, targets_thr, online.public
     )
     init_repository(
-        args.dir, keys, root_signers=roots, targets_signers=targets_signers, online=online,
+        args.dir,
+        keys,
+        root_signers=roots,
+        targets_signers=targets_signers,
+        online=online,
         now=_now(),
-    )  # fmt: skip
+    )
     print(
         f"{args.kind} repository created in {args.dir} (root v1: {args.dir}/metadata/1.root.json)"
     )
@@ -77,10 +81,12 @@ def cmd_repo_rotate(args: argparse.Namespace) -> int:
 
     new_roots = _privs(args.root_key)
     keys = RepoKeys(
-        [k.public for k in new_roots], args.root_threshold,
-        [load_public_key(p) for p in args.targets_key], args.targets_threshold,
+        [k.public for k in new_roots],
+        args.root_threshold,
+        [load_public_key(p) for p in args.targets_key],
+        args.targets_threshold,
         load_public_key(args.online_key),
-    )  # fmt: skip
+    )
     v = Repository(args.dir).rotate_root(
         keys, old_signers=_privs(args.old_key), new_signers=new_roots, now=_now()
     )
@@ -92,9 +98,14 @@ def cmd_director_set(args: argparse.Namespace) -> int:
     from ota.tufrepo import Repository, direct
 
     tf = direct(
-        Repository(args.dir), Repository(args.image), args.target,
-        load_private_key(args.online_key), _now(), groups=args.group, devices=args.device,
-    )  # fmt: skip
+        Repository(args.dir),
+        Repository(args.image),
+        args.target,
+        load_private_key(args.online_key),
+        _now(),
+        groups=args.group,
+        devices=args.device,
+    )
     whom = ", ".join([*(f"group {g}" for g in args.group), *(f"device {d}" for d in args.device)])
     print(f"directed {whom} to {tf.path}")
     return 0
@@ -139,52 +150,140 @@ def add_repo_commands(sub: Any) -> None:
 def _add_repo(sub: Any) -> None:
     r = sub.add_parser("repo", help="TUF image/director repositories: init, add, timestamp, rotate")
     rs = r.add_subparsers(dest="repo_command", required=True)
-    x = rs.add_parser("init", help="create a repository (root v1, empty targets)")
-    x.add_argument("dir", type=Path)
-    x.add_argument("--kind", choices=["image", "director"], required=True)
-    x.add_argument("--root-key", type=Path, action="append", required=True, help="offline")
-    x.add_argument("--root-threshold", type=int, default=1)
-    x.add_argument("--targets-key", type=Path, action="append", help="image: offline keys")
-    x.add_argument("--targets-threshold", type=int, default=1)
-    x.add_argument("--online-key", type=Path, required=True, help="snapshot+timestamp key")
+    x = rs.add_parser(
+        "init",
+        help="create a repository (root v1, empty targets)",
+        description="Create a TUF repository directory: metadata/1.root.json, targets, "
+        "snapshot and timestamp. An image repository's targets are signed by offline keys "
+        "(--targets-key, threshold); a director's targets by its online key.",
+    )
+    x.add_argument("dir", type=Path, help="the repository directory to create")
+    x.add_argument(
+        "--kind",
+        choices=["image", "director"],
+        required=True,
+        help="image: released bundles; director: which target each group runs",
+    )
+    x.add_argument(
+        "--root-key",
+        type=Path,
+        action="append",
+        required=True,
+        help="offline root key (private key file from `edge-ota keygen`); repeat",
+    )
+    x.add_argument(
+        "--root-threshold", type=int, default=1, help="root signatures needed (default 1)"
+    )
+    x.add_argument(
+        "--targets-key",
+        type=Path,
+        action="append",
+        help="image: offline targets key; repeat (director: the online key signs)",
+    )
+    x.add_argument(
+        "--targets-threshold", type=int, default=1, help="targets signatures needed (default 1)"
+    )
+    x.add_argument(
+        "--online-key",
+        type=Path,
+        required=True,
+        help="online key for snapshot and timestamp (and a director's targets)",
+    )
     _cmd(x, cmd_repo_init)
-    x = rs.add_parser("add", help="release a bundle into an image repository")
-    x.add_argument("dir", type=Path)
-    x.add_argument("bundle", type=Path)
-    x.add_argument("--key", type=Path, action="append", required=True, help="targets keys")
-    x.add_argument("--online-key", type=Path, required=True)
+    x = rs.add_parser(
+        "add",
+        help="release a bundle into an image repository",
+        description="Copy a bundle (from `edge-ota build`) into the image repository as a "
+        "target and sign new targets, snapshot and timestamp. Prints the target path that "
+        "`director set --target` takes.",
+    )
+    x.add_argument("dir", type=Path, help="the image repository")
+    x.add_argument("bundle", type=Path, help="a bundle made by `edge-ota build`")
+    x.add_argument(
+        "--key",
+        type=Path,
+        action="append",
+        required=True,
+        help="offline targets key; repeat up to the targets threshold",
+    )
+    x.add_argument(
+        "--online-key",
+        type=Path,
+        required=True,
+        help="the repository's online (snapshot, timestamp) key",
+    )
     _cmd(x, cmd_repo_add)
-    x = rs.add_parser("timestamp", help="sign a fresh timestamp (run on a schedule)")
-    x.add_argument("dir", type=Path)
-    x.add_argument("--online-key", type=Path, required=True)
+    x = rs.add_parser(
+        "timestamp",
+        help="sign a fresh timestamp (run on a schedule)",
+        description="Sign a new timestamp (it expires after 1 day): run daily, e.g. from "
+        "cron, or devices report 'update channel stale since ...'.",
+    )
+    x.add_argument("dir", type=Path, help="the repository (image or director)")
+    x.add_argument("--online-key", type=Path, required=True, help="the online key")
     _cmd(x, cmd_repo_timestamp)
     x = rs.add_parser("rotate", help="next root version; keys left out are revoked")
-    x.add_argument("dir", type=Path)
-    x.add_argument("--old-key", type=Path, action="append", required=True, help="old root keys")
-    x.add_argument("--root-key", type=Path, action="append", required=True, help="new root keys")
-    x.add_argument("--root-threshold", type=int, required=True)
-    x.add_argument("--targets-key", type=Path, action="append", required=True)
-    x.add_argument("--targets-threshold", type=int, required=True)
-    x.add_argument("--online-key", type=Path, required=True)
+    x.add_argument("dir", type=Path, help="the repository (image or director)")
+    x.add_argument(
+        "--old-key",
+        type=Path,
+        action="append",
+        required=True,
+        help="current root keys, up to the current threshold; repeat",
+    )
+    x.add_argument(
+        "--root-key",
+        type=Path,
+        action="append",
+        required=True,
+        help="root keys of the new version; repeat",
+    )
+    x.add_argument("--root-threshold", type=int, required=True, help="new root threshold")
+    x.add_argument(
+        "--targets-key",
+        type=Path,
+        action="append",
+        required=True,
+        help="targets keys of the new version; repeat",
+    )
+    x.add_argument("--targets-threshold", type=int, required=True, help="new targets threshold")
+    x.add_argument(
+        "--online-key",
+        type=Path,
+        required=True,
+        help="online key of the new version (snapshot, timestamp)",
+    )
     _cmd(x, cmd_repo_rotate)
 
 
 def _add_director_serve_hint(sub: Any) -> None:
     d = sub.add_parser("director", help="say which target groups/devices run")
     ds = d.add_subparsers(dest="director_command", required=True)
-    x = ds.add_parser("set", help="direct groups/devices to a released target")
-    x.add_argument("dir", type=Path)
+    x = ds.add_parser(
+        "set",
+        help="direct groups/devices to a released target",
+        description="Sign the director's targets so the named groups and devices run this "
+        "image target; they leave any other target of the same model. A device-specific "
+        "direction wins over its group's.",
+    )
+    x.add_argument("dir", type=Path, help="the director repository")
     x.add_argument("--image", type=Path, required=True, help="the image repository")
     x.add_argument("--target", required=True, help="target path, as `repo add` printed it")
-    x.add_argument("--group", action="append", default=[])
-    x.add_argument("--device", action="append", default=[])
-    x.add_argument("--online-key", type=Path, required=True)
+    x.add_argument("--group", action="append", default=[], help="an `ota.group`; repeat")
+    x.add_argument("--device", action="append", default=[], help="a device_id; repeat")
+    x.add_argument("--online-key", type=Path, required=True, help="the director's online key")
     _cmd(x, cmd_director_set)
 
-    x = sub.add_parser("serve", help="serve a repository directory over HTTP (tests, small sites)")
-    x.add_argument("dir", type=Path)
-    x.add_argument("--host", default="127.0.0.1")
-    x.add_argument("--port", type=int, default=8080)
+    x = sub.add_parser(
+        "serve",
+        help="serve a repository directory over HTTP (tests, small sites)",
+        description="Serve DIR's files read-only over plain HTTP until Ctrl-C. The "
+        "metadata is signed, so any web server or object store does as well; put TLS in "
+        "front for privacy. Devices take the printed URL as ota.image_url/director_url.",
+    )
+    x.add_argument("dir", type=Path, help="the repository directory (image or director)")
+    x.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    x.add_argument("--port", type=int, default=8080, help="TCP port (8080; 0: any free)")
     x.add_argument("--for", dest="serve_for", type=float, metavar="S", help="stop after S s")
     _cmd(x, cmd_serve)
 
