@@ -9,15 +9,17 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.fsutil import atomic_write_bytes
 from ota.ed25519 import key_problem, signature_problem
 from ota.errors import BundleFormatError, KeyFileError
+
+# cryptography (~8 MB resident) is imported where a key is used, not with this module: the
+# agent's long-running process handles keys as bytes and leaves signature work to a
+# short-lived child (edge_agent.updates.trust_worker).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "KEY_TYPE",
@@ -54,6 +56,9 @@ class PublicKey:
         """True only for a strictly valid signature (canonical, non-small-order R, S < L)."""
         if signature_problem(signature) is not None:
             return False
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
         except InvalidSignature:
@@ -77,6 +82,9 @@ class PublicKey:
         return cls(raw)
 
     def to_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         return Ed25519PublicKey.from_public_bytes(self.raw).public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -92,10 +100,14 @@ class PrivateKey:
 
     @classmethod
     def generate(cls) -> PrivateKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate())
 
     @property
     def public(self) -> PublicKey:
+        from cryptography.hazmat.primitives import serialization
+
         return PublicKey(
             self._key.public_key().public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -115,6 +127,8 @@ class PrivateKey:
         return self._key
 
     def to_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self._key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -137,6 +151,9 @@ def _read(path: Path) -> bytes:
 
 
 def load_private_key(path: Path) -> PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     data = _read(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -149,6 +166,9 @@ def load_private_key(path: Path) -> PrivateKey:
 
 def load_public_key(path: Path) -> PublicKey:
     """Read a public key; a private key file is accepted too (its public half is used)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     data = _read(path)
     if b"PRIVATE KEY" in data:
         return load_private_key(path).public

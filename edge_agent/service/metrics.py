@@ -16,11 +16,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import MetricsConfig
 from edge_agent.errors import MetricsError
+
+if TYPE_CHECKING:  # http.server (with email, socketserver): only when the endpoint is on
+    from http.server import ThreadingHTTPServer
 
 __all__ = [
     "CONTENT_TYPE",
@@ -86,6 +88,8 @@ class MetricsServer:
     """GET /metrics on a daemon thread. `port=0` picks a free port (see `.port`)."""
 
     def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
         self.metrics = metrics
         registry = metrics
 
@@ -110,7 +114,7 @@ class MetricsServer:
                 log.debug("metrics: " + format, *args)
 
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server: ThreadingHTTPServer = ThreadingHTTPServer((host, port), Handler)
         except OSError as e:
             raise MetricsError(f"metrics endpoint {host}:{port}: {e.strerror or e}") from e
         self._server.daemon_threads = True
