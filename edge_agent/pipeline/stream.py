@@ -179,20 +179,38 @@ class StreamPipeline:
             x = sv.model.normalize(block.samples)
             w = self.windower.push(x, block.seq, bad, gap=block.gap_before)
             self.stats.skipped_windows += w.skipped
-            if len(w.data) <= self.max_batch:
-                return self._score(w, sv) if len(w.data) else []
+            k, mb = len(w.data), self.max_batch
+            if k <= mb:
+                return self._score(w, sv) if k else []
+            # A scorer (the model's scheduler) bounds its backend calls itself: the whole
+            # block is one hand-over to it instead of one per max_batch windows (each a
+            # round trip between threads).
+            if self.scorer is not None:
+                scores = self.scorer(sv.model, w.data)
+            else:
+                parts = [sv.model.scores_normalized(w.data[i : i + mb]) for i in range(0, k, mb)]
+                scores = np.concatenate(parts)
+            if self.shadow is None:
+                # stats and alarm policy run on a whole block as on its parts, in one pass
+                return self._score(w, sv, scores)
+            # a shadow (an OTA candidate scoring the same windows) gets max_batch parts
             events: list[AnomalyEvent] = []
-            for i in range(0, len(w.data), self.max_batch):
-                part = Windows(w.data[i : i + self.max_batch], w.starts[i : i + self.max_batch], 0)
-                events.extend(self._score(part, sv))
+            for i in range(0, k, mb):
+                part = Windows(w.data[i : i + mb], w.starts[i : i + mb], 0)
+                events.extend(self._score(part, sv, scores[i : i + mb]))
             return events
 
-    def _score(self, w: Windows, sv: Serving) -> list[AnomalyEvent]:
+    def _score(
+        self, w: Windows, sv: Serving, scores: npt.NDArray[np.float64] | None = None
+    ) -> list[AnomalyEvent]:
+        """Scores `w` (or takes its `scores`, already computed), then stats, alarms,
+        the shadow hook and events."""
         model, policy = sv.model, sv.policy
         st = self.stats
-        # saturated beyond the model's range; the scorer may batch with other streams
-        scorer = self.scorer
-        scores = model.scores_normalized(w.data) if scorer is None else scorer(model, w.data)
+        if scores is None:
+            # saturated beyond the model's range; the scorer may batch with other streams
+            scorer = self.scorer
+            scores = model.scores_normalized(w.data) if scorer is None else scorer(model, w.data)
         total = float(scores.sum())
         if not math.isfinite(total):  # one reduction instead of a mask on every batch
             # NaN/inf on in-range input is a model fault, not an anomaly: counted (status,

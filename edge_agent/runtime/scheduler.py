@@ -11,7 +11,9 @@ Batching: a batch closes at `max_batch` windows, or when as many requests as the
 batch had are queued (never more than the attached clients), or `max_delay_s` after its
 oldest request arrived (a quarter of the profile's per-window latency budget). Streams
 at full speed come back together and fill batches; a real-time stream alone is not
-waited for; a stream that goes quiet costs at most one wait of `max_delay_s`.
+waited for; a stream that goes quiet costs at most one wait of `max_delay_s`. A request
+larger than `max_batch` (a stream's block after a backlog: one hand-over for all its
+windows) is a batch of its own, run in backend calls of at most `max_batch` windows.
 
 Bounded, never silent: a best-effort request is refused at once (OverloadError) when
 the queue already holds `max_queue` windows or cannot be served before its deadline
@@ -238,7 +240,16 @@ class InferenceScheduler:
 
     def _inline(self, model: LoadedModel, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         self.inline_windows += len(x)
-        return model.scores_normalized(x)
+        xin, far = model.model_input(x)
+        return model.scores_from_output(xin, self._infer(xin), far)
+
+    def _infer(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The backend's output for `x`, in calls of at most max_batch windows: a request
+        may be larger (a stream's whole block), a backend call stays bounded."""
+        mb = self.max_batch
+        if len(x) <= mb:
+            return self.backend.infer(x)
+        return np.concatenate([self.backend.infer(x[i : i + mb]) for i in range(0, len(x), mb)])
 
     def _withdraw(self, r: Request) -> bool:
         """Take `r` back from the queue (True) unless a worker already took it."""
@@ -315,7 +326,7 @@ class InferenceScheduler:
             inputs = [r.model.model_input(r.x) for r in batch]
             xs = [x for x, _far in inputs]
             big = xs[0] if len(xs) == 1 else np.concatenate(xs)
-            y = self.backend.infer(big)
+            y = self._infer(big)
             at = 0
             for r, (x, far) in zip(batch, inputs, strict=True):
                 r.finish(r.model.scores_from_output(x, y[at : at + len(x)], far), None)

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 0.2  # bounds how long stop() waits for the thread
 _SAME_TIME_S = 1e-6  # a block starting this close to where the spacing puts it follows on
 DEVICE_POLL_MAX_S = 2.0  # longest wait between looks for a vanished device
+# A backlog handed over as one block holds at most this many bytes of samples (plus one
+# block): bounded windows per hand-over (16,384 samples of 4 channels: ~1,000 windows)
+MERGE_MAX_BYTES = 256 * 1024
 
 
 class SourceState(str, enum.Enum):
@@ -58,7 +61,9 @@ class SourceRunner:
         """`merge_below`: a queued block shorter than this takes the next one into
         itself when they are contiguous (e.g. the stream's hop: 1-sample blocks from a
         serial sensor are handed over one hop at a time, not one sample at a time);
-        0 = never."""
+        0 = never. With it, `get` also hands a backlog of contiguous blocks over as one
+        block (up to MERGE_MAX_BYTES): a consumer that fell behind (or a source at max
+        speed) pays its per-block costs once per backlog, not once per block."""
         self.source = source
         self._q: collections.deque[Block] = collections.deque()
         self._queued = 0  # samples in _q
@@ -105,7 +110,8 @@ class SourceRunner:
             self._q.clear()
             self._queued = 0
             self._cv.notify_all()  # a non-live source may be waiting for room
-            return out
+        # (outside the lock: the source thread may queue the next blocks meanwhile)
+        return _coalesced(out) if self._merge_below and len(out) > 1 else out
 
     @property
     def alive(self) -> bool:
@@ -244,6 +250,58 @@ def _merged(a: Block, b: Block) -> Block | None:
         return Block(samples, a.t0, a.seq, a.rate_hz, a.gap_before)
     times = np.concatenate((_times(a), _times(b)))
     return Block(samples, a.t0, a.seq, a.rate_hz, a.gap_before, times)
+
+
+def _coalesced(blocks: list[Block]) -> list[Block]:
+    """`blocks` with each run of contiguous ones (see _merged) as one block of at most
+    MERGE_MAX_BYTES (one block alone may be larger): one concatenation per run."""
+    out: list[Block] = []
+    run: list[Block] = []
+    size = 0
+    for b in blocks:
+        if run and (size + b.samples.nbytes > MERGE_MAX_BYTES or not _follows(run[-1], b)):
+            out.append(_joined(run))
+            run, size = [], 0
+        run.append(b)
+        size += b.samples.nbytes
+    if run:
+        out.append(_joined(run))
+    return out
+
+
+def _follows(a: Block, b: Block) -> bool:
+    """Nothing lies between `a` and `b`: numbering follows on, no hole, same rate and
+    shape (their times may still be off the rate's grid: _joined keeps them)."""
+    return (
+        not b.gap_before
+        and b.seq == a.seq + len(a.samples)
+        and b.rate_hz == a.rate_hz
+        and a.samples.shape[1:] == b.samples.shape[1:]
+    )
+
+
+def _joined(run: list[Block]) -> Block:
+    """Contiguous blocks as one; every sample keeps its time (per-sample times when a
+    block does not start where the spacing puts it)."""
+    a = run[0]
+    if len(run) == 1:
+        return a
+    samples = np.concatenate([b.samples for b in run])
+    if all(b.times is None for b in run) and _on_grid(run):
+        return Block(samples, a.t0, a.seq, a.rate_hz, a.gap_before)
+    times = np.concatenate([_times(b) for b in run])
+    return Block(samples, a.t0, a.seq, a.rate_hz, a.gap_before, times)
+
+
+def _on_grid(run: list[Block]) -> bool:
+    """Every block starts where the first block's t0 and rate put it (as _merged asks
+    of each merge into the first block)."""
+    a, at = run[0], 0
+    for b in run:
+        if abs(b.t0 - a.time_of(at)) > _SAME_TIME_S:
+            return False
+        at += len(b.samples)
+    return True
 
 
 def _times(b: Block) -> npt.NDArray[np.float64]:
