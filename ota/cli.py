@@ -25,6 +25,7 @@ from ota.bundle import add_signatures, read_header, write_bundle
 from ota.canonical import canonical_bytes, format_time, parse_json_object, parse_time
 from ota.cli_fleet import add_fleet_commands
 from ota.cli_repo import add_repo_commands
+from ota.cli_rollout import add_rollout_commands
 from ota.errors import BundleFormatError, KeyFileError
 from ota.keys import generate_keypair_files, load_private_key, load_public_key
 from ota.root import Root, SignedRoot, trust_root, verify_rotation
@@ -380,6 +381,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_publish(sub)
     add_repo_commands(sub)
     add_fleet_commands(sub)
+    add_rollout_commands(sub)
     return p
 
 

@@ -1,0 +1,304 @@
+"""The rollout driver: the I/O around `ota.rollout`'s decisions.
+
+Each poll: take a control request (pause/abort from another terminal), read the retained
+fleet state (`ota.fleet_mqtt.read_retained`), let `advance` decide, persist any change,
+then act: direct a wave (recorded as "directing" before the director publish and
+"directed" after it, so a driver killed in between directs the same devices again on
+resume, which publishes the same entries), publish the group's refresh hint (it carries no
+trust), or hand the target to the whole group. The caller holds the group's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ota.announce import fleet_topic
+from ota.broker_args import MqttTarget
+from ota.fleet_mqtt import BrokerOptions, read_retained, send_command
+from ota.keys import PrivateKey, load_private_key
+from ota.rollout import (
+    ACTIVE,
+    Rollout,
+    RolloutError,
+    RolloutState,
+    Target,
+    Threshold,
+    WaveSize,
+    abort_check,
+    advance,
+    mark_directed,
+    mark_directing,
+    plan,
+)
+from ota.rollout_director import (
+    complete_group,
+    device_entries,
+    direct_devices,
+    group_entry,
+    image_target,
+    restore_devices,
+)
+from ota.rollout_observe import Observation, observe
+from ota.rollout_store import RolloutStore
+from ota.tufrepo import Repository
+
+__all__ = ["Driver", "Repos"]
+
+log = logging.getLogger(__name__)
+
+HINT_VERSION = 1  # as `edge-ota hint` sends it
+ROLLBACK_RESEND_S = 20.0  # a device busy with an update refuses a rollback: ask again
+COMMAND_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Repos:
+    director: Path
+    image: Path | None = None
+    online_key: Path | None = None
+
+    def open(self) -> tuple[Repository, Repository, PrivateKey]:
+        if self.image is None or self.online_key is None:
+            raise RolloutError("this needs --image and --online-key (it signs the director)")
+        return Repository(self.director), Repository(self.image), load_private_key(self.online_key)
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, timezone.utc).replace(microsecond=0)
+
+
+@dataclass
+class Driver:
+    store: RolloutStore
+    repos: Repos
+    broker: BrokerOptions
+    poll_s: float = 5.0
+    offline_after_s: float = 900.0
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    say: Callable[[str], None] = print
+    _shown: int = 0
+
+    # --- reading and small actions ------------------------------------------------------
+    def observe(self) -> dict[str, Observation]:
+        messages, _how = read_retained(self.broker, quiet_s=1.0, max_s=60.0)
+        return observe(self.broker.prefix, messages, self.clock(), self.offline_after_s)
+
+    def hint(self, group: str) -> None:
+        from ota.publish import publish_retained
+
+        b = self.broker
+        body = json.dumps(
+            {"v": HINT_VERSION, "hint": "refresh", "ts": _utc(self.clock()).isoformat()}
+        ).encode()
+        target = MqttTarget(
+            host=b.host, port=b.port, username=b.username, password_file=b.password_file,
+            ca_file=b.ca_file, cert_file=b.cert_file, key_file=b.key_file,
+        )  # fmt: skip
+        publish_retained(target, [(fleet_topic(group, b.prefix), body)])
+
+    def save(self, r: Rollout) -> None:
+        self.store.save(r)
+        for e in r.events[self._shown :]:
+            self.say(f"{time.strftime('%H:%M:%S', time.localtime(e['at']))} {e['event']}")
+        self._shown = len(r.events)
+
+    # --- start --------------------------------------------------------------------------
+    def start(
+        self,
+        *,
+        group: str,
+        target_path: str,
+        waves: list[WaveSize],
+        threshold: Threshold,
+        options: dict[str, object],
+        min_devices: int,
+    ) -> Rollout:
+        """Plan a new rollout and persist it (the caller holds the lock)."""
+        director, image, _ = self.repos.open()
+        edge = image_target(image, target_path)
+        target = Target(
+            target_path, str(edge["name"]), str(edge.get("family", "")), int(edge["version"])
+        )
+        old = self.store.load(group)
+        if old is not None and old.state in ACTIVE:
+            raise RolloutError(
+                f"group {group!r} has rollout {old.id} {old.state.value}: abort it "
+                "(`edge-ota rollout abort`) or let it complete before starting another"
+            )
+        prev = group_entry(director, target.name, group)
+        if prev is not None and prev["path"] == target_path:
+            raise RolloutError(f"group {group!r} is already directed to {target_path}")
+        now = self.clock()
+        obs = self.observe()
+        members = [d for d, o in obs.items() if o.group == group]
+        entries = device_entries(director, target.name, members)
+        rid = f"{group}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}"
+        r = plan(
+            rid=rid, group=group, target=target, previous=prev, observations=obs, waves=waves,
+            threshold=threshold, options=options, prev_entries=entries,
+            min_devices=min_devices, now=now,
+        )  # fmt: skip
+        if old is not None:
+            self.store.archive(old)
+        self._shown = 0
+        self.save(r)
+        for d, why in r.skipped.items():
+            self.say(f"  skipped {d}: {why}")
+        for w in r.waves:
+            self.say(f"  wave {w.index}: {', '.join(w.devices)}")
+        return r
+
+    # --- driving ------------------------------------------------------------------------
+    def drive(self, r: Rollout) -> Rollout:
+        """Until the rollout completes, halts, or a pause/abort request stops it."""
+        self._shown = len(r.events)
+        if r.state is RolloutState.PAUSED:
+            r.state = RolloutState.RUNNING
+            r.note(self.clock(), "resumed")
+            self.save(r)
+        while r.state in (RolloutState.RUNNING, RolloutState.COMPLETING):
+            req = self.store.take_request(r.group)
+            if req is not None:
+                return self._requested(r, req)
+            obs = (
+                self.observe()
+                if r.state is RolloutState.RUNNING and r.current_wave() is not None
+                else {}
+            )
+            before = r.to_json()
+            r, action = advance(r, obs, self.clock())
+            if r.to_json() != before:
+                self.save(r)
+            if action.kind == "direct":
+                r = self._direct(r, action.wave)
+                continue  # its devices are watched from the next poll on
+            if action.kind == "complete":
+                r = self._complete(r)
+                continue
+            if action.kind == "halted":
+                break
+            self.sleep(self.poll_s)
+        return r
+
+    def _requested(self, r: Rollout, req: dict[str, object]) -> Rollout:
+        now = self.clock()
+        who = f"pid {req.get('pid')} on {req.get('host')}"
+        if req.get("request") == "pause":
+            r.state, r.updated_at = RolloutState.PAUSED, now
+            r.note(now, f"paused (asked by {who}); `edge-ota rollout resume` continues")
+        else:
+            r.note(now, f"abort asked by {who}: the driver stops, the aborting command restores")
+            r.updated_at = now
+        self.save(r)
+        return r
+
+    def _direct(self, r: Rollout, wave: int) -> Rollout:
+        r = mark_directing(r, wave, self.clock())
+        self.save(r)
+        director, image, key = self.repos.open()
+        devices = r.waves[wave - 1].devices
+        direct_devices(
+            director, image, target=r.target.path, devices=devices, online=key,
+            now=_utc(self.clock()),
+        )  # fmt: skip
+        r = mark_directed(r, wave, self.clock())
+        self.save(r)
+        self.hint(r.group)
+        return r
+
+    def _complete(self, r: Rollout) -> Rollout:
+        director, image, key = self.repos.open()
+        complete_group(
+            director, image, target=r.target.path, name=r.target.name, group=r.group,
+            devices=r.planned, online=key, now=_utc(self.clock()),
+        )  # fmt: skip
+        now = self.clock()
+        r.state, r.updated_at, r.ended_at = RolloutState.COMPLETED, now, now
+        r.note(now, f"COMPLETED: group {r.group} directed to {r.target.path}")
+        self.save(r)
+        self.hint(r.group)
+        return r
+
+    # --- abort --------------------------------------------------------------------------
+    def abort(self, r: Rollout, deadline_s: float) -> Rollout:
+        """Restore the previous direction of every device the rollout directed, roll back
+        the ones serving the target, and wait (at most `deadline_s`) until they serve what
+        they served before. Redone in full if interrupted (each step is idempotent)."""
+        now = self.clock()
+        self._shown = len(r.events)
+        if r.state is not RolloutState.ABORTING:
+            r.state, r.updated_at = RolloutState.ABORTING, now
+            r.note(now, f"aborting: restoring {len(r.directed())} directed device(s)")
+            self.save(r)
+        recs = r.directed()
+        if recs:
+            director, image, key = self.repos.open()
+            restore_devices(
+                director, image, target=r.target.path,
+                prev_entries={d.device: d.prev_entry for d in recs}, online=key, now=_utc(now),
+            )  # fmt: skip
+            self.hint(r.group)
+            r.note(self.clock(), "director: per-device entries restored, hint published")
+            self.save(r)
+        results, replies = self._bring_back(r, {d.device for d in recs}, deadline_s)
+        now = self.clock()
+        for d in recs:
+            res = results.get(d.device)
+            if res is None:
+                detail = replies.get(d.device) or "did not come back within the deadline"
+                d.abort = {"result": "not_restored", "detail": detail, "at": now}
+            else:
+                what = f"serves v{d.before}" if res == "restored" else "served the target before"
+                d.abort = {"result": res, "detail": what, "at": now}
+        bad = [d.device for d in recs if d.abort and d.abort["result"] == "not_restored"]
+        r.state, r.updated_at, r.ended_at = RolloutState.ABORTED, now, now
+        r.reason = f"aborted; {len(recs) - len(bad)} of {len(recs)} directed device(s) restored"
+        if bad:
+            r.reason += f"; not restored: {', '.join(bad)}"
+        r.note(now, f"ABORTED: {r.reason}")
+        self.save(r)
+        return r
+
+    def _bring_back(
+        self, r: Rollout, pending: set[str], deadline_s: float
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Until each device serves what it served before (or the deadline): the remote
+        `rollback` to those serving the target at rest, again after ROLLBACK_RESEND_S if
+        it did not take (a device busy with an update refuses it)."""
+        sent: dict[str, float] = {}
+        replies: dict[str, str] = {}
+        results: dict[str, str] = {}
+        end = self.clock() + deadline_s
+        body = json.dumps({"reason": f"rollout {r.id} aborted"}).encode()
+        while pending:
+            obs = self.observe()
+            ask = []
+            for dev in sorted(pending):
+                verdict = abort_check(r.devices[dev], obs.get(dev), r.target)
+                if verdict in ("restored", "unchanged"):
+                    results[dev] = verdict
+                elif (
+                    verdict == "rollback" and self.clock() >= sent.get(dev, 0.0) + ROLLBACK_RESEND_S
+                ):
+                    ask.append(dev)
+            pending -= set(results)
+            if ask:
+                got = send_command(self.broker, ask, "rollback", body, COMMAND_TIMEOUT_S)
+                for dev in ask:
+                    sent[dev] = self.clock()
+                    reply = (got.replies.get(dev) or [{}])[0]
+                    replies[dev] = (
+                        "ok" if reply.get("ok") else str(reply.get("error") or "no reply")
+                    )
+                    self.say(f"  {dev}: rollback asked: {replies[dev]}")
+            if not pending or self.clock() >= end:
+                break
+            self.sleep(self.poll_s)
+        return results, replies
