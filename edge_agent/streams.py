@@ -33,6 +33,7 @@ from edge_agent.pipeline.calibration import (
     save_calibration,
     threshold_warning,
 )
+from edge_agent.pipeline.live_calibration import LiveCalibration
 from edge_agent.pipeline.sensor_health import HealthEvent, SensorHealthMonitor
 from edge_agent.pipeline.stream import AnomalyEvent, StreamPipeline
 from edge_agent.profiles import Profile
@@ -212,6 +213,9 @@ class StreamRuntime:
             self.baseline = BaselineFollower(self.state_dir, sc.name, sc.baseline, self.pipeline)
         self.calibrator: Calibrator | None = None
         self.calibration_error = ""
+        # an operator's calibration of the running stream (remote `calibrate`): it
+        # copies samples aside while the stream keeps scoring
+        self.live = LiveCalibration()
         # For status: carried over from an older model, or why a stored calibration is
         # not applied; an OTA update keeps it (and `calibration`) to what serves.
         self.calibration_note = (
@@ -297,6 +301,7 @@ class StreamRuntime:
                     sinks.progress()
                     continue
                 bad = bad[-len(b.samples) :]
+            self.live.feed(b.samples)
             # Samples from a faulty sensor are withheld: not a process anomaly.
             for ev in self.pipeline.process(b, bad if bad.any() else None):
                 sinks.event(ev)
@@ -320,6 +325,7 @@ class StreamRuntime:
         """The stream is down (restart budget spent): its source must not keep running.
         Its model stays pinned: the supervisor tries the stream again later."""
         self.error = why
+        self.live.abandon(time.time(), f"the stream stopped: {why}")
         self.runner.stop(timeout=2.0)
 
     def revive(self) -> None:
@@ -368,6 +374,10 @@ class StreamRuntime:
         return b.tail(k)  # its samples' times and sequence kept
 
     def calibration_snapshot(self) -> dict[str, Any]:
+        live = self.live.snapshot()
+        return {**self._calibration_applied(), **({"live": live} if live else {})}
+
+    def _calibration_applied(self) -> dict[str, Any]:
         if self.calibrator is not None:
             c = self.calibrator
             return {"state": "calibrating", "collected": c.collected, "needed": c.needed}

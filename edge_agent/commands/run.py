@@ -109,11 +109,18 @@ def _attach_fleet(agent: Agent, reporter: Any) -> None:
 
     from edge_agent.service import log_ring
     from edge_agent.service.fleet_state import DeviceStatePublisher
+    from edge_agent.service.remote_calibration import CalibrationControl
     from edge_agent.service.remote_commands import RemoteCommands
 
     cfg = agent.cfg
     agent.device_state = DeviceStatePublisher(reporter, cfg.ota.group, agent.families)
-    RemoteCommands(cfg, Path(cfg.state_dir), log_ring.install()).register(reporter)
+    calib = CalibrationControl.for_agent(agent.streams, Path(cfg.state_dir), agent.ota)
+    # without an updater, a fitted calibration is applied on the tick (where a manual
+    # rollback swaps models too), never beside a swap on another thread
+    agent.status_listeners.append(calib.tick)
+    RemoteCommands(cfg, Path(cfg.state_dir), log_ring.install(), calibrate=calib.handle).register(
+        reporter
+    )
 
 
 def _summary(agent: Agent) -> None:

@@ -1,11 +1,14 @@
 """The remote commands an operator sends on `<prefix>/<device>/cmd/<name>` (docs/fleet.md).
 
 `status`, `rollback`, `calibrate`, `logs`, `support-bundle`; `ping` and `rebirth` are the
-reporter's own. Each handler checks its parameters first and refuses anything it does not
-know (CommandError: an error reply, nothing changed). `rollback` goes through the same
-request file as `edge-agent rollback` on the device, so the agent applies the same refusal
-rules at a safe point of its tick. `status` reads the status.json the agent writes each
-second: no handler touches the agent's live objects from the MQTT thread.
+reporter's own; `calibrate` is service/remote_calibration.py's (it hands requests to the
+running streams), given to RemoteCommands by the wiring. Each handler checks its
+parameters first and refuses anything it does not know (CommandError: an error reply,
+nothing changed). `rollback` goes through the same request file as `edge-agent rollback`
+on the device, so the agent applies the same refusal rules at a safe point of its tick.
+`status` reads the status.json the agent writes each second. No handler changes the
+agent's live objects from the MQTT thread: `calibrate` only hands a request to a stream,
+which its own thread takes up.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = [
     "CommandError",
     "CommandSink",
     "RemoteCommands",
+    "check_params",
+    "int_param",
 ]
 
 DEFAULT_LOG_LINES = 100
@@ -48,7 +53,7 @@ class CommandSink(Protocol):
     ) -> None: ...
 
 
-def _params(params: Mapping[str, Any], allowed: Mapping[str, type | tuple[type, ...]]) -> None:
+def check_params(params: Mapping[str, Any], allowed: Mapping[str, type | tuple[type, ...]]) -> None:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise CommandError(f"unknown parameter(s) {unknown}; accepted: {sorted(allowed)}")
@@ -58,7 +63,7 @@ def _params(params: Mapping[str, Any], allowed: Mapping[str, type | tuple[type, 
             raise CommandError(f"parameter {k!r}: wrong type {type(v).__name__}")
 
 
-def _int(params: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+def int_param(params: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
     v = params.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         raise CommandError(f"parameter {key!r}: expected an integer {lo}..{hi}, got {v!r}")
@@ -76,12 +81,14 @@ class RemoteCommands:
         *,
         rollback_wait_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        calibrate: CommandHandler | None = None,
     ) -> None:
         self._config = config
         self._state_dir = Path(state_dir)
         self._ring = ring
         self._rollback_wait_s = rollback_wait_s
         self._clock = clock
+        self._calibrate = calibrate
 
     def register(self, sink: CommandSink) -> None:
         sink.register_command("status", self.status)
@@ -103,7 +110,7 @@ class RemoteCommands:
 
     def status(self, params: dict[str, Any]) -> dict[str, Any]:
         """Verdict, reasons, the one-line summary, and per stream its model and alarms."""
-        _params(params, {})
+        check_params(params, {})
         st = self._status_doc()
         now = self._clock()
         a = assess(Snapshot(str(self._state_dir), st is not None, st, pid_alive=True), now)
@@ -137,22 +144,22 @@ class RemoteCommands:
 
     def logs(self, params: dict[str, Any]) -> dict[str, Any]:
         """`{"lines": N}` (default 100, at most 1000): the last N lines, bounded in bytes."""
-        _params(params, {"lines": int})
-        n = _int(params, "lines", DEFAULT_LOG_LINES, 1, MAX_LOG_LINES)
+        check_params(params, {"lines": int})
+        n = int_param(params, "lines", DEFAULT_LOG_LINES, 1, MAX_LOG_LINES)
         lines, cut = self._ring.last(n, MAX_LOG_BYTES)
         return {"lines": lines, "truncated": cut, "max_bytes": MAX_LOG_BYTES}
 
-    def calibrate(self, params: dict[str, Any]) -> dict[str, Any]:
-        raise CommandError(
-            "calibrate: not supported as a remote command yet; run `edge-agent calibrate` "
-            "on the device (docs/calibration.md)"
-        )
+    def calibrate(self, params: dict[str, Any]) -> dict[str, Any] | MultiPart:
+        """`{"action": "start"|"stop"|"status", "stream": ..., "windows": N}`."""
+        if self._calibrate is None:
+            raise CommandError("calibrate: this agent runs no stream it could calibrate")
+        return self._calibrate(params)
 
     def rollback(self, params: dict[str, Any]) -> dict[str, Any]:
         """`{"reason": "...", "force": false}`: as `edge-agent rollback` on the device."""
         from edge_agent.updates import manual_rollback as mr
 
-        _params(params, {"reason": str, "force": bool})
+        check_params(params, {"reason": str, "force": bool})
         reason = str(params.get("reason") or "remote rollback by an operator")
         if len(reason) > MAX_REASON_CHARS or not reason.isprintable():
             raise CommandError(f"reason: at most {MAX_REASON_CHARS} printable characters")
@@ -173,10 +180,10 @@ class RemoteCommands:
         """`{"chunk_bytes": N, "log_lines": M}`: the bundle in chunks (support_bundle.py)."""
         from edge_agent.service import support_bundle as sb
 
-        _params(params, {"chunk_bytes": int, "log_lines": int})
-        size = _int(params, "chunk_bytes", sb.DEFAULT_CHUNK_BYTES, sb.MIN_CHUNK_BYTES,
+        check_params(params, {"chunk_bytes": int, "log_lines": int})
+        size = int_param(params, "chunk_bytes", sb.DEFAULT_CHUNK_BYTES, sb.MIN_CHUNK_BYTES,
                     sb.MAX_CHUNK_BYTES)  # fmt: skip
-        n = _int(params, "log_lines", 500, 0, 1000)
+        n = int_param(params, "log_lines", 500, 0, 1000)
         lines, _ = self._ring.last(n, sb.MAX_BUNDLE_BYTES * 4)
         try:
             data, kept = sb.bundle_bytes(self._config, self._status_doc(), lines, sb.versions())

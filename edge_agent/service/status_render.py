@@ -90,7 +90,24 @@ def _calibration_line(cal: Any) -> str:
     line = _calibration_state(cal)
     if note:
         line = f"{line}\n    calibration: {note}" if line else f"    calibration: {note}"
+    live = _live_calibration(get(cal, "live", dict, {}))
+    if live:
+        line = f"{line}\n{live}" if line else live
     return line
+
+
+def _live_calibration(live: Any) -> str:
+    """A remote `calibrate` in progress, or one that did not apply (applied: the line above)."""
+    state = get(live, "state", str, "")
+    if state == "collecting":
+        got, need = get(live, "collected", int, 0), get(live, "needed", int, 0)
+        return f"    re-calibrating (remote): {got}/{need} samples, still scoring"
+    if state in ("fitting", "applying"):
+        return f"    re-calibrating (remote): {state}"
+    if state in ("failed", "discarded"):
+        why = get(live, "error", str, "") or get(live, "reason", str, "")
+        return f"    remote calibration {state.upper()}: {why}"[:78]
+    return ""
 
 
 def _calibration_state(cal: Any) -> str:
