@@ -27,6 +27,7 @@ __all__ = [
     "TargetMismatchError",
     "ThresholdError",
     "TransferTooSlowError",
+    "TrustStoreError",
     "UnsafePathError",
 ]
 
@@ -91,6 +92,12 @@ class DownloadError(OtaError):
 
 class TransferTooSlowError(DownloadError):
     """A download crawled below the minimum rate or ran past its deadline (slow retrieval)."""
+
+
+class TrustStoreError(OtaError):
+    """A trusted root stored on this device (or its installed root file) is unreadable
+    or damaged: local damage, not a refusal by the server. The message names the file
+    and the fix."""
 
 
 class RootRotationError(OtaError):

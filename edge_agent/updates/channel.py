@@ -10,7 +10,9 @@ our deadline and minimum rate on top).
 Trusted metadata is persisted per repository under `<state_dir>/ota/tuf/<repo>/`
 (`root.json` is the trusted root after any rotation; `root_history/N.root.json`). The
 installed root files only bootstrap a device, or replace the persisted root when they
-are newer (an agent upgrade shipping a rotated root). Every key of a trusted root is
+are newer (an agent upgrade shipping a rotated root); a damaged persisted root is a
+local `TrustStoreError` unless it can be replaced without forgetting a rotation
+(`edge_agent.updates.trusted_root`). Every key of a trusted root is
 checked strictly (`ota.ed25519`): a root listing a key that would accept forged
 signatures is refused. python-tuf's errors become our specific OtaErrors here.
 """
@@ -29,6 +31,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.ngclient import Updater as NgUpdater
 
 from edge_agent.updates.seal import TufEvidence
+from edge_agent.updates.trusted_root import choose_root
 from ota.ed25519 import key_problem
 from ota.errors import (
     ChannelStaleError,
@@ -144,13 +147,6 @@ def _stale_since(meta_dir: Path, up: NgUpdater | None) -> str:
     return str(md.signed.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
-def _root_version(data: bytes) -> int:
-    md: Metadata[Any] = Metadata.from_bytes(data)
-    if not isinstance(md.signed, Root):
-        raise SignatureError("not root metadata")
-    return md.signed.version
-
-
 def _check_keys(repo: str, meta_dir: Path) -> int:
     """Every key of the trusted root must be a strict Ed25519 key; returns its version."""
     md: Metadata[Any] = Metadata.from_file(str(meta_dir / "root.json"))
@@ -182,16 +178,11 @@ class UpdateChannel:
         installed = self.cfg.image_root if repo == "image" else self.cfg.director_root
         meta = self._meta_dir(repo)
         meta.mkdir(parents=True, exist_ok=True)
-        try:
-            boot = installed.read_bytes()
-        except OSError as e:
-            raise SignatureError(f"{repo} repository: trusted root {installed}: {e}") from e
-        bootstrap: bytes | None = boot
-        if (meta / "root.json").exists():
-            with _translated(repo, meta):
-                persisted = _root_version((meta / "root.json").read_bytes())
-                if _root_version(boot) <= persisted:
-                    bootstrap = None  # the persisted (maybe rotated) root stays trusted
+        # A damaged stored root is local damage (TrustStoreError naming the file and
+        # the fix), re-seeded only where no rotation can be forgotten: trusted_root.
+        chosen = choose_root(repo, meta, installed, f"ota.{repo}_root_file")
+        # None: the persisted (maybe rotated) root stays trusted, as ngclient stored it
+        bootstrap = None if chosen.persisted else chosen.data
         base = url.rstrip("/")
         with _translated(repo, meta):
             return NgUpdater(

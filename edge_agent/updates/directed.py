@@ -129,13 +129,14 @@ def admit_directed(up: Updater, dt: DirectedTarget) -> tuple[Job, list[UpdateTar
     installed = max(up.store.state.highest_committed_version, *serving)
     if dt.version in serving:
         raise RefusedError("idle", "serving it already (bundled)")
-    if dt.version <= installed:
+    restore = _restorable(up, tid, installed)
+    if dt.version <= installed and not restore:
         raise RefusedError(
             "rejected",
             f"RollbackError: the director names {dt.name} v{dt.version}, not above the "
             f"installed v{installed}; an old model returns as a new version",
         )
-    if up.record.outcome(tid) is not None:
+    if up.record.outcome(tid) is not None and not restore:
         raise RefusedError("idle", "tried here; the director must name a new version")
     failures = 0
     pending = up._channel_retry
@@ -144,7 +145,10 @@ def admit_directed(up: Updater, dt: DirectedTarget) -> tuple[Job, list[UpdateTar
         # A hint flood refreshes the metadata; the same target waits out its backoff.
         if time.monotonic() < pending[2]:
             raise RefusedError("idle", f"{dt.path}: download failed; waiting to try again")
-    up._set_state("announced", dt.version, detail=f"{dt.path} directed")
+    what = "directed"
+    if restore:
+        what = f"directed; restoring committed v{dt.version}, whose slot was lost"
+    up._set_state("announced", dt.version, detail=f"{dt.path} {what}")
     attempts = up.record.begin_attempt(tid)
     if attempts > MAX_ATTEMPTS:
         result = f"v{dt.version} given up after {MAX_ATTEMPTS} interrupted attempts"
@@ -152,6 +156,19 @@ def admit_directed(up: Updater, dt: DirectedTarget) -> tuple[Job, list[UpdateTar
         raise RefusedError("failed", result)
     up.candidate = {"version": dt.version, "name": dt.name, "attempt": attempts}
     return Job(None, b"", None, tid, None, dt.length, installed, failures), targets
+
+
+def _restorable(up: Updater, tid: TargetId, installed: int) -> bool:
+    """A committed version whose slot the start-up check dropped (files missing or
+    changed on disk) may be installed again -- the full path, validate to commit -- but
+    only the exact signed target committed here (same name, version and sha256) and
+    only at the anti-rollback mark itself: nothing below it, and nothing that was
+    rolled back or failed here (its outcome is then no longer "committed")."""
+    st = up.store.state
+    return (
+        st.lost_version == tid.version == st.highest_committed_version == installed
+        and up.record.committed(tid)
+    )
 
 
 def check_directed(up: Updater, bundle: Path, dt: DirectedTarget) -> VerifiedManifest:
@@ -185,8 +202,11 @@ def check_directed(up: Updater, bundle: Path, dt: DirectedTarget) -> VerifiedMan
 def channel_snapshot(up: Updater) -> dict[str, Any] | None:
     if up.channel is None:
         return None
+    from edge_agent.updates.updater import ANNOUNCEMENTS_IGNORED
+
     return {
         "trusted_root_versions": dict(up.channel.root_versions),
         "last_refresh": up.last_refresh,
         "note": up.channel_note,
+        "announcements": ANNOUNCEMENTS_IGNORED if up.ignored_announcements else "",
     }

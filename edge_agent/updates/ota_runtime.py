@@ -240,7 +240,7 @@ class OtaRuntime:
         if self.note:
             snap["note"] = self.note
         elif self.updater is not None and self.updater.channel_note.startswith(
-            "update channel stale"
+            ("update channel stale", "TrustStoreError")
         ):
             snap["note"] = self.updater.channel_note  # shown by `edge-agent status`
         if self.boot is not None:

@@ -88,6 +88,10 @@ class UpdateRecord:
                 return str(h.get("result", ""))
         return None
 
+    def committed(self, tid: TargetId) -> bool:
+        """Whether `tid` (this exact signed target) was last committed here."""
+        return (self.outcome(tid) or "").startswith("committed ")
+
     def finish(self, tid: TargetId, result: str, ts: float) -> None:
         """Record a final verdict on a verified target; its attempt counter goes."""
         kept = [h for h in self.handled if h.get("id") != tid.key]

@@ -215,20 +215,25 @@ class _SealError(Exception):
 
 
 def _image_root(trust: SealTrust) -> Any:
-    """The image repository's trusted root: the channel's persisted one (after any
-    rotation) when it is at least the installed one's version, as ngclient trusts it."""
-    from tuf.api.metadata import Metadata, Root
+    """The image repository's trusted root, chosen as the channel chooses it
+    (`edge_agent.updates.trusted_root`): the persisted one (after any rotation) unless
+    the installed one is newer. A damaged one that cannot be replaced without
+    forgetting a rotation fails the check, saying which file and the fix: an older
+    root would accept keys revoked since."""
+    from tuf.api.metadata import Metadata
+
+    from edge_agent.updates.trusted_root import choose_root
 
     assert trust.image_root_file is not None
-    md: Metadata[Any] = Metadata.from_bytes(trust.image_root_file.read_bytes())
-    persisted = trust.image_meta_dir / "root.json" if trust.image_meta_dir else None
-    if persisted is not None and persisted.is_file():
-        pmd: Metadata[Any] = Metadata.from_bytes(persisted.read_bytes())
-        if isinstance(pmd.signed, Root) and pmd.signed.version >= md.signed.version:
-            md = pmd
-    if not isinstance(md.signed, Root):
-        raise _SealError("the image repository's trusted root is not root metadata")
-    return md
+    if trust.image_meta_dir is None:
+        return Metadata.from_bytes(trust.image_root_file.read_bytes())
+    try:
+        chosen = choose_root(
+            "image", trust.image_meta_dir, trust.image_root_file, "ota.image_root_file"
+        )
+    except OtaError as e:
+        raise _SealError(str(e)) from e
+    return Metadata.from_bytes(chosen.data)
 
 
 def _signed_target(tuf: dict[str, Any], trust: SealTrust) -> tuple[int, str]:
@@ -239,9 +244,9 @@ def _signed_target(tuf: dict[str, Any], trust: SealTrust) -> tuple[int, str]:
 
     from ota.ed25519 import key_problem, signature_problem
 
-    root_md = _image_root(trust)
-    root = root_md.signed
     try:
+        root_md = _image_root(trust)
+        root = root_md.signed
         root.verify_delegate("root", root_md.signed_bytes, root_md.signatures)
         md: Metadata[Any] = Metadata.from_bytes(base64.b64decode(tuf["targets"]))
         if not isinstance(md.signed, Targets):

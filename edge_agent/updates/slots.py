@@ -97,7 +97,11 @@ class HistoryEntry:
 class SlotsState:
     """What slots.json holds. `versions` maps a slot to the model version it contains;
     `bad` maps a slot the agent rolled back for cause (failed trial, crash during its
-    trial) to why: a manual rollback refuses to serve it again unless forced."""
+    trial) to why: a manual rollback refuses to serve it again unless forced.
+    `lost_version`: the version whose slot the start-up check dropped (its files missing
+    or changed on disk) -- the device may install that committed version again from the
+    same signed target (`edge_agent.updates.directed`); cleared by the next commit or any
+    deliberate rollback."""
 
     phase: Phase = Phase.IDLE
     active: Slot | None = None
@@ -109,6 +113,7 @@ class SlotsState:
     last_result: str = ""
     history: tuple[HistoryEntry, ...] = ()
     bad: Mapping[Slot, str] = field(default_factory=dict)
+    lost_version: int | None = None
 
     @property
     def active_version(self) -> int | None:
@@ -130,6 +135,7 @@ class SlotsState:
             "last_result": self.last_result,
             "history": [h.to_dict() for h in self.history],
             "bad": {s.value: why for s, why in self.bad.items()},
+            "lost_version": self.lost_version,
         }
 
     @classmethod
@@ -149,9 +155,18 @@ class SlotsState:
                 last_result=str(d.get("last_result", "")),
                 history=tuple(HistoryEntry.from_dict(h) for h in d.get("history", [])),
                 bad={Slot(k): str(v) for k, v in d.get("bad", {}).items()},
+                lost_version=_opt_int(d.get("lost_version")),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise StateError(f"slots.json is malformed: {e!r}") from e
+
+
+def _opt_int(v: object) -> int | None:
+    if v is None:
+        return None
+    if type(v) is not int:
+        raise ValueError(f"not an integer: {v!r}")
+    return v
 
 
 def _step(
@@ -245,6 +260,7 @@ def commit(s: SlotsState, now: datetime) -> SlotsState:
         committed=True,
         highest_committed_version=max(s.highest_committed_version, v),
         last_result=f"committed v{v}",
+        lost_version=None,
     )
 
 
@@ -276,6 +292,7 @@ def rollback(s: SlotsState, reason: str, now: datetime, *, for_cause: bool = Fal
     return _step(
         s, Phase.ROLLED_BACK, now, reason, active=s.previous, previous=s.active,
         committed=True, last_result=f"rolled back from v{left}: {reason}", bad=marks,
+        lost_version=None,
     )  # fmt: skip
 
 
@@ -305,23 +322,30 @@ def plan_recovery(s: SlotsState, now: datetime) -> Recovery:
     return Recovery(s, None, False)
 
 
-def fall_back(s: SlotsState, reason: str, now: datetime) -> SlotsState:
-    """The active slot failed its integrity check: serve the (checked) previous slot."""
+def fall_back(s: SlotsState, reason: str, now: datetime, *, lost: bool = False) -> SlotsState:
+    """The active slot cannot serve: serve the (checked) previous slot. `lost`: its
+    files failed the start-up check, so its version may be installed again (see
+    `SlotsState.lost_version`); otherwise (fails to load, a manual step back) not."""
     if s.previous is None:
-        return drop_active(s, reason, now)
+        return drop_active(s, reason, now, lost=lost)
     versions = {k: v for k, v in s.versions.items() if k is not s.active}
     return _step(
         s, Phase.ROLLED_BACK, now, reason, active=s.previous, previous=None, candidate=None,
         committed=True, versions=versions, last_result=f"fell back to previous: {reason}",
-        bad=_unmark(s, s.active),
+        bad=_unmark(s, s.active), lost_version=_lost(s, lost),
     )  # fmt: skip
 
 
-def drop_active(s: SlotsState, reason: str, now: datetime) -> SlotsState:
-    """The active slot failed its integrity check and nothing verified is left to serve."""
+def _lost(s: SlotsState, lost: bool) -> int | None:
+    return s.active_version if lost else None
+
+
+def drop_active(s: SlotsState, reason: str, now: datetime, *, lost: bool = False) -> SlotsState:
+    """The active slot cannot serve and nothing verified is left to serve (`lost`: as
+    in `fall_back`)."""
     versions = {k: v for k, v in s.versions.items() if k is not s.active}
     return _step(
         s, Phase.IDLE, now, reason, active=None, previous=None, candidate=None,
         committed=False, versions=versions, last_result=f"no verified model: {reason}",
-        bad=_unmark(s, s.active),
+        bad=_unmark(s, s.active), lost_version=_lost(s, lost),
     )  # fmt: skip

@@ -303,20 +303,25 @@ class SlotStore:
         if why is None:
             return
         log.error("active model failed its integrity check: %s", why)
-        actions.append(f"active corrupt ({why}); {self.fall_back(why, now)}")
+        actions.append(f"active corrupt ({why}); {self.fall_back(why, now, lost=True)}")
 
-    def fall_back(self, reason: str, now: datetime) -> str:
+    def fall_back(self, reason: str, now: datetime, *, lost: bool = False) -> str:
         """The active slot cannot serve (corrupt, or fails to load): serve the previous
-        slot if it is intact, else no slot (the agent's bundled model). Clears the bad
-        slot; returns what was done."""
+        slot if it is intact and was not rolled back for cause, else no slot (the agent's
+        bundled model). Clears the slot left; returns what was done. `lost`: its files
+        failed the start-up check, so its committed version may be installed again from
+        the same signed target (`SlotsState.lost_version`)."""
         s = self._state
         if s.active is None:
             raise StateError("no active slot to fall back from")
-        if s.previous is not None and self.check_slot(s.previous) is None:
-            done = f"fell back to slot {s.previous.value}"
-            self._save(fall_back(s, reason, now))
+        prev = s.previous
+        if prev is not None and prev not in s.bad and self.check_slot(prev) is None:
+            done = f"fell back to slot {prev.value}"
+            self._save(fall_back(s, reason, now, lost=lost))
         else:
             done = "no verified slot left"
-            self._save(drop_active(s, reason, now))
+            if prev is not None and prev in s.bad:
+                done = f"no verified slot left (slot {prev.value}: {s.bad[prev]})"
+            self._save(drop_active(s, reason, now, lost=lost))
         self._clear(s.active)
         return done

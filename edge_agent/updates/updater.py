@@ -105,6 +105,12 @@ WAIT_POLL_S = 0.2  # how often a wait (download, shadow) answers manual requests
 HISTORY_SHOWN = 10
 DEFAULT_REFRESH_S = 3600.0  # channel refresh period (+- JITTER, so a fleet spreads out)
 HINT_MIN_S = 5.0  # MQTT hints move the next refresh forward at most this often
+# A device with a channel has one trust path: announcements (the legacy flow) are not acted on.
+ANNOUNCEMENTS_IGNORED = (
+    "announcement ignored: this device follows the TUF update channel (ota.image_url, "
+    "ota.director_url), which alone decides what it installs; an MQTT message only "
+    "makes it refresh the channel"
+)
 
 
 @dataclass
@@ -182,6 +188,7 @@ class Updater:
         self.figures: dict[str, Any] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=HISTORY_SHOWN)
         self.dropped_announcements = 0
+        self.ignored_announcements = 0  # with a channel: announcements refused unread
         self.record = UpdateRecord(self.dir / RECORD_FILE)
         self.channel = channel
         self.refresh_s = refresh_s
@@ -214,7 +221,13 @@ class Updater:
 
     def _public(self, text: str) -> str:
         """A detail for the public ota/state topic: no local paths of this device."""
-        for path, name in ((self.state_dir, "<state_dir>"), (self._local_dir(), "<local>")):
+        paths: list[tuple[Path | None, str]] = []
+        if self.channel is not None:  # named by their config keys (most specific first)
+            cfg = self.channel.cfg
+            paths += [(cfg.image_root, "<ota.image_root_file>")]
+            paths += [(cfg.director_root, "<ota.director_root_file>")]
+        paths += [(self.state_dir, "<state_dir>"), (self._local_dir(), "<local>")]
+        for path, name in paths:
             if path is not None:
                 text = text.replace(str(path.resolve()), name).replace(str(path), name)
         return text
@@ -222,17 +235,27 @@ class Updater:
     # -- threads ---------------------------------------------------------------------
     def on_announcement(self, payload: bytes) -> None:
         """From the MQTT thread: queue only (the worker verifies). With an update
-        channel any message on the OTA topics is also a hint to refresh it; without a
-        root file announcements themselves are not accepted."""
+        channel any message on the OTA topics is only a hint to refresh it: an
+        announcement, signed or not, is never acted on (one trust path: the channel)."""
         if self.channel is not None:
             self.on_hint()
-            if self.root is None or is_hint(payload):
-                return
+            if not is_hint(payload):
+                self._ignore_announcement()
+            return
         try:
             self._inbox.put_nowait(payload)
         except queue.Full:
             self.dropped_announcements += 1
             log.warning("OTA: announcement dropped, %d waiting (it is retained)", INBOX_SIZE)
+
+    def _ignore_announcement(self) -> None:
+        """Count and say (once loudly, then quietly: retained ones return on every
+        reconnect) that an announcement was refused because a channel is configured.
+        Not published as an OTA state: it changes nothing on this device."""
+        with self._lock:
+            self.ignored_announcements += 1
+            n = self.ignored_announcements
+        (log.warning if n == 1 else log.info)("OTA: %s (%d so far)", ANNOUNCEMENTS_IGNORED, n)
 
     def start(self) -> None:
         self._stop.clear()
@@ -367,6 +390,7 @@ class Updater:
                 "figures": self.figures,
                 "serving": {t.config.name: t.pipeline.model.card.version for t in self.targets},
                 "dropped_announcements": self.dropped_announcements,
+                "ignored_announcements": self.ignored_announcements,
                 "retry": self._retry_snapshot(),
                 "bad_slots": {k.value: why for k, why in s.bad.items()},
                 "channel": self._channel_snapshot(),
@@ -404,7 +428,11 @@ class Updater:
 
     # -- one announcement ------------------------------------------------------------
     def process(self, payload: bytes) -> str:
-        """Handle one announcement to its end; returns the final state (or "ignored")."""
+        """Handle one announcement to its end; returns the final state (or "ignored").
+        With a channel configured announcements are not read at all ("ignored")."""
+        if self.channel is not None:
+            self._ignore_announcement()
+            return "ignored"
         try:
             ann = Announcement.from_payload(payload)
         except OtaError as e:  # unsigned junk: reported, never remembered

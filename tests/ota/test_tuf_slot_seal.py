@@ -2,7 +2,9 @@
 repository's signed target (length and sha256 of the whole bundle, put together again
 from the slot's files): a real agent whose slot was changed on disk -- model file, card,
 manifest copy and even the stored layout rewritten to agree -- serves the bundled model
-instead and says why in status."""
+instead and says why in status. The director still names that target: the agent
+installs it again from the repository (its committed slot was lost), and the fresh slot
+passes the same check."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from fleet import read_status, start_agent, stop_agent, wait_until
 from test_slot_seal import tamper_slot
 from test_tuf_e2e import _channel_config, direct, release, serving, site  # noqa: F401
 
+from edge_agent.updates.updater import PAUSE_ENV
 from tests.mosquitto import Broker
 
 pytestmark = pytest.mark.broker
@@ -62,8 +65,11 @@ def test_slot_tampered_on_disk_is_not_served_after_restart_and_status_says_why(
     slot = json.loads((sd / "slots.json").read_text())["active"]
     bad = tamper_slot(slots / slot, slots / f"{slot}.manifest.json", tmp_path / "other")
     rewrite_layout(slots, slot)
-    agent = start_agent(cfg)
+    # Held right after it downloaded v2 again (before any slot is claimed), so what the
+    # start-up check did can be seen before the restore replaces it.
+    agent = start_agent(cfg, {PAUSE_ENV: "download"})
     try:
+        wait_until((sd / "ota" / "paused-at-download").exists, 60, "v2 downloaded again", agent)
         wait_until(lambda: serving(sd)[1] == 1 and "signed target" in errors(sd), 60,
                    "bundled model serving, with the reason", agent)  # fmt: skip
         st = read_status(sd)
@@ -74,3 +80,13 @@ def test_slot_tampered_on_disk_is_not_served_after_restart_and_status_says_why(
         out = stop_agent(agent)
     assert "Traceback" not in out, out
     assert not (slots / slot).exists()  # the tampered files were never loaded, and are gone
+    agent = start_agent(cfg)  # the director still names v2: its lost slot is restored
+    try:
+        wait_until(lambda: serving(sd) == ("committed", 2), 90, "v2 restored", agent)
+        assert read_status(sd)["ota"]["model_source"] == {"vib": f"slot {slot}"}
+    finally:
+        out = stop_agent(agent)
+    assert "Traceback" not in out, out
+    assert hashlib.sha256((slots / slot / "model.onnx").read_bytes()).hexdigest() != (
+        hashlib.sha256(bad).hexdigest()
+    )
