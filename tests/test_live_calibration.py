@@ -6,28 +6,21 @@ or an update in progress at a chosen moment."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from edge_agent.config import parse_config
 from edge_agent.errors import CalibrationError
 from edge_agent.pipeline.calibration import calibration_path
 from edge_agent.pipeline.live_calibration import LiveCalibration, LiveRequest, LiveState
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import load_model
-from edge_agent.service.faults import Faults
 from edge_agent.service.remote_calibration import CalibrationControl
 from edge_agent.service.remote_commands import CommandError
-from edge_agent.service.supervisor import Loop
-from edge_agent.sources.runner import SourceState
-from edge_agent.streams import StreamRuntime, StreamSinks
 from tests.agentutil import MODELS
+from tests.live_stream import Serving, wait
 
 WINDOWS = 30  # vibration-ae: window 64, hop 16 -> 528 samples, 5 s at 100 Hz
 
@@ -76,52 +69,6 @@ def test_a_stop_before_the_apply_wins_and_nothing_is_applied() -> None:
 
 
 # -- a real stream ------------------------------------------------------------------------
-
-
-class Serving:
-    """One real stream serving on its own thread, as the supervisor runs it."""
-
-    def __init__(self, tmp: Path, **stream: Any) -> None:
-        cfg = parse_config(
-            {
-                "state_dir": str(tmp),
-                "streams": [
-                    {
-                        "name": "line",
-                        "model": "vibration-ae",
-                        "source": {
-                            "kind": "synthetic",
-                            "rate_hz": 100.0,
-                            "block": 16,
-                            "first_anomaly_s": 100000.0,
-                        },
-                        **stream,
-                    }
-                ],
-            }
-        )
-        self.state_dir = tmp
-        self.rt = StreamRuntime(cfg.streams[0], cfg, Profile(name="t"), None)
-        self.stop = threading.Event()
-        sinks = StreamSinks(lambda _e: None, lambda _h: None, lambda: None)
-        loop = Loop("stream-line", self.stop, Faults({}, {}))
-        self.thread = threading.Thread(target=self.rt.serve, args=(loop, sinks), daemon=True)
-        self.thread.start()
-        assert wait(lambda: self.rt.runner.state is SourceState.RUNNING)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.rt.stop_source(2.0)
-
-
-def wait(pred: Callable[[], bool], timeout: float = 60.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 @pytest.fixture

@@ -44,12 +44,14 @@ from edge_agent.streams import build_policy
 if TYPE_CHECKING:
     from edge_agent.streams import StreamRuntime
     from edge_agent.updates.ota_runtime import OtaRuntime
+    from edge_agent.updates.store import SlotStore
 
 __all__ = [
     "DEFAULT_WINDOWS",
     "MAX_BUFFER_BYTES",
     "MAX_WINDOWS",
     "CalibrationControl",
+    "slots_busy",
     "update_in_progress",
 ]
 
@@ -68,21 +70,23 @@ def _no_update() -> str:
     return ""
 
 
-def update_in_progress(ota: OtaRuntime) -> Callable[[], str]:
-    """Why an OTA update in progress conflicts with applying a calibration, or "": from
-    validation to commit or rollback its candidate is set up with the stream's
-    calibration of that moment (updates/calib_carry.py)."""
+def slots_busy(store: SlotStore) -> str:
+    """Why the slots' phase conflicts with applying a calibration, or "": from validation
+    to commit or rollback an update's candidate is set up with the stream's calibration
+    of that moment (updates/calib_carry.py), and a promotion would swap it in."""
     from edge_agent.updates.slots import AT_REST
 
+    phase = store.state.phase
+    if phase in AT_REST:
+        return ""
+    return f"an OTA update is in progress ({phase.value}): calibrate after it commits or rolls back"
+
+
+def update_in_progress(ota: OtaRuntime) -> Callable[[], str]:
+    """slots_busy on the agent's slot store; never busy without OTA slots."""
+
     def busy() -> str:
-        boot = ota.boot
-        phase = boot.store.state.phase if boot is not None else None
-        if phase is None or phase in AT_REST:
-            return ""
-        return (
-            f"an OTA update is in progress ({phase.value}): calibrate after it commits "
-            "or rolls back"
-        )
+        return slots_busy(ota.boot.store) if ota.boot is not None else ""
 
     return busy
 
