@@ -29,10 +29,16 @@ def agent_config(
     protocol: str = "5",
     telemetry_s: float = 60.0,
     source_extra: str = "",
+    profile: str = "",
+    ota_extra: tuple[str, ...] = (),
+    stream_extra: tuple[str, ...] = (),
 ) -> Path:
+    """One agent's config file; `profile`, `ota_extra` and `stream_extra` add lines
+    (a device profile, `[ota]` keys, `[[streams]]` keys) for tests that need them."""
     lines = [
         f'device_id = "{device}"',
         f'state_dir = "{path.parent / ("state-" + device)}"',
+        *([f'profile = "{profile}"'] if profile else []),
         "[mqtt]",
         f'host = "{broker.host}"',
         f"port = {broker.port}",
@@ -48,12 +54,14 @@ def agent_config(
     lines += [
         "[ota]",
         f'group = "{group}"',
+        *ota_extra,
         "[health]",
         "stall_after_s = 120.0",
         "watchdog = false",
         "[[streams]]",
         'name = "line"',
         'model = "vibration-ae"',
+        *stream_extra,
         f'source = {{kind = "synthetic", rate_hz = {rate_hz}, block = 1{source_extra}}}',
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -124,3 +132,20 @@ def devices_seen(doc: dict[str, Any], verdict: str | None = None) -> set[str]:
         for d in doc["devices"]
         if not d["offline"] and (verdict is None or d["verdict"] == verdict)
     }
+
+
+def bridge_lines(site: Broker, protocol: str = "mqttv311") -> tuple[str, ...]:
+    """mosquitto.conf lines for a broker bridged to `site` (both ways, `edge/#`)."""
+    return (
+        "connection site-1",
+        f"address {site.host}:{site.port}",
+        "topic edge/# both 1",
+        f"bridge_protocol_version {protocol}",
+        # the private-bridge flag is mosquitto's 3.1.1 extension: only with that protocol
+        f"try_private {'true' if protocol == 'mqttv311' else 'false'}",
+        "cleansession true",
+        "restart_timeout 1",
+        # the test broker's "unlimited" (0) would go out as an MQTT 5 Receive Maximum
+        # of 0 in the bridge's CONNECT, which the site broker refuses as a protocol error
+        "max_inflight_messages 20",
+    )
