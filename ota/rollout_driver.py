@@ -3,9 +3,10 @@
 Each poll: take a control request (pause/abort from another terminal), read the retained
 fleet state (`ota.fleet_mqtt.read_retained`), let `advance` decide, persist any change,
 then act: direct a wave (recorded as "directing" before the director publish and
-"directed" after it, so a driver killed in between directs the same devices again on
-resume, which publishes the same entries), publish the group's refresh hint (it carries no
-trust), or hand the target to the whole group. The caller holds the group's lock.
+"directed" after it and the group's refresh hint, so a driver killed in between directs the
+same devices again on resume, which publishes the same entries, and hints again: a hint
+carries no trust), or hand the target to the whole group. A resumed driver hints the
+current wave again. The caller holds the group's lock.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ota.rollout import (
     Target,
     Threshold,
     WaveSize,
+    WaveState,
     abort_check,
     advance,
     mark_directed,
@@ -163,6 +165,9 @@ class Driver:
             r.state = RolloutState.RUNNING
             r.note(self.clock(), "resumed")
             self.save(r)
+        w = r.current_wave()
+        if r.state is RolloutState.RUNNING and w is not None and w.state is WaveState.DIRECTED:
+            self.hint(r.group)  # carries no trust; a device that missed it refreshes now
         while r.state in (RolloutState.RUNNING, RolloutState.COMPLETING):
             req = self.store.take_request(r.group)
             if req is not None:
@@ -208,9 +213,9 @@ class Driver:
             director, image, target=r.target.path, devices=devices, online=key,
             now=_utc(self.clock()),
         )  # fmt: skip
+        self.hint(r.group)  # before "directed": a driver killed here hints again on resume
         r = mark_directed(r, wave, self.clock())
         self.save(r)
-        self.hint(r.group)
         return r
 
     def _complete(self, r: Rollout) -> Rollout:

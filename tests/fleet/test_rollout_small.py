@@ -249,3 +249,68 @@ def test_a_refusing_device_halts_its_wave_and_abort_brings_the_directed_back(
         entries = s.director_entries()
         assert s.targets[2] not in entries  # the per-device entries are gone
         assert entries[s.targets[1]]["groups"] == [group]
+
+
+def _state(s: Site, group: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(
+        _ok(rollout("status", "--director", str(s.director), "--group", group, "--json"))
+    )
+    return doc
+
+
+def test_a_driver_killed_mid_wave_resumes_where_it_was_and_pause_stops_it(
+    tmp_path: Path,
+) -> None:
+    group = "line-9"
+    devices = {"gw-1": GOOD, "gw-2": GOOD}
+    with fleet(tmp_path, group, devices) as (broker, s, _agents):
+        opts = ["--host", broker.host, "--port", str(broker.port), "--poll", "1"]
+        cmd = [sys.executable, "-m", "ota", "rollout"]
+        driver = subprocess.Popen(
+            [*cmd, "start", *s.repo_args(), "--group", group, "--target", s.targets[2],
+             "--waves", "1,100%", "--soak", "5s", "--wave-deadline", "4m", *opts],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            state_file = s.director.parent / "director.rollouts" / f"{group}.json"
+
+            def wave1_directed() -> bool:
+                try:
+                    doc = json.loads(state_file.read_text())
+                except (OSError, ValueError):
+                    return False
+                return bool(doc["waves"][0]["state"] == "directed")
+
+            assert wait_until(wave1_directed, 60, step=0.1)
+        finally:
+            driver.kill()  # SIGKILL: no clean-up of any kind
+            driver.wait(10)
+        before = _state(s, group)
+        assert before["state"] == "running"
+        assert before["driver"] is None  # the lock died with its process
+        # resumed in the background, then paused from "another terminal"
+        resumed = subprocess.Popen(
+            [*cmd, "resume", *s.repo_args(), "--group", group, *opts],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            assert wait_until(lambda: _state(s, group)["driver"] is not None, 30, step=0.2)
+            p = rollout("pause", "--director", str(s.director), "--group", group)
+            assert p.returncode == 0, p.stdout + p.stderr
+            out, _ = resumed.communicate(timeout=60)
+        finally:
+            if resumed.poll() is None:
+                resumed.kill()
+                resumed.communicate()
+        assert resumed.returncode == 4, out
+        assert _state(s, group)["state"] == "paused"
+        p = rollout("resume", *s.repo_args(), "--group", group, *opts)
+        assert p.returncode == 0, p.stdout + p.stderr
+        after = _state(s, group)
+        assert after["state"] == "completed"
+        assert after["id"] == before["id"]
+        # wave 1 was not directed again: the same clock, one direction in the history
+        assert after["waves"][0]["directed_at"] == before["waves"][0]["directed_at"]
+        directed = [e for e in after["events"] if e["event"].startswith("wave 1: directed")]
+        assert len(directed) == 1
+        assert serving(broker, group) == dict.fromkeys(devices, "v2")
