@@ -235,8 +235,14 @@ class Agent:
             # a block yields several windows at once: say how many, as the summary does
             self.request_stop(f"{done} windows scored (--max-windows {lim})")
 
+    def _windows_left(self) -> int | None:
+        lim = self.limits.max_windows
+        return None if lim is None else max(0, lim - self.windows_total())
+
     def _register_components(self) -> None:
-        sinks = StreamSinks(self.relay.on_event, self.relay.on_health, self._on_progress)
+        sinks = StreamSinks(
+            self.relay.on_event, self.relay.on_health, self._on_progress, self._windows_left
+        )
         for s in self.streams:
             self.supervisor.add(
                 f"stream-{s.name}",

@@ -82,6 +82,9 @@ class StreamSinks:
     event: EventSink
     health: HealthSink
     progress: Callable[[], None]  # after each scored block
+    # windows still wanted by a run bounded by a number of windows (--max-windows), else
+    # None: a backlog is then handed over in no bigger a block than those need
+    windows_left: Callable[[], int | None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -269,7 +272,10 @@ class StreamRuntime:
             loop.beat()
             runner = self.runner
             # up to the end of the next window: tiny blocks arrive as one hand-over
-            blocks = runner.get(GET_TIMEOUT_S, self.pipeline.windower.samples_to_next_window())
+            need = self.pipeline.windower.samples_to_next_window()
+            left = sinks.windows_left()
+            most = None if left is None else need + max(0, left - 1) * self.pipeline.hop
+            blocks = runner.get(GET_TIMEOUT_S, need, most)
             now = time.time()
             connected = source_connected(runner.state)
             hevents = [] if connected is None else self.health.set_connected(connected, now)

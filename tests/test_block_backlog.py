@@ -61,7 +61,9 @@ class _ListSource(Source):
         return self._left.pop(0)
 
 
-def _queued_backlog(blocks: list[Block], merge_below: int) -> list[Block]:
+def _queued_backlog(
+    blocks: list[Block], merge_below: int, max_samples: int | None = None
+) -> list[Block]:
     """What one get() hands over once the source has queued every block."""
     runner = SourceRunner(_ListSource(blocks), max_blocks=len(blocks) + 1, merge_below=merge_below)
     runner.start()
@@ -70,7 +72,7 @@ def _queued_backlog(blocks: list[Block], merge_below: int) -> list[Block]:
         while runner.state is not SourceState.FINISHED:
             assert time.monotonic() < deadline, "the source did not finish"
             time.sleep(0.01)
-        return runner.get(0.25)
+        return runner.get(0.25, 1, max_samples)
     finally:
         runner.stop()
 
@@ -107,6 +109,9 @@ def test_a_merged_backlog_stays_within_its_byte_bound() -> None:
     assert [len(b.samples) for b in got] == [8 * n, 8 * n, 4 * n]
     assert all(b.times is None for b in got), "blocks on the rate's grid need no times"
     assert _sample_times(got) == pytest.approx(_sample_times(blocks), abs=1e-9)
+    # a run bounded by a number of windows asks for no more samples than those need
+    got = _queued_backlog(blocks, merge_below=16, max_samples=3 * n - 1)
+    assert [len(b.samples) for b in got] == [2 * n] * 10
 
 
 def _signal(n: int) -> npt.NDArray[np.float32]:

@@ -97,10 +97,14 @@ class SourceRunner:
         if self.state not in (SourceState.FINISHED, SourceState.FAILED):
             self.state = SourceState.STOPPED
 
-    def get(self, timeout: float, min_samples: int = 1) -> list[Block]:
+    def get(
+        self, timeout: float, min_samples: int = 1, max_samples: int | None = None
+    ) -> list[Block]:
         """All queued blocks (possibly none after `timeout`). Waits (at most `timeout`)
         until `min_samples` samples are queued, e.g. up to the end of the next window:
-        tiny blocks are then handed over together, one wake-up instead of one each."""
+        tiny blocks are then handed over together, one wake-up instead of one each.
+        `max_samples`: a backlog is merged only up to this many samples (a run bounded
+        by a number of windows takes no more than it needs in one block)."""
         with self._cv:
             if self._queued < min_samples and not self.done:
                 self._want = max(1, min_samples)
@@ -111,7 +115,9 @@ class SourceRunner:
             self._queued = 0
             self._cv.notify_all()  # a non-live source may be waiting for room
         # (outside the lock: the source thread may queue the next blocks meanwhile)
-        return _coalesced(out) if self._merge_below and len(out) > 1 else out
+        if not self._merge_below or len(out) < 2:
+            return out
+        return _coalesced(out, MERGE_MAX_BYTES, max_samples)
 
     @property
     def alive(self) -> bool:
@@ -252,18 +258,25 @@ def _merged(a: Block, b: Block) -> Block | None:
     return Block(samples, a.t0, a.seq, a.rate_hz, a.gap_before, times)
 
 
-def _coalesced(blocks: list[Block]) -> list[Block]:
+def _coalesced(blocks: list[Block], max_bytes: int, max_samples: int | None) -> list[Block]:
     """`blocks` with each run of contiguous ones (see _merged) as one block of at most
-    MERGE_MAX_BYTES (one block alone may be larger): one concatenation per run."""
+    `max_bytes` and `max_samples` (one block alone may be larger): one concatenation
+    per run."""
     out: list[Block] = []
     run: list[Block] = []
-    size = 0
+    size = n = 0
     for b in blocks:
-        if run and (size + b.samples.nbytes > MERGE_MAX_BYTES or not _follows(run[-1], b)):
+        k = len(b.samples)
+        if run and (
+            size + b.samples.nbytes > max_bytes
+            or (max_samples is not None and n + k > max_samples)
+            or not _follows(run[-1], b)
+        ):
             out.append(_joined(run))
-            run, size = [], 0
+            run, size, n = [], 0, 0
         run.append(b)
         size += b.samples.nbytes
+        n += k
     if run:
         out.append(_joined(run))
     return out
