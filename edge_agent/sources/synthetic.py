@@ -62,8 +62,10 @@ class SyntheticSource(Source):
 
     def read(self, timeout: float) -> Block | None:
         o = self.options
-        end_offset = (self._next + o.block) / o.rate_hz
-        if not self._pacer.wait(end_offset, timeout):
+        # due when its last sample is (as a sensor's reading is there when taken, and as
+        # replay paces): one sample period later, every event came that much late
+        last_offset = (self._next + o.block - 1) / o.rate_hz
+        if not self._pacer.wait(last_offset, timeout):
             return None
         samples = self._render(self._next, o.block)
         blk = Block(samples, self._t_start + self._next / o.rate_hz, self._next, o.rate_hz)
