@@ -17,6 +17,13 @@ Everything runs against a mosquitto this script starts on a free loopback port.
   batches around swaps vs without swaps.
 Also used by scripts/bench_peers.py, which puts these figures beside the peers'.
 
+    python scripts/bench_agent.py --latency [--latency-streams 16] [--sync always]
+        [--latency-seconds 30] [--repeats 3] [--baseline-root DIR]
+
+Only the sample-to-subscriber latency above (issue 15's goal: 16 real-time streams, the
+outbox fsyncing every commit, p99 < 20 ms), with the agent's CPU share; with
+--baseline-root, another checkout's agent in the same run, one after the other.
+
     python scripts/bench_agent.py --matrix [--streams 1,16,64] [--blocks 1,16,1024]
         [--seconds 3] [--json OUT]
 
@@ -61,7 +68,9 @@ LATENCY_STREAMS = 8
 SWAP_EVERY_S = 0.02
 
 
-def _config(path: Path, port: int, state: Path, *, streams: int = 0) -> Path:
+def _config(
+    path: Path, port: int, state: Path, *, streams: int = 0, sync: str | None = None
+) -> Path:
     lines = [
         'device_id = "bench-gw"',
         f'state_dir = "{state}"',
@@ -70,6 +79,8 @@ def _config(path: Path, port: int, state: Path, *, streams: int = 0) -> Path:
         f"port = {port}",
         "telemetry_interval_s = 60",
     ]
+    if sync is not None:  # the outbox's fsync policy ("always" is the default)
+        lines += ["[outbox]", f'sync = "{sync}"']
     for i in range(streams):
         lines += [
             "[[streams]]",
@@ -158,7 +169,8 @@ class _EventSink:
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         now = time.time()
         body = json.loads(msg.payload)
-        t = body.get("t_end", body.get("t_start"))
+        # the deciding sample's time (the last sample of the window that changed state)
+        t = body.get("t_sample", body.get("t_end", body.get("t_start")))
         if t is not None:
             with self._lock:
                 self.lat.append(now - t)
@@ -168,19 +180,37 @@ class _EventSink:
         self.c.loop_stop()
 
 
-def subscriber_latency(port: int, work: Path, seconds: float, repeats: int) -> dict[str, Any]:
+def subscriber_latency(
+    port: int,
+    work: Path,
+    seconds: float,
+    repeats: int,
+    *,
+    streams: int = LATENCY_STREAMS,
+    sync: str | None = None,
+    root: Path = ROOT,
+) -> dict[str, Any]:
+    """Sample-to-subscriber latency of events from `streams` real-time streams (the
+    checkout at `root`), median of `repeats` runs; also the agent's CPU share."""
     runs = []
-    for i in range(repeats):
-        state = work / f"lat{i}"
-        cfg = _config(work / f"lat{i}.toml", port, state, streams=LATENCY_STREAMS)
+    for _ in range(repeats):
+        tag = f"lat{len(list(work.iterdir()))}"
+        state = work / tag
+        cfg = _config(work / f"{tag}.toml", port, state, streams=streams, sync=sync)
         sink = _EventSink(port, "edge/bench-gw/events")
         proc = subprocess.Popen(
             _agent_cmd(cfg, "--duration", str(seconds)),
-            cwd=ROOT,
+            cwd=root,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        cpu = 0.0
         try:
+            # CPU read just before the end (a process that exited has no /proc entry)
+            end = time.monotonic() + seconds - 0.5
+            while time.monotonic() < end and proc.poll() is None:
+                cpu = _cpu_s(proc.pid)
+                time.sleep(0.2)
             proc.wait(seconds + 60)
         finally:
             if proc.poll() is None:
@@ -189,15 +219,59 @@ def subscriber_latency(port: int, work: Path, seconds: float, repeats: int) -> d
         sink.close()
         lat_ms = [x * 1e3 for x in sink.lat[20:]]  # skip the connect/birth burst
         s = LatencySummary.of(lat_ms)
-        runs.append({"events": s.n, "p50_ms": s.p50, "p99_ms": s.p99, "max_ms": s.max})
+        runs.append(
+            {
+                "events": s.n,
+                "p50_ms": s.p50,
+                "p99_ms": s.p99,
+                "max_ms": s.max,
+                "cpu_share": cpu / seconds,
+            }
+        )
     return {
-        "streams": LATENCY_STREAMS,
+        "agent": "baseline" if root != ROOT else "this",
+        "streams": streams,
+        "sync": sync or "always (default)",
         "seconds": seconds,
         "events_per_s": statistics.median(r["events"] for r in runs) / seconds,
         "p50_ms": statistics.median(r["p50_ms"] for r in runs),
         "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+        "max_ms": statistics.median(r["max_ms"] for r in runs),
         "runs": runs,
     }
+
+
+def run_latency(
+    streams: int, seconds: float, repeats: int, sync: str, baseline: Path | None
+) -> dict[str, Any]:
+    """--latency: this checkout's agent (and `baseline`'s), run after run, one broker."""
+    out: dict[str, Any] = {"runs": []}
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as d:
+        work = Path(d)
+        broker = Broker(work / "broker")
+        broker.start()
+        try:
+            for root in [ROOT] if baseline is None else [baseline, ROOT]:
+                r = subscriber_latency(
+                    broker.port, work, seconds, repeats, streams=streams, sync=sync, root=root
+                )
+                out["runs"].append(r)
+                _print_latency(r)
+        finally:
+            broker.stop()
+    return out
+
+
+def _print_latency(r: dict[str, Any]) -> None:
+    runs = r["runs"]
+    print(
+        f"{r['agent']:8} sample-to-subscriber, {r['streams']} real-time streams, outbox sync "
+        f"{r['sync']}, {r['events_per_s']:.0f} events/s: p50 {r['p50_ms']:.1f} ms, p99 "
+        f"{r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms (median of {len(runs)} runs of "
+        f"{r['seconds']:g} s; p99 per run {_fmt([x['p99_ms'] for x in runs])}; CPU "
+        f"{statistics.median(x['cpu_share'] for x in runs) * 100:.1f}% of a core)",
+        flush=True,
+    )
 
 
 def swap_pause(seconds: float) -> dict[str, Any]:
@@ -585,6 +659,14 @@ def main() -> int:
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--matrix", action="store_true", help="N streams x block sizes (issue 15)")
+    ap.add_argument(
+        "--latency",
+        action="store_true",
+        help="only sample-to-subscriber latency: --latency-streams real-time streams, "
+        "outbox sync --sync, --repeats runs of --latency-seconds (issue 15)",
+    )
+    ap.add_argument("--latency-streams", type=int, default=16, help="--latency: streams")
+    ap.add_argument("--sync", choices=("always", "normal"), default="always")
     ap.add_argument("--streams", default="1,16,64", help="--matrix: stream counts")
     ap.add_argument("--blocks", default="1,16,1024", help="--matrix: block sizes")
     ap.add_argument("--seconds", type=float, default=3.0, help="--matrix: measured per run")
@@ -597,11 +679,19 @@ def main() -> int:
     )
     ap.add_argument(
         "--baseline-root",
-        help="--matrix: also run this checkout's agent beside ours (e.g. an older commit "
-        "unpacked with `git archive REV | tar -x -C DIR`)",
+        help="--matrix, --latency: also run this checkout's agent beside ours (e.g. an older "
+        "commit unpacked with `git archive REV | tar -x -C DIR`)",
     )
     args = ap.parse_args()
-    if args.matrix:
+    if args.latency:
+        r = run_latency(
+            args.latency_streams,
+            args.latency_seconds,
+            args.repeats,
+            args.sync,
+            Path(args.baseline_root) if args.baseline_root else None,
+        )
+    elif args.matrix:
         r = run_matrix(
             [int(x) for x in args.streams.split(",")],
             [int(x) for x in args.blocks.split(",")],
