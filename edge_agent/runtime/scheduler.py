@@ -240,16 +240,22 @@ class InferenceScheduler:
 
     def _inline(self, model: LoadedModel, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         self.inline_windows += len(x)
-        xin, far = model.model_input(x)
-        return model.scores_from_output(xin, self._infer(xin), far)
+        return self._scores(model, x)
 
-    def _infer(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """The backend's output for `x`, in calls of at most max_batch windows: a request
-        may be larger (a stream's whole block), a backend call stays bounded."""
+    def _scores(self, model: LoadedModel, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Scores of one requester's windows, in backend calls of at most max_batch
+        windows (a request may be larger: a stream's whole block), each part scored
+        while its output is fresh in cache (no copy of the whole output)."""
+        xin, far = model.model_input(x)
         mb = self.max_batch
-        if len(x) <= mb:
-            return self.backend.infer(x)
-        return np.concatenate([self.backend.infer(x[i : i + mb]) for i in range(0, len(x), mb)])
+        if len(xin) <= mb:
+            return model.scores_from_output(xin, self.backend.infer(xin), far)
+        parts = []
+        for i in range(0, len(xin), mb):
+            xp = xin[i : i + mb]
+            fp = None if far is None else far[i : i + mb]
+            parts.append(model.scores_from_output(xp, self.backend.infer(xp), fp))
+        return np.concatenate(parts)
 
     def _withdraw(self, r: Request) -> bool:
         """Take `r` back from the queue (True) unless a worker already took it."""
@@ -323,14 +329,19 @@ class InferenceScheduler:
     def _execute(self, batch: list[Request]) -> None:
         t0 = time.perf_counter()
         try:
-            inputs = [r.model.model_input(r.x) for r in batch]
-            xs = [x for x, _far in inputs]
-            big = xs[0] if len(xs) == 1 else np.concatenate(xs)
-            y = self._infer(big)
-            at = 0
-            for r, (x, far) in zip(batch, inputs, strict=True):
-                r.finish(r.model.scores_from_output(x, y[at : at + len(x)], far), None)
-                at += len(x)
+            if len(batch) == 1:  # e.g. a stream's block larger than max_batch
+                r = batch[0]
+                n = len(r.x)
+                r.finish(self._scores(r.model, r.x), None)
+            else:  # several requests, max_batch windows at most: one backend call
+                inputs = [r.model.model_input(r.x) for r in batch]
+                big = np.concatenate([x for x, _far in inputs])
+                n = len(big)
+                y = self.backend.infer(big)
+                at = 0
+                for r, (x, far) in zip(batch, inputs, strict=True):
+                    r.finish(r.model.scores_from_output(x, y[at : at + len(x)], far), None)
+                    at += len(x)
         except ModelError as e:  # the requesters' error (a stream restarts), not ours
             for r in batch:
                 if not r.done.is_set():
@@ -343,8 +354,8 @@ class InferenceScheduler:
             raise
         dt = time.perf_counter() - t0
         self.batches += 1
-        self.windows += len(big)
-        per = dt / len(big)
+        self.windows += n
+        per = dt / n
         self._s_per_window = per if not self._s_per_window else 0.9 * self._s_per_window + 0.1 * per
 
     def snapshot(self) -> dict[str, Any]:
