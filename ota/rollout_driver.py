@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge_agent.errors import PublishError
 from ota.announce import fleet_topic
 from ota.broker_args import MqttTarget
 from ota.fleet_mqtt import BrokerOptions, read_retained, send_command
@@ -91,6 +92,16 @@ class Driver:
     def observe(self) -> dict[str, Observation]:
         messages, _how = read_retained(self.broker, quiet_s=1.0, max_s=60.0)
         return observe(self.broker.prefix, messages, self.clock(), self.offline_after_s)
+
+    def _try_observe(self) -> dict[str, Observation] | None:
+        """None when the broker cannot be read now: nothing is judged without the fleet
+        state (an operator's lost connection must not fail devices), the next poll tries
+        again."""
+        try:
+            return self.observe()
+        except PublishError as e:
+            self.say(f"cannot read the fleet state ({e}); trying again in {self.poll_s:g} s")
+            return None
 
     def hint(self, group: str) -> None:
         from ota.publish import publish_retained
@@ -167,16 +178,20 @@ class Driver:
             self.save(r)
         w = r.current_wave()
         if r.state is RolloutState.RUNNING and w is not None and w.state is WaveState.DIRECTED:
-            self.hint(r.group)  # carries no trust; a device that missed it refreshes now
+            try:
+                self.hint(r.group)  # carries no trust; a device that missed it refreshes now
+            except PublishError as e:
+                self.say(f"cannot publish the refresh hint again ({e})")
         while r.state in (RolloutState.RUNNING, RolloutState.COMPLETING):
             req = self.store.take_request(r.group)
             if req is not None:
                 return self._requested(r, req)
-            obs = (
-                self.observe()
-                if r.state is RolloutState.RUNNING and r.current_wave() is not None
-                else {}
-            )
+            obs: dict[str, Observation] | None = {}
+            if r.state is RolloutState.RUNNING and r.current_wave() is not None:
+                obs = self._try_observe()
+            if obs is None:
+                self.sleep(self.poll_s)
+                continue
             before = r.to_json()
             r, action = advance(r, obs, self.clock())
             if r.to_json() != before:
@@ -283,7 +298,12 @@ class Driver:
         end = self.clock() + deadline_s
         body = json.dumps({"reason": f"rollout {r.id} aborted"}).encode()
         while pending:
-            obs = self.observe()
+            obs = self._try_observe()
+            if obs is None:
+                if self.clock() >= end:
+                    break
+                self.sleep(self.poll_s)
+                continue
             ask = []
             for dev in sorted(pending):
                 verdict = abort_check(r.devices[dev], obs.get(dev), r.target)

@@ -314,3 +314,44 @@ def test_a_driver_killed_mid_wave_resumes_where_it_was_and_pause_stops_it(
         directed = [e for e in after["events"] if e["event"].startswith("wave 1: directed")]
         assert len(directed) == 1
         assert serving(broker, group) == dict.fromkeys(devices, "v2")
+
+
+def test_abort_from_another_terminal_stops_the_driver_and_brings_the_wave_back(
+    tmp_path: Path,
+) -> None:
+    group = "line-6"
+    devices = {"gw-1": GOOD, "gw-2": GOOD}
+    with fleet(tmp_path, group, devices) as (broker, s, _agents):
+        opts = ["--host", broker.host, "--port", str(broker.port), "--poll", "1"]
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "ota", "rollout", "start", *s.repo_args(), "--group", group,
+             "--target", s.targets[2], "--waves", "1,100%", "--soak", "10m",
+             "--wave-deadline", "4m", *opts],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            # wave 1 committed; the driver soaks it (10 minutes) when the abort comes
+            def gw1_succeeded() -> bool:
+                try:  # the file, not `status`: the driver may not have planned yet
+                    doc = json.loads((s.director.parent / "director.rollouts" /
+                                      f"{group}.json").read_text())  # fmt: skip
+                except (OSError, ValueError):
+                    return False
+                return bool(doc["devices"]["gw-1"]["state"] == "succeeded")
+
+            assert wait_until(gw1_succeeded, 180), _state(s, group)
+            assert _state(s, group)["driver"]["command"] == "start"
+            p = rollout("abort", *s.repo_args(), "--group", group, "--wave-deadline", "3m", *opts)
+            out, _ = driver.communicate(timeout=60)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.communicate()
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "asked it to stop" in p.stdout
+        assert driver.returncode == 5, out
+        doc = _state(s, group)
+        assert doc["state"] == "aborted"
+        assert doc["devices"]["gw-1"]["abort"]["result"] == "restored"
+        assert doc["devices"]["gw-2"]["abort"] is None  # never directed
+        assert wait_until(lambda: serving(broker, group) == dict.fromkeys(devices, "v1"), 60)

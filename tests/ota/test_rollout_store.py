@@ -153,3 +153,36 @@ def test_director_edits_direct_restore_and_hand_over_to_the_group(tmp_path: Path
                        online=key, now=repos.now)  # fmt: skip
         assert entries() == {v1: ([], ["gw-3"]), v2: (["line-1"], [])}
         assert json.loads((d.meta / "timestamp.json").read_text())["signed"]["version"] >= 6
+
+
+class _StopError(Exception):
+    pass
+
+
+def test_a_driver_that_cannot_read_the_broker_judges_no_device(tmp_path: Path) -> None:
+    """Past the wave deadline, but the operator's broker connection is down: no device is
+    failed for it; the driver says why and tries again at the next poll."""
+    from ota.fleet_mqtt import BrokerOptions
+    from ota.rollout import mark_directed, mark_directing
+    from ota.rollout_driver import Driver, Repos
+    from tests.mosquitto import free_port
+
+    store = RolloutStore(tmp_path / "st")
+    r = mark_directed(mark_directing(_rollout(), 1, 1.0), 1, 1.0)
+    store.save(r)
+    said: list[str] = []
+
+    def sleep(_s: float) -> None:
+        raise _StopError
+
+    d = Driver(
+        store=store, repos=Repos(tmp_path / "director"), broker=BrokerOptions(port=free_port()),
+        clock=lambda: 1_000_000.0, sleep=sleep, say=said.append,
+    )  # fmt: skip
+    with pytest.raises(_StopError):
+        d.drive(r)
+    assert any("cannot read the fleet state" in x for x in said), said
+    kept = store.load("line-1")
+    assert kept is not None
+    assert kept.devices["gw-1"].state.value == "directed"
+    assert kept.failures() == []
