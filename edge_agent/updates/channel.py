@@ -268,12 +268,17 @@ class UpdateChannel:
 
     def evidence(self, target: DirectedTarget) -> TufEvidence:
         """The signed record a slot filled from `target` keeps (re-checked at every start):
-        the image repository's targets metadata ngclient verified in refresh()."""
+        the image repository's targets metadata ngclient verified in refresh(), and the
+        version of the image root it verified it under (the seal is checked under that
+        root, so a later rotation does not unmake the slot: `edge_agent.updates.seal`)."""
+        root_version = self.root_versions.get("image")
+        if root_version is None:
+            raise DownloadError("image repository: refresh the channel before installing")
         try:
             data = (self._meta_dir("image") / "targets.json").read_bytes()
         except OSError as e:
             raise DownloadError(f"image repository: targets metadata unreadable: {e}") from e
-        return TufEvidence(targets_json=data, path=target.path)
+        return TufEvidence(targets_json=data, path=target.path, root_version=root_version)
 
     def download(self, target: DirectedTarget, dest: Path) -> Path:
         """Fetch `target` from the image repository into `dest` (length and hashes

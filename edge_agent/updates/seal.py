@@ -9,11 +9,22 @@ with in `slots/<x>.seal.json`:
   at start the manifest copy must be signed by a threshold of the device's root
   (`ota.root_file`), and the files must match it.
 - `tuf`: the image repository's targets metadata as ngclient verified it at install
-  (signed by a threshold of the image targets keys) and the target's path, plus the
-  bundle's *layout* (`slots/<x>.layout`: the tar's bytes with the payload data cut out,
-  zlib). At start the bundle is put together again from the layout and the slot's files;
-  its length and sha256 must be the ones the targets metadata, signed by the keys of the
-  image repository's trusted root, gives for that path.
+  (signed by a threshold of the image targets keys), the target's path and the version
+  of the image root it was verified under, plus the bundle's *layout*
+  (`slots/<x>.layout`: the tar's bytes with the payload data cut out, zlib). At start
+  the bundle is put together again from the layout and the slot's files; its length and
+  sha256 must be the ones the targets metadata, signed by the targets keys of that
+  root, gives for that path.
+
+Why that root and not the newest: the device verified the record under the root it
+trusted when it installed the slot; a later rotation revokes keys for metadata verified
+from then on (new installs), not for what was verified before (TUF and Uptane judge an
+image when it is installed). What the start-up check guards against is a slot changed
+on disk since. So the record is checked under the root the seal names -- the trusted
+root, or an older one from the device's root history, linked to the trusted root by the
+chain (`trusted_root.linked_root`) -- or under the trusted root itself (nothing is
+trusted more; seals written before the root was recorded, and a root the history lost,
+are checked under it alone); a record that verifies under neither fails.
 
 A slot passes if any evidence verifies against a trust anchor this device has. Expiry is
 not judged here (a committed model keeps serving after its bundle or timestamp expired);
@@ -48,10 +59,12 @@ _CHUNK = 64 * 1024
 @dataclass(frozen=True)
 class TufEvidence:
     """A channel target: the image repository's targets metadata (exact bytes, as
-    verified by ngclient) and the target's path in it."""
+    verified by ngclient), the target's path in it, and the version of the image root
+    ngclient verified it under."""
 
     targets_json: bytes
     path: str
+    root_version: int
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,7 @@ def write_seal(
         atomic_write_bytes(_layout_path(slots_dir, slot), zlib.compress(skeleton, 6))
         seal["tuf"] = {
             "path": tuf.path,
+            "root": tuf.root_version,
             "targets": base64.b64encode(tuf.targets_json).decode(),
             "holes": holes,
             "manifest": manifest_at,
@@ -214,59 +228,99 @@ class _SealError(Exception):
     pass
 
 
-def _image_root(trust: SealTrust) -> Any:
-    """The image repository's trusted root, chosen as the channel chooses it
-    (`edge_agent.updates.trusted_root`): the persisted one (after any rotation) unless
-    the installed one is newer. A damaged one that cannot be replaced without
-    forgetting a rotation fails the check, saying which file and the fix: an older
-    root would accept keys revoked since."""
+def _image_roots(trust: SealTrust, sealed: object) -> tuple[list[Any], list[str]]:
+    """The image roots a slot's targets record may verify under, and why the root its
+    seal names (`sealed`) is not among them, if so: that root, when it is older than the
+    trusted one and still linked to it in the device's root history
+    (`trusted_root.linked_root`), then the trusted root itself (nothing is trusted more;
+    a seal naming no root, or one that cannot be found, is checked under it alone).
+    The trusted root is chosen as the channel chooses it (`trusted_root.choose_root`):
+    the persisted one (after any rotation) unless the installed one is newer. A damaged
+    one that cannot be replaced without forgetting a rotation fails the check, saying
+    which file and the fix: an older root would accept keys revoked since."""
     from tuf.api.metadata import Metadata
 
-    from edge_agent.updates.trusted_root import choose_root
+    from edge_agent.updates.trusted_root import choose_root, linked_root
 
     assert trust.image_root_file is not None
     if trust.image_meta_dir is None:
-        return Metadata.from_bytes(trust.image_root_file.read_bytes())
+        data = trust.image_root_file.read_bytes()
+    else:
+        try:
+            data = choose_root(
+                "image", trust.image_meta_dir, trust.image_root_file, "ota.image_root_file"
+            ).data
+        except OtaError as e:
+            raise _SealError(str(e)) from e
+    trusted: Metadata[Any] = Metadata.from_bytes(data)
+    current = trusted.signed.version
+    if sealed is None or sealed == current:
+        return [trusted], []
+    if type(sealed) is not int:
+        return [trusted], ["its seal names no valid image root version"]
+    head = f"sealed under image root v{sealed}"
+    if sealed > current:
+        return [trusted], [
+            f"{head}, newer than the trusted root v{current} (the image trust store was "
+            "reset since; a refresh walks the chain to it again)"
+        ]
+    if trust.image_meta_dir is None:
+        return [trusted], [f"{head}, older than the trusted root v{current}: no root history"]
     try:
-        chosen = choose_root(
-            "image", trust.image_meta_dir, trust.image_root_file, "ota.image_root_file"
-        )
-    except OtaError as e:
-        raise _SealError(str(e)) from e
-    return Metadata.from_bytes(chosen.data)
+        older = Metadata.from_bytes(linked_root(trust.image_meta_dir, data, sealed))
+    except ValueError as e:
+        return [trusted], [f"{head}, not linked to the trusted root v{current}: {e}"]
+    return [older, trusted], []
 
 
 def _signed_target(tuf: dict[str, Any], trust: SealTrust) -> tuple[int, str]:
     """(length, sha256) of the target, from targets metadata signed by a threshold of
-    the trusted image root's strict targets keys."""
+    the strict targets keys of one of `_image_roots`."""
     from tuf.api import exceptions as tuf_errors
     from tuf.api.metadata import Metadata, Targets
 
-    from ota.ed25519 import key_problem, signature_problem
-
     try:
-        root_md = _image_root(trust)
-        root = root_md.signed
-        root.verify_delegate("root", root_md.signed_bytes, root_md.signatures)
         md: Metadata[Any] = Metadata.from_bytes(base64.b64decode(tuf["targets"]))
-        if not isinstance(md.signed, Targets):
-            raise _SealError("the stored targets record is not targets metadata")
-        for keyid in root.roles["targets"].keyids:
-            raw_key = bytes.fromhex(str(root.keys[keyid].keyval.get("public", "")))
-            if (why := key_problem(raw_key)) is not None:
-                raise _SealError(f"image targets key {keyid[:12]}... is {why}")
-        for keyid, sig in md.signatures.items():
-            if (why := signature_problem(bytes.fromhex(sig.signature))) is not None:
-                raise _SealError(f"targets signature by {keyid[:12]}... {why}")
-        root.verify_delegate("targets", md.signed_bytes, md.signatures)
-    except tuf_errors.UnsignedMetadataError as e:
-        raise _SealError(f"targets record not signed by the image targets keys ({e})") from e
     except tuf_errors.RepositoryError as e:
         raise _SealError(f"image metadata refused ({e})") from e
+    if not isinstance(md.signed, Targets):
+        raise _SealError("the stored targets record is not targets metadata")
+    roots, reasons = _image_roots(trust, tuf.get("root"))
+    for root_md in roots:
+        if (why := _signed_under(root_md, md)) is None:
+            break
+        reasons.insert(0, why)
+    else:
+        raise _SealError("; ".join(reasons))
     info = md.signed.targets.get(str(tuf["path"]))
     if info is None or "sha256" not in info.hashes:
         raise _SealError(f"the signed targets do not list {tuf['path']} with a sha256")
     return int(info.length), str(info.hashes["sha256"])
+
+
+def _signed_under(root_md: Any, md: Any) -> str | None:
+    """None if `md` is signed by a threshold of `root_md`'s targets keys, all of them
+    strict keys, with strict signatures; else why not."""
+    from tuf.api import exceptions as tuf_errors
+
+    from ota.ed25519 import key_problem, signature_problem
+
+    root = root_md.signed
+    try:
+        root.verify_delegate("root", root_md.signed_bytes, root_md.signatures)
+        for keyid in root.roles["targets"].keyids:
+            raw_key = bytes.fromhex(str(root.keys[keyid].keyval.get("public", "")))
+            if (why := key_problem(raw_key)) is not None:
+                return f"image targets key {keyid[:12]}... of root v{root.version} is {why}"
+        for keyid, sig in md.signatures.items():
+            if (why := signature_problem(bytes.fromhex(sig.signature))) is not None:
+                return f"targets signature by {keyid[:12]}... {why}"
+        root.verify_delegate("targets", md.signed_bytes, md.signatures)
+    except tuf_errors.UnsignedMetadataError as e:
+        return f"targets record not signed by the image targets keys of root v{root.version} ({e})"
+    except tuf_errors.RepositoryError as e:
+        return f"image metadata refused ({e})"
+    return None
 
 
 def _reassemble(

@@ -18,6 +18,10 @@ If the history is gone too, which root the device last trusted is unknown: refus
 
 Every candidate must be root metadata signed by a threshold of its own keys. python-tuf
 is imported lazily (the seal check at start uses this too).
+
+`linked_root` gives an older root from the history, for the start-up check of a slot
+installed under it (`edge_agent.updates.seal`): a rotation revokes keys for metadata
+verified from then on, not what the device verified before it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 from ota.errors import TrustStoreError
 
-__all__ = ["TrustedRoot", "choose_root"]
+__all__ = ["TrustedRoot", "choose_root", "linked_root"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,38 @@ def _parse(data: bytes) -> int:
     except tuf_errors.RepositoryError as e:  # DeserializationError among them
         raise ValueError(f"{e} ({len(data)} bytes)") from e
     return int(md.signed.version)
+
+
+def linked_root(meta: Path, trusted: bytes, version: int) -> bytes:
+    """Root v`version`, older than the `trusted` root (bytes), from this device's history
+    (`root_history/N.root.json`: the roots ngclient accepted on its walks), checked to be
+    still a link of the chain that ends at the trusted root: from v`version` on, each
+    root is signed by a threshold of its own root keys and of its predecessor's, as the
+    walk required. ValueError naming the file or the link that fails."""
+    from tuf.api import exceptions as tuf_errors
+    from tuf.api.metadata import Metadata
+
+    newer: Metadata[Any] = Metadata.from_bytes(trusted)
+    if not 1 <= version < newer.signed.version:
+        raise ValueError(f"no root v{version} before the trusted root v{newer.signed.version}")
+    data = trusted
+    for v in range(newer.signed.version - 1, version - 1, -1):
+        path = meta / "root_history" / f"{v}.root.json"
+        try:
+            data, got = _read(path)  # root metadata signed by its own keys
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+        if got != v:
+            raise ValueError(f"{path} holds root v{got}")
+        older: Metadata[Any] = Metadata.from_bytes(data)
+        try:
+            older.signed.verify_delegate("root", newer.signed_bytes, newer.signatures)
+        except tuf_errors.UnsignedMetadataError as e:
+            raise ValueError(
+                f"root v{v + 1} is not signed by a threshold of root v{v}'s keys ({path}): {e}"
+            ) from e
+        newer = older
+    return data
 
 
 def _read(path: Path) -> tuple[bytes, int]:
