@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -87,10 +88,28 @@ def cmd_repo_rotate(args: argparse.Namespace) -> int:
         args.targets_threshold,
         load_public_key(args.online_key),
     )
-    v = Repository(args.dir).rotate_root(
-        keys, old_signers=_privs(args.old_key), new_signers=new_roots, now=_now()
-    )
+    repo = Repository(args.dir)
+    v = repo.rotate_root(keys, old_signers=_privs(args.old_key), new_signers=new_roots, now=_now())
     print(f"root v{v} written; keys left out are revoked")
+    stale = repo.unsigned_under_root()
+    if stale:
+        # Devices walk to the new root at their next refresh and then refuse metadata its
+        # keys did not sign: the operator must re-sign before that, so say it loudly.
+        print(
+            f"warning: {', '.join(stale)} still signed by the old keys; devices that walk to "
+            f"root v{v} refuse this repository until you run: edge-ota repo resign "
+            f"{args.dir} --key <new targets key>... --online-key <new online key>",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_repo_resign(args: argparse.Namespace) -> int:
+    from ota.tufrepo import Repository
+
+    repo = Repository(args.dir)
+    v = repo.resign(_privs(args.key), load_private_key(args.online_key), _now())
+    print(f"targets v{v} re-signed, with a new snapshot and timestamp")
     return 0
 
 
@@ -148,7 +167,9 @@ def add_repo_commands(sub: Any) -> None:
 
 
 def _add_repo(sub: Any) -> None:
-    r = sub.add_parser("repo", help="TUF image/director repositories: init, add, timestamp, rotate")
+    r = sub.add_parser(
+        "repo", help="TUF image/director repositories: init, add, timestamp, rotate, resign"
+    )
     rs = r.add_subparsers(dest="repo_command", required=True)
     x = rs.add_parser(
         "init",
@@ -254,6 +275,23 @@ def _add_repo(sub: Any) -> None:
         help="online key of the new version (snapshot, timestamp)",
     )
     _cmd(x, cmd_repo_rotate)
+    x = rs.add_parser(
+        "resign",
+        help="re-sign the current targets, snapshot and timestamp (after a rotation)",
+        description="Publish the same targets as a new version signed by the newest root's "
+        "targets keys, with a new snapshot and timestamp: needed after `rotate` replaced the "
+        "targets or online keys (`rotate` says so), before devices next refresh.",
+    )
+    x.add_argument("dir", type=Path, help="the repository (image or director)")
+    x.add_argument(
+        "--key",
+        type=Path,
+        action="append",
+        required=True,
+        help="targets key of the newest root (a director: its online key); repeat",
+    )
+    x.add_argument("--online-key", type=Path, required=True, help="the newest online key")
+    _cmd(x, cmd_repo_resign)
 
 
 def _add_director_serve_hint(sub: Any) -> None:

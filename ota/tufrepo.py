@@ -336,6 +336,40 @@ class Repository:
         _write(self.meta / f"{new.version}.root.json", md)
         return new.version
 
+    def unsigned_under_root(self) -> list[str]:
+        """The published roles (targets, snapshot, timestamp) that a threshold of the
+        newest root's keys did not sign: after a rotation that replaced their keys, devices
+        that walk to the new root refuse the repository until `resign` runs."""
+        root = self.root()
+        current: list[tuple[str, Metadata[Any] | None]] = [
+            ("targets", self.targets()),
+            ("snapshot", self.snapshot()),
+            ("timestamp", self.timestamp()),
+        ]
+        out = []
+        for role, md in current:
+            if md is None:
+                continue
+            try:
+                _check_signed(root, role, md)
+            except OtaError:
+                out.append(role)
+        return out
+
+    def resign(
+        self,
+        signers: Sequence[PrivateKey],
+        online: PrivateKey,
+        now: datetime,
+        expiry: dict[str, timedelta] | None = None,
+    ) -> int:
+        """The same targets as a new version signed by `signers` (a threshold of the newest
+        root's targets keys), then snapshot and timestamp by `online`: the step after a
+        rotation that replaced the targets or online keys. Returns the targets version."""
+        md = self.targets()
+        self.publish_targets(md, signers, online, now, expiry)
+        return int(md.signed.version)
+
 
 def direct(
     director: Repository,
