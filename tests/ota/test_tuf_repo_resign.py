@@ -36,7 +36,7 @@ def _release(repos: Repos, version: int) -> str:
                        expires=now + timedelta(days=30), min_agent_version="0.1.0")  # fmt: skip
     bundle = repos.tmp / f"v{version}.bundle"
     write_bundle(bundle, plan.manifest, plan.sources)  # only its header is read here
-    return repos.release(bundle)
+    return str(repos.release(bundle))
 
 
 def _ota(*args: str) -> subprocess.CompletedProcess[str]:
