@@ -22,6 +22,7 @@ real time on every pass.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import logging
@@ -296,6 +297,10 @@ class ReplaySource(Source):
         self._data = np.empty((0, 0), np.float32)
         self._times: npt.NDArray[np.float64] | None = None
         self._starts = np.zeros(1, np.int64)  # rows where a contiguous run begins
+        # the same as a list and a set: looked up once per block (bisect and `in` on a
+        # few ints cost a fraction of numpy's searchsorted and elementwise == on a block)
+        self._start_list = [0]
+        self._start_set = {0}
         self._names: tuple[str, ...] = tuple(options.columns)
         self._rate = float(options.rate_hz) or DEFAULT_RATE_HZ
         self._loaded = False
@@ -347,6 +352,8 @@ class ReplaySource(Source):
             self._period_s = len(data) / self._rate
         self._data, self._times, self._names = data, times, rec.names
         self._starts = np.union1d([0], holes).astype(np.int64)
+        self._start_list = [int(x) for x in self._starts]
+        self._start_set = set(self._start_list)
         self._loaded = True
 
     def _order(
@@ -418,7 +425,10 @@ class ReplaySource(Source):
         shift = self._pass * self._period_s
         if self._times is not None:
             return self._times[a:b] + shift
-        return self._t_base + shift + np.arange(a, b, dtype=np.float64) / self._rate
+        t = np.arange(a, b, dtype=np.float64)
+        t /= self._rate
+        t += self._t_base + shift  # in place: the same sums, one array
+        return t
 
     def read(self, timeout: float) -> Block | None:
         o = self.options
@@ -431,15 +441,15 @@ class ReplaySource(Source):
             self._pass += 1
             self._gap = True  # the file's end does not run on into its start
         # a block never crosses a hole: it ends at the next run start
-        nxt = int(np.searchsorted(self._starts, self._pos, side="right"))
-        stop = int(self._starts[nxt]) if nxt < len(self._starts) else n_total
+        nxt = bisect.bisect_right(self._start_list, self._pos)
+        stop = self._start_list[nxt] if nxt < len(self._start_list) else n_total
         end = min(self._pos + o.block, stop)
         times = self._time(self._pos, end)
         # pacing follows the samples' own times, across loop passes too
         first = self._times[0] if self._times is not None else self._t_base
         if not self._pacer.wait(float(times[-1] - first), timeout):
             return None
-        gap = self._gap or (self._pos > 0 and self._pos in self._starts)
+        gap = self._gap or (self._pos > 0 and self._pos in self._start_set)
         blk = Block(self._data[self._pos : end], float(times[0]), self._seq, self._rate, gap, times)
         self._gap = False
         self._seq += end - self._pos
