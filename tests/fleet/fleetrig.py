@@ -149,3 +149,10 @@ def bridge_lines(site: Broker, protocol: str = "mqttv311") -> tuple[str, ...]:
         # of 0 in the bridge's CONNECT, which the site broker refuses as a protocol error
         "max_inflight_messages 20",
     )
+
+
+def cpu_rss(pid: int) -> tuple[float, int]:
+    """A process's CPU seconds (user + system) and resident bytes, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")

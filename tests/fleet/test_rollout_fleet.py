@@ -31,7 +31,14 @@ from typing import Any
 import pytest
 
 from tests.agentutil import REPO
-from tests.fleet.fleetrig import bridge_lines, devices_seen, fleet_status, ota_cli, wait_until
+from tests.fleet.fleetrig import (
+    bridge_lines,
+    cpu_rss,
+    devices_seen,
+    fleet_status,
+    ota_cli,
+    wait_until,
+)
 from tests.fleet.rolloutrig import (
     GROUP,
     Fleet,
@@ -141,10 +148,15 @@ def test_waves_commit_the_whole_fleet(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker")
     broker.start()
     try:
-        with operator_site(tmp_path / "site") as site, running_fleet(tmp_path, broker, site):
+        with (
+            operator_site(tmp_path / "site") as site,
+            running_fleet(tmp_path, broker, site) as fleet,
+        ):
+            cpu0 = sum(cpu_rss(pid)[0] for pid in fleet.pids())
             t0 = time.monotonic()
             p = rollout("start", site, broker, *start_args(site))
             took = time.monotonic() - t0
+            use = [cpu_rss(pid) for pid in fleet.pids()]
             assert p.returncode == 0, p.stdout + p.stderr
             doc = status(site)
             assert doc["state"] == "completed", doc["reason"]
@@ -156,8 +168,14 @@ def test_waves_commit_the_whole_fleet(tmp_path: Path) -> None:
             # committed devices publish their versions as a retained message of their own
             assert wait_until(lambda: set(serving(broker).values()) == {"v2"}, 60), serving(broker)
             assert {r["ota_phase"] for r in rows(broker).values()} == {"committed"}
-            print(f"\n{AGENTS} agents, waves {WAVES}: rollout start took {took:.1f} s\n"
-                  + wave_times(doc))  # fmt: skip
+            rss = sorted(r / 2**20 for _, r in use)
+            print(
+                f"\n{AGENTS} agents, waves {WAVES}: rollout start took {took:.1f} s; agents "
+                f"used {(sum(c for c, _ in use) - cpu0) / took:.2f} of a core meanwhile, RSS "
+                f"median {rss[len(rss) // 2]:.0f} MB (max {rss[-1]:.0f}, sum "
+                f"{sum(rss) / 1024:.1f} GB); load average {os.getloadavg()[0]:.1f}\n"
+                + wave_times(doc)
+            )
     finally:
         broker.stop()
 
@@ -207,7 +225,13 @@ def test_three_refusing_devices_halt_the_rollout_in_wave_two_and_abort_brings_it
             t0 = time.monotonic()
             p = rollout("abort", site, broker)
             assert p.returncode == 0, p.stdout + p.stderr
-            assert status(site)["state"] == "aborted"
+            doc = status(site)
+            assert doc["state"] == "aborted", doc["reason"]
+            directed = waves[0] + waves[1]
+            assert {d: doc["devices"][d]["abort"]["result"] for d in directed} == dict.fromkeys(
+                directed, "restored"
+            ), doc["reason"]
+            assert all(doc["devices"][d]["abort"] is None for d in waves[2])
             assert wait_until(lambda: set(serving(broker).values()) == {"v1"}, 120), serving(broker)
             print(
                 f"\nabort: {len(succeeding)} device(s) back on v1 in {time.monotonic() - t0:.1f} s"
