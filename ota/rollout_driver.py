@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from edge_agent.errors import PublishError
 from ota.announce import fleet_topic
@@ -86,7 +87,7 @@ class Driver:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     say: Callable[[str], None] = print
-    _shown: int = 0
+    _last: dict[str, Any] | None = None  # the last event printed
 
     # --- reading and small actions ------------------------------------------------------
     def observe(self) -> dict[str, Observation]:
@@ -117,10 +118,17 @@ class Driver:
         publish_retained(target, [(fleet_topic(group, b.prefix), body)])
 
     def save(self, r: Rollout) -> None:
+        """Persist, and print the events not printed yet (the history is capped, so they
+        are found after the last one printed, not by count)."""
         self.store.save(r)
-        for e in r.events[self._shown :]:
+        new = r.events
+        if self._last is not None:
+            at = next((i for i in range(len(new) - 1, -1, -1) if new[i] == self._last), None)
+            new = new[at + 1 :] if at is not None else new
+        for e in new:
             self.say(f"{time.strftime('%H:%M:%S', time.localtime(e['at']))} {e['event']}")
-        self._shown = len(r.events)
+        if r.events:
+            self._last = dict(r.events[-1])
 
     # --- start --------------------------------------------------------------------------
     def start(
@@ -160,7 +168,7 @@ class Driver:
         )  # fmt: skip
         if old is not None:
             self.store.archive(old)
-        self._shown = 0
+        self._last = None
         self.save(r)
         for d, why in r.skipped.items():
             self.say(f"  skipped {d}: {why}")
@@ -171,7 +179,7 @@ class Driver:
     # --- driving ------------------------------------------------------------------------
     def drive(self, r: Rollout) -> Rollout:
         """Until the rollout completes, halts, or a pause/abort request stops it."""
-        self._shown = len(r.events)
+        self._last = dict(r.events[-1]) if r.events else None
         if r.state is RolloutState.PAUSED:
             r.state = RolloutState.RUNNING
             r.note(self.clock(), "resumed")
@@ -252,7 +260,7 @@ class Driver:
         the ones serving the target, and wait (at most `deadline_s`) until they serve what
         they served before. Redone in full if interrupted (each step is idempotent)."""
         now = self.clock()
-        self._shown = len(r.events)
+        self._last = dict(r.events[-1]) if r.events else None
         if r.state is not RolloutState.ABORTING:
             r.state, r.updated_at = RolloutState.ABORTING, now
             r.note(now, f"aborting: restoring {len(r.directed())} directed device(s)")

@@ -129,12 +129,13 @@ def agent(
         f'image_url = "{s.urls["image"]}"', f'director_url = "{s.urls["director"]}"',
         f'image_root_file = "{s.image / "metadata" / "1.root.json"}"',
         f'director_root_file = "{s.director / "metadata" / "1.root.json"}"',
-        # few windows (one a second) so an update commits within seconds; the hint, not
-        # the schedule, makes devices refresh
+        # few windows so an update commits within seconds; the hint, not the schedule,
+        # makes devices refresh. 8 Hz: the model's first window is full within seconds
+        # (at 1 Hz a device directed early waited a minute for it in shadow)
         "shadow_windows = 5", "trial_windows = 5", "refresh_s = 3600",
         "[health]", "stall_after_s = 120.0", "watchdog = false",
         "[[streams]]", 'name = "line"', 'model = "vibration-ae"', 'variant = "fp32-onnx"',
-        "hop = 1", 'source = {kind = "synthetic", rate_hz = 1.0, block = 1}',
+        "hop = 1", 'source = {kind = "synthetic", rate_hz = 8.0, block = 1}',
     ]) + "\n")  # fmt: skip
     return AgentProc(cfg, tmp / f"{device}.log")
 
@@ -194,6 +195,14 @@ def test_rollout_commits_a_small_fleet_wave_by_wave(tmp_path: Path) -> None:
         w1, w2 = doc["waves"]
         assert w2["directed_at"] >= doc["devices"]["gw-1"]["succeeded_at"] + 2.0
         assert w1["done_at"] <= w2["directing_at"]
+        t0 = doc["created_at"]
+        print(
+            "rollout of 3 devices: "
+            + ", ".join(
+                f"wave {w['index']} done at +{w['done_at'] - t0:.1f} s" for w in doc["waves"]
+            )
+            + f", completed at +{doc['ended_at'] - t0:.1f} s"
+        )
         entries = s.director_entries()
         assert entries[s.targets[2]]["groups"] == [group]
         assert entries[s.targets[2]]["devices"] == []

@@ -186,3 +186,22 @@ def test_a_driver_that_cannot_read_the_broker_judges_no_device(tmp_path: Path) -
     assert kept is not None
     assert kept.devices["gw-1"].state.value == "directed"
     assert kept.failures() == []
+
+
+def test_the_driver_prints_each_event_once_past_the_capped_history(tmp_path: Path) -> None:
+    from ota.fleet_mqtt import BrokerOptions
+    from ota.rollout_driver import Driver, Repos
+
+    said: list[str] = []
+    d = Driver(store=RolloutStore(tmp_path), repos=Repos(tmp_path), broker=BrokerOptions(),
+               say=said.append)  # fmt: skip
+    r = _rollout()
+    d.save(r)
+    for i in range(510):  # the history keeps the last 500
+        r.note(10.0 + i, f"event {i}")
+        d.save(r)
+    assert len(r.events) == 500
+    assert [x.split(" ", 1)[1] for x in said] == [
+        "planned 2 device(s) in 2 wave(s)",
+        *(f"event {i}" for i in range(510)),
+    ]
