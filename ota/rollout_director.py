@@ -111,21 +111,34 @@ def restore_devices(
     prev_entries: Mapping[str, str | None],
     online: PrivateKey,
     now: datetime,
+    group: str | None = None,
+    group_prev: str | None = None,
 ) -> None:
     """Take the devices off `target`'s entry and give back each one's own previous entry
-    (devices that had none follow their group's entry again), in one publish."""
+    (devices that had none follow their group's entry again), in one publish. If `group`
+    is on `target`'s entry (a driver died after handing the target to the group, before it
+    recorded that), the group goes back to `group_prev` (or to no entry) too."""
     md = director.targets()
     entries = md.signed.targets
     cur = entries.get(target)
+    handed = False
     if cur is not None:
         edge = target_custom(cur)
         edge["devices"] = [d for d in edge.get("devices") or [] if d not in prev_entries]
+        handed = group is not None and group in (edge.get("groups") or [])
+        if handed:
+            edge["groups"] = [g for g in edge["groups"] if g != group]
         _put(entries, image, target, edge)
+    back: dict[str, tuple[list[str], list[str]]] = {}
     for dev, path in sorted(prev_entries.items()):
-        if path is None or path == target:
-            continue
+        if path is not None and path != target:
+            back.setdefault(path, ([], []))[1].append(dev)
+    if handed and group is not None and group_prev is not None and group_prev != target:
+        back.setdefault(group_prev, ([], []))[0].append(group)
+    for path, (groups, devices) in back.items():
         edge = target_custom(entries[path]) if path in entries else {}
-        edge["devices"] = [*(edge.get("devices") or []), dev]
+        edge["groups"] = [*(edge.get("groups") or []), *groups]
+        edge["devices"] = [*(edge.get("devices") or []), *devices]
         _put(entries, image, path, edge)
     director.publish_targets(md, [online], online, now)
 

@@ -271,6 +271,7 @@ class Driver:
             restore_devices(
                 director, image, target=r.target.path,
                 prev_entries={d.device: d.prev_entry for d in recs}, online=key, now=_utc(now),
+                group=r.group, group_prev=(r.previous or {}).get("path"),
             )  # fmt: skip
             self.hint(r.group)
             r.note(self.clock(), "director: per-device entries restored, hint published")

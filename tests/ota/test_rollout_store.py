@@ -152,6 +152,10 @@ def test_director_edits_direct_restore_and_hand_over_to_the_group(tmp_path: Path
         complete_group(d, i, target=v2, name=NAME, group="line-1", devices=["gw-1", "gw-2"],
                        online=key, now=repos.now)  # fmt: skip
         assert entries() == {v1: ([], ["gw-3"]), v2: (["line-1"], [])}
+        # a driver died after handing over, before recording it: abort takes the group back
+        restore_devices(d, i, target=v2, prev_entries={"gw-1": None, "gw-2": None},
+                        online=key, now=repos.now, group="line-1", group_prev=v1)  # fmt: skip
+        assert entries() == {v1: (["line-1"], ["gw-3"])}
         assert json.loads((d.meta / "timestamp.json").read_text())["signed"]["version"] >= 6
 
 
