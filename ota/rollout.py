@@ -89,8 +89,9 @@ def plan(
     min_devices: int,
     now: float,
 ) -> Rollout:
-    """Waves over the group's online devices in sorted id order; offline devices (and
-    devices serving no stream of the target's family) are listed as skipped."""
+    """Waves over the group's online devices in sorted id order; offline devices, devices
+    serving no stream of the target's family and devices serving a newer version are
+    listed as skipped."""
     planned: list[str] = []
     skipped: dict[str, str] = {}
     for dev, o in sorted(observations.items()):
@@ -100,6 +101,11 @@ def plan(
             skipped[dev] = "offline at start"
         elif not o.serving.get(target.family):
             skipped[dev] = f"serves no stream of model family {target.family!r}"
+        elif max((v for v in o.serving[target.family] if v is not None), default=0) > (
+            target.version
+        ):
+            # it would refuse the target (a device installs only newer versions)
+            skipped[dev] = f"serves a version above v{target.version} already"
         else:
             planned.append(dev)
     if not planned:

@@ -131,11 +131,13 @@ def test_plan_takes_online_group_devices_in_sorted_order_and_lists_the_skipped()
         "gw-4": obs("gw-4", group="other"), "gw-0": obs("gw-0"),
     }  # fmt: skip
     devs["gw-5"] = Observation("gw-5", group="line-1", online=True, serving={"other": (1,)})
+    devs["gw-6"] = obs("gw-6", 3)  # it would refuse v2
     r = make(devs, "1,100%")
     assert r.planned == ["gw-0", "gw-1", "gw-3"]
     assert r.skipped == {
         "gw-2": "offline at start",
         "gw-5": "serves no stream of model family 'vibration-ae'",
+        "gw-6": "serves a version above v2 already",
     }
     assert [w.devices for w in r.waves] == [["gw-0"], ["gw-1", "gw-3"]]
     assert all(d.before == 1 and d.state is DeviceState.PENDING for d in r.devices.values())
