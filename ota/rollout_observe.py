@@ -111,8 +111,8 @@ def observe(
 def final_failure(o: Observation, version: int, directed_at: float) -> str:
     """Why the device will not serve `version` (its own words), or "" if it has not said
     so. A refusal before any download (a version not above the installed one, no stream
-    of the family) changes only the phase, not the last result: it counts when the device
-    stored it after it was directed."""
+    of the family) is in the last result; older agents changed only
+    the phase: that counts when the device stored it after it was directed."""
     if o.last_version == version and o.last_outcome in FINAL_OUTCOMES:
         reason = o.last_reason or ""
         if o.last_outcome == "failed" and reason.startswith(TRANSIENT_ERRORS):

@@ -93,6 +93,10 @@ def apply_directed(up: Updater, dt: DirectedTarget) -> str:
     except RefusedError as f:
         # Said once per direction, not at every scheduled refresh.
         if f.state != "idle" and up._last_refusal != (dt.path, f.reason):
+            if f.state == "rejected":
+                # The retained state/ota summary carries why (a fleet view or a rollout
+                # judges the device by it), not only the passing ota/state event.
+                up.last_result = f"rejected v{dt.version}: {f.reason}"
             up._set_state(f.state, dt.version, detail=f.reason)
         up._last_refusal = (dt.path, f.reason)
         return f.state

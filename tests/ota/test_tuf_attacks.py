@@ -323,6 +323,8 @@ def test_director_returns_a_group_to_old_weights_by_a_new_version(site: Site) ->
     before = site.slot_files()
     assert site.check() == "rejected"
     assert "RollbackError" in site.rig.published[-1]["detail"]
+    # the retained summary (state/ota, the fleet view, a rollout) says why, not only the event
+    assert site.rig.updater.snapshot()["last_result"].startswith("rejected v2: RollbackError")
     assert site.slot_files() == before
     # The old weights as v4: that goes.
     site.repos.direct(site.repos.release(site.bundle(4)))
