@@ -20,9 +20,9 @@ signatures is refused. python-tuf's errors become our specific OtaErrors here.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.ngclient import Updater as NgUpdater
 
+from edge_agent.updates.channel_types import ChannelConfig, DirectedTarget
 from edge_agent.updates.seal import TufEvidence
 from edge_agent.updates.trusted_root import choose_root
 from ota.ed25519 import key_problem
@@ -46,7 +47,6 @@ from ota.errors import (
     ThresholdError,
     TransferTooSlowError,
 )
-from ota.fetch import FetchLimits
 from ota.tuf_fetcher import BoundedFetcher
 
 __all__ = ["ChannelConfig", "DirectedTarget", "UpdateChannel"]
@@ -54,36 +54,6 @@ __all__ = ["ChannelConfig", "DirectedTarget", "UpdateChannel"]
 log = logging.getLogger(__name__)
 
 REPOS = ("image", "director")
-
-
-@dataclass(frozen=True)
-class ChannelConfig:
-    """Where the repositories are, which roots bootstrap trust, and who this device is."""
-
-    image_url: str  # base URL: <url>/metadata/ and <url>/targets/
-    director_url: str
-    image_root: Path  # the installed trusted root of each repository (1.root.json or later)
-    director_root: Path
-    group: str
-    device: str
-    limits: FetchLimits = field(default_factory=FetchLimits)
-
-
-@dataclass(frozen=True)
-class DirectedTarget:
-    """A target both repositories name with the same length and hashes."""
-
-    path: str
-    length: int
-    hashes: dict[str, str]
-    name: str
-    family: str
-    version: int
-    info: TargetFile = field(repr=False, compare=False)
-
-    @property
-    def sha256(self) -> str:
-        return self.hashes["sha256"]
 
 
 def _edge(tf: TargetFile) -> dict[str, Any]:
@@ -280,9 +250,12 @@ class UpdateChannel:
             raise DownloadError(f"image repository: targets metadata unreadable: {e}") from e
         return TufEvidence(targets_json=data, path=target.path, root_version=root_version)
 
-    def download(self, target: DirectedTarget, dest: Path) -> Path:
+    def download(
+        self, target: DirectedTarget, dest: Path, cancel: threading.Event | None = None
+    ) -> Path:
         """Fetch `target` from the image repository into `dest` (length and hashes
-        enforced while streaming; partial files never left at `dest`)."""
+        enforced while streaming; partial files never left at `dest`). `cancel` is not
+        watched: ngclient's fetcher ends on its own deadline and minimum rate."""
         if self._image is None:
             raise DownloadError("refresh the channel before downloading")
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from ota.unpack import check_payload
 from ota.verify import VerifiedManifest
 
 if TYPE_CHECKING:
-    from edge_agent.updates.channel import DirectedTarget
+    from edge_agent.updates.channel_types import DirectedTarget
     from edge_agent.updates.updater import Updater, UpdateTarget
 
 __all__ = ["JITTER", "channel_snapshot", "check_channel"]
@@ -108,7 +108,7 @@ def apply_directed(up: Updater, dt: DirectedTarget) -> str:
     up._clean_downloads(keep=job.tid.key)
     try:
         up._set_state("downloading", dt.version, detail=dt.path)
-        up._download(lambda _cancel: channel.download(dt, bundle))
+        up._download(lambda cancel: channel.download(dt, bundle, cancel))
         up._pause("download")
         up._set_state("verifying", dt.version)
         vm = check_directed(up, bundle, dt)

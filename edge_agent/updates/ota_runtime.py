@@ -58,6 +58,7 @@ class OtaRuntime:
             root_file=Path(ota.root_file) if ota.root_file else None,
             image_root_file=Path(ota.image_root_file) if ota.image_root_file else None,
             image_meta_dir=self.state_dir / "ota" / "tuf" / "image",
+            isolated=True,
         )
         try:
             self.boot = SlotBoot.open(self.state_dir, trust=trust)
@@ -113,10 +114,11 @@ class OtaRuntime:
                 return
         channel = None
         if all(channel_keys):
-            # python-tuf only when a channel is configured
-            from edge_agent.updates.channel import ChannelConfig, UpdateChannel
+            # python-tuf and cryptography only in short-lived trust workers
+            from edge_agent.updates.channel_types import ChannelConfig
+            from edge_agent.updates.trust_worker import IsolatedChannel
 
-            channel = UpdateChannel(
+            channel = IsolatedChannel(
                 ChannelConfig(
                     image_url=ota.image_url,
                     director_url=ota.director_url,

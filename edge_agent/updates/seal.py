@@ -74,6 +74,8 @@ class SealTrust:
     root_file: Path | None = None  # ota.root_file: bundle signatures
     image_root_file: Path | None = None  # ota.image_root_file (installed image root)
     image_meta_dir: Path | None = None  # <state_dir>/ota/tuf/image (rotated root, if any)
+    # check in a trust worker (the agent: no python-tuf or cryptography resident)
+    isolated: bool = False
 
     @property
     def anchored(self) -> bool:
@@ -153,7 +155,18 @@ def check_seal(
 ) -> str | None:
     """None if the slot's manifest copy and files are vouched for by signed evidence
     that verifies against one of `trust`'s anchors; else why not (for status). The
-    caller has checked the files against the manifest copy already."""
+    caller has checked the files against the manifest copy already. With
+    `trust.isolated` the check runs in a trust worker (edge_agent.updates.trust_worker)."""
+    if trust.isolated:
+        from edge_agent.updates.trust_worker import check_seal_isolated
+
+        return check_seal_isolated(slots_dir, slot, slot_dir, manifest_bytes, trust)
+    return _check_seal_here(slots_dir, slot, slot_dir, manifest_bytes, trust)
+
+
+def _check_seal_here(
+    slots_dir: Path, slot: str, slot_dir: Path, manifest_bytes: bytes, trust: SealTrust
+) -> str | None:
     try:
         raw = read_json(_seal_path(slots_dir, slot))
     except (OSError, ValueError):

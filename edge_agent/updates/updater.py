@@ -80,8 +80,8 @@ from ota.root import Root, SignedRoot, trust_root
 from ota.unpack import check_payload
 from ota.verify import VerifiedManifest, verify
 
-if TYPE_CHECKING:  # python-tuf is imported only when a channel is configured
-    from edge_agent.updates.channel import UpdateChannel
+if TYPE_CHECKING:  # python-tuf is imported only where a channel is refreshed
+    from edge_agent.updates.channel_types import Channel
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -160,7 +160,7 @@ class Updater:
         rule: AlarmRule | None = None,
         store: SlotStore | None = None,
         fetch_limits: FetchLimits | None = None,
-        channel: UpdateChannel | None = None,
+        channel: Channel | None = None,
         refresh_s: float = DEFAULT_REFRESH_S,
     ) -> None:
         self.state_dir = Path(state_dir)
