@@ -254,6 +254,8 @@ class StreamRuntime:
             max_blocks=self.config.queue_blocks,
             budget=self._source_budget,
             merge_below=self._hop,  # tiny blocks travel as one hop
+            # an adaptive baseline learns between blocks: a backlog keeps its blocks
+            merge_backlog=self.config.baseline.mode != "adaptive",
         )
 
     def serve(self, loop: Loop, sinks: StreamSinks) -> None:

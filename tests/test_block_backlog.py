@@ -1,7 +1,9 @@
 """A backlog costs its per-block work once, not once per block, and scores the same.
 
-When blocks queue up (a consumer behind, a file replayed at max speed), the stream takes
-them as one block where nothing lies between them, every sample keeping its time; a
+When blocks queue up (a consumer behind a live source), the stream takes them as one
+block where nothing lies between them, every sample keeping its time; a source at max
+speed (a file replayed, the demo generator) is read in the stream's own thread, its
+errors still recovered by the source's thread as before; a
 block's windows go to the model's scheduler in one hand-over, whose backend calls stay
 at most max_batch windows; events, scores and the shadow's parts are what small blocks
 give.
@@ -9,6 +11,7 @@ give.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from edge_agent.errors import SourceError
 from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.stream import AnomalyEvent, StreamPipeline
 from edge_agent.pipeline.windows import Windows
@@ -38,23 +42,34 @@ PROFILE = Profile(name="backlog-test")
 class _ListOptions:
     channels: tuple[str, ...] = ("x",)
     rate_hz: float = 100.0
-    speed: float = 0.0  # not live: the runner waits for room instead of dropping
+    speed: float = 1.0  # live (its own thread queues); 0: read in the consumer's thread
     blocks: tuple[Block, ...] = field(default=())
 
 
 class _ListSource(Source):
-    """Hands out a fixed list of blocks, then finishes (a recorded sensor)."""
+    """Hands out a fixed list of blocks, then finishes; `fail` maps a read number to
+    what that read raises instead."""
 
     kind = "list"
 
-    def __init__(self, blocks: list[Block]) -> None:
-        super().__init__("list", _ListOptions(blocks=tuple(blocks)))
+    def __init__(
+        self, blocks: list[Block], speed: float = 1.0, fail: dict[int, Exception] | None = None
+    ) -> None:
+        super().__init__("list", _ListOptions(speed=speed, blocks=tuple(blocks)))
         self._left = list(blocks)
+        self._fail = dict(fail or {})
+        self.reads = 0
+        self.opens = 0
+        self.readers: set[str] = set()
 
     def open(self) -> None:
-        pass
+        self.opens += 1
 
     def read(self, timeout: float) -> Block | None:
+        self.reads += 1
+        self.readers.add(threading.current_thread().name)
+        if self.reads in self._fail:
+            raise self._fail[self.reads]
         if not self._left:
             self.finished = True
             return None
@@ -64,7 +79,7 @@ class _ListSource(Source):
 def _queued_backlog(
     blocks: list[Block], merge_below: int, max_samples: int | None = None
 ) -> list[Block]:
-    """What one get() hands over once the source has queued every block."""
+    """What one get() hands over once a live source has queued every block."""
     runner = SourceRunner(_ListSource(blocks), max_blocks=len(blocks) + 1, merge_below=merge_below)
     runner.start()
     try:
@@ -112,6 +127,68 @@ def test_a_merged_backlog_stays_within_its_byte_bound() -> None:
     # a run bounded by a number of windows asks for no more samples than those need
     got = _queued_backlog(blocks, merge_below=16, max_samples=3 * n - 1)
     assert [len(b.samples) for b in got] == [2 * n] * 10
+
+
+def _drain(runner: SourceRunner) -> list[Block]:
+    out: list[Block] = []
+    deadline = time.monotonic() + 60
+    while True:
+        blocks = runner.get(0.25, 1)
+        if not blocks and runner.done:
+            return out
+        out += blocks
+        assert time.monotonic() < deadline, "the source did not finish"
+
+
+def test_a_source_at_max_speed_is_read_in_the_consumers_thread() -> None:
+    x = np.arange(300, dtype=np.float32).reshape(-1, 1)
+    blocks = [Block(x[i : i + 100], i / 100.0, i, 100.0) for i in range(0, 300, 100)]
+    src = _ListSource(blocks, speed=0.0)
+    runner = SourceRunner(src, max_blocks=2, merge_below=16)
+    runner.start()
+    try:
+        got = _drain(runner)
+    finally:
+        runner.stop()
+    assert [(b.seq, len(b.samples)) for b in got] == [(0, 300)]
+    assert np.array_equal(got[0].samples, x)
+    assert runner.state is SourceState.FINISHED
+    assert runner.samples_in == 300
+    assert src.readers == {threading.current_thread().name}, "read in the consumer's thread"
+
+
+def test_a_read_error_in_the_consumers_thread_is_recovered_by_the_source_thread() -> None:
+    x = np.arange(400, dtype=np.float32).reshape(-1, 1)
+    blocks = [Block(x[i : i + 100], i / 100.0, i, 100.0) for i in range(0, 400, 100)]
+    # the third read fails: the source is reopened (budget spent once), and what comes
+    # next follows a hole, so no window spans the failure
+    src = _ListSource(blocks, speed=0.0, fail={3: SourceError("cable pulled")})
+    runner = SourceRunner(src, merge_below=16, backoff_min_s=0.01, backoff_max_s=0.02)
+    runner.start()
+    try:
+        got = _drain(runner)
+    finally:
+        runner.stop()
+    assert [(b.seq, len(b.samples), b.gap_before) for b in got] == [
+        (0, 200, False),
+        (200, 200, True),
+    ]
+    assert src.opens == 2
+    assert runner.restarts == 1
+    assert runner.last_error == "cable pulled"
+    assert runner.state is SourceState.FINISHED
+
+    # a bug in a source (not a SourceError) fails it, as in its own thread
+    crash = _ListSource(blocks, speed=0.0, fail={2: ValueError("bug")})
+    runner = SourceRunner(crash, merge_below=16)
+    runner.start()
+    try:
+        got = _drain(runner)
+    finally:
+        runner.stop()
+    assert [(b.seq, len(b.samples)) for b in got] == [(0, 100)]
+    assert runner.state is SourceState.FAILED
+    assert "internal error" in runner.last_error
 
 
 def _signal(n: int) -> npt.NDArray[np.float32]:
@@ -203,3 +280,25 @@ def test_a_request_larger_than_max_batch_runs_in_bounded_backend_calls() -> None
         stop.set()
         t.join(10)
     assert not t.is_alive()
+
+
+@pytest.mark.parametrize("speed", [1.0, 0.0], ids=["queued", "read-in-consumer"])
+def test_a_consumer_that_learns_between_blocks_gets_the_sources_blocks(speed: float) -> None:
+    x = np.arange(340, dtype=np.float32).reshape(-1, 1)
+    # 100-sample blocks stay as they are; 10-sample ones still travel a hop (16) at a time
+    cuts = [0, 100, 200, 300, 310, 320, 330, 340]
+    blocks = [Block(x[a:b], a / 100.0, a, 100.0) for a, b in itertools.pairwise(cuts)]
+    src = _ListSource(blocks, speed=speed)
+    runner = SourceRunner(src, max_blocks=64, merge_below=16, merge_backlog=False)
+    runner.start()
+    try:
+        if speed:  # a live source: let it queue everything first
+            deadline = time.monotonic() + 60
+            while runner.state is not SourceState.FINISHED:
+                assert time.monotonic() < deadline, "the source did not finish"
+                time.sleep(0.01)
+        got = _drain(runner)
+    finally:
+        runner.stop()
+    assert [len(b.samples) for b in got] == [100, 100, 100, 20, 20]
+    assert np.array_equal(np.concatenate([b.samples for b in got]), x)

@@ -57,13 +57,18 @@ class SourceRunner:
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
         merge_below: int = 0,
+        merge_backlog: bool = True,
     ) -> None:
         """`merge_below`: a queued block shorter than this takes the next one into
         itself when they are contiguous (e.g. the stream's hop: 1-sample blocks from a
         serial sensor are handed over one hop at a time, not one sample at a time);
         0 = never. With it, `get` also hands a backlog of contiguous blocks over as one
         block (up to MERGE_MAX_BYTES): a consumer that fell behind (or a source at max
-        speed) pays its per-block costs once per backlog, not once per block."""
+        speed) pays its per-block costs once per backlog, not once per block; and a
+        source that is not live (a file or generator at max speed) is read in the
+        consumer's thread, in `get` (see _pull): its thread only opens and reopens it.
+        `merge_backlog` False: blocks keep the source's size (beyond merge_below), for a
+        consumer whose work depends on it (an adaptive baseline learns between blocks)."""
         self.source = source
         self._q: collections.deque[Block] = collections.deque()
         self._queued = 0  # samples in _q
@@ -84,6 +89,13 @@ class SourceRunner:
         self.dropped_blocks = 0
         self.samples_in = 0
         self._reopened = False  # the next block follows a reconnect: a hole before it
+        # Pull mode (see _pull): the consumer reads while `_pulling`; a read error is
+        # handed to the thread (`_pull_error`), which reopens the source and pulls again.
+        self._merge_backlog = merge_backlog
+        self._pull_mode = self._merge_below > 0 and not source.live
+        self._pulling = False
+        self._pull_error: BaseException | None = None
+        self._read_lock = threading.Lock()  # a read in get() vs the thread's close()
 
     def start(self) -> None:
         self._thread.start()
@@ -105,6 +117,8 @@ class SourceRunner:
         tiny blocks are then handed over together, one wake-up instead of one each.
         `max_samples`: a backlog is merged only up to this many samples (a run bounded
         by a number of windows takes no more than it needs in one block)."""
+        if self._pulling:
+            return self._pull(timeout, max_samples)
         with self._cv:
             if self._queued < min_samples and not self.done:
                 self._want = max(1, min_samples)
@@ -115,7 +129,52 @@ class SourceRunner:
             self._queued = 0
             self._cv.notify_all()  # a non-live source may be waiting for room
         # (outside the lock: the source thread may queue the next blocks meanwhile)
-        if not self._merge_below or len(out) < 2:
+        if not self._merge_below or not self._merge_backlog or len(out) < 2:
+            return out
+        return _coalesced(out, MERGE_MAX_BYTES, max_samples)
+
+    def _pull(self, timeout: float, max_samples: int | None) -> list[Block]:
+        """Pull mode: read the source here until MERGE_MAX_BYTES (or `max_samples`) are
+        in hand, the data ends, or a read fails (then the thread recovers it, and the
+        blocks read so far are handed over). A source at max speed never waits, so a
+        hand-over to a thread of its own and back was only cost: a wake-up per backlog
+        and a GIL hand-off around each of its numpy calls."""
+        out: list[Block] = []
+        nbytes = n = 0
+        small = self._merge_below
+        with self._read_lock:
+            while self._pulling and not self._stop.is_set():
+                try:
+                    # (a source at max speed does not wait; one that might, only at first)
+                    blk = self.source.read(0.0 if out else timeout)
+                except Exception as e:  # noqa: BLE001 - the thread sorts it out (see _run)
+                    with self._cv:
+                        self._pulling = False
+                        self._pull_error = e
+                        self._cv.notify_all()
+                    break
+                if blk is None:
+                    if self.source.finished:
+                        with self._cv:
+                            self._pulling = False
+                            self.state = SourceState.FINISHED
+                            self._cv.notify_all()
+                    break
+                if self._reopened:
+                    self._reopened = False
+                    blk = blk.with_gap()
+                k = len(blk.samples)
+                merged = _merged(out[-1], blk) if out and len(out[-1].samples) < small else None
+                if merged is not None:
+                    out[-1] = merged  # a tiny block takes the next in, as queued ones do
+                else:
+                    out.append(blk)
+                self.samples_in += k
+                nbytes += blk.samples.nbytes
+                n += k
+                if nbytes >= MERGE_MAX_BYTES or (max_samples is not None and n >= max_samples):
+                    break
+        if not self._merge_backlog or len(out) < 2:
             return out
         return _coalesced(out, MERGE_MAX_BYTES, max_samples)
 
@@ -207,30 +266,16 @@ class SourceRunner:
         if not self._open():
             return
         while not self._stop.is_set():
+            if self._pull_mode:
+                if not self._serve_pull():
+                    break
+                continue
             try:
                 blk = self.source.read(READ_TIMEOUT_S)
-            except SourceError as e:
-                self.last_error = str(e)
-                log.warning("source %s: %s; reopening", self.source.name, e)
-                self.source.close()
-                self.state = SourceState.RECONNECTING
-                if isinstance(e, SourceDisconnectedError):
-                    self.disconnects += 1
-                    if not self._open():
-                        return
-                    continue
-                if not self.budget.allow(time.monotonic()):
-                    self._fail(f"restart budget exhausted: {e}")
-                    return
-                self.restarts += 1
-                if not self._open():
+            except Exception as e:  # noqa: BLE001 - sorted out by _recover
+                if not self._recover(e):
                     return
                 continue
-            except Exception as e:  # a bug in a source must not kill the agent
-                log.exception("source %s crashed", self.source.name)
-                self.source.close()
-                self._fail(f"internal error: {e!r}")
-                return
             if blk is not None:
                 self._put(blk)
             elif self.source.finished:
@@ -238,7 +283,45 @@ class SourceRunner:
                 with self._cv:
                     self._cv.notify_all()
                 break
-        self.source.close()
+        with self._read_lock:  # not while the consumer reads
+            self.source.close()
+
+    def _serve_pull(self) -> bool:
+        """Pull mode: let the consumer read until it stops, finishes or hits an error
+        (recovered here, as a read error in this thread would be). False: done."""
+        with self._cv:
+            self._pulling = True
+            self._cv.notify_all()  # a consumer waiting in get() pulls at its next turn
+            while self._pulling and not self._stop.is_set():
+                self._cv.wait(READ_TIMEOUT_S)
+            self._pulling = False
+            error, self._pull_error = self._pull_error, None
+        if error is None:
+            return False  # stopping, or the data ended
+        return self._recover(error)
+
+    def _recover(self, e: BaseException) -> bool:
+        """After a failed read: reopen within the budget (waiting for a vanished device
+        without spending it). False when the source failed for good or we stop."""
+        if not isinstance(e, SourceError):  # a bug in a source must not kill the agent
+            log.error("source %s crashed", self.source.name, exc_info=e)
+            with self._read_lock:
+                self.source.close()
+            self._fail(f"internal error: {e!r}")
+            return False
+        self.last_error = str(e)
+        log.warning("source %s: %s; reopening", self.source.name, e)
+        with self._read_lock:
+            self.source.close()
+        self.state = SourceState.RECONNECTING
+        if isinstance(e, SourceDisconnectedError):
+            self.disconnects += 1
+            return self._open()
+        if not self.budget.allow(time.monotonic()):
+            self._fail(f"restart budget exhausted: {e}")
+            return False
+        self.restarts += 1
+        return self._open()
 
 
 def _merged(a: Block, b: Block) -> Block | None:
