@@ -6,7 +6,8 @@ update channel (image + director repositories served by `edge-ota serve`), real 
 - three devices that refuse v2 (a profile it excludes) halt the rollout in wave 2, the
   devices of wave 3 stay on v1, `rollout status` names the three and why; `abort` brings
   the directed ones back to v1;
-- the driver SIGKILLed mid-wave: `rollout resume` continues where it was and completes;
+- the driver SIGKILLed mid-wave: `rollout resume` continues where it was and completes
+  (a second `start` on the group is refused, with the driver running and after it died);
 - devices on one mosquitto, the operator on another, bridged: the same rollout completes.
 
 How many agents: EDGE_ROLLOUT_AGENTS (default 30: at 20% the second wave then holds 4
@@ -271,6 +272,10 @@ def test_driver_killed_mid_wave_is_resumed_where_it_was(tmp_path: Path) -> None:
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
             try:
+                assert wait_until(lambda: _maybe_status(site) is not None, 120, 0.2)
+                # a second operator cannot drive the same group meanwhile
+                second = rollout("start", site, broker, *start_args(site))
+                assert second.returncode == 1, second.stdout + second.stderr
                 caught = wait_until(lambda: _mid_wave(_maybe_status(site)), ROLLOUT_S, 0.2)
             finally:
                 driver.send_signal(signal.SIGKILL)  # no clean-up of any kind
@@ -280,6 +285,10 @@ def test_driver_killed_mid_wave_is_resumed_where_it_was(tmp_path: Path) -> None:
             before = status(site)
             assert before["state"] == "running"
             killed_in = next(w["index"] for w in before["waves"] if w["state"] != "done")
+            # with its driver dead the rollout still holds the group: no new one starts
+            second = rollout("start", site, broker, *start_args(site))
+            assert second.returncode == 1, second.stdout + second.stderr
+            print(f"\nsecond start refused: {second.stdout.strip()} {second.stderr.strip()}")
             p = rollout("resume", site, broker)
             assert p.returncode == 0, p.stdout + p.stderr
             after = status(site)
@@ -293,7 +302,7 @@ def test_driver_killed_mid_wave_is_resumed_where_it_was(tmp_path: Path) -> None:
             directing = [e["event"] for e in after["events"] if "directing" in e["event"]]
             assert len(directing) == len(set(directing)), directing
             assert wait_until(lambda: set(serving(broker).values()) == {"v2"}, 60), serving(broker)
-            print(f"\ndriver killed in wave {killed_in}; resumed and completed\n"
+            print(f"driver killed in wave {killed_in}; resumed and completed\n"
                   + wave_times(after))  # fmt: skip
     finally:
         broker.stop()
