@@ -99,15 +99,16 @@ class OtaRuntime:
             self.note = "no ota.root_file configured: updates are not accepted"
             log.info("OTA: %s", self.note)
             return
-        # only now: signature checks (cryptography) cost ~8 MB a device without OTA lacks
+        # signature checks run in trust workers: cryptography (~9 MB) is never resident
         from datetime import datetime, timezone
 
-        from edge_agent.updates.updater import Updater, UpdateTarget, load_root
+        from edge_agent.updates.trust_worker import load_root_isolated, verify_isolated
+        from edge_agent.updates.updater import Updater, UpdateTarget
 
         root = None
         if ota.root_file:
             try:
-                root = load_root(Path(ota.root_file), datetime.now(timezone.utc))
+                root = load_root_isolated(Path(ota.root_file), datetime.now(timezone.utc))
             except EdgeAgentError as e:
                 self.note = f"trusted root unusable, updates are not accepted: {e}"
                 self._on_error("ota", self.note)
@@ -140,6 +141,7 @@ class OtaRuntime:
             store=self.boot.store,
             channel=channel,
             refresh_s=ota.refresh_s,
+            verifier=verify_isolated,
         )
 
     def _publish(self, body: dict[str, Any]) -> None:

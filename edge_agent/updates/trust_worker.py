@@ -1,16 +1,18 @@
-"""The update channel's trust work in a short-lived child process.
+"""The updater's trust work in a short-lived child process.
 
 python-tuf's ngclient (refresh, download with length and hashes enforced) and the
-signature checks under it need python-tuf, securesystemslib and cryptography: ~15 MB
-that would stay resident in the agent for ever after its first refresh. So the agent
-runs each refresh, each download and each re-check of a slot's seal as
+signature checks under it and under announced bundles need python-tuf, securesystemslib
+and cryptography: ~15 MB that would stay resident in the agent for ever after its first
+refresh. So the agent runs each refresh, each download, each check of the announcement
+root and of an announced manifest's signatures, and each re-check of a slot's seal as
 
     python -m edge_agent.updates.trust_worker   (one JSON request on stdin, one
                                                  JSON answer on stdout, then exit)
 
 and keeps only the verified result: the directed targets (path, length, hashes,
-version), the image targets metadata a slot's seal keeps, a seal verdict. The child
-runs the same code the agent ran in-process before (`UpdateChannel`, `check_seal`), as
+version), the image targets metadata a slot's seal keeps, the trusted root, a verified
+manifest, a seal verdict. The child runs the same code the agent ran in-process before
+(`UpdateChannel`, `load_root`, `ota.verify.verify`, `check_seal`), as
 the same user, on the same state directory; it dies with the agent (PR_SET_PDEATHSIG,
 and a parent check), so a SIGKILL of the agent never leaves it writing. A child that
 dies, hangs past its deadline or answers nonsense is a transient failure
@@ -27,24 +29,39 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import edge_agent
 import ota.errors
+from edge_agent.errors import EdgeAgentError, StateError
 from edge_agent.updates.channel_types import ChannelConfig, DirectedTarget
 from edge_agent.updates.seal import SealTrust, TufEvidence
 from ota.errors import DownloadError, OtaError, TargetMismatchError
+from ota.manifest import Manifest
+from ota.root import Root
+from ota.signing import Signature, signatures_from_list, signatures_to_list
+from ota.verify import VerifiedManifest
 
-__all__ = ["IsolatedChannel", "WorkerError", "call", "check_seal_isolated"]
+__all__ = [
+    "IsolatedChannel",
+    "WorkerError",
+    "call",
+    "check_seal_isolated",
+    "load_root_isolated",
+    "verify_isolated",
+]
 
 # The errors a child may report, by name (what crosses the process boundary): every
 # OtaError, so the agent acts on and reports each exactly as if it had been raised here.
-_ERRORS: dict[str, type[OtaError]] = {
+_ERRORS: dict[str, type[EdgeAgentError]] = {
     name: obj
     for name, obj in vars(ota.errors).items()
     if isinstance(obj, type) and issubclass(obj, OtaError)
 }
+_ERRORS["StateError"] = StateError  # load_root: the root file unreadable
 REFRESH_TIMEOUT_S = 900.0  # both repositories' metadata, each file under FetchLimits
 SEAL_TIMEOUT_S = 120.0
 _POLL_S = 0.1
@@ -172,6 +189,56 @@ def check_seal_isolated(
     return None if why is None else str(why)
 
 
+def load_root_isolated(path: Path, now: datetime) -> Root:
+    """`updater.load_root` (self-signed threshold, not expired) in a trust worker; the
+    root it accepted, as a value (its keys are bytes here; verifying is the child's)."""
+    try:
+        r = call("root", {"root_file": str(path), "now": now.isoformat()}, SEAL_TIMEOUT_S)
+    except WorkerError:  # not a verdict on the root: check it here
+        from edge_agent.updates.root_file import load_root
+
+        return load_root(path, now)
+    return Root.from_dict(r["root"])
+
+
+def verify_isolated(  # noqa: PLR0917 - ota.verify.verify's positional contract
+    manifest_bytes: bytes,
+    signatures: Sequence[Signature],
+    trusted_root: Root,
+    installed_version: int,
+    profile: str | None,
+    now: datetime,
+    *,
+    agent_version: str | None = None,
+) -> VerifiedManifest:
+    """`ota.verify.verify` in a trust worker: the same checks, the same errors. A worker
+    that cannot answer is not a verdict: the check then runs here."""
+    req = {
+        "manifest": base64.b64encode(manifest_bytes).decode(),
+        "signatures": signatures_to_list(signatures),
+        "root": trusted_root.to_dict(),
+        "installed": installed_version,
+        "profile": profile,
+        "now": now.isoformat(),
+        "agent_version": agent_version,
+    }
+    try:
+        r = call("verify", req, SEAL_TIMEOUT_S)
+    except WorkerError:
+        from ota.verify import verify
+
+        return verify(
+            manifest_bytes, signatures, trusted_root, installed_version, profile, now,
+            agent_version=agent_version,
+        )  # fmt: skip
+    return VerifiedManifest(
+        manifest=Manifest.from_bytes(manifest_bytes),
+        manifest_bytes=manifest_bytes,
+        signer_keyids=tuple(str(k) for k in r["signer_keyids"]),
+        root_version=int(r["root_version"]),
+    )
+
+
 # --- the child's side ------------------------------------------------------------------
 
 
@@ -236,7 +303,35 @@ def _seal(req: dict[str, Any], side: dict[str, Any]) -> dict[str, Any]:
     return {"why": why}
 
 
-_OPS = {"refresh": _refresh, "download": _download, "seal": _seal}
+def _root(req: dict[str, Any], side: dict[str, Any]) -> dict[str, Any]:
+    from edge_agent.updates.root_file import load_root
+
+    root = load_root(Path(req["root_file"]), datetime.fromisoformat(req["now"]))
+    return {"root": root.to_dict()}
+
+
+def _verify(req: dict[str, Any], side: dict[str, Any]) -> dict[str, Any]:
+    from ota.verify import verify
+
+    vm = verify(
+        base64.b64decode(req["manifest"]),
+        signatures_from_list(req["signatures"], "signatures"),
+        Root.from_dict(req["root"]),
+        int(req["installed"]),
+        req["profile"],
+        datetime.fromisoformat(req["now"]),
+        agent_version=req["agent_version"],
+    )
+    return {"signer_keyids": list(vm.signer_keyids), "root_version": vm.root_version}
+
+
+_OPS = {
+    "refresh": _refresh,
+    "download": _download,
+    "seal": _seal,
+    "root": _root,
+    "verify": _verify,
+}
 
 
 def main() -> int:
@@ -245,7 +340,7 @@ def main() -> int:
     side: dict[str, Any] = {}
     try:
         answer: dict[str, Any] = {"ok": _OPS[req["op"]](req, side)}
-    except OtaError as e:
+    except EdgeAgentError as e:
         name = type(e).__name__ if type(e).__name__ in _ERRORS else "OtaError"
         answer = {"error": [name, str(e)]}
     answer.update(side)

@@ -32,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ import numpy as np
 
 from edge_agent import __version__
 from edge_agent.config import OtaConfig, StreamConfig
-from edge_agent.errors import EdgeAgentError, StateError
+from edge_agent.errors import EdgeAgentError
 from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
@@ -61,6 +60,7 @@ from edge_agent.updates.job import Job as _Job
 from edge_agent.updates.job import RefusedError as _RefusedError
 from edge_agent.updates.job import StoppedError as _StoppedError
 from edge_agent.updates.record import RECORD_FILE, TargetId, UpdateRecord
+from edge_agent.updates.root_file import load_root
 from edge_agent.updates.seal import TufEvidence
 from edge_agent.updates.shadow import ShadowRunner
 from edge_agent.updates.slots import PRE_PROMOTION
@@ -76,7 +76,7 @@ from ota.errors import (
     TransferTooSlowError,
 )
 from ota.fetch import FetchLimits, fetcher_for, partial_path
-from ota.root import Root, SignedRoot, trust_root
+from ota.root import Root
 from ota.unpack import check_payload
 from ota.verify import VerifiedManifest, verify
 
@@ -94,6 +94,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# ota.verify.verify's signature: (manifest bytes, signatures, root, installed version,
+# profile, now, *, agent_version) -> VerifiedManifest
+Verifier = Callable[..., VerifiedManifest]
 PAUSE_ENV = "EDGE_AGENT_OTA_PAUSE_AT"
 PAUSE_STEPS = ("download", "unpack", "validate", "shadow", "promote", "commit")
 INBOX_SIZE = 4  # announcements waiting for the worker; more are dropped (they are retained)
@@ -137,15 +140,6 @@ class UpdateTarget:
         return self.pipeline.model.card.family
 
 
-def load_root(path: Path, now: datetime) -> Root:
-    """The installed trust root, checked (self-signed threshold, not expired)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise StateError(f"ota.root_file {path}: cannot read: {e.strerror or e}") from e
-    return trust_root(SignedRoot.from_bytes(data), now)
-
-
 class Updater:
     def __init__(
         self,
@@ -160,6 +154,7 @@ class Updater:
         rule: AlarmRule | None = None,
         store: SlotStore | None = None,
         fetch_limits: FetchLimits | None = None,
+        verifier: Verifier = verify,
         channel: Channel | None = None,
         refresh_s: float = DEFAULT_REFRESH_S,
     ) -> None:
@@ -172,6 +167,9 @@ class Updater:
         self._clock = clock
         self.rule = rule or AlarmRule()
         self.fetch_limits = fetch_limits or FetchLimits()
+        # ota.verify.verify, or the same in a trust worker (the agent: no cryptography
+        # resident; edge_agent.updates.trust_worker.verify_isolated)
+        self._verifier = verifier
         self.dir = self.state_dir / "ota"
         self.downloads = self.dir / "downloads"
         # One SlotStore per process: it caches the state, so two would overwrite each other.
@@ -533,7 +531,7 @@ class Updater:
     def _verify(self, manifest_bytes: bytes, ann: Announcement, installed: int) -> VerifiedManifest:
         if self.root is None:
             raise SignatureError("announcements need ota.root_file (this device has none)")
-        return verify(
+        return self._verifier(
             manifest_bytes,
             ann.signatures,
             self.root,
@@ -600,7 +598,7 @@ class Updater:
         assert self.root is not None
         if header.manifest_bytes != job.vm.manifest_bytes:
             raise BundleFormatError(f"the downloaded file is not {job.tid}")
-        vm = verify(
+        vm = self._verifier(
             header.manifest_bytes,
             header.signatures,
             self.root,

@@ -1,9 +1,10 @@
-"""The channel's trust work in a short-lived child (`edge_agent.updates.trust_worker`):
+"""The updater's trust work in a short-lived child (`edge_agent.updates.trust_worker`):
 against real image and director repositories served over real HTTP, the isolated
 channel finds, downloads and seals exactly what ngclient in this process does, refuses
 the same attacks with the same errors, a cancelled or dead worker is a transient
-failure, a worker dies with its agent, and a real agent with a channel keeps
-cryptography out of its own process."""
+failure, a worker dies with its agent; the announcement root and manifest checks give
+the same results and errors as in-process; and a real agent with a channel or an
+announcement root keeps cryptography out of its own process."""
 
 from __future__ import annotations
 
@@ -15,19 +16,36 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import Env
+from conftest import NOW, Env
 from fleet import REPO, read_status, start_agent, stop_agent, wait_until, write_config
 from otamodels import copy_model
 from rig import make_bundle
 from tufrig import Repos, make_repos
 
+from edge_agent.errors import StateError
 from edge_agent.updates.channel import UpdateChannel
-from edge_agent.updates.trust_worker import IsolatedChannel, WorkerError
-from ota.errors import ChannelStaleError, DownloadError, HashMismatchError
+from edge_agent.updates.root_file import load_root
+from edge_agent.updates.trust_worker import (
+    IsolatedChannel,
+    WorkerError,
+    load_root_isolated,
+    verify_isolated,
+)
+from ota.bundle import read_header
+from ota.errors import (
+    ChannelStaleError,
+    DownloadError,
+    ExpiredError,
+    HashMismatchError,
+    RollbackError,
+    ThresholdError,
+)
+from ota.root import Root, SignedRoot
+from ota.verify import verify
 from tests.mosquitto import Broker
 
 
@@ -199,3 +217,62 @@ def test_agent_with_a_channel_refreshes_without_cryptography_in_its_process(
         finally:
             out = stop_agent(agent)
         assert "Traceback" not in out, out
+
+
+def _root_file(env: Env, path: Path, expires: datetime, signers: int = 2) -> Root:
+    root = Root(version=1, expires=expires, threshold=2, keys=env.root.keys)
+    doc = SignedRoot(root)
+    for k in env.keys[:signers]:
+        doc = doc.sign(k)
+    path.write_bytes(doc.to_bytes())
+    return root
+
+
+def test_announcement_root_and_manifest_checks_in_the_worker_match_in_process(
+    env: Env,
+) -> None:
+    rf = env.tmp / "root.json"
+    _root_file(env, rf, NOW + timedelta(days=365))
+    here, there = load_root(rf, NOW), load_root_isolated(rf, NOW)
+    assert there.to_dict() == here.to_dict()
+    header = read_header(make_bundle(env, copy_model(env.tmp / "m2", 2), "v2.b"))
+    args = (header.manifest_bytes, header.signatures, here, 1, "rpi5", NOW)
+    want = verify(*args, agent_version="0.1.0")
+    got = verify_isolated(*args, agent_version="0.1.0")
+    assert got == want
+    # the same refusals, by class: one signature under a threshold of two, a downgrade,
+    # an expired root, an unreadable root file
+    with pytest.raises(ThresholdError):
+        verify_isolated(header.manifest_bytes, header.signatures[:1], here, 1, "rpi5", NOW)
+    with pytest.raises(RollbackError):
+        verify_isolated(header.manifest_bytes, header.signatures, here, 2, "rpi5", NOW)
+    with pytest.raises(ExpiredError):
+        load_root_isolated(rf, NOW + timedelta(days=400))
+    with pytest.raises(StateError, match="cannot read"):
+        load_root_isolated(env.tmp / "missing.json", NOW)
+
+
+@pytest.mark.broker
+def test_agent_with_an_announcement_root_keeps_cryptography_out_of_its_process(
+    env: Env, broker: Broker
+) -> None:
+    rf = env.tmp / "root.json"
+    _root_file(env, rf, datetime.now(timezone.utc) + timedelta(days=365))
+    cfg = write_config(env.tmp, "gw-ann", broker.port, rf)
+    state = env.tmp / "gw-ann"
+    agent = start_agent(cfg)
+    try:
+        wait_until(
+            lambda: (
+                (read_status(state).get("ota") or {}).get("state") == "idle"
+                and any(s.get("windows") for s in read_status(state).get("streams", []))
+            ),
+            60,
+            "the updater idle and the stream scoring",
+            agent,
+        )
+        assert "note" not in read_status(state)["ota"]  # the root was accepted
+        assert "/cryptography/" not in Path(f"/proc/{agent.pid}/maps").read_text()
+    finally:
+        out = stop_agent(agent)
+    assert "Traceback" not in out, out
