@@ -63,7 +63,9 @@ _ERRORS: dict[str, type[EdgeAgentError]] = {
 }
 _ERRORS["StateError"] = StateError  # load_root: the root file unreadable
 REFRESH_TIMEOUT_S = 900.0  # both repositories' metadata, each file under FetchLimits
-SEAL_TIMEOUT_S = 120.0
+# Checks of local files (root, manifest, seal): seconds even for a large model; well
+# inside systemd's TimeoutStartSec (120 s), since a seal is checked before READY.
+CHECK_TIMEOUT_S = 30.0
 _POLL_S = 0.1
 _PR_SET_PDEATHSIG = 1
 
@@ -121,7 +123,9 @@ def call(
     if "error" in answer:
         name, message = answer["error"]
         raise _ERRORS.get(name, OtaError)(str(message))
-    result: dict[str, Any] = answer["ok"]
+    result = answer.get("ok")
+    if not isinstance(result, dict):
+        raise WorkerError(f"trust worker ({op}): an answer without a result")
     return result
 
 
@@ -181,7 +185,7 @@ def check_seal_isolated(
         "image_meta_dir": str(trust.image_meta_dir) if trust.image_meta_dir else None,
     }
     try:
-        r = call("seal", req, SEAL_TIMEOUT_S)
+        r = call("seal", req, CHECK_TIMEOUT_S)
     except WorkerError:
         local = SealTrust(trust.root_file, trust.image_root_file, trust.image_meta_dir)
         return check_seal(slots_dir, slot, slot_dir, manifest_bytes, local)
@@ -193,7 +197,7 @@ def load_root_isolated(path: Path, now: datetime) -> Root:
     """`updater.load_root` (self-signed threshold, not expired) in a trust worker; the
     root it accepted, as a value (its keys are bytes here; verifying is the child's)."""
     try:
-        r = call("root", {"root_file": str(path), "now": now.isoformat()}, SEAL_TIMEOUT_S)
+        r = call("root", {"root_file": str(path), "now": now.isoformat()}, CHECK_TIMEOUT_S)
     except WorkerError:  # not a verdict on the root: check it here
         from edge_agent.updates.root_file import load_root
 
@@ -223,7 +227,7 @@ def verify_isolated(  # noqa: PLR0917 - ota.verify.verify's positional contract
         "agent_version": agent_version,
     }
     try:
-        r = call("verify", req, SEAL_TIMEOUT_S)
+        r = call("verify", req, CHECK_TIMEOUT_S)
     except WorkerError:
         from ota.verify import verify
 
