@@ -23,25 +23,41 @@ if TYPE_CHECKING:
     from ota.rollout_driver import Driver
     from ota.rollout_store import RolloutStore
 
-__all__ = ["EXIT_ABORTED", "EXIT_HALTED", "EXIT_PAUSED", "add_rollout_commands"]
+__all__ = [
+    "EXIT_ABORTED",
+    "EXIT_HALTED",
+    "EXIT_PAUSED",
+    "add_rollout_commands",
+    "quiet_broken_pipe",
+]
 
 EXIT_HALTED = 3
 EXIT_PAUSED = 4
 EXIT_ABORTED = 5
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a CLI killed by it
 REQUEST_WAIT_S = 90.0  # how long pause/abort wait for a running driver to take a request
 
 
 def _store(args: argparse.Namespace) -> RolloutStore:
+    """The group's rollout state; RolloutError when --director names no repository
+    (checked first: a mistyped path must not leave a `<typo>.rollouts/` behind)."""
+    from ota.rollout import RolloutError
     from ota.rollout_store import RolloutStore, default_state_dir
 
+    if not (Path(args.director) / "metadata" / "1.root.json").is_file():
+        raise RolloutError(
+            f"--director {args.director}: the director repository is missing "
+            "(no metadata/1.root.json there)"
+        )
     return RolloutStore(args.state_dir or default_state_dir(args.director))
 
 
 def _duration(text: str | None, what: str, default: float) -> float:
+    """A duration option that must be more than 0 (a deadline, a poll interval)."""
     from ota.rollout import parse_duration
 
-    return default if text is None else parse_duration(text, what)
+    return default if text is None else parse_duration(text, what, positive=True)
 
 
 def _driver(args: argparse.Namespace, r: Rollout | None = None) -> Driver:
@@ -86,20 +102,24 @@ def _exit_for(r: Rollout) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from ota.rollout import parse_duration, parse_threshold, parse_waves
+    from ota.rollout import RolloutUsageError, parse_duration, parse_threshold, parse_waves
 
+    # every option first (exit 2), before the director, the broker or any file
     waves = parse_waves(args.waves)
     threshold = parse_threshold(args.max_failures)
+    if args.min_devices < 1:
+        raise RolloutUsageError(f"--min-devices {args.min_devices}: must be at least 1")
     options: dict[str, object] = {
         "waves": args.waves,
         "soak_s": parse_duration(args.soak, "--soak"),
         "max_failures": str(threshold),
         "min_devices": args.min_devices,
-        "wave_deadline_s": parse_duration(args.wave_deadline, "--wave-deadline"),
+        "wave_deadline_s": parse_duration(args.wave_deadline, "--wave-deadline", positive=True),
         "poll_s": _duration(args.poll, "--poll", 5.0),
         "offline_after_s": _duration(args.offline_after, "--offline-after", 900.0),
     }
     d = _driver(args)
+    d.repos.open()  # both repositories and the director's key, before anything is written
     store = d.store
     with store.lock(args.group, "start"):
         store.clear_request(args.group)  # a request left by a dead pair is not for this one
@@ -126,8 +146,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 else ""
             )
             raise RolloutError(f"rollout {r.id} is {r.state.value}: nothing to resume{hint}")
+        d = _driver(args, r)
+        d.repos.open()  # the director's key, before the state changes
         print(f"rollout {r.id}: resuming ({r.state.value})", flush=True)
-        return _exit_for(_driver(args, r).drive(r))
+        return _exit_for(d.drive(r))
 
 
 def _load(store: RolloutStore, group: str) -> Rollout:
@@ -174,13 +196,15 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
-    from ota.rollout import RolloutError, RolloutState
     from ota.rollout_store import RolloutBusyError
 
     store = _store(args)
     r = _load(store, args.group)
-    if r.state in (RolloutState.COMPLETED, RolloutState.ABORTED):
-        raise RolloutError(f"rollout {r.id} is {r.state.value}: nothing to abort")
+    _abortable(r)
+    wait_override = (
+        None if args.wave_deadline is None
+        else _duration(args.wave_deadline, "--wave-deadline", 0.0)
+    )  # fmt: skip
     asked = False
     deadline = time.monotonic() + args.wait
     while True:
@@ -188,12 +212,9 @@ def cmd_abort(args: argparse.Namespace) -> int:
             with store.lock(args.group, "abort"):
                 store.clear_request(args.group)
                 r = _load(store, args.group)
-                if r.state in (RolloutState.COMPLETED, RolloutState.ABORTED):
-                    raise RolloutError(f"rollout {r.id} is {r.state.value}: nothing to abort")
+                _abortable(r)
                 d = _driver(args, r)
-                wait_s = _duration(
-                    args.wave_deadline, "--wave-deadline", float(r.options["wave_deadline_s"])
-                )
+                wait_s = wait_override or float(r.options["wave_deadline_s"])
                 r = d.abort(r, wait_s)
                 for rec in r.directed():
                     res = rec.abort or {}
@@ -212,10 +233,39 @@ def cmd_abort(args: argparse.Namespace) -> int:
             time.sleep(0.5)
 
 
+def _abortable(r: Rollout) -> None:
+    """A finished rollout has nothing to abort, except an abort that left devices not
+    restored: running it again brings those back."""
+    from ota.rollout import RolloutError, RolloutState
+
+    if r.state is RolloutState.COMPLETED or (
+        r.state is RolloutState.ABORTED
+        and not any((d.abort or {}).get("result") == "not_restored" for d in r.directed())
+    ):
+        raise RolloutError(f"rollout {r.id} is {r.state.value}: nothing to abort")
+
+
 def _when(t: Any) -> str:
     if not isinstance(t, (int, float)):
         return "-"
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _no_driver(r: Rollout) -> str:
+    """What to do about a rollout that no process drives now."""
+    from ota.rollout import RolloutState
+
+    what = {
+        RolloutState.RUNNING: "its driver stopped (killed, or the machine restarted): "
+        "`edge-ota rollout resume` continues it, `abort` brings the directed devices back",
+        RolloutState.COMPLETING: "its driver stopped while handing the target to the group: "
+        "`edge-ota rollout resume` finishes it",
+        RolloutState.PAUSED: "`edge-ota rollout resume` continues it",
+        RolloutState.HALTED: "`edge-ota rollout abort` brings the directed devices back",
+        RolloutState.ABORTING: "its abort was interrupted: `edge-ota rollout abort` again "
+        "finishes it",
+    }.get(r.state)
+    return "none running" + (f"; {what}" if what else "")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -234,7 +284,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "previous: "
         + (f"{prev['path']} (v{prev.get('version')})" if prev else "none (no group entry)"),
         f"state: {r.state.value}" + (f": {r.reason}" if r.reason else ""),
-        "driver: " + (store.describe_holder(holder) if holder is not None else "none running"),
+        "driver: " + (store.describe_holder(holder) if holder is not None else _no_driver(r)),
         f"waves {r.options.get('waves')}; soak {r.options.get('soak_s'):g} s; max failures "
         f"{r.options.get('max_failures')} (allowed {r.allowed_failures}); wave deadline "
         f"{r.options.get('wave_deadline_s'):g} s",
@@ -319,6 +369,17 @@ def add_rollout_commands(sub: Any) -> None:
     x.set_defaults(func=_guard(cmd_abort))
 
 
+def quiet_broken_pipe() -> int:
+    """The reader of stdout went away (`... | head`): stop quietly, as CLIs do. stdout
+    is pointed at /dev/null so the flush at exit does not complain again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def _guard(fn: Any) -> Any:
     """A malformed option exits 2 with its message; Ctrl-C leaves the rollout resumable."""
 
@@ -330,6 +391,8 @@ def _guard(fn: Any) -> Any:
         except RolloutUsageError as e:
             print(f"edge-ota: error: {e}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            return quiet_broken_pipe()
         except KeyboardInterrupt:
             print(
                 "edge-ota: interrupted; the rollout's state is kept: "

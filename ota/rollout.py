@@ -60,10 +60,12 @@ __all__ = [
     "WaveSize",
     "WaveState",
     "abort_check",
+    "abort_wait_why",
     "advance",
     "classify",
     "mark_directed",
     "mark_directing",
+    "may_redirect",
     "parse_duration",
     "parse_threshold",
     "parse_waves",
@@ -99,6 +101,8 @@ def plan(
             continue
         if not o.online:
             skipped[dev] = "offline at start"
+        elif not o.complete:
+            skipped[dev] = f"its retained state is incomplete (no {', '.join(o.missing)} yet)"
         elif not o.serving.get(target.family):
             skipped[dev] = f"serves no stream of model family {target.family!r}"
         elif max((v for v in o.serving[target.family] if v is not None), default=0) > (
@@ -192,8 +196,10 @@ def classify(
     v = target.version
     state: DeviceState = rec.state
     why = ""
-    if o is None:
-        pass  # nothing retained (yet): only the deadline can judge it
+    if o is None or not o.complete:
+        # nothing retained, or only part of it (a broker restarted without persistence
+        # gets each section back separately): unknown this poll, only the deadline judges
+        pass
     elif not o.online:
         state, why = DeviceState.FAILED, f"went offline ({o.offline_why})"
     elif rec.state is DeviceState.SUCCEEDED:
@@ -208,8 +214,10 @@ def classify(
         elif _serves(o, target.family, v) and o.phase not in IN_PROGRESS:
             state = DeviceState.SUCCEEDED
     if state is DeviceState.DIRECTED and now - directed_at >= deadline_s:
-        seen = "nothing retained" if o is None else (
-            f"OTA {o.phase}, serves {_versions(o, target.family)}"
+        seen = (
+            "nothing retained" if o is None
+            else f"no retained {', '.join(o.missing)}" if not o.complete
+            else f"OTA {o.phase}, serves {_versions(o, target.family)}"
         )  # fmt: skip
         state = DeviceState.FAILED
         why = f"not reporting: no success within the wave deadline of {deadline_s:g} s ({seen})"
@@ -289,7 +297,7 @@ def abort_check(rec: DeviceRecord, o: Observation | None, target: Target) -> str
     at rest: send it the rollback command), or "wait"."""
     if rec.before == target.version:
         return "unchanged"
-    if o is None or not o.online:
+    if o is None or not o.online or not o.complete:
         return "wait"
     fam = target.family
     if rec.before is not None and _serves(o, fam, rec.before) and o.phase not in IN_PROGRESS:
@@ -297,3 +305,30 @@ def abort_check(rec: DeviceRecord, o: Observation | None, target: Target) -> str
     if _serves(o, fam, target.version) and o.phase not in IN_PROGRESS:
         return "rollback"
     return "wait"
+
+
+def may_redirect(rec: DeviceRecord, o: Observation | None, target: Target) -> bool:
+    """Whether an abort may give the device its previous direction now: it served the
+    target before, or it last reported serving its previous version at rest (online or
+    not). A device still on the target is rolled back first: directed to its previous
+    version while serving the target it would refuse it as a downgrade (RollbackError)."""
+    if rec.before == target.version:
+        return True
+    if o is None or not o.complete or rec.before is None:
+        return False
+    return _serves(o, target.family, rec.before) and o.phase not in IN_PROGRESS
+
+
+def abort_wait_why(rec: DeviceRecord, o: Observation | None, target: Target) -> str:
+    """Why a device is not back yet, in the operator's words (abort's per-device detail)."""
+    if o is None:
+        return "nothing retained from it"
+    if not o.complete:
+        return f"its retained state is incomplete (no {', '.join(o.missing)})"
+    fam = target.family
+    where = f"serves {_versions(o, fam)}, OTA {o.phase}"
+    if not o.online:
+        return f"offline ({o.offline_why}); last seen: {where}"
+    if o.phase in IN_PROGRESS:
+        return f"busy with an update ({where})"
+    return where

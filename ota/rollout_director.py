@@ -17,9 +17,10 @@ from typing import Any
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from ota.keys import PrivateKey
-from ota.tufrepo import Repository, RepositoryError, direct, target_custom
+from ota.tufrepo import Repository, RepositoryError, direct, sslib_key, target_custom
 
 __all__ = [
+    "check_online_key",
     "complete_group",
     "device_entries",
     "direct_devices",
@@ -27,6 +28,25 @@ __all__ = [
     "image_target",
     "restore_devices",
 ]
+
+
+def check_online_key(director: Repository, key: PrivateKey) -> None:
+    """RepositoryError unless `key` alone can publish the director (a rollout signs its
+    targets, snapshot and timestamp with it): checked against the director's root before
+    a rollout records anything, so a wrong key changes nothing."""
+    root = director.root().signed
+    keyid = sslib_key(key.public).keyid
+    for role in ("targets", "snapshot", "timestamp"):
+        r = root.roles[role]
+        if keyid not in r.keyids or r.threshold != 1:
+            why = "is not one of its keys" if keyid not in r.keyids else (
+                f"needs {r.threshold} signatures"
+            )  # fmt: skip
+            raise RepositoryError(
+                f"{director.path}: --online-key {keyid[:12]}... cannot sign the director's "
+                f"{role} role ({why}): give the director's online key (the one "
+                "`edge-ota repo init --kind director` was given), not the image repository's"
+            )
 
 
 def image_target(image: Repository, path: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ota.fleet_mqtt import BrokerOptions, read_retained, send_command
 from ota.keys import PrivateKey, load_private_key
 from ota.rollout import (
     ACTIVE,
+    DeviceRecord,
     Rollout,
     RolloutError,
     RolloutState,
@@ -35,12 +36,15 @@ from ota.rollout import (
     WaveSize,
     WaveState,
     abort_check,
+    abort_wait_why,
     advance,
     mark_directed,
     mark_directing,
+    may_redirect,
     plan,
 )
 from ota.rollout_director import (
+    check_online_key,
     complete_group,
     device_entries,
     direct_devices,
@@ -68,9 +72,26 @@ class Repos:
     online_key: Path | None = None
 
     def open(self) -> tuple[Repository, Repository, PrivateKey]:
+        """Both repositories and the online key, checked against the director's root:
+        called before anything is recorded, so a wrong key changes nothing."""
         if self.image is None or self.online_key is None:
             raise RolloutError("this needs --image and --online-key (it signs the director)")
-        return Repository(self.director), Repository(self.image), load_private_key(self.online_key)
+        director, key = Repository(self.director), load_private_key(self.online_key)
+        check_online_key(director, key)
+        return director, Repository(self.image), key
+
+
+# What to do with an unfinished rollout that holds the group (`start` refuses a new one).
+_UNFINISHED = {
+    RolloutState.RUNNING: "resume it (`edge-ota rollout resume`) or abort it (`edge-ota "
+    "rollout abort`)",
+    RolloutState.PAUSED: "resume it (`edge-ota rollout resume`) or abort it (`edge-ota "
+    "rollout abort`)",
+    RolloutState.COMPLETING: "resume it (`edge-ota rollout resume` finishes it)",
+    RolloutState.HALTED: "abort it (`edge-ota rollout abort` brings its directed devices "
+    "back; a halted rollout cannot be resumed)",
+    RolloutState.ABORTING: "finish its abort (`edge-ota rollout abort` again)",
+}
 
 
 def _utc(t: float) -> datetime:
@@ -150,8 +171,8 @@ class Driver:
         old = self.store.load(group)
         if old is not None and old.state in ACTIVE:
             raise RolloutError(
-                f"group {group!r} has rollout {old.id} {old.state.value}: abort it "
-                "(`edge-ota rollout abort`) or let it complete before starting another"
+                f"group {group!r} has rollout {old.id} {old.state.value} (no driver runs it): "
+                f"{_UNFINISHED[old.state]} before starting another"
             )
         prev = group_entry(director, target.name, group)
         if prev is not None and prev["path"] == target_path:
@@ -256,83 +277,128 @@ class Driver:
 
     # --- abort --------------------------------------------------------------------------
     def abort(self, r: Rollout, deadline_s: float) -> Rollout:
-        """Restore the previous direction of every device the rollout directed, roll back
-        the ones serving the target, and wait (at most `deadline_s`) until they serve what
-        they served before. Redone in full if interrupted (each step is idempotent)."""
+        """Bring back every device the rollout directed (or, run again, those an earlier
+        abort did not): roll back the ones serving the target, and give each its previous
+        direction once it serves what it served before, waiting at most `deadline_s`.
+        In that order because a device directed to its previous version while it still
+        serves the target refuses it as a downgrade, and keeps that RollbackError as its
+        last result. A device not back by the deadline stays directed to the target (so
+        it does not refuse its previous version); `abort` again finishes it. The key is
+        checked before anything changes; each step is idempotent, so an interrupted abort
+        is redone in full."""
+        recs = [d for d in r.directed() if (d.abort or {}).get("result") in (None, "not_restored")]
+        repos = self.repos.open() if recs else None
         now = self.clock()
         self._last = dict(r.events[-1]) if r.events else None
         if r.state is not RolloutState.ABORTING:
             r.state, r.updated_at = RolloutState.ABORTING, now
-            r.note(now, f"aborting: restoring {len(r.directed())} directed device(s)")
+            r.note(now, f"aborting: bringing back {len(recs)} directed device(s)")
             self.save(r)
-        recs = r.directed()
-        if recs:
-            director, image, key = self.repos.open()
-            restore_devices(
-                director, image, target=r.target.path,
-                prev_entries={d.device: d.prev_entry for d in recs}, online=key, now=_utc(now),
-                group=r.group, group_prev=(r.previous or {}).get("path"),
-            )  # fmt: skip
-            self.hint(r.group)
-            r.note(self.clock(), "director: per-device entries restored, hint published")
-            self.save(r)
-        results, replies = self._bring_back(r, {d.device for d in recs}, deadline_s)
+        results, why, redirected = self._bring_back(r, recs, repos, deadline_s)
         now = self.clock()
         for d in recs:
             res = results.get(d.device)
             if res is None:
-                detail = replies.get(d.device) or "did not come back within the deadline"
+                where = (
+                    "its previous direction is restored" if d.device in redirected
+                    else f"still directed to v{r.target.version}"
+                )  # fmt: skip
+                detail = f"not back within {deadline_s:g} s: {why.get(d.device, '?')}; {where}"
                 d.abort = {"result": "not_restored", "detail": detail, "at": now}
             else:
                 what = f"serves v{d.before}" if res == "restored" else "served the target before"
                 d.abort = {"result": res, "detail": what, "at": now}
-        bad = [d.device for d in recs if d.abort and d.abort["result"] == "not_restored"]
+        everyone = r.directed()
+        bad = [d.device for d in everyone if (d.abort or {}).get("result") == "not_restored"]
         r.state, r.updated_at, r.ended_at = RolloutState.ABORTED, now, now
-        r.reason = f"aborted; {len(recs) - len(bad)} of {len(recs)} directed device(s) restored"
+        r.reason = (
+            f"aborted; {len(everyone) - len(bad)} of {len(everyone)} directed device(s) restored"
+        )
         if bad:
-            r.reason += f"; not restored: {', '.join(bad)}"
+            r.reason += (
+                f"; not restored: {', '.join(bad)} (`edge-ota rollout abort` again brings "
+                "them back once they report)"
+            )
         r.note(now, f"ABORTED: {r.reason}")
         self.save(r)
         return r
 
+    def _redirect(
+        self,
+        r: Rollout,
+        repos: tuple[Repository, Repository, PrivateKey],
+        recs: list[DeviceRecord],
+    ) -> None:
+        """Give these devices their previous direction back (one director publish). No
+        refresh hint: a device serving its previous version has nothing to fetch, and a
+        hint would make the ones rolled back but not yet redirected refuse the target."""
+        director, image, key = repos
+        restore_devices(
+            director, image, target=r.target.path,
+            prev_entries={d.device: d.prev_entry for d in recs}, online=key,
+            now=_utc(self.clock()), group=r.group, group_prev=(r.previous or {}).get("path"),
+        )  # fmt: skip
+        r.note(self.clock(), f"director: {', '.join(d.device for d in recs)} directed back")
+        self.save(r)
+
     def _bring_back(
-        self, r: Rollout, pending: set[str], deadline_s: float
-    ) -> tuple[dict[str, str], dict[str, str]]:
+        self,
+        r: Rollout,
+        recs: list[DeviceRecord],
+        repos: tuple[Repository, Repository, PrivateKey] | None,
+        deadline_s: float,
+    ) -> tuple[dict[str, str], dict[str, str], set[str]]:
         """Until each device serves what it served before (or the deadline): the remote
         `rollback` to those serving the target at rest, again after ROLLBACK_RESEND_S if
-        it did not take (a device busy with an update refuses it)."""
+        it did not take (a device busy with an update refuses it), and each device's
+        previous direction as soon as it may have it. Returns the results, why each
+        device left is not back, and the devices directed back."""
         sent: dict[str, float] = {}
-        replies: dict[str, str] = {}
+        answers: dict[str, str] = {}  # each device's last reply to `rollback`
+        why: dict[str, str] = {}
         results: dict[str, str] = {}
+        redirected: set[str] = set()
+        pending = {d.device: d for d in recs}
         end = self.clock() + deadline_s
-        body = json.dumps({"reason": f"rollout {r.id} aborted"}).encode()
         while pending:
             obs = self._try_observe()
-            if obs is None:
-                if self.clock() >= end:
-                    break
-                self.sleep(self.poll_s)
-                continue
-            ask = []
-            for dev in sorted(pending):
-                verdict = abort_check(r.devices[dev], obs.get(dev), r.target)
-                if verdict in ("restored", "unchanged"):
-                    results[dev] = verdict
-                elif (
-                    verdict == "rollback" and self.clock() >= sent.get(dev, 0.0) + ROLLBACK_RESEND_S
-                ):
-                    ask.append(dev)
-            pending -= set(results)
-            if ask:
-                got = send_command(self.broker, ask, "rollback", body, COMMAND_TIMEOUT_S)
-                for dev in ask:
-                    sent[dev] = self.clock()
-                    reply = (got.replies.get(dev) or [{}])[0]
-                    replies[dev] = (
-                        "ok" if reply.get("ok") else str(reply.get("error") or "no reply")
-                    )
-                    self.say(f"  {dev}: rollback asked: {replies[dev]}")
+            if obs is not None:
+                back: list[DeviceRecord] = []
+                verdicts = {d: abort_check(x, obs.get(d), r.target) for d, x in pending.items()}
+                for dev, rec in sorted(pending.items()):
+                    if verdicts[dev] in ("restored", "unchanged"):
+                        results[dev] = verdicts[dev]
+                    else:
+                        why[dev] = abort_wait_why(rec, obs.get(dev), r.target)
+                    if dev not in redirected and may_redirect(rec, obs.get(dev), r.target):
+                        back.append(rec)
+                ask = sorted(
+                    d for d, v in verdicts.items()
+                    if v == "rollback" and self.clock() >= sent.get(d, -1e18) + ROLLBACK_RESEND_S
+                )  # fmt: skip
+                if back and repos is not None:
+                    self._redirect(r, repos, back)
+                    redirected.update(d.device for d in back)
+                for dev in results:
+                    pending.pop(dev, None)
+                if ask:
+                    answers.update(self._ask_rollback(r, ask))
+                    sent.update(dict.fromkeys(ask, self.clock()))
             if not pending or self.clock() >= end:
                 break
             self.sleep(self.poll_s)
-        return results, replies
+        for dev, answer in answers.items():
+            if dev in why:
+                why[dev] += f"; rollback asked: {answer}"
+        return results, why, redirected
+
+    def _ask_rollback(self, r: Rollout, devices: list[str]) -> dict[str, str]:
+        """The remote `rollback` to these devices; each one's answer ("ok" or why not)."""
+        body = json.dumps({"reason": f"rollout {r.id} aborted"}).encode()
+        got = send_command(self.broker, devices, "rollback", body, COMMAND_TIMEOUT_S)
+        out: dict[str, str] = {}
+        for dev in devices:
+            reply = (got.replies.get(dev) or [{}])[0]
+            out[dev] = "ok" if reply.get("ok") else str(reply.get("error") or "no reply")
+            self.say(f"  {dev}: rollback asked: {out[dev]}")
+        return out

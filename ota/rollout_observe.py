@@ -17,7 +17,14 @@ from typing import Any
 
 from ota.fleet import build_view, split_topic
 
-__all__ = ["FINAL_OUTCOMES", "IN_PROGRESS", "Observation", "final_failure", "observe"]
+__all__ = [
+    "FINAL_OUTCOMES",
+    "IN_PROGRESS",
+    "REQUIRED_SECTIONS",
+    "Observation",
+    "final_failure",
+    "observe",
+]
 
 # OTA phases of an update under way (device side: edge_agent/updates/updater.py)
 IN_PROGRESS = frozenset(
@@ -29,6 +36,10 @@ FINAL_OUTCOMES = frozenset({"rejected", "failed", "rolled back"})
 # catches a device that never gets it).
 TRANSIENT_ERRORS = ("DownloadError", "TransferTooSlowError")
 _GIVEN_UP = re.compile(r"^v(\d+) given up after")
+# What a rollout judges a device by. Each is its own retained publish: after a broker
+# restart without persistence they come back one by one, so a device missing one is
+# unknown for that poll (nothing is judged), never "serves nothing" or "offline".
+REQUIRED_SECTIONS = ("status", "health", "models", "ota")
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,12 @@ class Observation:
     last_version: int | None = None
     last_reason: str | None = None
     ota_ts: float | None = None  # when the device stored its retained OTA state
+    missing: tuple[str, ...] = ()  # REQUIRED_SECTIONS not retained (yet)
+
+    @property
+    def complete(self) -> bool:
+        """Every section a rollout judges by is there: only then is it judged."""
+        return not self.missing
 
 
 def _body(payload: bytes) -> Mapping[str, Any] | None:
@@ -67,11 +84,13 @@ def observe(
     view = build_view(prefix, msgs, now, offline_after_s)
     models: dict[str, Mapping[str, Any]] = {}
     ota: dict[str, Mapping[str, Any]] = {}
+    seen: dict[str, set[str]] = {}
     for topic, payload in msgs:
         where = split_topic(prefix, topic)
         body = _body(payload)
         if where is None or body is None:
             continue
+        seen.setdefault(where[0], set()).add(where[1])
         if where[1] == "models":
             models[where[0]] = body
         elif where[1] == "ota":
@@ -104,6 +123,7 @@ def observe(
             last_version=_int(last.get("version")),
             last_reason=str(last["reason"]) if last.get("reason") is not None else None,
             ota_ts=float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None,
+            missing=tuple(x for x in REQUIRED_SECTIONS if x not in seen.get(row.device, ())),
         )
     return out
 

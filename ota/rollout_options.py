@@ -23,12 +23,17 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
 _UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(text: str, what: str = "duration") -> float:
-    """`10m`, `30s`, `2h`, `1d` or plain seconds (`45`, `2.5`)."""
+def parse_duration(text: str, what: str = "duration", *, positive: bool = False) -> float:
+    """`10m`, `30s`, `2h`, `1d` or plain seconds (`45`, `2.5`). With `positive`, 0 is
+    refused too (a deadline of 0 s fails every device at its first poll; a poll of 0 s
+    re-reads the whole fleet back to back)."""
     m = _DURATION.match(text.strip())
     if not m:
         raise RolloutUsageError(f"{what} {text!r}: expected seconds or 30s / 10m / 2h / 1d")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
+    value = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if positive and value <= 0:
+        raise RolloutUsageError(f"{what} {text!r}: must be more than 0")
+    return value
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,15 @@ def parse_waves(text: str) -> list[WaveSize]:
             ) from None
         if value <= 0 or (pct and value > 100):
             raise RolloutUsageError(f"--waves {text!r}: {p!r} is out of range")
+        prev = next((w for w in reversed(out) if w.percent == pct), None)
+        if out and out[-1].percent and out[-1].value >= 100:
+            raise RolloutUsageError(f"--waves {text!r}: 100% must be the last wave")
+        if prev is not None and value <= prev.value:
+            # cumulative sizes: a smaller one would add nobody and be dropped silently
+            raise RolloutUsageError(
+                f"--waves {text!r}: {p!r} is not above an earlier wave; sizes are cumulative "
+                "and must grow (e.g. 1,3,100%)"
+            )
         out.append(WaveSize(float(value), pct))
     if not out:
         raise RolloutUsageError("--waves: give at least one wave, e.g. 1,10%,100%")

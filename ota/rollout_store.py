@@ -73,9 +73,16 @@ class RolloutStore:
             return None
         except (OSError, ValueError) as e:
             raise RolloutError(f"{p}: cannot read the rollout state: {e}") from e
-        if not isinstance(doc, dict):
-            raise RolloutError(f"{p}: not a rollout state document")
-        return Rollout.from_json(doc)
+        try:
+            if not isinstance(doc, dict):
+                raise RolloutError("not a rollout state document")
+            return Rollout.from_json(doc)
+        except RolloutError as e:
+            raise RolloutError(
+                f"{p}: {e}. Restore the file from a backup if you have one; otherwise move "
+                "it aside: the group then has no rollout, and its devices keep what the "
+                "director names now (`edge-ota director set` changes that)"
+            ) from e
 
     def save(self, r: Rollout) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -93,21 +100,9 @@ class RolloutStore:
         """Hold the group's lock; RolloutBusyError naming the holder if another has it."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.lock_path(group)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + LOCK_RETRY_S
+        fd = self._acquire(group, path, deadline)
         try:
-            deadline = time.monotonic() + LOCK_RETRY_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise RolloutBusyError(
-                            f"group {group!r}: the rollout is being driven by "
-                            f"{self._describe(self.holder_info(group))}; wait for it, or use "
-                            "`edge-ota rollout pause|abort` to ask it to stop"
-                        ) from None
-                    time.sleep(0.1)
             me = {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
@@ -121,8 +116,38 @@ class RolloutStore:
                 yield
             finally:
                 os.ftruncate(fd, 0)  # no stale name once released
+                if not self.path(group).exists():
+                    # a refused command (or a group with no rollout) leaves no lock file;
+                    # removed while held: a waiter then sees it is gone (`_acquire`)
+                    path.unlink(missing_ok=True)
         finally:
             os.close(fd)  # releases the flock
+
+    def _acquire(self, group: str, path: Path, deadline: float) -> int:
+        """An fd of the lock file holding its flock. The file may be removed by the
+        holder (above): a lock taken on a removed file is no lock, so try again on the
+        file the path names now."""
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    raise RolloutBusyError(
+                        f"group {group!r}: the rollout is being driven by "
+                        f"{self._describe(self.holder_info(group))}; wait for it, or use "
+                        "`edge-ota rollout pause|abort` to ask it to stop"
+                    ) from None
+                time.sleep(0.1)
+                continue
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
 
     def holder(self, group: str) -> dict[str, Any] | None:
         """Who holds the lock now (None when nobody does)."""

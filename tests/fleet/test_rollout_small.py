@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -258,6 +259,34 @@ def test_a_refusing_device_halts_its_wave_and_abort_brings_the_directed_back(
         entries = s.director_entries()
         assert s.targets[2] not in entries  # the per-device entries are gone
         assert entries[s.targets[1]]["groups"] == [group]
+        _no_rollback_error_after_a_refresh(tmp_path, broker, group, ["gw-1", "gw-2"])
+
+
+def _no_rollback_error_after_a_refresh(
+    tmp: Path, broker: Broker, group: str, devices: list[str]
+) -> None:
+    """After an abort, devices brought back have no RollbackError as their last error:
+    abort rolls a device back before directing it to its previous version (directed to
+    v1 while serving v2 it refused v1, and kept that as its last result), and a refresh
+    after the abort (a hint) finds nothing to refuse."""
+
+    def errors() -> dict[str, str]:
+        return {r["device"]: r["last_error"] for r in fleet_status(broker, "--group", group)
+                ["devices"] if r["device"] in devices}  # fmt: skip
+
+    assert not any("RollbackError" in e for e in errors().values()), errors()
+    t0 = time.time()
+    _ok(ota_cli("hint", "--host", broker.host, "--port", str(broker.port), "--group", group))
+
+    def refreshed(dev: str) -> bool:
+        try:
+            st = json.loads((tmp / f"state-{dev}" / "status.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return float(((st.get("ota") or {}).get("channel") or {}).get("last_refresh") or 0) > t0
+
+    assert wait_until(lambda: all(refreshed(d) for d in devices), 60)
+    assert not any("RollbackError" in e for e in errors().values()), errors()
 
 
 def _state(s: Site, group: str) -> dict[str, Any]:
@@ -364,3 +393,4 @@ def test_abort_from_another_terminal_stops_the_driver_and_brings_the_wave_back(
         assert doc["devices"]["gw-1"]["abort"]["result"] == "restored"
         assert doc["devices"]["gw-2"]["abort"] is None  # never directed
         assert wait_until(lambda: serving(broker, group) == dict.fromkeys(devices, "v1"), 60)
+        _no_rollback_error_after_a_refresh(tmp_path, broker, group, ["gw-1"])
