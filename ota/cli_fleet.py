@@ -29,6 +29,28 @@ class FleetUsageError(EdgeAgentError):
     """A `fleet` argument is invalid (exit 2)."""
 
 
+def _positive(text: str) -> float:
+    """A number of seconds above 0 (argparse names the option and exits 2 otherwise): a
+    timeout or an offline limit of 0 or less would judge every device at once."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
 def _opts(args: argparse.Namespace) -> Any:
     from ota.fleet_mqtt import BrokerOptions
 
@@ -205,19 +227,19 @@ def _broker_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5")
     p.add_argument(
         "--offline-after",
-        type=float,
+        type=_positive,
         default=DEFAULT_OFFLINE_AFTER_S,
         metavar="S",
         help="a device with nothing newer than S seconds is offline (default 900)",
     )
     p.add_argument(
         "--quiet",
-        type=float,
+        type=_positive,
         default=1.0,
         metavar="S",
         help="reading ends after S s with nothing new if the sentinel does not come",
     )
-    p.add_argument("--max-wait", type=float, default=60.0, metavar="S", help="read at most S s")
+    p.add_argument("--max-wait", type=_positive, default=60.0, metavar="S", help="read at most S s")
 
 
 def add_fleet_commands(sub: Any) -> None:
@@ -232,8 +254,8 @@ def add_fleet_commands(sub: Any) -> None:
     _broker_opts(w)
     w.add_argument("--group")
     w.add_argument("--json", action="store_true")
-    w.add_argument("--interval", type=float, default=5.0, metavar="S")
-    w.add_argument("--count", type=int, help="stop after N refreshes")
+    w.add_argument("--interval", type=_positive, default=5.0, metavar="S")
+    w.add_argument("--count", type=_count, help="stop after N refreshes")
     w.set_defaults(func=cmd_watch)
     c = fsub.add_parser("cmd", help="send a remote command and collect the replies")
     _broker_opts(c)
@@ -242,7 +264,7 @@ def add_fleet_commands(sub: Any) -> None:
     c.add_argument("name", help="status, rollback, calibrate, logs, support-bundle, rebirth, ping")
     c.add_argument("args", nargs="*", help="parameters as key=value (value: JSON or text)")
     c.add_argument("--params", help="parameters as one JSON object")
-    c.add_argument("--timeout", type=float, default=15.0, metavar="S")
+    c.add_argument("--timeout", type=_positive, default=15.0, metavar="S")
     c.add_argument("--out", type=Path, default=Path("."), help="where support bundles go")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_usage_guard(cmd_cmd))
@@ -254,10 +276,14 @@ def _usage_guard(fn: Any) -> Any:
     """FleetUsageError is bad usage: exit 2 with the message (edge-ota's convention)."""
 
     def run(args: argparse.Namespace) -> int:
+        from ota.cli_rollout import quiet_broken_pipe
+
         try:
             return int(fn(args))
         except FleetUsageError as e:
             print(f"edge-ota: error: {e}", file=sys.stderr)
             return 2
+        except BrokenPipeError:  # `fleet status | head`
+            return quiet_broken_pipe()
 
     return run

@@ -33,6 +33,17 @@ log = logging.getLogger(__name__)
 _STOP_POLL_S = 0.02
 
 
+class CommandParamsError(EdgeAgentError):
+    """A command got parameters it does not take: an error reply, nothing done."""
+
+
+def _no_params(params: Mapping[str, Any]) -> None:
+    """`ping` and `rebirth` take none: refused like any command's unknown parameters
+    (docs/fleet.md), so a typo is not silently ignored."""
+    if params:
+        raise CommandParamsError(f"unknown parameter(s) {sorted(params)}; accepted: []")
+
+
 class Reporter:
     def __init__(
         self,
@@ -200,9 +211,11 @@ class Reporter:
         self._router.register(name, handler, slow=slow)
 
     def _cmd_ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        _no_params(params)
         return {"pong": True, "uptime_s": round(time.time() - self._started_at, 3)}
 
     def _cmd_rebirth(self, params: dict[str, Any]) -> dict[str, Any]:
+        _no_params(params)
         return {"seq": self._publish_birth()}
 
     def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:

@@ -130,6 +130,30 @@ def test_each_remote_command_answers_and_bad_ones_change_nothing(
     assert not row["offline"]
 
 
+def test_ping_and_rebirth_refuse_unknown_parameters_and_change_nothing(
+    rig: tuple[Broker, AgentProc, Path],
+) -> None:
+    """docs/fleet.md: unknown parameters get an error reply; `ping` and `rebirth` take
+    none, and answered `ok` to anything (`ping extra=1`) before."""
+    broker, _agent, _ = rig
+    assert wait_until(lambda: fleet_cmd(broker, "--device", "gw-1", "ping").returncode == 0)
+
+    def birth_seq() -> int:
+        return int(_retained(broker, "edge/gw-1/status", 1)["edge/gw-1/status"]["seq"])
+
+    before = birth_seq()
+    for name in ("ping", "rebirth"):
+        p = fleet_cmd(broker, "--device", "gw-1", name, "extra=1")
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "unknown parameter(s) ['extra']" in p.stdout, p.stdout
+    assert birth_seq() == before  # the refused rebirth published nothing
+    p = fleet_cmd(broker, "--device", "gw-1", "rebirth", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    seq = _reply(p)["devices"]["gw-1"]["replies"][0]["result"]["seq"]
+    assert wait_until(lambda: birth_seq() == seq)
+    assert seq != before
+
+
 def test_group_command_and_311_fallback(rig: tuple[Broker, AgentProc, Path]) -> None:
     broker, _agent, _ = rig
     assert wait_until(lambda: fleet_cmd(broker, "--device", "gw-1", "ping").returncode == 0)
