@@ -5,13 +5,15 @@ sizes: `2,20%,100%`). Each wave's devices are directed by device id; a device SU
 when its retained state shows it serving the target version for the target's family with
 its update at rest, and FAILS when it reports a final failure for that version, goes
 offline, stops serving the target while its wave soaks, or has not succeeded within the
-wave deadline. The next wave starts when every device of the current one has succeeded or
-failed and `soak` has passed since the wave's last success; failures past the threshold
-halt the rollout. Nothing here reads a clock, a file or the network: time is passed in
-(UNIX seconds, wall clock, so a resumed driver keeps the same clocks), devices are seen
-through `Observation`s built from the retained messages (`ota/rollout_observe.py`), and
-`ota/rollout_driver.py` does the I/O. The state round-trips through `to_json`/`from_json`
-(`ota/rollout_state.py`; the document: docs/fleet.md#staged-rollouts-edge-ota-rollout).
+wave deadline; a device missing any retained section is not judged at that poll (only the
+deadline turns silence into a failure). The next wave starts when every device of the
+current one has succeeded or failed and `soak` has passed since the wave's last success;
+failures past the threshold halt the rollout. Nothing here reads a clock, a file or the
+network: time is passed in (UNIX seconds, wall clock, so a resumed driver keeps the same
+clocks), devices are seen through `Observation`s built from the retained messages
+(`ota/rollout_observe.py`), and `ota/rollout_driver.py` does the I/O. The state
+round-trips through `to_json`/`from_json` (`ota/rollout_state.py`; the document:
+docs/fleet.md#staged-rollouts-edge-ota-rollout).
 """
 
 from __future__ import annotations
