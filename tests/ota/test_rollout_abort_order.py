@@ -135,3 +135,43 @@ def test_a_lock_on_a_file_removed_meanwhile_is_taken_again(tmp_path: Path) -> No
             os.close(fd)
     finally:
         os.close(stale)
+
+
+def test_abort_with_a_key_that_is_not_the_directors_changes_nothing(tmp_path: Path) -> None:
+    """The key is checked against the director's root before the state moves to
+    `aborting` (it used to move, then fail to sign, and stay there); the director's own
+    online key passes the same check. Real TUF repositories."""
+    from tufrig import make_repos
+
+    from ota.fleet_mqtt import BrokerOptions
+    from ota.keys import PrivateKey
+    from ota.rollout import RolloutState, mark_directed, mark_directing, parse_threshold, plan
+    from ota.rollout_director import check_online_key
+    from ota.rollout_driver import Driver, Repos
+    from ota.tufrepo import RepositoryError
+
+    with make_repos(tmp_path) as repos:
+        check_online_key(repos.director, repos.director_online)
+        with pytest.raises(RepositoryError, match="cannot sign the director's targets role"):
+            check_online_key(repos.director, repos.image_online)
+        wrong = tmp_path / "wrong.key"
+        wrong.write_bytes(PrivateKey.generate().to_pem())
+        obs = {"gw-1": _obs((1,))}
+        r = plan(
+            rid="r-1", group="line-1", target=TARGET, previous=None, observations=obs,
+            waves=parse_waves("100%"), threshold=parse_threshold("0"),
+            options={"waves": "100%", "soak_s": 0.0, "max_failures": "0", "min_devices": 1,
+                     "wave_deadline_s": 60.0},
+            prev_entries={}, min_devices=1, now=1.0,
+        )  # fmt: skip
+        r = mark_directed(mark_directing(r, 1, 1.0), 1, 1.0)
+        store = RolloutStore(tmp_path / "director.rollouts")
+        store.save(r)
+        d = Driver(store=store, broker=BrokerOptions(port=1), say=lambda _s: None,
+                   repos=Repos(repos.director.path, repos.image.path, wrong))  # fmt: skip
+        with pytest.raises(RepositoryError, match="is not one of its keys"):
+            d.abort(r, 1.0)
+        kept = store.load("line-1")
+        assert kept is not None
+        assert kept.state is RolloutState.RUNNING
+        assert kept.to_json() == r.to_json()
