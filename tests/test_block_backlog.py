@@ -30,7 +30,7 @@ from edge_agent.runtime.scheduler import InferenceScheduler
 from edge_agent.service.faults import Faults
 from edge_agent.service.supervisor import Loop
 from edge_agent.sources.base import Block, Source
-from edge_agent.sources.runner import MERGE_MAX_BYTES, SourceRunner, SourceState
+from edge_agent.sources.runner import MERGE_MAX_BYTES, PULL_MAX_READS, SourceRunner, SourceState
 from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal
 from tests.agentutil import MODELS
 
@@ -302,3 +302,26 @@ def test_a_consumer_that_learns_between_blocks_gets_the_sources_blocks(speed: fl
         runner.stop()
     assert [len(b.samples) for b in got] == [100, 100, 100, 20, 20]
     assert np.array_equal(np.concatenate([b.samples for b in got]), x)
+
+
+def test_tiny_blocks_at_max_speed_are_read_a_bounded_number_per_turn() -> None:
+    # 1-sample blocks: each turn reads at most PULL_MAX_READS of them, so a stream's
+    # thread never holds the interpreter for thousands of reads (64 such streams kept
+    # the main loop from its watchdog ping for 2.3 s)
+    x = np.arange(1_000, dtype=np.float32).reshape(-1, 1)
+    blocks = [Block(x[i : i + 1], i / 100.0, i, 100.0) for i in range(len(x))]
+    runner = SourceRunner(_ListSource(blocks, speed=0.0), merge_below=16)
+    runner.start()
+    handed: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not runner.done:
+            assert time.monotonic() < deadline, "the source did not finish"
+            got = runner.get(0.25, 16)
+            if got:
+                handed.append(sum(len(b.samples) for b in got))
+    finally:
+        runner.stop()
+    assert sum(handed) == len(x)
+    assert max(handed) <= PULL_MAX_READS
+    assert len(handed) >= len(x) // PULL_MAX_READS

@@ -36,6 +36,10 @@ DEVICE_POLL_MAX_S = 2.0  # longest wait between looks for a vanished device
 # A backlog handed over as one block holds at most this many bytes of samples (plus one
 # block): bounded windows per hand-over (16,384 samples of 4 channels: ~1,000 windows)
 MERGE_MAX_BYTES = 256 * 1024
+# Reads of a non-live source per hand-over in its stream's thread: bounds the Python work
+# (and the GIL held) per turn when blocks are tiny (64 streams of 1-sample blocks read 4,096
+# each per turn without it; the watchdog went 2.3 s without a ping)
+PULL_MAX_READS = 64
 
 
 class SourceState(str, enum.Enum):
@@ -135,18 +139,19 @@ class SourceRunner:
 
     def _pull(self, timeout: float, max_samples: int | None) -> list[Block]:
         """Pull mode: read the source here until MERGE_MAX_BYTES (or `max_samples`) are
-        in hand, the data ends, or a read fails (then the thread recovers it, and the
-        blocks read so far are handed over). A source at max speed never waits, so a
-        hand-over to a thread of its own and back was only cost: a wake-up per backlog
-        and a GIL hand-off around each of its numpy calls."""
+        in hand or PULL_MAX_READS reads are done, the data ends, or a read fails (then
+        the thread recovers it, and the blocks read so far are handed over). A source at
+        max speed never waits, so a hand-over to a thread of its own and back was only
+        cost: a wake-up per backlog and a GIL hand-off around each of its numpy calls."""
         out: list[Block] = []
-        nbytes = n = 0
+        nbytes = n = reads = 0
         small = self._merge_below
         with self._read_lock:
             while self._pulling and not self._stop.is_set():
                 try:
                     # (a source at max speed does not wait; one that might, only at first)
                     blk = self.source.read(0.0 if out else timeout)
+                    reads += 1
                 except Exception as e:  # noqa: BLE001 - the thread sorts it out (see _run)
                     with self._cv:
                         self._pulling = False
@@ -172,7 +177,11 @@ class SourceRunner:
                 self.samples_in += k
                 nbytes += blk.samples.nbytes
                 n += k
-                if nbytes >= MERGE_MAX_BYTES or (max_samples is not None and n >= max_samples):
+                if (
+                    nbytes >= MERGE_MAX_BYTES
+                    or reads >= PULL_MAX_READS
+                    or (max_samples is not None and n >= max_samples)
+                ):
                     break
         if not self._merge_backlog or len(out) < 2:
             return out
