@@ -111,7 +111,24 @@ def apply_directed(up: Updater, dt: DirectedTarget) -> str:
         up._download(lambda cancel: channel.download(dt, bundle, cancel))
         up._pause("download")
         up._set_state("verifying", dt.version)
+    except OtaError as e:
+        bundle.unlink(missing_ok=True)
+        return up._download_failed(job, e)
+    try:
         vm = check_directed(up, bundle, dt)
+    except AgentVersionError as e:  # an agent upgrade changes this verdict: retried
+        bundle.unlink(missing_ok=True)
+        return up._download_failed(job, e)
+    except OtaError as e:
+        # The bytes are the ones both repositories signed (length and hashes checked), so
+        # what they say is final: another download would be refused the same way. Tried
+        # again only when the director names a new version.
+        bundle.unlink(missing_ok=True)
+        result = f"failed v{dt.version}: {type(e).__name__}: {e}"
+        up._finish(job.tid, result)
+        up._set_state("failed", dt.version, detail=f"{result}; not tried again")
+        return "failed"
+    try:
         evidence = channel.evidence(dt)
     except OtaError as e:
         bundle.unlink(missing_ok=True)

@@ -12,7 +12,8 @@ it is allowed to run.
 How a device fails for a real reason: v2 is built for the x86-generic profile only; a
 device configured with `profile = "rpi5"` (the others say "x86-generic") downloads it and
 refuses it (ProfileMismatchError, the device's own check of the signed manifest), reported
-in its retained `edge/<device>/state/ota` as `failed v2: ProfileMismatchError: ...`.
+in its retained `edge/<device>/state/ota` as `failed v2: ProfileMismatchError: ...`
+(final: the device does not fetch it again).
 
 Streams: synthetic, 1 sample a second (`rate_hz = 1`, one-sample blocks, as the other fleet
 tests), the model's 64-sample window cut at every sample (`hop = 1`), so once the first 64
