@@ -16,6 +16,7 @@ import pytest
 from tests.fleet.fleetrig import (
     AgentProc,
     agent_config,
+    cpu_rss,
     devices_seen,
     fleet_cmd,
     fleet_status,
@@ -32,12 +33,6 @@ pytestmark = [
 # What a shared 2-core test machine holds without starving the other tests; override
 # with EDGE_FLEET_AGENTS for a bigger machine.
 AGENTS = int(os.environ.get("EDGE_FLEET_AGENTS", "12"))
-
-
-def _cpu_rss(pid: int) -> tuple[float, int]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return cpu, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_fleet_status_shows_every_real_agent(tmp_path: Path) -> None:
@@ -61,14 +56,14 @@ def test_fleet_status_shows_every_real_agent(tmp_path: Path) -> None:
         assert {r["device"] for r in doc["devices"]} == set(names)
         assert all(r["versions"] == {"vibration-ae": "v1"} for r in doc["devices"])
         assert doc["totals"]["online"] == AGENTS
-        before = {a.proc.pid: _cpu_rss(a.proc.pid) for a in agents}
+        before = {a.proc.pid: cpu_rss(a.proc.pid) for a in agents}
         t0 = time.monotonic()
         p = fleet_cmd(broker, "--group", "line-0", "ping", "--json", "--timeout", "60")
         assert p.returncode == 0, p.stdout + p.stderr
         assert set(json.loads(p.stdout)["devices"]) == set(names[0::2])
         time.sleep(max(0.0, 20.0 - (time.monotonic() - t0)))
         took = time.monotonic() - t0
-        after = {a.proc.pid: _cpu_rss(a.proc.pid) for a in agents}
+        after = {a.proc.pid: cpu_rss(a.proc.pid) for a in agents}
         cpu = [(after[k][0] - before[k][0]) / took for k in before]
         rss = [after[k][1] / 2**20 for k in after]
         print(
