@@ -139,6 +139,7 @@ class UpdateChannel:
         self.dir = Path(state_dir) / "ota" / "tuf"
         self._image: NgUpdater | None = None
         self.root_versions: dict[str, int] = {}
+        self._cancel: threading.Event | None = None  # the running refresh's
 
     def _meta_dir(self, repo: str) -> Path:
         return self.dir / repo
@@ -159,7 +160,7 @@ class UpdateChannel:
                 metadata_dir=str(meta),
                 metadata_base_url=f"{base}/metadata/",
                 target_base_url=f"{base}/targets/",
-                fetcher=BoundedFetcher(self.cfg.limits),
+                fetcher=BoundedFetcher(self.cfg.limits, cancel=self._cancel),
                 bootstrap=bootstrap,
             )
 
@@ -171,12 +172,17 @@ class UpdateChannel:
             self.root_versions[repo] = _check_keys(repo, meta)
         return up
 
-    def refresh(self) -> list[DirectedTarget]:
+    def refresh(self, cancel: threading.Event | None = None) -> list[DirectedTarget]:
         """Refresh both repositories; the targets directed to this device or its group
         (one per model name), each checked against the image repository. Raises the
-        specific OtaError of the first check that fails, NotDirectedError if none."""
-        image = self._refreshed("image")
-        self._refreshed("director")
+        specific OtaError of the first check that fails, NotDirectedError if none;
+        `cancel` set ends a transfer at its next chunk (DownloadError)."""
+        self._cancel = cancel
+        try:
+            image = self._refreshed("image")
+            self._refreshed("director")
+        finally:
+            self._cancel = None
         with _translated("director", self._meta_dir("director")):
             dtargets = self._director_targets()
         mine: dict[str, TargetFile] = {}

@@ -105,7 +105,7 @@ class Channel(Protocol):
     cfg: ChannelConfig
     root_versions: dict[str, int]
 
-    def refresh(self) -> list[DirectedTarget]: ...
+    def refresh(self, cancel: threading.Event | None = None) -> list[DirectedTarget]: ...
 
     def download(
         self, target: DirectedTarget, dest: Path, cancel: threading.Event | None = None

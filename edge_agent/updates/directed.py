@@ -27,6 +27,7 @@ from ota.errors import (
     AgentVersionError,
     BundleFormatError,
     ChannelStaleError,
+    DownloadError,
     NotDirectedError,
     OtaError,
     ProfileMismatchError,
@@ -54,22 +55,14 @@ def check_channel(up: Updater) -> str:
     up.last_refresh_mono = now_mono
     up._next_refresh = now_mono + up.refresh_s * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter
     up.last_refresh = up._clock()
+    was = up.channel_note
     try:
-        directed = up.channel.refresh()
-    except ChannelStaleError as e:  # the serving model is not touched
-        if up.channel_note != str(e):
-            up._set_state("stale", None, detail=str(e))
-        up.channel_note = str(e)
-        return "stale"
-    except NotDirectedError as e:
-        up.channel_note = str(e)
-        return "idle"
+        directed = _refresh(up)
+    except StoppedError:
+        log.info("OTA: stopped during a refresh of the update channel")
+        return "stopped"
     except OtaError as e:
-        note = f"{type(e).__name__}: {e}"
-        if note != up.channel_note:  # said once, not at every scheduled refresh
-            up._set_state("rejected", None, detail=note)
-        up.channel_note = note
-        return "rejected"
+        return _refresh_refused(up, e, was)
     up.channel_note = ""
     result = "idle"
     for dt in directed:
@@ -82,7 +75,57 @@ def check_channel(up: Updater) -> str:
             return "stopped"
         finally:
             up.candidate = None
+    if result == "idle":
+        _recovered(up, was)
     return result
+
+
+def _refresh(up: Updater) -> list[DirectedTarget]:
+    """The channel's refresh on a helper thread, as a download runs: manual requests
+    (rollback) are answered meanwhile, and a stopping agent cancels it (StoppedError;
+    a trust worker is killed). A repository that sends its metadata slowly, yet above
+    the minimum rate, may hold a refresh for minutes."""
+    channel = up.channel
+    assert channel is not None
+    got: list[list[DirectedTarget]] = []
+    up._download(lambda cancel: got.append(channel.refresh(cancel)))
+    return got[0]
+
+
+def _refresh_refused(up: Updater, e: OtaError, was: str) -> str:
+    """A refresh that named nothing to install: its outcome, said once (not at every
+    scheduled refresh) and kept as the channel's note for status."""
+    if isinstance(e, NotDirectedError):
+        up.channel_note = str(e)
+        _recovered(up, was)
+        return "idle"
+    note = f"{type(e).__name__}: {e}"
+    if isinstance(e, ChannelStaleError):  # the serving model is not touched
+        state, note, detail = "stale", str(e), str(e)
+    elif isinstance(e, DownloadError):
+        # A server that is down or slow, a cut transfer, a worker stopped: nothing was
+        # judged; the next refresh (scheduled or hinted) tries again.
+        state, detail = "failed", f"{note}; refreshed again later"
+    else:
+        state, detail = "rejected", note
+    if note != up.channel_note:
+        up._set_state(state, None, detail=detail)
+    up.channel_note = note
+    return state
+
+
+def _recovered(up: Updater, was: str) -> None:
+    """After a refresh that read the channel and found nothing to do, a state the
+    channel's trouble set (stale, a refused or unreachable repository) no longer holds:
+    back to idle, once. Status and the retained state/ota summary follow `up.state`;
+    ota/state carries update steps and verdicts only (its schema has no "idle")."""
+    if not was or up.state not in ("stale", "rejected", "failed"):
+        return
+    detail = "update channel refreshed: nothing to do"
+    with up._lock:
+        up.state = "idle"
+        up.events.append({"ts": up._clock(), "state": "idle", "version": None, "detail": detail})
+    log.info("OTA: idle %s (was: %s)", detail, up._public(was))
 
 
 def apply_directed(up: Updater, dt: DirectedTarget) -> str:
@@ -124,9 +167,9 @@ def apply_directed(up: Updater, dt: DirectedTarget) -> str:
         # what they say is final: another download would be refused the same way. Tried
         # again only when the director names a new version.
         bundle.unlink(missing_ok=True)
-        result = f"failed v{dt.version}: {type(e).__name__}: {e}"
-        up._finish(job.tid, result)
-        up._set_state("failed", dt.version, detail=f"{result}; not tried again")
+        reason = f"{type(e).__name__}: {e}"
+        up._finish(job.tid, f"failed v{dt.version}: {reason}")
+        up._set_state("failed", dt.version, detail=f"{reason}; not tried again")
         return "failed"
     try:
         evidence = channel.evidence(dt)

@@ -6,8 +6,8 @@ and cryptography: ~15 MB that would stay resident in the agent for ever after it
 refresh. So the agent runs each refresh, each download, each check of the announcement
 root and of an announced manifest's signatures, and each re-check of a slot's seal as
 
-    python -m edge_agent.updates.trust_worker   (one JSON request on stdin, one
-                                                 JSON answer on stdout, then exit)
+    python -I -c <bootstrap: sys.path; trust_worker.main()>   (one JSON request on
+                                stdin, one JSON answer on stdout, then exit)
 
 and keeps only the verified result: the directed targets (path, length, hashes,
 version), the image targets metadata a slot's seal keeps, the trusted root, a verified
@@ -74,6 +74,22 @@ class WorkerError(DownloadError):
     """The child did not answer (could not start, died, hung): transient."""
 
 
+def _bootstrap() -> str:
+    """The child's command: only the agent's own code and the agent's import path.
+    `python -m` would put the working directory first on sys.path (a json.py or tuf/
+    planted there would run in the process whose answer is trusted), and `-P` needs
+    Python 3.11. So the child runs isolated (`-I`: no working directory, no PYTHON*
+    variables, no user site; the interpreter's own site-packages, a venv's included, as
+    usual) and gets this process's absolute sys.path entries, the package's first ('' and
+    relative entries name a working directory: dropped)."""
+    pkg_root = str(Path(edge_agent.__file__).resolve().parent.parent)
+    path = [pkg_root] + [p for p in sys.path if p and os.path.isabs(p) and p != pkg_root]
+    return (
+        f"import sys; sys.path[:0] = {path!r}; "
+        "from edge_agent.updates.trust_worker import main; sys.exit(main())"
+    )
+
+
 # --- the agent's side ----------------------------------------------------------------
 
 
@@ -87,14 +103,11 @@ def call(
     """Run `op` in a child; its answer, or the OtaError it reported (re-raised here).
     `root_versions` is updated with the trusted root versions the child reached, also
     when it reports an error (as `UpdateChannel.root_versions` is)."""
-    env = dict(os.environ)
-    pkg_root = str(Path(edge_agent.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
     body = json.dumps({"op": op, "ppid": os.getpid(), **request}).encode()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.updates.trust_worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            [sys.executable, "-I", "-c", _bootstrap()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
     except OSError as e:
         raise WorkerError(f"trust worker: cannot start: {e.strerror or e}") from e
@@ -141,8 +154,9 @@ class IsolatedChannel:
     def _request(self) -> dict[str, Any]:
         return {"channel": self.cfg.to_dict(), "state_dir": str(self.state_dir)}
 
-    def refresh(self) -> list[DirectedTarget]:
-        r = call("refresh", self._request(), REFRESH_TIMEOUT_S, None, self.root_versions)
+    def refresh(self, cancel: threading.Event | None = None) -> list[DirectedTarget]:
+        """`cancel` set (the agent stopping): the child is killed, a WorkerError."""
+        r = call("refresh", self._request(), REFRESH_TIMEOUT_S, cancel, self.root_versions)
         return [DirectedTarget.from_dict(t) for t in r["targets"]]
 
     def download(

@@ -9,10 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import Env
+from otamodels import copy_model
+from rig import make_bundle
+from tufrig import make_repos
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.updates import trust_worker
-from edge_agent.updates.trust_worker import WorkerError
+from edge_agent.updates.trust_worker import IsolatedChannel, WorkerError
 
 
 def test_trust_worker_does_not_import_modules_from_the_working_directory(
@@ -33,3 +37,21 @@ def test_trust_worker_does_not_import_modules_from_the_working_directory(
         f"the trust worker ran {cwd / 'json.py'} from the agent's working directory ({err.value})"
     )
     assert not isinstance(err.value, WorkerError), err.value
+
+
+def test_trust_worker_imports_tuf_from_the_environment_not_a_planted_package(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A planted `tuf/` in the working directory is not imported, and the real python-tuf
+    (the venv's site-packages, reached in isolated mode) still refreshes the channel."""
+    cwd = env.tmp / "cwd"
+    (cwd / "tuf").mkdir(parents=True)
+    marker = env.tmp / "planted-tuf-ran"
+    (cwd / "tuf" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with make_repos(env.tmp / "repos") as repos:
+        v2 = make_bundle(env, copy_model(env.tmp / "model-v2", 2), "vib-v2.bundle")
+        repos.direct(repos.release(v2))
+        monkeypatch.chdir(cwd)
+        (got,) = IsolatedChannel(repos.channel(), env.tmp / "state").refresh()
+    assert not marker.exists(), f"the trust worker imported {cwd / 'tuf'}"
+    assert got.version == 2
