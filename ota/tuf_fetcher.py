@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -31,10 +32,12 @@ class BoundedFetcher(FetcherInterface):
         limits: FetchLimits | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.limits = limits or FetchLimits()
         self.timeout_s = timeout_s
         self.clock = clock
+        self.cancel = cancel  # set: the transfer ends at its next chunk (agent stopping)
 
     @contextmanager
     def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
@@ -67,21 +70,38 @@ class BoundedFetcher(FetcherInterface):
             e.close()
             raise tuf_errors.DownloadHTTPError(f"{url}: HTTP {e.code}", e.code) from e
         length = resp.headers.get("Content-Length")
-        size = int(length) if length and length.isdigit() else _UNKNOWN_LENGTH
-        return self._chunks(url, resp, pacer(self.limits, self.clock, url, size))
+        declared = int(length) if length and length.isdigit() else None
+        pace = pacer(self.limits, self.clock, url, declared or _UNKNOWN_LENGTH)
+        return self._chunks(url, resp, pace, declared)
 
-    @staticmethod
     def _chunks(
-        url: str, resp: http.client.HTTPResponse, pace: Callable[[int], None]
+        self,
+        url: str,
+        resp: http.client.HTTPResponse,
+        pace: Callable[[int], None],
+        declared: int | None,
     ) -> Iterator[bytes]:
         received = 0
         try:
             while True:
+                if self.cancel is not None and self.cancel.is_set():
+                    raise tuf_errors.DownloadError(f"{url}: cancelled")
                 try:
                     chunk = resp.read1(CHUNK_SIZE)
+                except http.client.IncompleteRead as e:
+                    raise tuf_errors.DownloadError(
+                        f"{url}: connection closed after {received + len(e.partial)} of "
+                        f"{declared} bytes"
+                    ) from e
                 except OSError as e:
                     raise tuf_errors.DownloadError(f"{url}: interrupted: {e}") from e
                 if not chunk:
+                    # A server that dies mid-file closes the connection early: a cut
+                    # transfer (retried), not a file whose hash is wrong (a verdict).
+                    if declared is not None and received < declared:
+                        raise tuf_errors.DownloadError(
+                            f"{url}: connection closed after {received} of {declared} bytes"
+                        )
                     return
                 received += len(chunk)
                 try:
