@@ -13,7 +13,9 @@ Runs on its own thread (the stream threads keep scoring). Steps, each published 
 Nothing unsigned is bookkeeping: outcomes, attempts, retries and download names are keyed
 by the verified target's identity (`edge_agent.updates.record`). What the announcement
 adds around the signed manifest (URL, size, hash) is a hint: a file that does not match
-the signed target is a failed download (discarded, retried with backoff), never a verdict.
+the signed target is a failed download (discarded, retried with backoff), never a verdict;
+when it is exactly the announced bytes, that announcement is not retried
+(`edge_agent.updates.bad_files`).
 Decisions are in `edge_agent.updates.checks` (pure); slot files in `edge_agent.updates.store`;
 the TUF channel's side (refresh, director's targets) in `edge_agent.updates.directed`.
 
@@ -45,6 +47,7 @@ from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
 from edge_agent.updates import directed
+from edge_agent.updates.bad_files import BadFiles, MalformedAsAnnouncedError, Wrapper, delivered
 from edge_agent.updates.calib_carry import CalibrationHolder, StreamRun, for_stream, keep
 from edge_agent.updates.checks import (
     AlarmRule,
@@ -124,6 +127,7 @@ class _Retry:
     tid: TargetId
     failures: int
     due: float
+    passed: int = 0  # newer announcements taken while this was due (bounded: no starving)
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,7 @@ class Updater:
         self._inbox: queue.Queue[bytes] = queue.Queue(maxsize=INBOX_SIZE)
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue(maxsize=JOBS_SIZE)
         self._retry: _Retry | None = None
+        self._bad_files = BadFiles()  # announced files whose exact bytes were refused
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -317,10 +322,20 @@ class Updater:
                     self._set_state("failed", None, detail="internal error (see the log)")
                 continue
             r = self._retry
-            if r is not None and time.monotonic() >= r.due:
+            payload: bytes | None = None
+            due = r is not None and time.monotonic() >= r.due
+            if r is not None and due and r.passed < INBOX_SIZE:
+                # A newer announcement waiting goes before the retry of an older one: it
+                # may replace it (a retry fired meanwhile would be reported as its outcome).
+                try:
+                    payload = self._inbox.get_nowait()
+                    r.passed += 1
+                except queue.Empty:
+                    pass
+            if payload is None and r is not None and due:
                 log.info("OTA: trying the download of %s again (failure %d)", r.tid, r.failures)
                 payload = r.payload
-            else:
+            elif payload is None:
                 try:
                     payload = self._inbox.get(timeout=WAIT_POLL_S)
                 except queue.Empty:
@@ -361,7 +376,8 @@ class Updater:
             self.events.append(
                 {"ts": self._clock(), "state": state, "version": version, "detail": detail}
             )
-        log.info("OTA: %s v%s %s", state, version, detail)
+        # a channel-level state concerns no version: not "vNone"
+        log.info("OTA: %s%s %s", state, "" if version is None else f" v{version}", detail)
         if self._publish_cb is not None:
             try:
                 self._publish_cb(
@@ -467,6 +483,8 @@ class Updater:
             return f.state
         try:
             fetched = self._fetch_and_check(job)
+        except MalformedAsAnnouncedError as m:  # the same URL and sha256 bring the same bytes
+            return self._announced_file_bad(job, m.error)
         except OtaError as e:  # the file behind the unsigned URL: transient, never a verdict
             return self._download_failed(job, e)
         return self._install_and_try(job, fetched, targets)
@@ -496,6 +514,10 @@ class Updater:
         if done is not None:
             log.debug("OTA: %s already handled here: %s", tid, done)
             raise _RefusedError("ignored", done)
+        bad = self._bad_files.reason(Wrapper.of(tid.key, ann))
+        if bad is not None:  # only this wrapper: the target itself is not judged
+            log.info("OTA: %s from %s not fetched again: %s", tid, ann.url, bad)
+            raise _RefusedError("ignored", bad)
         payload_bytes = sum(f.size for f in m.files)
         if payload_bytes > self.ota.max_bundle_bytes:
             reason = (
@@ -550,15 +572,20 @@ class Updater:
         assert job.fetcher is not None
         ann, fetcher = job.ann, job.fetcher
         self._set_state("downloading", v, detail=ann.url)
+        fetched = False
         try:
             self._download(lambda cancel: fetcher.fetch(ann.url, bundle, job.limit, cancel))
+            fetched = True
             self._pause("download")
             self._set_state("verifying", v)
             vm = self._check_download(bundle, job)
         except OtaError as e:
+            exact = fetched and not isinstance(e, DownloadError) and delivered(bundle, ann)
             bundle.unlink(missing_ok=True)
             if not isinstance(e, DownloadError):  # wrong content: do not resume into it
                 partial_path(bundle).unlink(missing_ok=True)
+            if exact:
+                raise MalformedAsAnnouncedError(e) from e
             raise
         return bundle, vm
 
@@ -628,6 +655,21 @@ class Updater:
             job.tid.version,
             detail=f"{reason}; trying again in {delay:.0f} s (failure {failures})",
         )
+        return "failed"
+
+    def _announced_file_bad(self, job: _Job, e: OtaError) -> str:
+        """The server sent exactly the announced bytes and they are refused: not retried
+        (only a new announcement can help); this wrapper is remembered, not the target."""
+        self.record.undo_attempt(job.tid)
+        assert job.ann is not None
+        reason = f"{type(e).__name__}: {e}"
+        self._bad_files.add(Wrapper.of(job.tid.key, job.ann), f"failed before: {reason}")
+        detail = (
+            f"{reason}; not retried: the announced file itself is malformed "
+            "(a new announcement is needed)"
+        )
+        self.last_result = f"failed v{job.tid.version}: {detail}"
+        self._set_state("failed", job.tid.version, detail=detail)
         return "failed"
 
     def _install_and_try(
