@@ -10,10 +10,13 @@ update channel (image + director repositories served by `edge-ota serve`), real 
   (a second `start` on the group is refused, with the driver running and after it died);
 - devices on one mosquitto, the operator on another, bridged: the same rollout completes.
 
-How many agents: EDGE_ROLLOUT_AGENTS (default 30: at 20% the second wave then holds 4
-devices, room for the three that fail and one that does not; 30 agents take about 3 GB and
-start within a minute or two on a 2-core machine). Wave wall times are printed (-s) for
-docs/benchmarks.md; the 50-agent run is `EDGE_ROLLOUT_AGENTS=50 pytest ... -s`.
+How many agents: EDGE_ROLLOUT_AGENTS (default 12, what CI's time budget allows; each
+agent costs about 6 s of start-up on a loaded 2-core machine). The issue's run is
+`EDGE_ROLLOUT_AGENTS=50 EDGE_ROLLOUT_RATE_HZ=1 pytest tests/fleet/test_rollout_fleet.py -s`
+(1 Hz streams as the issue asks; CI's default is 8 Hz, see rolloutrig; about 12 min here;
+wave wall times printed for docs/benchmarks.md). With 25 or more agents the halt test uses
+the issue's waves 2,20%,100% (the 20% wave then holds 4 devices: the three that fail and
+one that does not); with fewer, 2,50%,100%, so that wave 2 still holds them.
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ pytestmark = [
     pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed"),
 ]
 
-AGENTS = int(os.environ.get("EDGE_ROLLOUT_AGENTS", "30"))
+AGENTS = int(os.environ.get("EDGE_ROLLOUT_AGENTS", "12"))
 WAVES = "2,20%,100%"
+HALT_WAVES = WAVES if AGENTS >= 25 else "2,50%,100%"
 # Generous for a loaded 2-core machine; each wait returns as soon as its condition holds.
 FLEET_UP_S = 120 + 6 * AGENTS  # every agent OK and scoring
 ROLLOUT_S = 300 + 6 * AGENTS  # a whole rollout driven in the foreground
@@ -118,8 +122,8 @@ def rollout(
     )
 
 
-def start_args(site: Site, *extra: str) -> tuple[str, ...]:
-    return ("--target", site.targets[2], "--waves", WAVES, "--wave-deadline", DEADLINE, *extra)
+def start_args(site: Site, *extra: str, waves: str = WAVES) -> tuple[str, ...]:
+    return ("--target", site.targets[2], "--waves", waves, "--wave-deadline", DEADLINE, *extra)
 
 
 def status(site: Site) -> dict[str, Any]:
@@ -185,9 +189,9 @@ def test_three_refusing_devices_halt_the_rollout_in_wave_two_and_abort_brings_it
     tmp_path: Path,
 ) -> None:
     names = device_names(AGENTS)
-    waves = wave_members(names, WAVES.split(","))
-    if len(waves) < 3 or len(waves[1]) < 3:
-        pytest.skip(f"{AGENTS} agents: the 20% wave holds fewer than 3 devices (25 or more needed)")
+    waves = wave_members(names, HALT_WAVES.split(","))
+    if len(waves) < 3 or len(waves[1]) < 4:
+        pytest.skip(f"{AGENTS} agents: wave 2 of {HALT_WAVES} holds fewer than 4 devices")
     # the last three of wave 2: wave 1 succeeds, the third failure crosses --max-failures 2
     # in wave 2, and wave 3 is never directed
     failing = tuple(waves[1][-3:])
@@ -199,7 +203,9 @@ def test_three_refusing_devices_halt_the_rollout_in_wave_two_and_abort_brings_it
             operator_site(tmp_path / "site") as site,
             running_fleet(tmp_path, broker, site, failing),
         ):
-            p = rollout("start", site, broker, *start_args(site, "--max-failures", "2"))
+            p = rollout(
+                "start", site, broker, *start_args(site, "--max-failures", "2", waves=HALT_WAVES)
+            )
             assert p.returncode == EXIT_HALTED, p.stdout + p.stderr
             doc = status(site)
             assert doc["state"] == "halted", doc["reason"]
