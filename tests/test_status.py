@@ -423,11 +423,11 @@ def test_ota_line_says_the_bundled_model_serves_and_why_updates_are_off() -> Non
         "state": "off",
         "active_slot": None,
         "active_version": None,
-        "note": "no ota.root_file configured: updates are not accepted",
+        "note": "no update channel configured (ota.image_url, ...): updates are not accepted",
     }
     text = render_text(snap(st), assess(snap(st), now), now)
     assert "ota      off; no OTA slot: the bundled model serves" in text
-    assert "         no ota.root_file configured: updates are not accepted" in text
+    assert "         no update channel configured (ota.image_url, ...): updates are not" in text
     assert "slot ?" not in text
     assert_fits(text)
 

@@ -96,7 +96,10 @@ class OtaRuntime:
             self._on_error("ota", self.note)
             return
         if not ota.root_file and not all(channel_keys):
-            self.note = "no ota.root_file configured: updates are not accepted"
+            self.note = (
+                "no update channel configured (ota.image_url, ota.director_url and their "
+                "root files, docs/ota.md): updates are not accepted"
+            )
             log.info("OTA: %s", self.note)
             return
         # signature checks run in trust workers: cryptography (~9 MB) is never resident
