@@ -9,7 +9,6 @@ old model's normalisation with the new model, or the other way round.
 from __future__ import annotations
 
 import threading
-from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -46,21 +45,20 @@ def test_swaps_during_scoring_never_mix_one_models_normalisation_with_another() 
     pipe.shadow = hook
     done = threading.Event()
     errors: list[BaseException] = []
-    # The pipeline's lock is not fair: a feeder that hands in blocks back to back can
-    # take it again each time and, on a loaded machine, starve the swapper until the
-    # stream is over. Each block waits (60 s at most) for a swap since the one before,
-    # so swaps interleave with scoring however the threads are scheduled.
-    swapped = threading.Condition()
-    swap_count = [0]
-
-    def swapped_at_least(n: int) -> bool:
-        return swap_count[0] >= n
+    # The pipeline's lock is not fair and a block holds it while it is scored: a swapper
+    # left to itself can be starved until the stream is over, or fall into a rhythm of an
+    # even number of swaps per block, so one model serves every block. Instead each block
+    # asks for exactly one swap as it is handed in: the swap races that block for the lock
+    # (before it, or waiting until it is scored), whichever way the threads are scheduled.
+    swap_wanted, swap_done = threading.Semaphore(0), threading.Semaphore(0)
 
     def stream() -> None:
         try:
             for i, start in enumerate(range(0, len(raw), BLOCK)):
-                with swapped:
-                    swapped.wait_for(partial(swapped_at_least, i), timeout=60)
+                # the previous block's swap is done (60 s at most): one swap per block
+                if i and not swap_done.acquire(timeout=60):
+                    raise AssertionError("no swap for 60 s")
+                swap_wanted.release()
                 pipe.process(Block(raw[start : start + BLOCK], start / 100.0, start, 100.0))
         except BaseException as e:  # noqa: BLE001 - re-raised by the test thread
             errors.append(e)
@@ -71,13 +69,12 @@ def test_swaps_during_scoring_never_mix_one_models_normalisation_with_another() 
     t.start()
     swaps = 0
     while not done.is_set():
-        model, policy = servings[(swaps + 1) % 2]
-        pipe.swap_model(model, AlarmPolicy(policy.threshold))
-        thresholds[id(model)] = policy.threshold
-        swaps += 1
-        with swapped:
-            swap_count[0] = swaps
-            swapped.notify_all()
+        if swap_wanted.acquire(timeout=0.1):
+            model, policy = servings[(swaps + 1) % 2]
+            thresholds[id(model)] = policy.threshold
+            pipe.swap_model(model, AlarmPolicy(policy.threshold))
+            swaps += 1
+            swap_done.release()
     t.join(60)
     assert errors == []
     assert swaps > 10, "the test did not swap while scoring"
