@@ -84,6 +84,11 @@ def _state(s: Serving) -> str:
     return str(s.rt.live.snapshot().get("state"))
 
 
+def _ticked_past_fitting(ctl: CalibrationControl, s: Serving) -> bool:
+    ctl.tick()
+    return _state(s) not in ("collecting", "fitting")
+
+
 def test_applied_on_the_thread_it_is_handed_to_and_scoring_never_stops(serving: Serving) -> None:
     jobs: list[Callable[[], None]] = []  # the updater's job queue, run by this test
 
@@ -119,8 +124,9 @@ def test_discarded_when_the_model_was_swapped_meanwhile(serving: Serving) -> Non
     other = load_model(MODELS / "vibration-ae-fp32-onnx", Profile(name="t"))
     assert other.card.sha256 != rt.pipeline.model.card.sha256
     rt.pipeline.swap_model(other)  # e.g. an update promoted while it collected
-    assert wait(lambda: _state(serving) == "fitting")
-    ctl.tick()
+    # "fitting" is set before the fit runs on the stream's thread; the apply job is queued
+    # only after it: tick (the agent's 1 Hz turn) until it has been taken
+    assert wait(lambda: _ticked_past_fitting(ctl, serving))
     live = rt.live.snapshot()
     assert live["state"] == "discarded"
     assert "model changed meanwhile" in live["reason"]
@@ -144,8 +150,9 @@ def test_refused_during_an_update_and_discarded_if_one_began_meanwhile(
     phase[0] = ""
     ctl.handle({"action": "start", "windows": WINDOWS})
     phase[0] = "validated"  # an update's candidate is being set up with the old one
-    assert wait(lambda: _state(serving) == "fitting")
-    ctl.tick()
+    # "fitting" is set before the fit runs on the stream's thread; the apply job is queued
+    # only after it: tick (the agent's 1 Hz turn) until it has been taken
+    assert wait(lambda: _ticked_past_fitting(ctl, serving))
     assert _state(serving) == "discarded"
     assert serving.rt.calibration is None
     assert not calibration_path(serving.state_dir, "line").exists()
