@@ -215,7 +215,8 @@ def cmd_cmd(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _broker_opts(p: argparse.ArgumentParser) -> None:
+def add_connection_options(p: argparse.ArgumentParser) -> None:
+    """The broker connection options every fleet-facing command takes (fleet, rollout)."""
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--prefix", default="edge", help="topic prefix (mqtt.prefix of the devices)")
@@ -225,6 +226,10 @@ def _broker_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS)")
     p.add_argument("--key-file", type=Path, help="client key (mutual TLS)")
     p.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5")
+
+
+def _broker_opts(p: argparse.ArgumentParser) -> None:
+    add_connection_options(p)
     p.add_argument(
         "--offline-after",
         type=_positive,

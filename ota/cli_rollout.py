@@ -320,15 +320,9 @@ def _repo_opts(p: argparse.ArgumentParser, *, keys: bool) -> None:
 
 def _broker_opts(p: argparse.ArgumentParser) -> None:
     """As `edge-ota fleet status` takes them."""
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--prefix", default="edge", help="topic prefix (mqtt.prefix of the devices)")
-    p.add_argument("--username")
-    p.add_argument("--password-file", type=Path, help="file holding the MQTT password")
-    p.add_argument("--ca-file", type=Path, help="CA for TLS (turns TLS on)")
-    p.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS)")
-    p.add_argument("--key-file", type=Path, help="client key (mutual TLS)")
-    p.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5")
+    from ota.cli_fleet import add_connection_options
+
+    add_connection_options(p)
     p.add_argument("--poll", metavar="S", help="read the fleet state every S (default 5s)")
     p.add_argument("--offline-after", metavar="S", help="silent this long = offline (default 900s)")
 
