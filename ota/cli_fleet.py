@@ -51,7 +51,8 @@ def _count(text: str) -> int:
     return value
 
 
-def _opts(args: argparse.Namespace) -> Any:
+def connection_from_args(args: argparse.Namespace) -> Any:
+    """The BrokerOptions that `add_connection_options` parsed (fleet, rollout)."""
     from ota.fleet_mqtt import BrokerOptions
 
     return BrokerOptions(
@@ -78,7 +79,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ota.fleet_mqtt import read_retained
 
     t0 = time.monotonic()
-    messages, how = read_retained(_opts(args), quiet_s=args.quiet, max_s=args.max_wait)
+    opts = connection_from_args(args)
+    messages, how = read_retained(opts, quiet_s=args.quiet, max_s=args.max_wait)
     view = _view(args, messages)
     took = time.monotonic() - t0
     if args.json:
@@ -95,7 +97,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from ota.fleet import render_table
     from ota.fleet_mqtt import FleetClient, device_filters, read_retained
 
-    opts = _opts(args)
+    opts = connection_from_args(args)
     first, _ = read_retained(opts, quiet_s=args.quiet, max_s=args.max_wait)
     latest: dict[str, bytes] = dict(first)
     lock = threading.Lock()
@@ -149,7 +151,7 @@ def _targets(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         return list(dict.fromkeys(args.device)), []
     from ota.fleet_mqtt import read_retained
 
-    messages, _ = read_retained(_opts(args), quiet_s=args.quiet, max_s=args.max_wait)
+    messages, _ = read_retained(connection_from_args(args), quiet_s=args.quiet, max_s=args.max_wait)
     view = _view(args, messages)
     online = [r.device for r in view.rows if not r.offline]
     return online, [r.device for r in view.rows if r.offline]
@@ -188,7 +190,7 @@ def cmd_cmd(args: argparse.Namespace) -> int:
     if not devices:
         print(f"no online device in group {args.group!r}", file=sys.stderr)
         return 1
-    got = send_command(_opts(args), devices, args.name, payload, args.timeout)
+    got = send_command(connection_from_args(args), devices, args.name, payload, args.timeout)
     failed = 0
     doc: dict[str, Any] = {"command": args.name, "devices": {}, "skipped_offline": skipped}
     for d in devices:

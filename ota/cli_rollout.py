@@ -61,19 +61,14 @@ def _duration(text: str | None, what: str, default: float) -> float:
 
 
 def _driver(args: argparse.Namespace, r: Rollout | None = None) -> Driver:
-    from ota.fleet_mqtt import BrokerOptions
+    from ota.cli_fleet import connection_from_args
     from ota.rollout_driver import Driver, Repos
 
     opts = r.options if r is not None else {}
-    broker = BrokerOptions(
-        host=args.host, port=args.port, prefix=args.prefix, username=args.username,
-        password_file=args.password_file, ca_file=args.ca_file, cert_file=args.cert_file,
-        key_file=args.key_file, protocol=args.mqtt_protocol,
-    )  # fmt: skip
     return Driver(
         store=_store(args),
         repos=Repos(args.director, args.image, args.online_key),
-        broker=broker,
+        broker=connection_from_args(args),
         poll_s=_duration(args.poll, "--poll", float(opts.get("poll_s", 5.0))),
         offline_after_s=_duration(
             args.offline_after, "--offline-after", float(opts.get("offline_after_s", 900.0))
