@@ -215,8 +215,7 @@ def cmd_abort(args: argparse.Namespace) -> int:
                     res = rec.abort or {}
                     print(f"  {rec.device}: {res.get('result')}: {res.get('detail')}")
                 print(f"rollout {r.id}: {r.reason}")
-                bad = [x for x in r.directed() if (x.abort or {}).get("result") == "not_restored"]
-                return 1 if bad else 0
+                return 1 if r.not_restored() else 0
         except RolloutBusyError:
             if time.monotonic() >= deadline:
                 store.clear_request(args.group)
@@ -234,8 +233,7 @@ def _abortable(r: Rollout) -> None:
     from ota.rollout import RolloutError, RolloutState
 
     if r.state is RolloutState.COMPLETED or (
-        r.state is RolloutState.ABORTED
-        and not any((d.abort or {}).get("result") == "not_restored" for d in r.directed())
+        r.state is RolloutState.ABORTED and not r.not_restored()
     ):
         raise RolloutError(f"rollout {r.id} is {r.state.value}: nothing to abort")
 

@@ -309,7 +309,7 @@ class Driver:
                 what = f"serves v{d.before}" if res == "restored" else "served the target before"
                 d.abort = {"result": res, "detail": what, "at": now}
         everyone = r.directed()
-        bad = [d.device for d in everyone if (d.abort or {}).get("result") == "not_restored"]
+        bad = [d.device for d in r.not_restored()]
         r.state, r.updated_at, r.ended_at = RolloutState.ABORTED, now, now
         r.reason = (
             f"aborted; {len(everyone) - len(bad)} of {len(everyone)} directed device(s) restored"

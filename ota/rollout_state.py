@@ -177,6 +177,10 @@ class Rollout:
         started = {w.index for w in self.waves if w.state is not WaveState.PENDING}
         return [d for d in self.devices.values() if d.wave in started]
 
+    def not_restored(self) -> list[DeviceRecord]:
+        """Directed devices an abort did not bring back (`abort` again finishes them)."""
+        return [d for d in self.directed() if (d.abort or {}).get("result") == "not_restored"]
+
     def note(self, now: float, text: str) -> None:
         self.events.append({"at": now, "event": text})
         del self.events[:-MAX_EVENTS]
