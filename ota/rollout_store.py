@@ -136,7 +136,7 @@ class RolloutStore:
                 if time.monotonic() >= deadline:
                     raise RolloutBusyError(
                         f"group {group!r}: the rollout is being driven by "
-                        f"{self._describe(self.holder_info(group))}; wait for it, or use "
+                        f"{self.describe_holder(self.holder_info(group))}; wait for it, or use "
                         "`edge-ota rollout pause|abort` to ask it to stop"
                     ) from None
                 time.sleep(0.1)
@@ -174,7 +174,7 @@ class RolloutStore:
         return info if isinstance(info, dict) else {}
 
     @staticmethod
-    def _describe(info: dict[str, Any]) -> str:
+    def describe_holder(info: dict[str, Any]) -> str:
         if not info.get("pid"):
             return "another process"
         since = info.get("since")
@@ -187,9 +187,6 @@ class RolloutStore:
             f"pid {info.get('pid')} on {info.get('host', '?')} "
             f"(`rollout {info.get('command', '?')}`, since {when})"
         )
-
-    def describe_holder(self, info: dict[str, Any]) -> str:
-        return self._describe(info)
 
     # --- control requests ---------------------------------------------------------------
     def request(self, group: str, what: str, now: float) -> dict[str, Any]:
