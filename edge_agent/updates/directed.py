@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.updates.job import MAX_ATTEMPTS, Job, RefusedError, StoppedError, utc
+from edge_agent.updates.job import Job, RefusedError, StoppedError, utc
 from edge_agent.updates.record import TargetId
 from edge_agent.updates.slots import PRE_PROMOTION
 from ota.bundle import read_header
@@ -213,12 +213,7 @@ def admit_directed(up: Updater, dt: DirectedTarget) -> tuple[Job, list[UpdateTar
     if restore:
         what = f"directed; restoring committed v{dt.version}, whose slot was lost"
     up._set_state("announced", dt.version, detail=f"{dt.path} {what}")
-    attempts = up.record.begin_attempt(tid)
-    if attempts > MAX_ATTEMPTS:
-        result = f"v{dt.version} given up after {MAX_ATTEMPTS} interrupted attempts"
-        up._finish(tid, result)
-        raise RefusedError("failed", result)
-    up.candidate = {"version": dt.version, "name": dt.name, "attempt": attempts}
+    up._begin_attempt(tid)
     return Job(None, b"", None, tid, None, dt.length, installed, failures), targets
 
 

@@ -440,6 +440,16 @@ class Updater:
         self.record.finish(tid, result, self._clock())
         self.last_result = result
 
+    def _begin_attempt(self, tid: TargetId) -> None:
+        """Count one more try of `tid` (announced or directed) and make it the candidate;
+        a target interrupted MAX_ATTEMPTS times (crash, stop) is given up instead."""
+        attempts = self.record.begin_attempt(tid)
+        if attempts > MAX_ATTEMPTS:
+            result = f"v{tid.version} given up after {MAX_ATTEMPTS} interrupted attempts"
+            self._finish(tid, result)
+            raise _RefusedError("failed", result)
+        self.candidate = {"version": tid.version, "name": tid.name, "attempt": attempts}
+
     # -- one announcement ------------------------------------------------------------
     def process(self, payload: bytes) -> str:
         """Handle one announcement to its end; returns the final state (or "ignored").
@@ -535,12 +545,7 @@ class Updater:
             log.info("OTA: verified %s replaces the pending retry of %s", tid, r.tid)
         failures = r.failures if r is not None and r.tid == tid else 0
         self._retry = None
-        attempts = self.record.begin_attempt(tid)
-        if attempts > MAX_ATTEMPTS:
-            result = f"v{m.version} given up after {MAX_ATTEMPTS} interrupted attempts"
-            self._finish(tid, result)
-            raise _RefusedError("failed", result)
-        self.candidate = {"version": m.version, "name": m.name, "attempt": attempts}
+        self._begin_attempt(tid)
         limit = bundle_size_bound(len(vm.manifest_bytes), [f.size for f in m.files])
         return _Job(ann, payload, vm, tid, fetcher, limit, installed, failures), targets
 
