@@ -338,11 +338,9 @@ def _merged(a: Block, b: Block) -> Block | None:
     follows on, no hole, same rate and shape); None otherwise. Every sample keeps its
     time: when b does not start where a's spacing puts it (a live source stamps
     receive times), the merged block carries per-sample times."""
+    if not _follows(a, b):
+        return None
     n = len(a.samples)
-    if b.gap_before or b.seq != a.seq + n or b.rate_hz != a.rate_hz:
-        return None
-    if a.samples.shape[1:] != b.samples.shape[1:]:
-        return None
     samples = np.concatenate((a.samples, b.samples))
     if a.times is None and b.times is None and abs(b.t0 - a.time_of(n)) <= _SAME_TIME_S:
         return Block(samples, a.t0, a.seq, a.rate_hz, a.gap_before)
