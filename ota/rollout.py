@@ -184,6 +184,11 @@ def _serves(o: Observation, family: str, version: int) -> bool:
     return bool(vs) and all(v == version for v in vs)
 
 
+def _settled_on(o: Observation, family: str, version: int) -> bool:
+    """Serves `version` with no update under way (a swap in progress may still fail)."""
+    return _serves(o, family, version) and o.phase not in IN_PROGRESS
+
+
 def _versions(o: Observation, family: str) -> str:
     return ",".join(f"v{x}" for x in o.serving.get(family) or ()) or "nothing"
 
@@ -213,7 +218,7 @@ def classify(
         why = final_failure(o, v, directed_at)
         if why:
             state = DeviceState.FAILED
-        elif _serves(o, target.family, v) and o.phase not in IN_PROGRESS:
+        elif _settled_on(o, target.family, v):
             state = DeviceState.SUCCEEDED
     if state is DeviceState.DIRECTED and now - directed_at >= deadline_s:
         seen = (
@@ -302,9 +307,9 @@ def abort_check(rec: DeviceRecord, o: Observation | None, target: Target) -> str
     if o is None or not o.online or not o.complete:
         return "wait"
     fam = target.family
-    if rec.before is not None and _serves(o, fam, rec.before) and o.phase not in IN_PROGRESS:
+    if rec.before is not None and _settled_on(o, fam, rec.before):
         return "restored"
-    if _serves(o, fam, target.version) and o.phase not in IN_PROGRESS:
+    if _settled_on(o, fam, target.version):
         return "rollback"
     return "wait"
 
@@ -318,7 +323,7 @@ def may_redirect(rec: DeviceRecord, o: Observation | None, target: Target) -> bo
         return True
     if o is None or not o.complete or rec.before is None:
         return False
-    return _serves(o, target.family, rec.before) and o.phase not in IN_PROGRESS
+    return _settled_on(o, target.family, rec.before)
 
 
 def abort_wait_why(rec: DeviceRecord, o: Observation | None, target: Target) -> str:
