@@ -7,6 +7,7 @@ the bundle's URL, size (the download limit) and sha256.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "Announcement",
     "device_topic",
     "fleet_topic",
+    "hint_body",
     "is_hint",
 ]
 
@@ -100,6 +102,12 @@ class Announcement:
 
 
 MAX_HINT_BYTES = 1024
+HINT_VERSION = 1
+
+
+def hint_body(ts: datetime) -> bytes:
+    """The "refresh now" hint `is_hint` accepts, as `edge-ota hint` and a rollout send it."""
+    return json.dumps({"v": HINT_VERSION, "hint": "refresh", "ts": ts.isoformat()}).encode()
 
 
 def is_hint(data: bytes) -> bool:

@@ -15,13 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ota.announce import DEFAULT_PREFIX, fleet_topic
+from ota.announce import DEFAULT_PREFIX, fleet_topic, hint_body
 from ota.broker_args import add_broker_arguments, target_from_args
 from ota.keys import PrivateKey, load_private_key, load_public_key
 
 __all__ = ["add_repo_commands"]
-
-HINT_VERSION = 1
 
 
 def _now() -> datetime:
@@ -149,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_hint(args: argparse.Namespace) -> int:
     from ota.publish import publish_retained
 
-    body = json.dumps({"v": HINT_VERSION, "hint": "refresh", "ts": _now().isoformat()}).encode()
+    body = hint_body(_now())
     topics = [fleet_topic(g, args.prefix) for g in args.group]
     publish_retained(target_from_args(args), [(t, body) for t in topics])
     for t in topics:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import PublishError
-from ota.announce import fleet_topic
+from ota.announce import fleet_topic, hint_body
 from ota.broker_args import MqttTarget
 from ota.fleet_mqtt import BrokerOptions, read_retained, send_command
 from ota.keys import PrivateKey, load_private_key
@@ -60,7 +60,6 @@ __all__ = ["Driver", "Repos"]
 
 log = logging.getLogger(__name__)
 
-HINT_VERSION = 1  # as `edge-ota hint` sends it
 ROLLBACK_RESEND_S = 20.0  # a device busy with an update refuses a rollback: ask again
 COMMAND_TIMEOUT_S = 30.0
 
@@ -129,9 +128,7 @@ class Driver:
         from ota.publish import publish_retained
 
         b = self.broker
-        body = json.dumps(
-            {"v": HINT_VERSION, "hint": "refresh", "ts": _utc(self.clock()).isoformat()}
-        ).encode()
+        body = hint_body(_utc(self.clock()))
         target = MqttTarget(
             host=b.host, port=b.port, username=b.username, password_file=b.password_file,
             ca_file=b.ca_file, cert_file=b.cert_file, key_file=b.key_file,
