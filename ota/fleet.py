@@ -14,7 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DeviceRow", "FleetView", "build_view", "render_table", "split_topic"]
+__all__ = [
+    "DeviceRow",
+    "FleetView",
+    "body_ts",
+    "build_view",
+    "json_object",
+    "render_table",
+    "split_topic",
+]
 
 STATE_SECTIONS = ("health", "models", "ota", "alarms")
 
@@ -94,7 +102,8 @@ class FleetView:
         }
 
 
-def _json(payload: bytes) -> Mapping[str, Any] | None:
+def json_object(payload: bytes) -> Mapping[str, Any] | None:
+    """A retained payload's JSON object; None when cleared, not JSON, or not an object."""
     if not payload:
         return None  # a cleared retained message
     try:
@@ -104,7 +113,7 @@ def _json(payload: bytes) -> Mapping[str, Any] | None:
     return obj if isinstance(obj, Mapping) else None
 
 
-def _ts(body: Mapping[str, Any]) -> float | None:
+def body_ts(body: Mapping[str, Any]) -> float | None:
     t = body.get("ts")
     return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 
@@ -155,13 +164,13 @@ def build_view(
     rows: dict[str, DeviceRow] = {}
     for topic, payload in messages:
         where = split_topic(prefix, topic)
-        body = _json(payload)
+        body = json_object(payload)
         if where is None or body is None:
             continue
         device, kind = where
         row = rows.setdefault(device, DeviceRow(device))
         _apply(row, kind, body)
-        t = _ts(body)
+        t = body_ts(body)
         if t is not None and (row.last_seen is None or t > row.last_seen):
             row.last_seen = t
     for r in rows.values():

@@ -9,13 +9,12 @@ family's serving versions as numbers and the last OTA result taken apart
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ota.fleet import build_view, split_topic
+from ota.fleet import body_ts, build_view, json_object, split_topic
 
 __all__ = [
     "FINAL_OUTCOMES",
@@ -64,14 +63,6 @@ class Observation:
         return not self.missing
 
 
-def _body(payload: bytes) -> Mapping[str, Any] | None:
-    try:
-        obj = json.loads(payload) if payload else None
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return obj if isinstance(obj, Mapping) else None
-
-
 def _int(x: Any) -> int | None:
     return x if isinstance(x, int) and not isinstance(x, bool) else None
 
@@ -87,7 +78,7 @@ def observe(
     seen: dict[str, set[str]] = {}
     for topic, payload in msgs:
         where = split_topic(prefix, topic)
-        body = _body(payload)
+        body = json_object(payload)
         if where is None or body is None:
             continue
         seen.setdefault(where[0], set()).add(where[1])
@@ -106,7 +97,6 @@ def observe(
         target = o.get("target")
         last = o.get("last")
         last = last if isinstance(last, Mapping) else {}
-        ts = o.get("ts")
         why = "its status says offline" if row.state == "offline" else (
             f"nothing from it for over {offline_after_s:g} s"
         )  # fmt: skip
@@ -122,7 +112,7 @@ def observe(
             last_outcome=str(last["outcome"]) if last.get("outcome") is not None else None,
             last_version=_int(last.get("version")),
             last_reason=str(last["reason"]) if last.get("reason") is not None else None,
-            ota_ts=float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None,
+            ota_ts=body_ts(o),
             missing=tuple(x for x in REQUIRED_SECTIONS if x not in seen.get(row.device, ())),
         )
     return out
