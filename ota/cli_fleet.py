@@ -20,9 +20,15 @@ from typing import Any
 
 from edge_agent.errors import EdgeAgentError
 
-__all__ = ["add_fleet_commands"]
+__all__ = [
+    "add_connection_options",
+    "add_fleet_commands",
+    "connection_from_args",
+    "quiet_broken_pipe",
+]
 
 DEFAULT_OFFLINE_AFTER_S = 900.0  # three health heartbeats (HEARTBEAT_S = 300)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a CLI killed by it
 
 
 class FleetUsageError(EdgeAgentError):
@@ -279,12 +285,21 @@ def add_fleet_commands(sub: Any) -> None:
         p.set_defaults(func=_usage_guard(p.get_default("func")))
 
 
+def quiet_broken_pipe() -> int:
+    """The reader of stdout went away (`... | head`): stop quietly, as CLIs do. stdout
+    is pointed at /dev/null so the flush at exit does not complain again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def _usage_guard(fn: Any) -> Any:
     """FleetUsageError is bad usage: exit 2 with the message (edge-ota's convention)."""
 
     def run(args: argparse.Namespace) -> int:
-        from ota.cli_rollout import quiet_broken_pipe
-
         try:
             return int(fn(args))
         except FleetUsageError as e:

@@ -28,14 +28,12 @@ __all__ = [
     "EXIT_HALTED",
     "EXIT_PAUSED",
     "add_rollout_commands",
-    "quiet_broken_pipe",
 ]
 
 EXIT_HALTED = 3
 EXIT_PAUSED = 4
 EXIT_ABORTED = 5
 EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a CLI killed by it
 REQUEST_WAIT_S = 90.0  # how long pause/abort wait for a running driver to take a request
 
 
@@ -356,21 +354,11 @@ def add_rollout_commands(sub: Any) -> None:
     x.set_defaults(func=_guard(cmd_abort))
 
 
-def quiet_broken_pipe() -> int:
-    """The reader of stdout went away (`... | head`): stop quietly, as CLIs do. stdout
-    is pointed at /dev/null so the flush at exit does not complain again."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return EXIT_BROKEN_PIPE
-
-
 def _guard(fn: Any) -> Any:
     """A malformed option exits 2 with its message; Ctrl-C leaves the rollout resumable."""
 
     def run(args: argparse.Namespace) -> int:
+        from ota.cli_fleet import quiet_broken_pipe
         from ota.rollout import RolloutUsageError
 
         try:
