@@ -1,4 +1,5 @@
-"""The endpoint's HTTP server: stdlib http.server, a bounded number of threads.
+"""The endpoint's HTTP server: HTTP/1.1 keep-alive on raw sockets, a thread per
+connection, a bounded number of them.
 
 Routes (Open Inference Protocol, REST): GET /v2/health/live, /v2/health/ready, /v2,
 /v2/models (the names served; an addition), /v2/models/{name}[/versions/{v}],
@@ -10,11 +11,15 @@ Limits, each answered at once and never queued: more than `max_connections` open
 connections -> 503; a body over `max_body_kb` -> 413; over `rate_per_s` -> 429; more
 than `max_inflight` requests scoring -> 503; a deadline the model's scheduler cannot
 meet -> 503. Refusals for load carry Retry-After. With a token file every route but
-the health probes needs `Authorization: Bearer <token>` (401 otherwise).
+the health probes needs `Authorization: Bearer <token>` (401 otherwise). A malformed
+request head is answered 400 (431 when oversized) and the connection closed.
 
-The server runs as a supervised component: its body serves one request at a time
-from the listening socket (each connection then gets its own thread) and beats
-between them.
+Why not http.server: at batch 1 its per-request work (email.parser headers, a write
+per header line, buffered file objects) cost as much as scoring the window. Here a
+request head is one recv() and a small parser (wire.py), a response one sendall().
+
+The server runs as a supervised component: its body accepts connections from the
+listening socket (each then gets its own thread) and beats between them.
 """
 
 from __future__ import annotations
@@ -26,11 +31,9 @@ import logging
 import math
 import os
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +43,7 @@ from edge_agent.errors import ServingError
 from edge_agent.serving.limits import TokenBucket
 from edge_agent.serving.models import Catalogue, Scorer
 from edge_agent.serving.protocol import (
+    ModelSpec,
     ProtocolError,
     encode_response,
     error_body,
@@ -47,6 +51,7 @@ from edge_agent.serving.protocol import (
     model_metadata,
     parse_infer,
 )
+from edge_agent.serving.wire import MAX_HEAD, Head, parse_head, response
 
 __all__ = ["Endpoint", "read_token"]
 
@@ -57,12 +62,19 @@ IDLE_CONNECTION_S = 30.0  # a keep-alive connection silent this long is closed
 DISCARD_LIMIT = 8  # an oversized body up to this many times the limit is read and dropped
 REFUSERS = 4  # threads answering connections over max_connections with a 503
 REFUSE_READ_S = 1.0  # how long such a connection may take to send its request head
+LINGER_S = 0.5  # after a closing answer: how long unread input is still read and dropped
+RECV = 65536
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class _Loop(Protocol):  # service.supervisor.Loop
     stop: threading.Event
 
     def beat(self) -> None: ...
+
+
+class _ClientGoneError(Exception):
+    """The client closed its side (or went silent) before a request was whole."""
 
 
 def read_token(path: str) -> str | None:
@@ -78,75 +90,50 @@ def read_token(path: str) -> str | None:
     return token[0].strip()
 
 
-class _Bounded(socketserver.ThreadingMixIn):
-    """A thread per connection, at most `slots` at once. Beyond that a connection is
-    answered 503 by one of at most REFUSERS short-lived threads (which read its request
-    first, so the client sees the answer rather than a reset), or closed at once when
-    those are busy too."""
-
-    daemon_threads = True
-    block_on_close = False
-    slots = threading.BoundedSemaphore(1)  # replaced by the Endpoint
-    refusers = threading.BoundedSemaphore(REFUSERS)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            if self.refusers.acquire(blocking=False):
-                threading.Thread(
-                    target=self._refuse, args=(request,), name="serving-refuse", daemon=True
-                ).start()
-            else:
-                self.shutdown_request(request)  # type: ignore[attr-defined]
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def _refuse(self, request: socket.socket) -> None:
-        try:
-            _refuse_busy(request)
-        finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
-            self.refusers.release()
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-
-class _TCPServer(_Bounded, socketserver.TCPServer):
-    allow_reuse_address = True
-
-
-class _UnixServer(_Bounded, socketserver.UnixStreamServer):
-    pass
-
-
 def _refuse_busy(sock: socket.socket) -> None:
     """A 503 for a connection over the limit, after reading its request head (and what
     of a body is already there) so that closing does not reset the connection."""
     body = error_body("too many connections to the inference endpoint; try again shortly")
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        f"Retry-After: 1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
     with contextlib.suppress(OSError):
         sock.settimeout(REFUSE_READ_S)
         got = b""
-        while b"\r\n\r\n" not in got and len(got) < 65536:
-            chunk = sock.recv(65536)
+        while b"\r\n\r\n" not in got and len(got) < RECV:
+            chunk = sock.recv(RECV)
             if not chunk:
                 break
             got += chunk
-        sock.sendall(head.encode() + body)
+        sock.sendall(response(503, body, headers={"Retry-After": "1"}, close=True))
         sock.settimeout(0.05)
         with contextlib.suppress(OSError):
-            while sock.recv(65536):  # the rest of a body already sent
+            while sock.recv(RECV):  # the rest of a body already sent
                 pass
+
+
+def _listen(cfg: ServingConfig) -> socket.socket:
+    """The bound, listening socket of `cfg` (OSError when it cannot be)."""
+    if cfg.socket:
+        _clear_stale_socket(cfg.socket)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.bind(cfg.socket)
+            os.chmod(cfg.socket, cfg.socket_mode)
+        except OSError:
+            s.close()
+            raise
+    else:
+        family, kind, proto, _name, addr = socket.getaddrinfo(
+            cfg.host, cfg.port, type=socket.SOCK_STREAM
+        )[0]
+        s = socket.socket(family, kind, proto)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+        except OSError:
+            s.close()
+            raise
+    s.listen(64)
+    s.settimeout(POLL_S)
+    return s
 
 
 class Endpoint:
@@ -176,26 +163,14 @@ class Endpoint:
             "errors": 0,
         }
         self._counts_lock = threading.Lock()
-        # TCP_NODELAY on TCP: headers and body are two writes, and Nagle would hold the
-        # body until the client's delayed ACK (~40 ms a request)
-        handler = type(
-            "Handler", (_Handler,), {"ep": self, "disable_nagle_algorithm": not cfg.socket}
-        )
-        server: _TCPServer | _UnixServer
+        self._slots = threading.BoundedSemaphore(cfg.max_connections)
+        self._refusers = threading.BoundedSemaphore(REFUSERS)
         try:
-            if cfg.socket:
-                _clear_stale_socket(cfg.socket)
-                server = _UnixServer(cfg.socket, handler)
-                os.chmod(cfg.socket, cfg.socket_mode)
-            else:
-                server = _TCPServer((cfg.host, cfg.port), handler)
+            self._sock = _listen(cfg)
         except OSError as e:
             where = cfg.socket or f"{cfg.host}:{cfg.port}"
             raise ServingError(f"[serving] cannot listen on {where}: {e.strerror or e}") from e
-        server.slots = threading.BoundedSemaphore(cfg.max_connections)
-        server.refusers = threading.BoundedSemaphore(REFUSERS)
-        server.timeout = POLL_S
-        self._server = server
+        self._closed = False
         log.info("inference endpoint (Open Inference Protocol) on %s", self.address)
 
     @property
@@ -207,7 +182,7 @@ class Endpoint:
     @property
     def port(self) -> int:
         """The TCP port listened on (0 on a unix socket); `port = 0` in tests picks one."""
-        addr = self._server.server_address
+        addr = self._sock.getsockname()
         return int(addr[1]) if isinstance(addr, tuple) else 0
 
     def stats(self) -> dict[str, Any]:
@@ -237,12 +212,54 @@ class Endpoint:
 
     def run(self, loop: _Loop) -> None:
         """The supervised body: accept connections until the agent stops."""
-        while not loop.stop.is_set():
+        while not loop.stop.is_set() and not self._closed:
             loop.beat()
-            self._server.handle_request()  # waits at most POLL_S
+            try:
+                conn, _addr = self._sock.accept()  # waits at most POLL_S
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closed:
+                    return
+                raise  # the supervisor restarts the body
+            self._admit(conn)
+
+    def _admit(self, conn: socket.socket) -> None:
+        """A thread for `conn` while there are slots; beyond them a 503 from one of at
+        most REFUSERS short-lived threads (which read the request first, so the client
+        sees the answer rather than a reset), or a close when those are busy too."""
+        if self._slots.acquire(blocking=False):
+            target: Callable[[socket.socket], None] = self._serve
+            name = "serving-conn"
+        elif self._refusers.acquire(blocking=False):
+            target, name = self._refuse, "serving-refuse"
+        else:
+            conn.close()
+            return
+        try:
+            threading.Thread(target=target, args=(conn,), name=name, daemon=True).start()
+        except BaseException:
+            conn.close()
+            (self._slots if name == "serving-conn" else self._refusers).release()
+            raise
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            _Connection(self, conn).serve()
+        finally:
+            conn.close()
+            self._slots.release()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        try:
+            _refuse_busy(conn)
+        finally:
+            conn.close()
+            self._refusers.release()
 
     def close(self) -> None:
-        self._server.server_close()
+        self._closed = True
+        self._sock.close()
         if self.cfg.socket:
             with contextlib.suppress(OSError):
                 os.unlink(self.cfg.socket)
@@ -264,40 +281,123 @@ def _clear_stale_socket(path: str) -> None:
     raise ServingError(f"[serving] socket {path}: another process listens on it")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as client libraries expect
-    timeout = IDLE_CONNECTION_S
-    server_version = "edge-agent"
-    ep: Endpoint
-    _body_read = False  # this request's body was read (or dropped)
+class _Connection:
+    """One client connection: requests read and answered in turn (pipelined ones
+    too: bytes past a request stay in the buffer for the next)."""
 
-    def address_string(self) -> str:
-        ca = self.client_address
-        return str(ca[0]) if isinstance(ca, tuple) and ca else "unix"
+    def __init__(self, ep: Endpoint, sock: socket.socket) -> None:
+        self.ep = ep
+        self.sock = sock
+        self.buf = b""
+        # per request
+        self.head: Head | None = None
+        self.body_read = False  # this request's body was read (or dropped)
+        self.close = False  # close the connection after this answer
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("serving: " + format, *args)
+    def serve(self) -> None:
+        sock = self.sock
+        if sock.family != socket.AF_UNIX:
+            # one sendall per answer already; no Nagle wait on a pipelined second one
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(IDLE_CONNECTION_S)
+        with contextlib.suppress(_ClientGoneError, OSError):  # a client gone: nobody to answer
+            while not self.close:
+                raw = self._read_head()
+                if raw is None:
+                    return
+                self._request(raw)
+            self._linger()
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
+    def _read_head(self) -> bytes | None:
+        """The next request head (without its blank line); None when the client closed
+        or stayed silent between requests. Raises _ClientGoneError mid-head; answers 431 for a
+        head over MAX_HEAD (and raises _ClientGoneError to close)."""
+        seen = 0
+        while True:
+            if self.buf.startswith(b"\r\n"):  # stray CRLF between requests (RFC 9112 2.2)
+                self.buf = self.buf.lstrip(b"\r\n")
+            i = self.buf.find(b"\r\n\r\n", max(0, seen - 3))
+            if 0 <= i <= MAX_HEAD:
+                raw, self.buf = self.buf[:i], self.buf[i + 4 :]
+                return raw
+            if len(self.buf) > MAX_HEAD:
+                self.close = True
+                self._answer_error(ProtocolError(431, f"request head over {MAX_HEAD} bytes"))
+                raise _ClientGoneError
+            seen = len(self.buf)
+            try:
+                chunk = self.sock.recv(RECV)
+            except TimeoutError:
+                chunk = b""
+            if not chunk:
+                if self.buf:
+                    raise _ClientGoneError
+                return None
+            self.buf += chunk
 
-    def do_POST(self) -> None:
-        self._dispatch("POST")
+    def _request(self, raw: bytes) -> None:
+        ep = self.ep
+        self.head, self.body_read = None, False
+        try:
+            head = parse_head(raw)
+        except ProtocolError as e:
+            self.close = True  # where the next request starts is not known
+            self._answer_error(e)
+            return
+        self.head = head
+        self.close = not head.keep_alive
+        ep.count("requests")
+        path = head.target.split("?", 1)[0]
+        parts = [p for p in path.split("/") if p]
+        try:
+            if parts[:1] != ["v2"]:
+                raise ProtocolError(404, f"no route {path} (the protocol's routes start /v2)")
+            if parts[1:2] == ["health"]:
+                self._health(head.method, parts[2:])
+                return
+            self._authorise(head)
+            wait = ep.rate.take(time.monotonic())
+            if wait > 0:
+                ep.count("rate_limited")
+                raise ProtocolError(
+                    429, f"over the endpoint's rate limit ({ep.cfg.rate_per_s:g}/s)", wait
+                )
+            self._route(head.method, parts[1:])
+        except ProtocolError as e:
+            if e.status >= 500:
+                ep.count("busy" if e.status == 503 else "errors")
+            self._drain_unread()
+            self._answer_error(e)
+        except (_ClientGoneError, OSError):
+            raise
+        except Exception:  # a bug must answer 500, not kill the connection silently
+            log.exception("serving: %s %s failed", head.method, path)
+            ep.count("errors")
+            self.close = True
+            self._send(500, {"error": "internal error (see the agent's log)"})
 
-    # -- plumbing ------------------------------------------------------------------
+    # -- answering ---------------------------------------------------------------------
     def _send(
         self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        self._send_bytes(status, json.dumps(doc).encode(), headers=headers)
 
-    def _send_error(self, e: ProtocolError) -> None:
+    def _send_bytes(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            h = self.head
+            log.debug("serving: %s %s -> %d", h and h.method, h and h.target, status)
+        self.sock.sendall(
+            response(status, body, content_type=content_type, headers=headers, close=self.close)
+        )
+
+    def _answer_error(self, e: ProtocolError) -> None:
         headers: dict[str, str] = {}
         if e.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(e.retry_after_s)))
@@ -305,37 +405,18 @@ class _Handler(BaseHTTPRequestHandler):
             headers["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
         self._send(e.status, {"error": e.message}, headers)
 
-    def _dispatch(self, method: str) -> None:
-        ep = self.ep
-        ep.count("requests")
-        self._body_read = False  # per request: a keep-alive connection carries many
-        path = self.path.split("?", 1)[0]
-        parts = [p for p in path.split("/") if p]
-        try:
-            if parts[:1] != ["v2"]:
-                raise ProtocolError(404, f"no route {path} (the protocol's routes start /v2)")
-            if parts[1:2] == ["health"]:
-                self._health(method, parts[2:])
-                return
-            self._authorise()
-            wait = ep.rate.take(time.monotonic())
-            if wait > 0:
-                ep.count("rate_limited")
-                raise ProtocolError(
-                    429, f"over the endpoint's rate limit ({ep.cfg.rate_per_s:g}/s)", wait
-                )
-            self._route(method, parts[1:])
-        except ProtocolError as e:
-            if e.status >= 500:
-                ep.count("busy" if e.status == 503 else "errors")
-            self._drain_unread()
-            self._send_error(e)
-        except Exception:  # a bug must answer 500, not kill the connection silently
-            log.exception("serving: %s %s failed", method, path)
-            ep.count("errors")
-            self.close_connection = True
-            self._send(500, {"error": "internal error (see the agent's log)"})
+    def _linger(self) -> None:
+        """Before closing: our side shut, and what the client still sends read and
+        dropped for a moment, so that its unread input does not turn our last answer
+        into a reset it never reads."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + LINGER_S
+            self.sock.settimeout(0.05)
+            while time.monotonic() < end and self.sock.recv(RECV):
+                pass
 
+    # -- routes ------------------------------------------------------------------------
     def _health(self, method: str, rest: list[str]) -> None:
         _method(method, "GET")
         if rest == ["live"]:
@@ -347,11 +428,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             raise ProtocolError(404, f"no route /v2/health/{'/'.join(rest)}")
 
-    def _authorise(self) -> None:
+    def _authorise(self, head: Head) -> None:
         token = self.ep.token
         if token is None:
             return
-        got = self.headers.get("Authorization", "")
+        got = head.headers.get("authorization", "")
         scheme, _, value = got.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             value.strip().encode(), token.encode()
@@ -393,7 +474,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             raise ProtocolError(404, f"no route /v2/models/{name}/{'/'.join(rest)}")
 
-    def _infer(self, spec: Any) -> None:
+    def _infer(self, spec: ModelSpec) -> None:
         ep = self.ep
         body = self._read_body()
         if not ep.inflight.acquire(blocking=False):
@@ -409,19 +490,21 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             ep.inflight.release()
         ep.count("scored")
-        payload, head = encode_response(infer_response(spec, req, scores, threshold), req)
-        self.send_response(200)
-        if head is None:
-            self.send_header("Content-Type", "application/json")
+        payload, head_len = encode_response(infer_response(spec, req, scores, threshold), req)
+        if head_len is None:
+            self._send_bytes(200, payload)
         else:
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Inference-Header-Content-Length", str(head))
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+            self._send_bytes(
+                200,
+                payload,
+                content_type="application/octet-stream",
+                headers={"Inference-Header-Content-Length": str(head_len)},
+            )
 
+    # -- the request body -----------------------------------------------------------------
     def _header_len(self) -> int | None:
-        raw = self.headers.get("Inference-Header-Content-Length")
+        assert self.head is not None
+        raw = self.head.headers.get("inference-header-content-length")
         if raw is None:
             return None
         try:
@@ -432,16 +515,14 @@ class _Handler(BaseHTTPRequestHandler):
             ) from None
 
     def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
+        head = self.head
+        assert head is not None
+        if head.chunked:
+            self.close = True
             raise ProtocolError(411, "send a Content-Length (chunked bodies are not accepted)")
-        raw = self.headers.get("Content-Length")
-        try:
-            n = int(raw) if raw is not None else -1
-        except ValueError:
-            n = -1
-        if n < 0:
-            self.close_connection = True
+        n = head.content_length
+        if n is None:
+            self.close = True
             raise ProtocolError(411, "an infer request needs a Content-Length")
         limit = self.ep.cfg.max_body_kb * 1024
         if n > limit:
@@ -449,35 +530,55 @@ class _Handler(BaseHTTPRequestHandler):
             raise ProtocolError(
                 413, f"request body of {n} bytes is over the limit of {limit} bytes (max_body_kb)"
             )
-        self._body_read = True
-        return self.rfile.read(n)
+        self.body_read = True
+        if head.expect_continue:
+            self.sock.sendall(CONTINUE)
+        return self._take(n)
+
+    def _take(self, n: int) -> bytes:
+        """The next `n` bytes of the connection (the buffer first). Raises _ClientGoneError when
+        the client closes or goes silent first."""
+        if len(self.buf) < n:
+            parts = [self.buf]
+            have = len(self.buf)
+            while have < n:
+                try:
+                    chunk = self.sock.recv(max(RECV, n - have))
+                except TimeoutError:
+                    chunk = b""
+                if not chunk:
+                    raise _ClientGoneError
+                parts.append(chunk)
+                have += len(chunk)
+            self.buf = b"".join(parts)
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
 
     def _discard(self, n: int, limit: int) -> None:
         """Read and drop an oversized body when it is not huge (the client then reads
-        the 413); close the connection otherwise."""
-        self._body_read = True
-        if n > DISCARD_LIMIT * limit:
-            self.close_connection = True
+        the 413); close the connection otherwise (and when the client waits for a 100
+        Continue before sending it: it will not send it)."""
+        self.body_read = True
+        assert self.head is not None
+        if n > DISCARD_LIMIT * limit or self.head.expect_continue:
+            self.close = True
             return
         left = n
         while left > 0:
-            chunk = self.rfile.read(min(left, 65536))
-            if not chunk:
-                break
-            left -= len(chunk)
+            part = self._take(min(left, RECV))
+            left -= len(part)
 
     def _drain_unread(self) -> None:
         """An error answered before the body was read: read it, so the next request on
         this keep-alive connection starts at its own first byte."""
-        if self._body_read:
+        head = self.head
+        if self.body_read or head is None:
             return
-        raw = self.headers.get("Content-Length") if self.headers else None
-        try:
-            n = int(raw) if raw else 0
-        except ValueError:
-            n = 0
-        if n > 0:
-            self._discard(n, self.ep.cfg.max_body_kb * 1024)
+        if head.chunked:
+            self.close = True  # its end is not known without parsing chunks
+            return
+        if head.content_length:
+            self._discard(head.content_length, self.ep.cfg.max_body_kb * 1024)
 
 
 def _method(got: str, want: str) -> None:
