@@ -41,6 +41,9 @@ class Profile:
     threads: int = field(default=2, metadata=check("positive"))
     precision: tuple[str, ...] = ("int8", "fp32")
     model_memory_mb: int = field(default=256, metadata=check("positive"))
+    # Accelerator memory the pool may keep models bound in (0: no budget, every model is
+    # bound to onnx_providers at load and stays so, as without a GPU). runtime/binding.py
+    accelerator_memory_mb: float = field(default=0.0, metadata=check("nonneg"))
     window_latency_ms: float = field(default=10.0, metadata=check("positive"))
 
 

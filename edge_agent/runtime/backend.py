@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,7 +28,7 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.errors import ModelError
+from edge_agent.errors import BackendUnavailableError, ModelError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import ModelCard
 from edge_agent.runtime.latency import LatencyHistogram
@@ -76,6 +77,9 @@ def dequantize(y: npt.NDArray[np.generic], q: Quant) -> npt.NDArray[np.float32]:
 
 class Backend(ABC):
     key: ClassVar[str]
+    # Can move between execution providers after load (bind/unbind), keeping the model's
+    # bytes in host memory: what the pool's accelerator budget needs (runtime/binding.py).
+    bindable: ClassVar[bool] = False
 
     def __init__(self, card: ModelCard, profile: Profile) -> None:
         self.card = card
@@ -84,6 +88,7 @@ class Backend(ABC):
         self.output_quant: Quant | None = None
         self.providers: list[str] = []
         self.fallback: str = ""  # why an accelerator was not used, if one was wanted
+        self.model_bytes = b""  # the model file as loaded (bindable backends keep it)
         self.calls = 0
         self.total_s = 0.0
         self.latency = LatencyHistogram()  # per call, for the metrics endpoint
@@ -101,6 +106,16 @@ class Backend(ABC):
         """Run a batch already in the model's input dtype; return the raw output as an
         array the runtime will not reuse (a copy, not a view on its buffers). Called
         with the instance's lock held: one call at a time."""
+
+    # -- binding (bindable backends) ----------------------------------------------
+    def bind(self, providers: Sequence[str]) -> None:
+        """Serve from a new session on `providers` (falling back to CPU, with the reason in
+        `fallback`), built from the bytes held since load and warmed up before it serves."""
+        raise BackendUnavailableError(f"{self.key} models cannot be bound to other providers")
+
+    def unbind(self) -> None:
+        """Drop the session (and the accelerator memory it holds); the bytes stay."""
+        raise BackendUnavailableError(f"{self.key} models cannot be unbound")
 
     # -- public ------------------------------------------------------------------
     def load(self) -> None:

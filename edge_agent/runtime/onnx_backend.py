@@ -1,55 +1,49 @@
 """ONNX Runtime backend. Providers come from the device profile in order; an
-accelerator provider that fails to load falls back to CPU, logged and reported."""
+accelerator provider that fails to load falls back to CPU, logged and reported.
+
+The model's bytes are read once at load and kept: the pool binds a model to the
+accelerator and unbinds it again (runtime/binding.py), and a re-bind builds its session
+from those bytes without touching the disk (nor re-checking the hash) again."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import BackendUnavailableError
-from edge_agent.runtime.backend import Backend, Quant, model_threads
+from edge_agent.runtime.backend import Backend, Quant, model_threads, quantize
+from edge_agent.runtime.binding import CPU
 
 __all__ = ["OnnxBackend"]
 
 log = logging.getLogger(__name__)
-CPU = "CPUExecutionProvider"
+
+# Said in status while a model the pool unbound is used anyway (by a holder outside the
+# pool): it runs on CPU from its host bytes until the pool binds it again.
+UNBOUND = "unbound from the accelerator by the model pool; on CPU until bound again"
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendUnavailableError(f"onnxruntime is not installed: {e}") from e
+    return ort
 
 
 class OnnxBackend(Backend):
     key = "onnx"
+    bindable = True
 
     def _load(self) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise BackendUnavailableError(f"onnxruntime is not installed: {e}") from e
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = model_threads(self.profile.threads, self.card.path)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        available = set(ort.get_available_providers())
-        wanted = list(self.profile.onnx_providers) or [CPU]
-        usable = [p for p in wanted if p in available]
-        missing = [p for p in wanted if p not in available]
-        if CPU not in usable:
-            usable.append(CPU)
-        if missing:
-            self.fallback = f"not available in this onnxruntime build: {', '.join(missing)}"
-            log.warning("%s: %s; using %s", self.card.name, self.fallback, ", ".join(usable))
-        path = str(self.card.path)
-        try:
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=usable)
-        except Exception as e:
-            if usable == [CPU]:
-                raise
-            # An accelerator that cannot initialise (driver, TensorRT engine) must not
-            # become a crash loop: run on CPU and say so in status.
-            self.fallback = f"{', '.join(p for p in usable if p != CPU)} failed: {e}"[:300]
-            log.warning("%s: %s; falling back to CPU", self.card.name, self.fallback)
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=[CPU])
+        self.model_bytes = self.card.path.read_bytes()
+        # Fixed at load: a re-bind must not look at the file (it may be gone or replaced).
+        self._threads = model_threads(self.profile.threads, self.card.path)
+        self.session, self.fallback = self._open(self.profile.onnx_providers)
         self.providers = list(self.session.get_providers())
         inp = self.session.get_inputs()[0]
         self.input_name: str = inp.name
@@ -58,7 +52,60 @@ class OnnxBackend(Backend):
         self.output_name: str = out.name
         self.output_quant = _quant_from_card(self.card.output, out.type)
 
+    def _open(self, providers: Sequence[str]) -> tuple[Any, str]:
+        """(a session on `providers` as far as they work, why not all of them or "")."""
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self._threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        available = set(ort.get_available_providers())
+        wanted = list(providers) or [CPU]
+        usable = [p for p in wanted if p in available]
+        missing = [p for p in wanted if p not in available]
+        if CPU not in usable:
+            usable.append(CPU)
+        fallback = ""
+        if missing:
+            fallback = f"not available in this onnxruntime build: {', '.join(missing)}"
+            log.warning("%s: %s; using %s", self.card.name, fallback, ", ".join(usable))
+        try:
+            session = ort.InferenceSession(self.model_bytes, sess_options=opts, providers=usable)
+        except Exception as e:
+            if usable == [CPU]:
+                raise
+            # An accelerator that cannot initialise (driver, TensorRT engine) must not
+            # become a crash loop: run on CPU and say so in status.
+            fallback = f"{', '.join(p for p in usable if p != CPU)} failed: {e}"[:300]
+            log.warning("%s: %s; falling back to CPU", self.card.name, fallback)
+            session = ort.InferenceSession(self.model_bytes, sess_options=opts, providers=[CPU])
+        return session, fallback
+
+    def bind(self, providers: Sequence[str]) -> None:
+        try:
+            session, fallback = self._open(providers)
+            # Warmed up before it serves: a TensorRT engine builds on its first run.
+            x = np.zeros((1, *self._shape), dtype=np.float32)
+            xin = quantize(x, self.input_quant) if self.input_quant else x
+            session.run([self.output_name], {self.input_name: xin})
+        except BackendUnavailableError:
+            raise
+        except Exception as e:
+            raise BackendUnavailableError(f"{self.card.name}: could not bind: {e}") from e
+        with self._lock:  # a call in progress finishes on the old session
+            self.session = session
+            self.providers = list(session.get_providers())
+            self.fallback = fallback
+
+    def unbind(self) -> None:
+        with self._lock:
+            self.session = None
+            self.providers = []
+
     def _run(self, x: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        if self.session is None:  # unbound, and used by a holder outside the pool
+            self.session, _ = self._open([CPU])
+            self.providers, self.fallback = [CPU], UNBOUND
         res: list[Any] = self.session.run([self.output_name], {self.input_name: x})
         return np.asarray(res[0])
 

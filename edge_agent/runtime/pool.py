@@ -10,6 +10,18 @@ pinned; an idle one stays loaded until room is needed, then the least recently u
 goes first. A load that cannot fit even after evicting every idle model is refused
 with a ConfigError naming the models held, the one asked for and the megabytes.
 
+With an accelerator budget (the profile's `accelerator_memory_mb`), every entry keeps its
+model's bytes in host memory and is bound to the accelerator (a session on the profile's
+providers) when it is used: at load, and again at `acquire` after it was unbound. Bound
+models are charged their file's size against that budget; when another does not fit,
+idle bound models are unbound, least recently used first (their accelerator session
+dropped; they stay loaded and bind again on their next use, from the bytes held). A
+stream's model stays bound while the stream runs (the stream holds it); a model only
+the serving endpoint uses is idle between requests. A model that cannot be bound
+(provider missing or failing: not retried; no room beside the models in use: retried at
+its next use) runs on CPU, with the reason in the entry's stats. The decisions are pure,
+in runtime/binding.py.
+
 The first model of a runtime also carries the runtime's one-off set-up (onnxruntime:
 ~11 MB on x86), which is not given back when that model is evicted: the charge is
 what the process grew by, so the budget errs on the safe side.
@@ -20,15 +32,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.profiles import Profile
+from edge_agent.runtime.binding import CPU, Binding, BindPlan, is_bound, plan_bind
 from edge_agent.runtime.card import load_card
 from edge_agent.runtime.model import LoadedModel, load_model
+from edge_agent.runtime.registry import backend_class
 
 __all__ = ["Meter", "ModelPool", "PoolEntry", "file_meter", "rss_meter"]
 
@@ -83,6 +97,13 @@ class PoolEntry:
     charge_mb: float
     users: set[str] = field(default_factory=set)
     last_used: float = 0.0  # monotonic; LRU order among idle entries
+    # -- the accelerator binding (see the module docstring) --
+    bound: bool = False  # a session on the profile's accelerator providers serves it
+    accelerator_mb: float = 0.0  # charged against accelerator_memory_mb while bound
+    bind_count: int = 0
+    last_bind_ms: float | None = None  # the load's whole time for the first binding
+    fallback: str = ""  # why it is not bound, when an accelerator is wanted
+    bind_failed: bool = False  # providers missing or failing: runs on CPU, not retried
 
     @property
     def pinned(self) -> bool:
@@ -96,6 +117,12 @@ class PoolEntry:
             "dir": str(c.directory),
             "charge_mb": round(self.charge_mb, 2),
             "users": sorted(self.users),
+            "providers": list(self.model.backend.providers),
+            "bound": self.bound,
+            "accelerator_mb": round(self.accelerator_mb, 2),
+            "bind_count": self.bind_count,
+            "last_bind_ms": None if self.last_bind_ms is None else round(self.last_bind_ms, 2),
+            "fallback": self.fallback or self.model.backend.fallback,
         }
 
 
@@ -107,17 +134,21 @@ class ModelPool:
         profile: Profile,
         *,
         budget_mb: float | None = None,
+        accelerator_mb: float | None = None,
         loader: Loader | None = None,
         meter: Meter = rss_meter,
     ) -> None:
         self.profile = profile
         self._budget_mb = float(profile.model_memory_mb if budget_mb is None else budget_mb)
+        acc = profile.accelerator_memory_mb if accelerator_mb is None else accelerator_mb
+        self._accel_mb = float(acc)  # 0: no accelerator budget, models bound at load
         self._loader: Loader = loader or (lambda d, p, _u: load_model(d, p))
         self._meter = meter
         self._entries: dict[Path, PoolEntry] = {}
         self._known: dict[Path, float] = {}  # measured charges, kept across evictions
         self._lock = threading.RLock()
         self.evictions = 0
+        self.unbinds = 0
         # called with an entry just loaded / about to be dropped (e.g. its scheduler)
         self.on_load: Callable[[PoolEntry], object] | None = None
         self.on_evict: Callable[[PoolEntry], object] | None = None
@@ -132,6 +163,15 @@ class ModelPool:
         with self._lock:
             self._budget_mb = float(mb)
             self._evict_idle(0.0, None)
+
+    @property
+    def accelerator_budget_mb(self) -> float:
+        return self._accel_mb
+
+    @property
+    def accelerator_used_mb(self) -> float:
+        with self._lock:
+            return sum(e.accelerator_mb for e in self._entries.values() if e.bound)
 
     @property
     def used_mb(self) -> float:
@@ -156,6 +196,9 @@ class ModelPool:
                 "budget_mb": self._budget_mb,
                 "used_mb": round(self.used_mb, 2),
                 "evictions": self.evictions,
+                "accelerator_budget_mb": self._accel_mb,
+                "accelerator_used_mb": round(self.accelerator_used_mb, 2),
+                "unbinds": self.unbinds,
                 "models": [e.to_json() for e in self._entries.values()],
             }
 
@@ -169,6 +212,8 @@ class ModelPool:
             e = self._entries.get(key)
             if e is None:
                 e = self._load(key, user)
+            elif self._accel_mb > 0 and not e.bound and not e.bind_failed:
+                self._bind(e)
             e.users.add(user)
             e.last_used = time.monotonic()
             return e.model
@@ -180,6 +225,14 @@ class ModelPool:
                 if user in e.users:
                     e.users.discard(user)
                     e.last_used = time.monotonic()
+
+    def _file_facts(self, key: Path) -> tuple[float, bool]:
+        """(the model file's MB, whether its backend can be bound) from its card."""
+        try:
+            card = load_card(key, verify_hash=False)
+            return card.path.stat().st_size / MB, backend_class(card.backend).bindable
+        except Exception:  # noqa: BLE001 - the load itself will say what is wrong
+            return 0.0, False
 
     def _estimate(self, key: Path) -> float:
         known = self._known.get(key)
@@ -194,7 +247,18 @@ class ModelPool:
         need = self._estimate(key)
         self._evict_idle(need, key)
         self._check_fits(need, key, user)
-        model, measured = self._meter(lambda: self._loader(key, self.profile, user))
+        profile, plan, acc_mb = self.profile, BindPlan(False), 0.0
+        if self._accel_mb > 0:
+            acc_mb, bindable = self._file_facts(key)
+            if bindable:
+                plan = plan_bind(acc_mb, self._accel_mb, self._bindings())
+                if plan.fits:
+                    self._unbind(plan.unbind)
+                else:  # loaded on CPU; bound at a later use when there is room
+                    profile = replace(profile, onnx_providers=(CPU,))
+        t0 = time.perf_counter()
+        model, measured = self._meter(lambda: self._loader(key, profile, user))
+        load_ms = (time.perf_counter() - t0) * 1e3
         # A model measured once keeps that charge when it loads again: measured again in
         # a running process, the resident set also moves with other threads' allocations
         # and freed memory the allocator reuses (one model: 3.1 MB, then 0.25 MB), and a
@@ -203,6 +267,10 @@ class ModelPool:
         self._evict_idle(mb, key)
         self._check_fits(mb, key, user)  # the model is dropped with the error
         e = PoolEntry(key, model, mb, last_used=time.monotonic())
+        if plan.reason:  # no room on the accelerator: loaded on CPU
+            e.fallback = plan.reason
+        else:
+            self._record_bind(e, load_ms, acc_mb)
         self._entries[key] = e
         log.info(
             "model pool: loaded %s (%.1f MB measured; %.1f of %g MB in use)",
@@ -226,11 +294,69 @@ class ModelPool:
                 return
             del self._entries[e.key]
             self.evictions += 1
+            if e.bound and self._accel_mb > 0:  # its accelerator memory goes back now
+                self._unbind_entry(e)
             log.info("model pool: evicted idle %s (%.1f MB)", e.model.description, e.charge_mb)
             # Dropped, not closed: memory returns when the last reference goes (a
             # swapped-out model an OTA trial still holds keeps working meanwhile).
             if self.on_evict is not None:
                 self.on_evict(e)
+
+    # -- binding (decisions in runtime/binding.py) ------------------------------------
+    def _bindings(self) -> list[Binding]:
+        return [
+            Binding(e.key, e.accelerator_mb, e.pinned, e.last_used, e.model.card.name)
+            for e in self._entries.values()
+            if e.bound
+        ]
+
+    def _record_bind(self, e: PoolEntry, ms: float, acc_mb: float) -> None:
+        """What a session just opened on the profile's providers turned out to be."""
+        backend = e.model.backend
+        if not backend.bindable:
+            return
+        e.bound = is_bound(backend.providers, self.profile.onnx_providers)
+        if e.bound:
+            e.accelerator_mb = acc_mb
+            e.bind_count += 1
+            e.last_bind_ms = ms
+            e.fallback = ""
+        else:  # the accelerator is missing or failed to start: CPU, and no retrying
+            e.bind_failed = True
+            e.fallback = backend.fallback or "not bound to " + ", ".join(backend.providers)
+
+    def _bind(self, e: PoolEntry) -> None:
+        """Bind an unbound entry about to be used, or say why it runs on CPU."""
+        backend = e.model.backend
+        if not backend.bindable:
+            return
+        acc_mb = len(e.model.backend.model_bytes) / MB
+        plan = plan_bind(acc_mb, self._accel_mb, self._bindings())
+        try:
+            if plan.fits:
+                self._unbind(plan.unbind)
+                t0 = time.perf_counter()
+                backend.bind(self.profile.onnx_providers)
+                self._record_bind(e, (time.perf_counter() - t0) * 1e3, acc_mb)
+                return
+            e.fallback = plan.reason
+            log.info("model pool: %s stays on CPU: %s", e.model.description, plan.reason)
+            if not backend.providers:  # unbound: serve from a CPU session of the bytes
+                backend.bind([CPU])
+        except EdgeAgentError as err:  # a re-bind that fails leaves the model on CPU
+            e.bind_failed, e.fallback = True, str(err)[:300]
+            log.warning("model pool: %s: %s; on CPU", e.model.description, e.fallback)
+            backend.bind([CPU])
+
+    def _unbind(self, keys: Iterable[Hashable]) -> None:
+        for k in keys:
+            self._unbind_entry(self._entries[Path(str(k))])
+
+    def _unbind_entry(self, e: PoolEntry) -> None:
+        e.model.backend.unbind()
+        e.bound, e.accelerator_mb = False, 0.0
+        self.unbinds += 1
+        log.info("model pool: unbound idle %s from the accelerator", e.model.description)
 
     def _check_fits(self, need_mb: float, key: Path, user: str) -> None:
         used = self.used_mb
