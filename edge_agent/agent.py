@@ -71,7 +71,7 @@ class Reporting(Protocol):
 
     def start(self) -> None: ...
     def stop(self, timeout: float = 5.0) -> None: ...
-    def publish_event(self, payload: dict[str, Any]) -> int: ...
+    def publish_event(self, payload: dict[str, Any], *, wait: bool = True) -> int: ...
     def publish_telemetry(self, payload: dict[str, Any]) -> int: ...
     def publish_ota_state(self, payload: dict[str, Any]) -> int: ...
     def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None: ...
@@ -106,7 +106,8 @@ class Agent:
         self.selection: Selection | None = None
         self.started_at = time.time()
         self.errors = ErrorLog()
-        self.relay = EventRelay(self.errors, EventHistory(self.state_dir))
+        self.history = EventHistory(self.state_dir)  # written by its own thread
+        self.relay = EventRelay(self.errors, self.history)
         self.stop_reason = ""
         self.notifier = notifier or Notifier.from_env()
         self.gate = ReadinessGate()
@@ -414,6 +415,7 @@ class Agent:
             except Exception as e:  # the final status must still be written
                 log.exception("reporting did not stop cleanly")
                 self.errors.record("reporting", f"{type(e).__name__}: {e}")
+        self.history.close(timeout=1.0)  # writes the events still queued
         self.write_status(running=False)
         if self._lock is not None:
             self._lock.release()

@@ -31,6 +31,7 @@ def test_history_keeps_the_newest_events_within_its_bound(tmp_path):
     h = EventHistory(tmp_path, max_bytes=2000)
     for i in range(100):
         h.record(_anomaly("s", "start", float(i)))
+    h.close()  # written by the history's thread: close() writes what is queued
     kept = [r["t_sample"] for r in read_history(tmp_path)]
     assert kept == sorted(kept)
     assert kept[-1] == 99.0
@@ -42,6 +43,7 @@ def test_history_keeps_the_newest_events_within_its_bound(tmp_path):
 def test_a_torn_last_line_does_not_hide_the_events_before_it(tmp_path):
     h = EventHistory(tmp_path)
     h.record(_anomaly("s", "start", 1.0))
+    h.close()
     with (tmp_path / HISTORY_FILE).open("a") as f:
         f.write('{"kind": "anomaly", "ev')  # power lost mid-write
     assert [r["t_sample"] for r in read_history(tmp_path)] == [1.0]
@@ -67,6 +69,7 @@ def test_events_lists_filters_and_exports(tmp_path):
     h.record(_anomaly("pump", "start", 1_000.0))
     h.record({**_anomaly("pump", "end", 1_060.0), "t_start": 1_000.0, "duration_s": 60.0})
     h.record(_anomaly("oven", "start", 2_000.0))
+    h.close()
     r = run_cli("events", "--state-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

@@ -24,7 +24,9 @@ def _end(peak: float, threshold: float) -> dict[str, object]:
 
 def test_large_and_small_scores_are_rounded_not_cut(tmp_path):
     # PCA scores reach millions; cutting the text to 6 characters showed 1234567 as 123456
-    EventHistory(tmp_path).record(_end(1_234_567.0, 0.000012345))
+    h = EventHistory(tmp_path)
+    h.record(_end(1_234_567.0, 0.000012345))
+    h.close()  # written by the history's thread: close() writes what is queued
     r = run_cli("events", "--state-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "peak score 1.2346e+06 " in r.stdout
@@ -34,6 +36,7 @@ def test_large_and_small_scores_are_rounded_not_cut(tmp_path):
 def test_a_damaged_record_is_shown_without_its_time_not_a_traceback(tmp_path):
     h = EventHistory(tmp_path)
     h.record(_end(50.0, 5.0))
+    h.close()
     with (tmp_path / HISTORY_FILE).open("a") as f:
         f.write('{"kind": "anomaly", "event": "start", "t_sample": 1e300, "score": "x"}\n')
     for fmt in ((), ("--csv",)):
