@@ -72,6 +72,8 @@ class Drainer:
         self._failures = 0
         self._last_failure: str | None = None
         link.wake_hook = self.wake
+        # records appended without waiting become durable later: look again then
+        outbox.on_durable = self.wake
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="outbox-drain", daemon=True)

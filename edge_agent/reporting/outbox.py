@@ -11,10 +11,13 @@ Semantics are in docs/adr/0003-outbox-semantics.md. In short:
 - `append` never raises on a storage fault and never waits on the disk for long: it gives
   the record its seq and hands it to the writer thread, which stores waiting records in
   groups (one transaction, one WAL fsync per group, outside the locks appends take) and
-  wakes the appenders. While the database cannot be written (disk full, locked by another
-  process, I/O error) records wait in a bounded in-memory spill (`spill.Spill`) and the
-  writer retries with backoff; once it can write again, everything held is stored in seq
-  order. `health()` says what is wrong and since when;
+  wakes the appenders. `append(wait=False)` (events from a stream's scoring thread)
+  returns once queued; the record is still durable before the drain may offer it, and a
+  kill -9 before its group's fsync loses it (a window of one group commit). While the
+  database cannot be written (disk full, locked by another process, I/O error) records
+  wait in a bounded in-memory spill (`spill.Spill`) and the writer retries with backoff;
+  once it can write again, everything held is stored in seq order. `health()` says what
+  is wrong and since when;
 - a disk budget bounds the queued bytes; when it is reached the oldest records are
   dropped in the order of `DROP_ORDER` (telemetry first, anomaly events last), the same
   order the memory spill drops in, and every drop is counted per kind, persistently;
@@ -134,6 +137,9 @@ class Outbox:
         self._unlogged_drops: Counter[str] = Counter()
         self._drops_logged = -FAULT_LOG_EVERY_S
         self.moved_aside: MovedAside | None = None
+        # Called by the writer (no lock held) after a group became durable: the drain's
+        # wake-up for records appended without waiting.
+        self.on_durable: Callable[[], None] | None = None
         self._depth = 0
         self._bytes = 0
         self._drops: dict[str, int] = {k.value: 0 for k in Kind}
@@ -233,12 +239,17 @@ class Outbox:
         *,
         now: float,
         retain: bool = False,
+        wait: bool = True,
     ) -> int:
         """Give the record the next seq, build its payload, queue it; return the seq.
 
-        Returns once the record is durable, or at once while the outbox has a fault (the
-        record then waits in memory and is stored, in seq order, when the fault clears),
-        or after APPEND_WAIT_S at most. Never raises on a storage fault; raises
+        With `wait` (the default), returns once the record is durable, or at once while
+        the outbox has a fault (the record then waits in memory and is stored, in seq
+        order, when the fault clears), or after APPEND_WAIT_S at most. Without it, returns
+        as soon as the record is queued (a stream's scoring thread must not wait for a
+        disk): the writer makes it durable with its group, calls `on_durable`, and only
+        then may the drain offer it; a kill -9 before that group's fsync loses it, like
+        the samples still in flight. Never raises on a storage fault; raises
         OutboxError only for a record over the size limit (a bug, nothing is queued).
         A new status record supersedes undelivered older ones (status is retained: only
         the newest matters)."""
@@ -263,7 +274,7 @@ class Outbox:
                 self._count_memory_drops(dropped)
             self._cv.notify_all()
             deadline = time.monotonic() + APPEND_WAIT_S
-            while self._durable < seq and self._fault is None and not self._closing:
+            while wait and self._durable < seq and self._fault is None and not self._closing:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -367,6 +378,9 @@ class Outbox:
                 self._spill.release(batch)
             self._clear_fault()
             self._cv.notify_all()
+        hook = self.on_durable
+        if batch and hook is not None:
+            hook()
 
     def _store(self, batch: list[Held], issued: int) -> None:
         """One transaction for the group. Accounting changes only after COMMIT."""

@@ -149,9 +149,11 @@ class Reporter:
 
     # -- publishing ------------------------------------------------------------------------
 
-    def publish_event(self, payload: dict[str, Any]) -> int:
-        """An anomaly start/end. Stored durably before this returns; returns its seq."""
-        return self._append(Kind.EVENT, self._topics.events, payload)
+    def publish_event(self, payload: dict[str, Any], *, wait: bool = True) -> int:
+        """An anomaly start/end; returns its seq. With `wait`, stored durably before this
+        returns; without (a stream's scoring thread), queued: durable with the writer's
+        next group, before the drain offers it (Outbox.append)."""
+        return self._append(Kind.EVENT, self._topics.events, payload, wait=wait)
 
     def publish_telemetry(self, payload: dict[str, Any]) -> int:
         return self._append(Kind.TELEMETRY, self._topics.telemetry, payload)
@@ -175,7 +177,13 @@ class Reporter:
         self._connect_listeners.append(fn)
 
     def _append(
-        self, kind: Kind, topic: Topic, body: Mapping[str, Any], *, retain: bool = False
+        self,
+        kind: Kind,
+        topic: Topic,
+        body: Mapping[str, Any],
+        *,
+        retain: bool = False,
+        wait: bool = True,
     ) -> int:
         """Never raises on a storage fault (the caller may be a stream's scoring thread): the
         record then waits in memory (see Outbox.append); a record over the size limit is
@@ -193,6 +201,7 @@ class Reporter:
                 lambda s: encode(envelope(self._device, s, now, body)),
                 now=now,
                 retain=retain,
+                wait=wait,
             )
         except PublishError:
             raise

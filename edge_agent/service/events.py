@@ -3,9 +3,11 @@
 `EventRelay` is called on the streams' threads (anomaly and sensor-health events), the
 updater's (OTA state) and the agent's tick (telemetry). It stores through a narrow
 `Publisher` (the reporter); a record that cannot be stored is logged and kept in the
-error list, never raised into a stream's scoring loop. After `close()` nothing touches
-the publisher again (its outbox is closed at shutdown; a late thread must not reach a
-closed SQLite connection).
+error list, never raised into a stream's scoring loop. Nothing here waits for a disk on
+a stream's thread: the history queues its line (EventHistory.record) and the event is
+appended to the outbox without waiting for its group fsync (`wait=False`; it is still
+durable before it is sent). After `close()` nothing touches the publisher again (its
+outbox is closed at shutdown; a late thread must not reach a closed SQLite connection).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ MAX_ERRORS_KEPT = 10
 
 
 class Publisher(Protocol):
-    def publish_event(self, payload: dict[str, Any]) -> int: ...
+    def publish_event(self, payload: dict[str, Any], *, wait: bool = True) -> int: ...
     def publish_telemetry(self, payload: dict[str, Any]) -> int: ...
     def publish_ota_state(self, payload: dict[str, Any]) -> int: ...
 
@@ -134,7 +136,7 @@ class EventRelay:
             window=(ev.window_start, ev.window_samples) if ev.window_samples else None,
         )
         what = f"anomaly {ev.transition.value} on {ev.stream}"
-        self._store(what, lambda p: p.publish_event(body))
+        self._store(what, lambda p: p.publish_event(body, wait=False))
 
     def on_health(self, ev: HealthEvent) -> None:
         from edge_agent.reporting.payloads import sensor_event_body
@@ -156,7 +158,7 @@ class EventRelay:
             detail=ev.detail,
             t=ev.ts,
         )
-        self._store(f"sensor event on {where}", lambda p: p.publish_event(body))
+        self._store(f"sensor event on {where}", lambda p: p.publish_event(body, wait=False))
 
     def on_ota_state(self, body: dict[str, Any]) -> None:
         """An OTA state change (from the updater's thread)."""
