@@ -79,6 +79,15 @@ class OnnxBackend(Backend):
             fallback = f"{', '.join(p for p in usable if p != CPU)} failed: {e}"[:300]
             log.warning("%s: %s; falling back to CPU", self.card.name, fallback)
             session = ort.InferenceSession(self.model_bytes, sess_options=opts, providers=[CPU])
+        # onnxruntime may drop a provider whose libraries do not load (CUDA, cuDNN,
+        # TensorRT) with a log line only, and run on the rest: say so.
+        dropped = [p for p in usable if p not in session.get_providers()]
+        if dropped and not fallback:
+            fallback = (
+                f"onnxruntime dropped {', '.join(dropped)} when opening the session "
+                "(its libraries did not load: docs/install.md, checking the accelerator)"
+            )
+            log.warning("%s: %s", self.card.name, fallback)
         return session, fallback
 
     def bind(self, providers: Sequence[str]) -> None:
