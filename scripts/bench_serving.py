@@ -1,9 +1,12 @@
 """The inference endpoint measured as clients see it: a real `edge-agent run` process.
 
     python scripts/bench_serving.py [--n 500] [--secs 5] [--clients 4] [--json FILE]
-                                    [--mlserver]
+                                    [--mlserver] [--client lean|stdlib]
 
 Latency: sequential batch-1 infer requests over one keep-alive connection (p50/p99, ms).
+Client (--client, the same for every server): `lean` (default) sends each request,
+encoded once, with one sendall and reads a Content-Length answer; `stdlib` is
+http.client, which adds ~80 us a request of its own.
 Throughput at saturation: CLIENTS threads sending batch-1 (and batch-64) requests for
 SECS seconds (windows/s). JSON tensors for both servers; the agent again with the binary
 tensor data extension (tritonclient's default), which skips JSON's per-number parsing.
@@ -25,6 +28,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,7 +53,7 @@ MODEL = "vibration-ae-fp32-onnx"
 TOKEN = "bench-serving-token-0123456789"
 
 Body = tuple[bytes, dict[str, str]]  # the request body and its own headers
-Post = Callable[[http.client.HTTPConnection, Body], None]
+Post = Callable[[Body], bytes]  # a body -> the whole request (head and body)
 
 
 def _windows(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,29 +79,106 @@ def _binary_body(x: np.ndarray) -> Body:
     return head + raw, {"Inference-Header-Content-Length": str(len(head))}
 
 
-def poster(path: str, headers: dict[str, str]) -> Post:
-    def post(c: http.client.HTTPConnection, body: Body) -> None:
-        hdrs = {"Content-Type": "application/json", **headers, **body[1]}
-        c.request("POST", path, body[0], hdrs)
-        r = c.getresponse()
-        data = r.read()
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
+class LeanConnection:
+    """A keep-alive HTTP/1.1 client that adds little of its own: each request is
+    encoded once (head and body in one buffer), sent with one sendall, and answered by
+    a status line and a Content-Length body. http.client's per-request header building
+    and email-parser response headers cost ~80 us a request here, as much as a lean
+    server's whole answer; both servers get this same client."""
 
-    return post
+    def __init__(self, port: int, timeout: float = 30) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def exchange(self, request: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(request)
+        while (i := self.buf.find(b"\r\n\r\n")) < 0:
+            self.buf += self._recv()
+        head, self.buf = self.buf[:i], self.buf[i + 4 :]
+        status = int(head[9:12])
+        at = head.lower().find(b"\r\ncontent-length:")
+        if at < 0:
+            raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+        n = int(head[at + 17 :].split(b"\r\n", 1)[0])
+        while len(self.buf) < n:
+            self.buf += self._recv()
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return status, body
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            raise RuntimeError("server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class StdlibConnection:
+    """http.client, for --client stdlib (what a plain urllib user pays)."""
+
+    def __init__(self, port: int, timeout: float = 30) -> None:
+        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def exchange(self, request: bytes) -> tuple[int, bytes]:
+        head, _, body = request.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        _, path, _ = lines[0].split(" ")
+        hdrs = dict(ln.split(": ", 1) for ln in lines[1:])
+        hdrs.pop("Host", None)
+        hdrs.pop("Content-Length", None)
+        self.c.request("POST", path, body, hdrs)
+        r = self.c.getresponse()
+        return r.status, r.read()
+
+    def close(self) -> None:
+        self.c.close()
+
+
+Connection = LeanConnection | StdlibConnection
+CLIENTS: dict[str, Callable[[int], Connection]] = {
+    "lean": LeanConnection,
+    "stdlib": StdlibConnection,
+}
+
+
+def poster(path: str, headers: dict[str, str]) -> Post:
+    """A request encoder: Body -> the whole request, encoded once before timing."""
+
+    def encode(body: Body) -> bytes:
+        hdrs = {"Host": "127.0.0.1", "Content-Type": "application/json", **headers, **body[1]}
+        hdrs["Content-Length"] = str(len(body[0]))
+        head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+        return head.encode("latin-1") + b"\r\n" + body[0]
+
+    return encode
+
+
+def _post(c: Connection, request: bytes) -> None:
+    status, data = c.exchange(request)
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}: {data[:200]!r}")
 
 
 def latency(
-    port: int, post: Post, xs: np.ndarray, n: int, make: Callable[[np.ndarray], Body] = _body
+    port: int,
+    post: Post,
+    xs: np.ndarray,
+    n: int,
+    *,
+    make: Callable[[np.ndarray], Body] = _body,
+    client: str = "lean",
 ) -> LatencySummary:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    bodies = [make(xs[i % len(xs)][None]) for i in range(n)]
-    for b in bodies[:20]:  # warm-up
-        post(c, b)
+    c = CLIENTS[client](port)
+    reqs = [post(make(xs[i % len(xs)][None])) for i in range(n)]
+    for r in reqs[:20]:  # warm-up
+        _post(c, r)
     lat = []
-    for b in bodies:
+    for r in reqs:
         t = time.perf_counter()
-        post(c, b)
+        _post(c, r)
         lat.append((time.perf_counter() - t) * 1e3)
     c.close()
     return LatencySummary.of(lat)
@@ -112,16 +193,17 @@ def throughput(
     secs: float,
     clients: int,
     make: Callable[[np.ndarray], Body] = _body,
+    client: str = "lean",
 ) -> float:
-    bodies = [make(xs[i : i + batch]) for i in range(0, 8 * batch, batch)]
+    reqs = [post(make(xs[i : i + batch])) for i in range(0, 8 * batch, batch)]
     counts = [0] * clients
     stop = time.perf_counter() + secs
 
     def worker(k: int) -> None:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c = CLIENTS[client](port)
         i = 0
         while time.perf_counter() < stop:
-            post(c, bodies[i % len(bodies)])
+            _post(c, reqs[i % len(reqs)])
             i += 1
         counts[k] = i
         c.close()
@@ -186,30 +268,34 @@ def measure(
     make: Callable[[np.ndarray], Body] = _body,
 ) -> dict[str, Any]:
     def tput(batch: int) -> float:
-        return throughput(port, post, xs, batch, secs=args.secs, clients=args.clients, make=make)
+        return throughput(
+            port, post, xs, batch, secs=args.secs, clients=args.clients, make=make,
+            client=args.client,
+        )  # fmt: skip
 
+    lat = latency(port, post, xs, args.n, make=make, client=args.client)
     return {
-        "latency_ms_batch1": latency(port, post, xs, args.n, make).__dict__,
+        "latency_ms_batch1": lat.__dict__,
         "windows_per_s_batch1": tput(1),
         "windows_per_s_batch64": tput(64),
     }
 
 
-def swap_in(port: int) -> dict[str, float]:
+def swap_in(port: int, client: str) -> dict[str, float]:
     """First request to a model not loaded (loaded on demand) vs the same one warm."""
     from edge_agent.runtime.model import find_models
 
     card = next(c for c in find_models(ROOT / "models") if c.name == "skab-ae-fp32-onnx")
-    body = _body(card.golden.inputs[:1])
     post = poster(f"/v2/models/{card.name}/infer", {"Authorization": f"Bearer {TOKEN}"})
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    req = post(_body(card.golden.inputs[:1]))
+    c = CLIENTS[client](port)
     t = time.perf_counter()
-    post(c, body)
+    _post(c, req)
     cold = (time.perf_counter() - t) * 1e3
     warm = []
     for _ in range(20):
         t = time.perf_counter()
-        post(c, body)
+        _post(c, req)
         warm.append((time.perf_counter() - t) * 1e3)
     c.close()
     return {"cold_ms": cold, "warm_p50_ms": float(np.median(warm))}
@@ -222,14 +308,22 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--json", type=Path)
     p.add_argument("--mlserver", action="store_true")
+    p.add_argument(
+        "--client", choices=sorted(CLIENTS), default="lean", help="the same for both servers"
+    )
     args = p.parse_args()
     raw, norm = _windows(1024)
-    out: dict[str, Any] = {"model": MODEL, "clients": args.clients, "secs": args.secs}
+    out: dict[str, Any] = {
+        "model": MODEL,
+        "clients": args.clients,
+        "secs": args.secs,
+        "client": args.client,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as d:
         work = Path(d)
         proc, port = start_agent(work, args.clients)
         try:
-            out["swap_in"] = swap_in(port)
+            out["swap_in"] = swap_in(port, args.client)
             post = poster(f"/v2/models/{MODEL}/infer", {"Authorization": f"Bearer {TOKEN}"})
             out["agent"] = measure(port, post, raw, args)
             out["agent_binary_tensors"] = measure(port, post, raw, args, _binary_body)
