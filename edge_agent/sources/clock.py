@@ -10,7 +10,6 @@ needed): it returns TIME_ERROR while the clock is unsynchronised, whichever daem
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 import threading
 import time
@@ -28,7 +27,9 @@ def kernel_clock_synchronized() -> bool | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the process's own symbols, libc's among them: ctypes.util.find_library would
+        # run `ldconfig -p` at each check and keep subprocess resident (issue 15)
+        libc = ctypes.CDLL(None, use_errno=True)
         buf = ctypes.create_string_buffer(_TIMEX_BYTES)  # modes = 0: only read
         rc = int(libc.adjtimex(buf))
     except (OSError, AttributeError):
