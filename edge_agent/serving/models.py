@@ -177,10 +177,16 @@ class Scorer:
             sched = self.schedulers.for_model(model)
         deadline = time.monotonic() + budget_s  # the worker is there: the clock starts
         try:
+            # the worker idle and nothing queued: scored here, without the hand-over
+            now = sched.try_now(model, x, deadline=deadline)
+            if now is not None:
+                return now
             r = sched.submit(model, x, priority=Priority.BEST_EFFORT, deadline=deadline)
         except OverloadError as e:
             self._count()
             raise ProtocolError(503, str(e), retry_after_s=1.0) from None
+        except ModelError as e:
+            raise ProtocolError(500, f"model {model.card.name}: {e}") from None
         if not r.done.wait(max(0.0, deadline - time.monotonic()) + GRACE_S):
             self._count()
             raise ProtocolError(503, f"model {model.card.name}: not scored in time", 1.0)
