@@ -46,9 +46,7 @@ from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
-from edge_agent.updates import directed
 from edge_agent.updates.bad_files import BadFiles, MalformedAsAnnouncedError, Wrapper, delivered
-from edge_agent.updates.calib_carry import CalibrationHolder, StreamRun, for_stream, keep
 from edge_agent.updates.checks import (
     AlarmRule,
     ShadowTally,
@@ -65,11 +63,9 @@ from edge_agent.updates.job import StoppedError as _StoppedError
 from edge_agent.updates.record import RECORD_FILE, TargetId, UpdateRecord
 from edge_agent.updates.root_file import load_root
 from edge_agent.updates.seal import TufEvidence
-from edge_agent.updates.shadow import ShadowRunner
 from edge_agent.updates.slots import PRE_PROMOTION
 from edge_agent.updates.store import SlotStore
 from ota.announce import Announcement, is_hint
-from ota.bundle import bundle_size_bound, read_header
 from ota.canonical import canonical_bytes
 from ota.errors import (
     BundleFormatError,
@@ -80,11 +76,15 @@ from ota.errors import (
 )
 from ota.fetch import FetchLimits, fetcher_for, partial_path
 from ota.root import Root
-from ota.unpack import check_payload
 from ota.verify import VerifiedManifest, verify
 
+# What only an update in progress uses (the shadow run, the calibration carried over, the
+# bundle reader and unpacker with tarfile, the channel's install path) is imported where
+# that step runs: an agent waiting for announcements does not keep it resident (issue 15).
 if TYPE_CHECKING:  # python-tuf is imported only where a channel is refreshed
+    from edge_agent.updates.calib_carry import CalibrationHolder, StreamRun
     from edge_agent.updates.channel_types import Channel
+    from edge_agent.updates.shadow import ShadowRunner
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -413,6 +413,10 @@ class Updater:
             }
 
     def _channel_snapshot(self) -> dict[str, Any] | None:
+        if self.channel is None:
+            return None
+        from edge_agent.updates import directed
+
         return directed.channel_snapshot(self)
 
     def _retry_snapshot(self) -> dict[str, Any] | None:
@@ -546,6 +550,8 @@ class Updater:
         failures = r.failures if r is not None and r.tid == tid else 0
         self._retry = None
         self._begin_attempt(tid)
+        from ota.bundle import bundle_size_bound
+
         limit = bundle_size_bound(len(vm.manifest_bytes), [f.size for f in m.files])
         return _Job(ann, payload, vm, tid, fetcher, limit, installed, failures), targets
 
@@ -553,6 +559,8 @@ class Updater:
     def check_channel(self) -> str:
         """Refresh the channel now and apply what the director names for this device;
         returns the last outcome ("idle" when nothing is directed or all is current)."""
+        from edge_agent.updates import directed
+
         return directed.check_channel(self)
 
     def _verify(self, manifest_bytes: bytes, ann: Announcement, installed: int) -> VerifiedManifest:
@@ -625,6 +633,9 @@ class Updater:
         """The downloaded file on its own: its header is the verified target's manifest,
         signed again by a threshold, and every payload file has its signed size and hash.
         Only after this is a slot claimed."""
+        from ota.bundle import read_header
+        from ota.unpack import check_payload
+
         header = read_header(bundle)
         assert job.vm is not None
         assert self.root is not None
@@ -704,6 +715,8 @@ class Updater:
             self._pause("validate")
             self._check_stop()
             store.mark_shadow(utc(self._clock()))
+            from edge_agent.updates.calib_carry import for_stream
+
             runs = [for_stream(self.state_dir, t.pipeline, t.config, cand) for t in targets]
             verdict = self._shadow(cand, targets, runs, v, slot)
         except _RefusedError as f:
@@ -778,6 +791,8 @@ class Updater:
         # Each stream is judged with its own thresholds: the active model's policy on
         # that stream and the candidate's as that stream runs it (its config, and its
         # calibration where it carries over).
+        from edge_agent.updates.shadow import ShadowRunner
+
         tally = ShadowTally()
         self._set_state(
             "shadow", v, slot=slot, detail=f"beside the active model for {self.ota.shadow_windows}"
@@ -809,6 +824,8 @@ class Updater:
         shadow: Verdict,
         slot: str,
     ) -> str:
+        from edge_agent.updates.calib_carry import keep
+
         v = cand.card.version
         store = self.store
         store.promote(utc(self._clock()))  # the pointer first: a crash now rolls back
@@ -855,6 +872,8 @@ class Updater:
         """The new model serves; the previous one runs beside it as the shadow, each
         stream with its own thresholds, so a real process anomaly during the trial (both
         alarm) does not roll a good model back."""
+        from edge_agent.updates.shadow import ShadowRunner
+
         tally = ShadowTally()
         pipelines = [t.pipeline for t, _, _ in old]
         nonfinite0 = sum(p.stats.nonfinite_scores for p in pipelines)
