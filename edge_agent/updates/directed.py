@@ -22,7 +22,6 @@ from edge_agent import __version__
 from edge_agent.updates.job import Job, RefusedError, StoppedError, utc
 from edge_agent.updates.record import TargetId
 from edge_agent.updates.slots import PRE_PROMOTION
-from ota.bundle import read_header
 from ota.errors import (
     AgentVersionError,
     BundleFormatError,
@@ -33,7 +32,6 @@ from ota.errors import (
     ProfileMismatchError,
 )
 from ota.manifest import parse_agent_version
-from ota.unpack import check_payload
 from ota.verify import VerifiedManifest
 
 if TYPE_CHECKING:
@@ -234,6 +232,11 @@ def check_directed(up: Updater, bundle: Path, dt: DirectedTarget) -> VerifiedMan
     """The file's hash was checked against the image repository's signed targets;
     its manifest must name the same model and version, suit this device, and every
     payload file must match it. Only then is a slot claimed."""
+    # the bundle reader and unpacker (tarfile) load when a download is checked, not
+    # with every agent that has a channel (issue 15)
+    from ota.bundle import read_header
+    from ota.unpack import check_payload
+
     header = read_header(bundle)
     m = header.manifest
     if (m.name, m.version, m.family) != (dt.name, dt.version, dt.family):
