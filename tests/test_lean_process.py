@@ -54,3 +54,98 @@ def test_every_command_is_still_offered_and_runs_from_its_own_parser() -> None:
     r = run_cli("no-such-command")
     assert r.returncode == 2, r.stderr
     assert "invalid choice: 'no-such-command'" in r.stderr, r.stderr
+
+
+def _modules_of_run(tmp_path: Path, *args: str) -> set[str]:
+    out = tmp_path / "modules.json"
+    p = subprocess.run(
+        [sys.executable, "-c", WRAPPER, str(out), "run", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    modules: set[str] = set(json.loads(out.read_text()))
+    assert "edge_agent.pipeline.stream" in modules  # it did run
+    return modules
+
+
+def test_demo_run_keeps_subprocess_and_numpy_ma_out(tmp_path: Path) -> None:
+    modules = _modules_of_run(
+        tmp_path, "--demo", "--max-windows", "200", "--state-dir", str(tmp_path / "state")
+    )
+    # the clock check reads adjtimex without ctypes.util (which ran `ldconfig -p`);
+    # numpy.ma (~3 MB) comes with numpy's set functions (np.unique and friends)
+    out = {"subprocess", "ctypes.util", "numpy.ma", "tarfile"}
+    assert not out & modules, sorted(out & modules)
+
+
+def test_replay_source_loads_neither_numpy_ma_nor_numpy_random(tmp_path: Path) -> None:
+    import numpy as np
+
+    from edge_agent.sources.synth_signal import CHANNELS, SignalSpec, SyntheticSignal
+
+    signal = tmp_path / "signal.npy"
+    np.save(signal, SyntheticSignal(SignalSpec(seed=1, anomalies=False)).render(0, 20_000))
+    cols = ", ".join(f'"{c}"' for c in CHANNELS)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f"""device_id = "lean-replay"
+state_dir = "{tmp_path / "state"}"
+models_dir = "{REPO / "models"}"
+[ota]
+enabled = false
+[[streams]]
+name = "vib"
+model = "vibration-ae"
+variant = "fp32-onnx"
+source = {{ kind = "replay", path = "{signal}", columns = [{cols}], rate_hz = 100.0, speed = 50.0 }}
+"""
+    )
+    modules = _modules_of_run(tmp_path, "--config", str(cfg), "--max-windows", "100")
+    assert "edge_agent.sources.replay" in modules
+    # the synthetic generator's noise needs numpy.random; a file does not (~3 MB each)
+    out = {"numpy.ma", "numpy.random", "edge_agent.sources.synthetic", "subprocess"}
+    assert not out & modules, sorted(out & modules)
+
+
+def test_announcement_root_keeps_update_steps_out_until_an_update_runs(tmp_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from ota.keys import PrivateKey
+    from ota.root import Root, SignedRoot
+
+    keys = [PrivateKey.generate() for _ in range(2)]
+    expires = datetime.now(timezone.utc) + timedelta(days=365)
+    doc = SignedRoot(Root(version=1, expires=expires, threshold=2,
+                          keys={k.keyid: k.public for k in keys}))  # fmt: skip
+    for k in keys:
+        doc = doc.sign(k)
+    root = tmp_path / "root.json"
+    root.write_bytes(doc.to_bytes())
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f"""device_id = "lean-ota"
+state_dir = "{tmp_path / "state"}"
+models_dir = "{REPO / "models"}"
+[mqtt]
+host = "127.0.0.1"
+port = 9
+[ota]
+root_file = "{root}"
+[[streams]]
+name = "vib"
+model = "vibration-ae"
+variant = "fp32-onnx"
+source = {{ kind = "synthetic", speed = 50.0 }}
+"""
+    )
+    modules = _modules_of_run(tmp_path, "--config", str(cfg), "--max-windows", "100")
+    assert "edge_agent.updates.updater" in modules  # the updater waits for announcements
+    # the shadow run, the calibration carried over, the bundle reader and unpacker
+    # (tarfile), the channel's install path: loaded when an update reaches them;
+    # signatures are checked in a child (edge_agent.updates.trust_worker)
+    out = {
+        "edge_agent.updates.shadow", "edge_agent.updates.calib_carry",
+        "edge_agent.updates.directed", "ota.bundle", "ota.unpack", "tarfile",
+        "cryptography", "tuf", "securesystemslib", "numpy.ma",
+    }  # fmt: skip
+    assert not out & modules, sorted(out & modules)
