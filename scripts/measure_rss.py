@@ -1,6 +1,7 @@
 """The agent's resident memory in each configuration a device runs, side by side.
 
     python scripts/measure_rss.py [--repeats 3] [--settle 3] [--json OUT] [--only NAME,..]
+                                  [--baseline-root DIR] [--source synthetic|replay]
 
 One real `edge-agent run` process per configuration and repeat, one real-time stream
 (synthetic source, 100 Hz, blocks of 16) against a mosquitto this script starts; time
@@ -21,6 +22,18 @@ ONNX is the demo model's fp32 variant (what the OTA configurations install), TFL
 int8-tflite variant. Medians of the repeats; every run is printed. The mapped shared
 objects of a few heavy packages (cryptography's Rust core, onnxruntime, litert) are
 listed per configuration from /proc/<pid>/maps: what the resident process holds.
+
+`--source replay` feeds the stream the same demo signal from a .npy file (rendered once
+by this script, replayed in real time in a loop) instead of the synthetic generator,
+whose noise needs numpy.random (~3 MB resident): what a gateway with a real source
+(serial, Modbus, MQTT, a file) pays.
+
+`--baseline-root DIR` (a checkout of another commit, e.g. `git worktree add DIR HEAD~3`)
+runs that tree's agent too, alternately with this one for every configuration and
+repeat, and prints both side by side. Each measured tree is byte-compiled first
+(`compileall`, as the package's postinst does): a unit runs from .pyc files, and a
+source compiled at import leaves its garbage in the heap (this checkout may run with
+PYTHONDONTWRITEBYTECODE).
 """
 
 from __future__ import annotations
@@ -133,8 +146,35 @@ class Site:
         )  # fmt: skip
 
 
-def write_config(path: Path, port: int, state: Path, backend: str, ota: list[str]) -> Path:
+def replay_file(work: Path) -> Path:
+    """The demo signal (as the synthetic source renders it) in a .npy file."""
+    import numpy as np
+
+    from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal
+
+    f = work / "signal.npy"
+    if not f.exists():
+        np.save(f, SyntheticSignal(SignalSpec(seed=1, anomalies=False)).render(0, 60_000))
+    return f
+
+
+def source_table(kind: str, work: Path) -> str:
+    if kind == "replay":
+        from edge_agent.sources.synth_signal import CHANNELS
+
+        cols = ", ".join(f'"{c}"' for c in CHANNELS)
+        return (
+            f'{{ kind = "replay", path = "{replay_file(work)}", columns = [{cols}], '
+            "rate_hz = 100.0, block = 16, speed = 1.0, loop = true }"
+        )
+    return '{ kind = "synthetic", seed = 1, block = 16, speed = 1.0, anomalies = false }'
+
+
+def write_config(
+    path: Path, port: int, state: Path, backend: str, ota: list[str], *, source: str = ""
+) -> Path:
     variant = "int8-tflite" if backend == "tflite" else "fp32-onnx"
+    source = source or source_table("synthetic", path.parent)
     lines = [
         'device_id = "rss-gw"',
         f'state_dir = "{state}"',
@@ -152,7 +192,7 @@ def write_config(path: Path, port: int, state: Path, backend: str, ota: list[str
         'name = "s0"',
         'model = "vibration-ae"',
         f'variant = "{variant}"',
-        'source = { kind = "synthetic", seed = 1, block = 16, speed = 1.0, anomalies = false }',
+        f"source = {source}",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -194,13 +234,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-def run_once(cfg: Path, state: Path, work: Path, settle_s: float) -> dict[str, Any]:
+def compile_tree(root: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "edge_agent", "ota"],
+        cwd=root, stdout=subprocess.DEVNULL, check=True,
+    )  # fmt: skip
+
+
+def run_once(
+    cfg: Path, state: Path, work: Path, settle_s: float, root: Path = ROOT
+) -> dict[str, Any]:
     sock = NotifySocket(work / f"notify-{time.monotonic_ns()}")
     env = {**os.environ, "NOTIFY_SOCKET": sock.address}
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         sock.wait_for("READY", READY_TIMEOUT_S)
@@ -225,11 +274,11 @@ def run_once(cfg: Path, state: Path, work: Path, settle_s: float) -> dict[str, A
     }
 
 
-def commit_v2(cfg: Path, state: Path) -> None:
+def commit_v2(cfg: Path, state: Path, root: Path = ROOT) -> None:
     """Run the agent until the directed v2 is committed (then stop it)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + COMMIT_TIMEOUT_S
@@ -245,14 +294,40 @@ def commit_v2(cfg: Path, state: Path) -> None:
         _stop(proc)
 
 
-def measure(names: list[str], repeats: int, settle_s: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"settle_s": settle_s, "repeats": repeats, "configs": {}}
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "rss_mb": statistics.median(r["rss_mb"] for r in runs),
+        "peak_mb": statistics.median(r["peak_mb"] for r in runs),
+        "ready_s": statistics.median(r["ready_s"] for r in runs),
+        "mapped": runs[-1]["mapped"],
+        "runs": runs,
+    }
+
+
+def measure(
+    names: list[str],
+    repeats: int,
+    settle_s: float,
+    baseline: Path | None = None,
+    source: str = "synthetic",
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "settle_s": settle_s, "repeats": repeats, "source": source, "configs": {}
+    }  # fmt: skip
+    trees = [("this", ROOT)]
+    if baseline is not None:
+        out["baseline_root"] = str(baseline)
+        out["baseline"] = {}
+        trees.insert(0, ("baseline", baseline))
+    for _, root in trees:
+        compile_tree(root)
     with tempfile.TemporaryDirectory(prefix="rss-") as d:
         work = Path(d)
         broker = Broker(work / "broker")
         broker.start()
         site = Site(work)
         site.release_and_direct(2)
+        src = source_table(source, work)
         try:
             with serve(site.image) as image_url, serve(site.director) as director_url:
                 channel = [
@@ -273,39 +348,54 @@ def measure(names: list[str], repeats: int, settle_s: float) -> dict[str, Any]:
                 }
                 for name in names:
                     backend, ota = plans[name]
-                    runs = []
+                    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in trees}
                     for i in range(repeats):
-                        state = work / f"{name}-{i}"
-                        cfg = write_config(work / f"{name}-{i}.toml", broker.port, state,
-                                           backend, ota)  # fmt: skip
-                        if name == "onnx-tuf-channel":  # a group nothing is directed to
-                            cfg.write_text(cfg.read_text().replace('"line-1"', '"idle"'))
-                        if name == "onnx-tuf-slot":
-                            commit_v2(cfg, state)
-                        r = run_once(cfg, state, work, settle_s)
-                        runs.append(r)
-                        print(
-                            f"{name:20} run {i}: RSS {r['rss_mb']:5.1f} MB (peak "
-                            f"{r['peak_mb']:5.1f}, anon {r['anon_mb']:5.1f}, file "
-                            f"{r['file_mb']:5.1f}), READY {r['ready_s']:.2f} s, model "
-                            f"v{r['model_version']}, ota {r['ota_phase']}, mapped "
-                            f"{','.join(r['mapped'])}",
-                            flush=True,
-                        )
-                    out["configs"][name] = {
-                        "rss_mb": statistics.median(r["rss_mb"] for r in runs),
-                        "peak_mb": statistics.median(r["peak_mb"] for r in runs),
-                        "ready_s": statistics.median(r["ready_s"] for r in runs),
-                        "mapped": runs[-1]["mapped"],
-                        "runs": runs,
-                    }
+                        for label, root in trees:  # alternately: the same load for both
+                            state = work / f"{name}-{label}-{i}"
+                            cfg = write_config(work / f"{name}-{label}-{i}.toml", broker.port,
+                                               state, backend, ota, source=src)  # fmt: skip
+                            if name == "onnx-tuf-channel":  # a group nothing is directed to
+                                cfg.write_text(cfg.read_text().replace('"line-1"', '"idle"'))
+                            if name == "onnx-tuf-slot":
+                                commit_v2(cfg, state, root)
+                            r = run_once(cfg, state, work, settle_s, root)
+                            runs[label].append(r)
+                            tag = f" [{label}]" if baseline is not None else ""
+                            print(
+                                f"{name:20} run {i}{tag}: RSS {r['rss_mb']:5.1f} MB (peak "
+                                f"{r['peak_mb']:5.1f}, anon {r['anon_mb']:5.1f}, file "
+                                f"{r['file_mb']:5.1f}), READY {r['ready_s']:.2f} s, model "
+                                f"v{r['model_version']}, ota {r['ota_phase']}, mapped "
+                                f"{','.join(r['mapped'])}",
+                                flush=True,
+                            )
+                    out["configs"][name] = _summary(runs["this"])
+                    if baseline is not None:
+                        out["baseline"][name] = _summary(runs["baseline"])
         finally:
             broker.stop()
     return out
 
 
 def print_table(m: dict[str, Any]) -> None:
-    print(f"\nmedians of {m['repeats']} runs, RSS after {m['settle_s']:g} s of scoring")
+    print(
+        f"\nmedians of {m['repeats']} runs, RSS after {m['settle_s']:g} s of scoring, "
+        f"{m['source']} source"
+    )
+    if "baseline" in m:
+        print(f"baseline: {m['baseline_root']}")
+        print(
+            "| configuration | baseline RSS MB | this tree RSS MB | change MB"
+            " | READY s (base/this) |"
+        )
+        print("|---|---|---|---|---|")
+        for name, c in m["configs"].items():
+            b = m["baseline"][name]
+            print(
+                f"| {name} | {b['rss_mb']:.1f} | {c['rss_mb']:.1f} | "
+                f"{c['rss_mb'] - b['rss_mb']:+.1f} | {b['ready_s']:.2f}/{c['ready_s']:.2f} |"
+            )
+        print()
     print("| configuration | RSS MB | peak MB | READY s | heavy .so mapped |")
     print("|---|---|---|---|---|")
     for name, c in m["configs"].items():
@@ -321,12 +411,17 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=3.0, help="seconds of scoring before RSS")
     ap.add_argument("--only", default=",".join(ALL), help="comma-separated configurations")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--source", choices=("synthetic", "replay"), default="synthetic")
+    ap.add_argument(
+        "--baseline-root", type=Path, help="another checkout, measured alternately with this one"
+    )
     a = ap.parse_args()
     names = [n for n in a.only.split(",") if n]
     unknown = set(names) - set(ALL)
     if unknown:
         ap.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
-    m = measure(names, a.repeats, a.settle)
+    base = a.baseline_root.resolve() if a.baseline_root else None
+    m = measure(names, a.repeats, a.settle, base, a.source)
     print_table(m)
     if a.json:
         a.json.write_text(json.dumps(m, indent=1))
