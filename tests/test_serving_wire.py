@@ -289,3 +289,20 @@ def test_an_idle_keep_alive_connection_is_closed(
         assert _read_response(s, bytearray())[0] == 200
         s.settimeout(30)  # the server's idle limit closes it long before this
         assert s.recv(65536) == b""
+
+
+@pytest.mark.parametrize("endpoint", [{"rate_per_s": 1.0}], indirect=True)
+def test_the_statistics_are_not_refused_by_the_rate_limit(endpoint: Endpoint) -> None:
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    with _connect(endpoint) as s:
+        buf = bytearray()
+        statuses = []
+        for _ in range(3):
+            s.sendall(b"GET /v2 HTTP/1.1\r\n" + auth + b"\r\n")
+            statuses.append(_read_response(s, buf)[0])
+        assert 429 in statuses  # one token a second: the burst is spent
+        for _ in range(3):
+            s.sendall(b"GET /v2/models/stats HTTP/1.1\r\n" + auth + b"\r\n")
+            status, _, doc = _read_response(s, buf)
+            assert status == 200, doc
+            assert json.loads(doc)["endpoint"]["rate_limited"] >= 1

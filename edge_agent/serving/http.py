@@ -11,7 +11,8 @@ Limits, each answered at once and never queued: more than `max_connections` open
 connections -> 503; a body over `max_body_kb` -> 413; over `rate_per_s` -> 429; more
 than `max_inflight` requests scoring -> 503; a deadline the model's scheduler cannot
 meet -> 503. Refusals for load carry Retry-After. With a token file every route but
-the health probes needs `Authorization: Bearer <token>` (401 otherwise). A malformed
+the health probes needs `Authorization: Bearer <token>` (401 otherwise); all but
+those and the statistics count against the rate limit. A malformed
 request head is answered 400 (431 when oversized) and the connection closed.
 
 Why not http.server: at batch 1 its per-request work (email.parser headers, a write
@@ -356,7 +357,8 @@ class _Connection:
                 self._health(head.method, parts[2:])
                 return
             self._authorise(head)
-            wait = ep.rate.take(time.monotonic())
+            # the statistics are how an operator watches a flood: not refused by it
+            wait = 0.0 if parts[1:] == ["models", "stats"] else ep.rate.take(time.monotonic())
             if wait > 0:
                 ep.count("rate_limited")
                 raise ProtocolError(
