@@ -240,7 +240,8 @@ class InferenceScheduler:
         finally:
             with self._cv:
                 self._executing = False
-                self._cv.notify_all()
+                if self._q:  # only then does the worker wait for this (an idle one sleeps on)
+                    self._cv.notify_all()
 
     def score(
         self,
