@@ -57,7 +57,6 @@ def _run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent, RunLimits
     from edge_agent.reporting.reporter import Reporter
     from edge_agent.service.logs import setup_logging
-    from edge_agent.service.metrics import Metrics, start_metrics_server, update_from_status
 
     cfg = build_config(args)
     setup_logging(cfg.logging, args.log_level)
@@ -77,8 +76,12 @@ def _run(args: argparse.Namespace) -> int:
         _attach_homeassistant(agent)
     if cfg.mqtt.enabled:
         _attach_fleet(agent, reporter)
-    metrics = Metrics()
-    server = start_metrics_server(cfg.metrics, metrics)
+    server = None
+    if cfg.metrics.enabled:  # the metrics code stays out of an agent that serves none
+        from edge_agent.service.metrics import Metrics, start_metrics_server, update_from_status
+
+        metrics = Metrics()
+        server = start_metrics_server(cfg.metrics, metrics)
     if server is not None:
         agent.on_status = lambda snap: update_from_status(metrics, snap)
         agent.supervise_thread("metrics", lambda: server.alive, server.restart)
