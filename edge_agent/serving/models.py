@@ -112,6 +112,13 @@ class Scorer:
         self._ids = itertools.count(1)
         self.refused = 0  # requests refused as overload (status, tests)
         self._lock = threading.Lock()
+        self._dirs: dict[str, Path] = {}  # variant -> its directory (a join per request)
+
+    def _dir(self, variant: str) -> Path:
+        d = self._dirs.get(variant)
+        if d is None:
+            d = self._dirs[variant] = self.catalogue.models_dir / variant
+        return d
 
     def score(
         self,
@@ -127,7 +134,7 @@ class Scorer:
         400 (unknown stream), 500."""
         user = f"serving#{next(self._ids)}"
         try:
-            model = self.pool.acquire(self.catalogue.models_dir / spec.variant, user)
+            model = self.pool.acquire(self._dir(spec.variant), user)
         except ConfigError as e:  # the pinned models leave no room
             self._count()
             raise ProtocolError(503, str(e), retry_after_s=5.0) from None

@@ -39,6 +39,7 @@ __all__ = [
 SCORE = "anomaly_score"
 ALARM = "alarm"
 ACCEPTED_DTYPES = {"FP32": np.float32, "FP64": np.float64}
+_WIRE_DTYPES = {k: np.dtype(v).newbyteorder("<") for k, v in ACCEPTED_DTYPES.items()}
 
 
 class ProtocolError(Exception):
@@ -155,12 +156,7 @@ def parse_infer(body: bytes, spec: ModelSpec, header_len: int | None = None) -> 
         )
     n = shape[0] * spec.window * spec.columns
     arr = _tensor_data(t, spec.input_name, dtype, n, shape=shape, binary=binary)
-    if not np.all(np.isfinite(arr)):
-        raise _bad(f"input {spec.input_name}: data holds NaN or infinity")
-    with np.errstate(over="ignore"):
-        windows = arr.astype(np.float32).reshape(shape)
-    if not np.all(np.isfinite(windows)):
-        raise _bad(f"input {spec.input_name}: a value is beyond float32's range")
+    windows = _finite_fp32(arr, shape, spec.input_name)
     want_alarm = _alarm_asked(params, doc.get("outputs"))
     stream = params.get("stream")
     if stream is not None and not isinstance(stream, str):
@@ -179,7 +175,7 @@ def parse_infer(body: bytes, spec: ModelSpec, header_len: int | None = None) -> 
 def _tensor_data(
     t: dict[str, Any], name: str, dtype: str, n: int, *, shape: list[int], binary: bytes
 ) -> npt.NDArray[Any]:
-    tp = np.dtype(ACCEPTED_DTYPES[dtype]).newbyteorder("<")
+    tp = _WIRE_DTYPES[dtype]
     tparams = t.get("parameters") or {}
     size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
     if size is not None:
@@ -197,6 +193,21 @@ def _tensor_data(
         return np.asarray(flat, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise _bad(f"input {name}: data must be numbers ({e})") from None
+
+
+def _finite_fp32(arr: npt.NDArray[Any], shape: list[int], name: str) -> npt.NDArray[np.float32]:
+    """`arr` as FP32 windows of `shape`; 400 for NaN/infinity, or a value FP32 cannot hold."""
+    windows: npt.NDArray[np.float32]
+    if arr.dtype == np.float32:
+        windows = arr.reshape(shape).copy()  # frombuffer's view of the body is read-only
+    else:
+        with np.errstate(over="ignore"):
+            windows = arr.astype(np.float32).reshape(shape)
+    if not np.isfinite(windows).all():  # one look when all is well (the usual case)
+        if not np.isfinite(arr).all():
+            raise _bad(f"input {name}: data holds NaN or infinity")
+        raise _bad(f"input {name}: a value is beyond float32's range")
+    return windows
 
 
 def _binary_outputs(params: dict[str, Any], outputs: Any, want_alarm: bool) -> frozenset[str]:
