@@ -267,6 +267,10 @@ class ModelPool:
         self._evict_idle(mb, key)
         self._check_fits(mb, key, user)  # the model is dropped with the error
         e = PoolEntry(key, model, mb, last_used=time.monotonic())
+        if self._accel_mb <= 0:
+            # Nothing re-binds without an accelerator budget: the host copy of the file
+            # kept for re-binds would only double the model's memory.
+            model.backend.model_bytes = b""
         if plan.reason:  # no room on the accelerator: loaded on CPU
             e.fallback = plan.reason
         else:
