@@ -150,3 +150,30 @@ source = {{ kind = "synthetic", speed = 50.0 }}
         "cryptography", "tuf", "securesystemslib", "numpy.ma",
     }  # fmt: skip
     assert not out & modules, sorted(out & modules)
+
+
+def test_mqtt_disabled_keeps_paho_ssl_and_email_out(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f"""device_id = "lean-offline"
+state_dir = "{tmp_path / "state"}"
+models_dir = "{REPO / "models"}"
+[mqtt]
+enabled = false
+[ota]
+enabled = false
+[[streams]]
+name = "vib"
+model = "vibration-ae"
+variant = "fp32-onnx"
+source = {{ kind = "synthetic", speed = 50.0 }}
+"""
+    )
+    modules = _modules_of_run(tmp_path, "--config", str(cfg), "--max-windows", "100")
+    assert "edge_agent.reporting.outbox" in modules  # records are still kept
+    # paho imports ssl, urllib.request (http.client, email) at its top: ~8 MB resident
+    out = {
+        "paho", "ssl", "email", "urllib.request", "http.client",
+        "edge_agent.reporting.link", "edge_agent.reporting.drain",
+    }  # fmt: skip
+    assert not out & modules, sorted(out & modules)

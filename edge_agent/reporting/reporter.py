@@ -12,18 +12,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
 from edge_agent.errors import EdgeAgentError, PublishError
 from edge_agent.reporting.commands import CommandHandler, CommandRouter, Reply
-from edge_agent.reporting.drain import Drainer
-from edge_agent.reporting.link import Incoming, MqttLink, topic_matches
 from edge_agent.reporting.outbox import Kind, Outbox
 from edge_agent.reporting.outbox_health import outbox_health
 from edge_agent.reporting.payloads import encode, envelope, status_offline, status_online
 from edge_agent.reporting.topics import DeviceTopics, Topic
+
+# The MQTT side (paho, and with it ssl, urllib.request and email: ~8 MB resident) is
+# imported only when `mqtt.enabled`; without it the outbox records and nothing is sent.
+if TYPE_CHECKING:
+    from edge_agent.reporting.drain import Drainer
+    from edge_agent.reporting.link import Incoming, MqttLink
 
 __all__ = ["Reporter"]
 
@@ -70,6 +74,9 @@ class Reporter:
         self._link: MqttLink | None = None
         self._drain: Drainer | None = None
         if cfg.mqtt.enabled:
+            from edge_agent.reporting.drain import Drainer
+            from edge_agent.reporting.link import MqttLink
+
             self._link = MqttLink(
                 cfg.mqtt,
                 client_id=cfg.mqtt.client_id or f"edge-agent-{cfg.device_id}",
@@ -236,6 +243,8 @@ class Reporter:
         self._extra.append((topic_filter, handler))
 
     def _on_message(self, msg: Incoming) -> None:
+        from edge_agent.reporting.link import topic_matches  # loaded with the link
+
         for flt, handler in self._extra:
             if topic_matches(flt, msg.topic):
                 handler(msg.topic, msg.payload)
