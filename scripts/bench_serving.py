@@ -1,7 +1,7 @@
 """The inference endpoint measured as clients see it: a real `edge-agent run` process.
 
     python scripts/bench_serving.py [--n 500] [--secs 5] [--clients 4] [--json FILE]
-                                    [--mlserver] [--client lean|stdlib]
+                                    [--mlserver] [--rounds R] [--client lean|stdlib]
 
 Latency: sequential batch-1 infer requests over one keep-alive connection (p50/p99, ms).
 Client (--client, the same for every server): `lean` (default) sends each request,
@@ -17,13 +17,15 @@ throttles'. Model: vibration-ae-fp32-onnx (bench_peers.py's).
 
 --mlserver: the same client and load against MLServer serving the same ONNX file
 (bench_peers.py's throw-away venv and custom runtime; skipped with the reason when the
-venv cannot be made). MLServer gets the normalised windows (its model's own input);
+venv cannot be made). Both servers run at once and take turns, R rounds of each
+(figures: the median over rounds), so that the machine's other load falls on both. MLServer gets the normalised windows (its model's own input);
 the agent gets raw windows and normalises them, as a client would send.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -306,6 +308,7 @@ def main() -> int:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--secs", type=float, default=5.0)
     p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=1, help="measure each server this often")
     p.add_argument("--json", type=Path)
     p.add_argument("--mlserver", action="store_true")
     p.add_argument(
@@ -318,40 +321,74 @@ def main() -> int:
         "clients": args.clients,
         "secs": args.secs,
         "client": args.client,
+        "rounds": args.rounds,
     }
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as d:
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as d, contextlib.ExitStack() as up:
         work = Path(d)
         proc, port = start_agent(work, args.clients)
-        try:
-            out["swap_in"] = swap_in(port, args.client)
-            post = poster(f"/v2/models/{MODEL}/infer", {"Authorization": f"Bearer {TOKEN}"})
-            out["agent"] = measure(port, post, raw, args)
-            out["agent_binary_tensors"] = measure(port, post, raw, args, _binary_body)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        up.callback(_stop, proc)
+        out["swap_in"] = swap_in(port, args.client)
+        post = poster(f"/v2/models/{MODEL}/infer", {"Authorization": f"Bearer {TOKEN}"})
+        runs: dict[str, Callable[[], dict[str, Any]]] = {
+            "agent": lambda: measure(port, post, raw, args),
+            "agent_binary_tensors": lambda: measure(port, post, raw, args, _binary_body),
+        }
         if args.mlserver:
-            out["mlserver"] = _mlserver(work, norm, args)
+            started = _mlserver(work)
+            if isinstance(started, str):
+                out["mlserver"] = {"available": False, "reason": started}
+            else:
+                peer, path = started
+                up.callback(peer.stop)
+                ml_post = poster(path, {})
+                runs["mlserver"] = lambda: measure(peer.port, ml_post, norm, args)
+        # the servers take turns, round after round: the machine's other load then
+        # falls on all of them alike, and the ratios are taken between neighbours
+        got: dict[str, list[dict[str, Any]]] = {k: [] for k in runs}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                got[name].append(run())
+        for name, rs in got.items():
+            out[name] = _median(rs)
+            if args.rounds > 1:
+                out[name]["rounds"] = rs
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 
-def _mlserver(work: Path, xs: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def _median(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds (latency: of each round's p50, p99, ...)."""
+    lat = {k: float(np.median([r["latency_ms_batch1"][k] for r in rs])) for k in PCTS}
+    out: dict[str, Any] = {"latency_ms_batch1": lat}
+    for k in ("windows_per_s_batch1", "windows_per_s_batch64"):
+        out[k] = float(np.median([r[k] for r in rs]))
+    return out
+
+
+PCTS = ("n", "p50", "p99", "mean", "max")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+
+
+def _mlserver(work: Path) -> tuple[Any, str] | str:
+    """(a started bench_peers.Peer serving the ONNX file, its infer path), or why not."""
     import bench_peers
 
     py, why = bench_peers.ensure_venv("mlserver")
     if py is None:
-        return {"available": False, "reason": why}
+        return why
     peer = bench_peers.Peer("mlserver", py, ROOT / "models" / MODEL / "model.onnx", work)
     try:
         spec = peer.start()
-        return measure(peer.port, poster(spec.path, {}), xs, args)
     except RuntimeError as e:
-        return {"available": False, "reason": str(e)[:300]}
-    finally:
         peer.stop()
+        return str(e)[:300]
+    return peer, spec.path
 
 
 if __name__ == "__main__":
