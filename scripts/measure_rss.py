@@ -2,6 +2,7 @@
 
     python scripts/measure_rss.py [--repeats 3] [--settle 3] [--json OUT] [--only NAME,..]
                                   [--baseline-root DIR] [--source synthetic|replay]
+                                  [--no-mqtt]
 
 One real `edge-agent run` process per configuration and repeat, one real-time stream
 (synthetic source, 100 Hz, blocks of 16) against a mosquitto this script starts; time
@@ -27,6 +28,9 @@ listed per configuration from /proc/<pid>/maps: what the resident process holds.
 by this script, replayed in real time in a loop) instead of the synthetic generator,
 whose noise needs numpy.random (~3 MB resident): what a gateway with a real source
 (serial, Modbus, MQTT, a file) pays.
+
+`--no-mqtt` sets `[mqtt] enabled = false` (records kept in the outbox only): paho, and
+the ssl, urllib.request and email it imports, are then not loaded.
 
 `--baseline-root DIR` (a checkout of another commit, e.g. `git worktree add DIR HEAD~3`)
 runs that tree's agent too, alternately with this one for every configuration and
@@ -171,7 +175,14 @@ def source_table(kind: str, work: Path) -> str:
 
 
 def write_config(
-    path: Path, port: int, state: Path, backend: str, ota: list[str], *, source: str = ""
+    path: Path,
+    port: int,
+    state: Path,
+    backend: str,
+    ota: list[str],
+    *,
+    source: str = "",
+    mqtt: bool = True,
 ) -> Path:
     variant = "int8-tflite" if backend == "tflite" else "fp32-onnx"
     source = source or source_table("synthetic", path.parent)
@@ -180,6 +191,7 @@ def write_config(
         f'state_dir = "{state}"',
         'profile = "x86-generic"',
         "[mqtt]",
+        *([] if mqtt else ["enabled = false"]),
         'host = "127.0.0.1"',
         f"port = {port}",
         "telemetry_interval_s = 60",
@@ -310,9 +322,12 @@ def measure(
     settle_s: float,
     baseline: Path | None = None,
     source: str = "synthetic",
+    *,
+    mqtt: bool = True,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "settle_s": settle_s, "repeats": repeats, "source": source, "configs": {}
+        "settle_s": settle_s, "repeats": repeats, "source": source, "mqtt": mqtt,
+        "configs": {},
     }  # fmt: skip
     trees = [("this", ROOT)]
     if baseline is not None:
@@ -353,7 +368,8 @@ def measure(
                         for label, root in trees:  # alternately: the same load for both
                             state = work / f"{name}-{label}-{i}"
                             cfg = write_config(work / f"{name}-{label}-{i}.toml", broker.port,
-                                               state, backend, ota, source=src)  # fmt: skip
+                                               state, backend, ota, source=src,
+                                               mqtt=mqtt)  # fmt: skip
                             if name == "onnx-tuf-channel":  # a group nothing is directed to
                                 cfg.write_text(cfg.read_text().replace('"line-1"', '"idle"'))
                             if name == "onnx-tuf-slot":
@@ -380,7 +396,7 @@ def measure(
 def print_table(m: dict[str, Any]) -> None:
     print(
         f"\nmedians of {m['repeats']} runs, RSS after {m['settle_s']:g} s of scoring, "
-        f"{m['source']} source"
+        f"{m['source']} source{'' if m['mqtt'] else ', MQTT off'}"
     )
     if "baseline" in m:
         print(f"baseline: {m['baseline_root']}")
@@ -412,6 +428,7 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(ALL), help="comma-separated configurations")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--source", choices=("synthetic", "replay"), default="synthetic")
+    ap.add_argument("--no-mqtt", action="store_true", help="[mqtt] enabled = false")
     ap.add_argument(
         "--baseline-root", type=Path, help="another checkout, measured alternately with this one"
     )
@@ -421,7 +438,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
     base = a.baseline_root.resolve() if a.baseline_root else None
-    m = measure(names, a.repeats, a.settle, base, a.source)
+    m = measure(names, a.repeats, a.settle, base, a.source, mqtt=not a.no_mqtt)
     print_table(m)
     if a.json:
         a.json.write_text(json.dumps(m, indent=1))
