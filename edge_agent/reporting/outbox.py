@@ -83,6 +83,10 @@ GROUP_MAX_RECORDS = 256
 GROUP_MAX_BYTES = 256 * 1024
 # How long append() waits for its record to become durable while the writer is healthy.
 APPEND_WAIT_S = 2.0
+# append(wait=False) waits after all while more records than this wait for the writer:
+# a stream at max speed must not outrun the disk (and fill the memory spill); streams in
+# real time queue a few records per group at most.
+APPEND_BACKLOG = 64
 # The writer's retry backoff while the database cannot be written.
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 2.0
@@ -247,9 +251,11 @@ class Outbox:
         the outbox has a fault (the record then waits in memory and is stored, in seq
         order, when the fault clears), or after APPEND_WAIT_S at most. Without it, returns
         as soon as the record is queued (a stream's scoring thread must not wait for a
-        disk): the writer makes it durable with its group, calls `on_durable`, and only
-        then may the drain offer it; a kill -9 before that group's fsync loses it, like
-        the samples still in flight. Never raises on a storage fault; raises
+        disk), unless more than APPEND_BACKLOG records already wait for the writer (then
+        it waits as with `wait`: a stream at max speed is held to the disk's pace): the
+        writer makes it durable with its group, calls `on_durable`, and only then may the
+        drain offer it; a kill -9 before that group's fsync loses it, like the samples
+        still in flight. Never raises on a storage fault; raises
         OutboxError only for a record over the size limit (a bug, nothing is queued).
         A new status record supersedes undelivered older ones (status is retained: only
         the newest matters)."""
@@ -274,6 +280,8 @@ class Outbox:
                 self._count_memory_drops(dropped)
             self._cv.notify_all()
             deadline = time.monotonic() + APPEND_WAIT_S
+            if len(self._spill) > APPEND_BACKLOG and self._fault is None:
+                wait = True  # the writer is behind: back-pressure, as before
             while wait and self._durable < seq and self._fault is None and not self._closing:
                 left = deadline - time.monotonic()
                 if left <= 0:
