@@ -18,8 +18,9 @@ throttles'. Model: vibration-ae-fp32-onnx (bench_peers.py's).
 --mlserver: the same client and load against MLServer serving the same ONNX file
 (bench_peers.py's throw-away venv and custom runtime; skipped with the reason when the
 venv cannot be made). Both servers run at once and take turns, R rounds of each
-(figures: the median over rounds), so that the machine's other load falls on both. MLServer gets the normalised windows (its model's own input);
-the agent gets raw windows and normalises them, as a client would send.
+(figures: the median over rounds), so that the machine's other load falls on both.
+MLServer gets the normalised windows (its model's own input); the agent gets raw
+windows and normalises them, as a client would send.
 """
 
 from __future__ import annotations
