@@ -305,14 +305,16 @@ class _Connection:
             while not self.close:
                 raw = self._read_head()
                 if raw is None:
-                    return
+                    if not self.close:
+                        return  # the client left, or stayed silent
+                    break  # its head was refused: answered, then closed
                 self._request(raw)
             self._linger()
 
     def _read_head(self) -> bytes | None:
         """The next request head (without its blank line); None when the client closed
-        or stayed silent between requests. Raises _ClientGoneError mid-head; answers 431 for a
-        head over MAX_HEAD (and raises _ClientGoneError to close)."""
+        or stayed silent between requests, or when its head was over MAX_HEAD (answered
+        431, `close` set). Raises _ClientGoneError when it closes mid-head."""
         seen = 0
         while True:
             if self.buf.startswith(b"\r\n"):  # stray CRLF between requests (RFC 9112 2.2)
@@ -324,7 +326,7 @@ class _Connection:
             if len(self.buf) > MAX_HEAD:
                 self.close = True
                 self._answer_error(ProtocolError(431, f"request head over {MAX_HEAD} bytes"))
-                raise _ClientGoneError
+                return None
             seen = len(self.buf)
             try:
                 chunk = self.sock.recv(RECV)
