@@ -117,7 +117,8 @@ class Scorer:
     def _dir(self, variant: str) -> Path:
         d = self._dirs.get(variant)
         if d is None:
-            d = self._dirs[variant] = self.catalogue.models_dir / variant
+            # resolved once: the pool then finds it by its key without resolving again
+            d = self._dirs[variant] = (self.catalogue.models_dir / variant).resolve()
         return d
 
     def score(
