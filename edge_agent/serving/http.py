@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import math
 import os
@@ -41,11 +40,12 @@ from typing import Any, Protocol
 from edge_agent import __version__
 from edge_agent.config import ServingConfig
 from edge_agent.errors import ServingError
-from edge_agent.serving.limits import TokenBucket
+from edge_agent.serving.limits import Slots, TokenBucket
 from edge_agent.serving.models import Catalogue, Scorer
 from edge_agent.serving.protocol import (
     ModelSpec,
     ProtocolError,
+    dumps,
     encode_response,
     error_body,
     infer_response,
@@ -155,7 +155,7 @@ class Endpoint:
         self.ready = ready
         self.token = read_token(cfg.token_file)
         self.rate = TokenBucket(cfg.rate_per_s, max(1.0, cfg.rate_per_s))
-        self.inflight = threading.BoundedSemaphore(cfg.max_inflight)
+        self.inflight = Slots(cfg.max_inflight)
         self.counts: dict[str, int] = {
             "requests": 0,
             "scored": 0,
@@ -384,7 +384,7 @@ class _Connection:
     def _send(
         self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
-        self._send_bytes(status, json.dumps(doc).encode(), headers=headers)
+        self._send_bytes(status, dumps(doc), headers=headers)
 
     def _send_bytes(
         self,
@@ -481,7 +481,7 @@ class _Connection:
     def _infer(self, spec: ModelSpec) -> None:
         ep = self.ep
         body = self._read_body()
-        if not ep.inflight.acquire(blocking=False):
+        if not ep.inflight.take():
             raise ProtocolError(
                 503, f"{ep.cfg.max_inflight} requests are being scored; try again shortly", 1.0
             )
@@ -492,7 +492,7 @@ class _Connection:
                 budget = min(budget, req.timeout_s)
             scores, threshold = ep.scorer.score(spec, req.windows, budget, req.stream)
         finally:
-            ep.inflight.release()
+            ep.inflight.give()
         ep.count("scored")
         payload, head_len = encode_response(infer_response(spec, req, scores, threshold), req)
         if head_len is None:

@@ -1,10 +1,11 @@
-"""A token bucket: the endpoint's request rate limit. Pure (the caller gives the time)."""
+"""The endpoint's limits: a token bucket (its request rate; pure, the caller gives the
+time) and a count of slots (requests scoring at once)."""
 
 from __future__ import annotations
 
 import threading
 
-__all__ = ["TokenBucket"]
+__all__ = ["Slots", "TokenBucket"]
 
 
 class TokenBucket:
@@ -29,3 +30,30 @@ class TokenBucket:
                 self._tokens -= 1.0
                 return 0.0
             return (1.0 - self._tokens) / self.rate
+
+
+class Slots:
+    """At most `n` holders at once, taken without waiting. Thread-safe. (A
+    BoundedSemaphore does the same in Python under a Condition: ~1.4 us more a request.)"""
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        self.n = n
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """A slot (True), or False when all `n` are held."""
+        with self._lock:
+            if self.held >= self.n:
+                return False
+            self.held += 1
+            return True
+
+    def give(self) -> None:
+        """Give back a slot taken; more than were taken is a bug (ValueError)."""
+        with self._lock:
+            if self.held <= 0:
+                raise ValueError("Slots.give() without a take()")
+            self.held -= 1

@@ -11,17 +11,36 @@ The binary tensor data extension is understood both ways: an input whose paramet
 give `binary_data_size` takes its bytes (little-endian) from after the JSON header
 (`Inference-Header-Content-Length`), and an output asked for with `binary_data: true`
 (or every output, with the request parameter `binary_data_output`) is sent that way.
+
+Request bodies are parsed by orjson when the `serving` extra installed it (a batch-1
+JSON window, 256 numbers, ~6 us instead of the stdlib's ~55 us, a quarter of a
+request), by the stdlib otherwise. A body orjson refuses is parsed again by the stdlib,
+so the answer is the same either way: its error message, and NaN/Infinity (which orjson
+refuses outright) read and then refused as non-finite data.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+
+def _import_orjson() -> ModuleType | None:
+    try:
+        import orjson
+    except ImportError:  # no `serving` extra: the stdlib parses every body
+        return None
+    return orjson
+
+
+_orjson = _import_orjson()
 
 __all__ = [
     "ALARM",
@@ -29,9 +48,11 @@ __all__ = [
     "InferRequest",
     "ModelSpec",
     "ProtocolError",
+    "dumps",
     "encode_response",
     "error_body",
     "infer_response",
+    "loads",
     "model_metadata",
     "parse_infer",
 ]
@@ -77,8 +98,35 @@ class InferRequest:
     binary_outputs: frozenset[str] = frozenset()  # outputs to send as binary data
 
 
+def _json_encoder() -> Callable[[Any], bytes]:
+    """json.dumps(doc).encode(), byte for byte, without its per-call setup: dumps
+    makes a new C encoder each call, ~5 us of a 1-window answer's ~6 us. The C encoder
+    is CPython's private API: a Python whose differs gets json.dumps itself."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        std = json.JSONEncoder()
+        try:
+            enc = make(
+                None, std.default, json.encoder.encode_basestring_ascii, None,
+                std.key_separator, std.item_separator, False, False, True,
+            )  # fmt: skip
+            probe = {"a": [1, 2.5, float("nan"), True, None, "\u00e9"], "b": {"c": -0.0}}
+            if "".join(enc(probe, 0)) == json.dumps(probe):
+
+                def fast(doc: Any) -> bytes:
+                    return "".join(enc(doc, 0)).encode()
+
+                return fast
+        except (TypeError, ValueError):
+            pass
+    return lambda doc: json.dumps(doc).encode()
+
+
+dumps = _json_encoder()
+
+
 def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
+    return dumps({"error": message})
 
 
 def model_metadata(spec: ModelSpec) -> dict[str, Any]:
@@ -94,6 +142,32 @@ def model_metadata(spec: ModelSpec) -> dict[str, Any]:
             {"name": ALARM, "datatype": "BOOL", "shape": [-1]},
         ],
     }
+
+
+def loads(body: bytes) -> Any:
+    """A request body's JSON: json.loads' result and errors, faster with orjson."""
+    if _orjson is not None:
+        try:
+            doc = _orjson.loads(body)
+        except _orjson.JSONDecodeError:
+            pass  # the stdlib's verdict, in its words (or its NaN, refused later)
+        else:
+            if not _big_int_read_as_float(doc):
+                return doc
+    return json.loads(body)
+
+
+def _big_int_read_as_float(v: Any) -> bool:
+    """Whether `v` may hold an integer beyond 64 bits, which orjson reads as a float
+    (the stdlib as an int: an id or an echoed value would differ). Tensor data is not
+    looked at: its numbers become float64 either way, to the same value."""
+    if isinstance(v, float):
+        return v.is_integer() and abs(v) >= 2.0**63
+    if isinstance(v, dict):
+        return any(_big_int_read_as_float(x) for k, x in v.items() if k != "data")
+    if isinstance(v, list):
+        return any(_big_int_read_as_float(x) for x in v)
+    return False
 
 
 def _bad(msg: str) -> ProtocolError:
@@ -122,7 +196,7 @@ def parse_infer(body: bytes, spec: ModelSpec, header_len: int | None = None) -> 
             raise _bad(f"Inference-Header-Content-Length {header_len} is beyond the body")
         body, binary = body[:header_len], body[header_len:]
     try:
-        doc = json.loads(body)
+        doc = loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _bad(f"request body is not JSON: {e}") from None
     if not isinstance(doc, dict):
@@ -155,8 +229,8 @@ def parse_infer(body: bytes, spec: ModelSpec, header_len: int | None = None) -> 
             f"{spec.columns}] (n windows of {spec.window} samples x {spec.columns} columns)"
         )
     n = shape[0] * spec.window * spec.columns
-    arr = _tensor_data(t, spec.input_name, dtype, n, shape=shape, binary=binary)
-    windows = _finite_fp32(arr, shape, spec.input_name)
+    arr, values = _tensor_data(t, spec.input_name, dtype, n, shape=shape, binary=binary)
+    windows = _finite_fp32(arr, shape, spec.input_name, values)
     want_alarm = _alarm_asked(params, doc.get("outputs"))
     stream = params.get("stream")
     if stream is not None and not isinstance(stream, str):
@@ -174,7 +248,8 @@ def parse_infer(body: bytes, spec: ModelSpec, header_len: int | None = None) -> 
 
 def _tensor_data(
     t: dict[str, Any], name: str, dtype: str, n: int, *, shape: list[int], binary: bytes
-) -> npt.NDArray[Any]:
+) -> tuple[npt.NDArray[Any], list[Any] | None]:
+    """(the input's values as an array, the JSON numbers they came from or None)."""
     tp = _WIRE_DTYPES[dtype]
     tparams = t.get("parameters") or {}
     size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
@@ -184,27 +259,39 @@ def _tensor_data(
                 f"input {name}: binary_data_size {size!r} does not match shape {shape} of "
                 f"{dtype} ({n * tp.itemsize} bytes; {len(binary)} bytes follow the header)"
             )
-        return np.frombuffer(binary[:size], dtype=tp)
+        return np.frombuffer(binary[:size], dtype=tp), None
     flat = _flatten(t.get("data"))
     if len(flat) != n:
         raise _bad(f"input {name}: {len(flat)} values, shape {shape} needs {n}")
     try:
-        # as float64 first: a JSON number too large for FP32 is told apart from NaN
-        return np.asarray(flat, dtype=np.float64)
+        # straight to FP32 (one conversion, not two: ~5 us of a batch-1 request); a
+        # number too large for it becomes infinity, told from NaN by _finite_fp32
+        with np.errstate(over="ignore"):
+            return np.asarray(flat, dtype=np.float32), flat
+    except (TypeError, ValueError, OverflowError):
+        pass  # refused below as it always was, in float64's words
+    try:
+        return np.asarray(flat, dtype=np.float64), flat
     except (TypeError, ValueError) as e:
         raise _bad(f"input {name}: data must be numbers ({e})") from None
 
 
-def _finite_fp32(arr: npt.NDArray[Any], shape: list[int], name: str) -> npt.NDArray[np.float32]:
-    """`arr` as FP32 windows of `shape`; 400 for NaN/infinity, or a value FP32 cannot hold."""
+def _finite_fp32(
+    arr: npt.NDArray[Any], shape: list[int], name: str, values: list[Any] | None = None
+) -> npt.NDArray[np.float32]:
+    """`arr` as FP32 windows of `shape`; 400 for NaN/infinity, or a value FP32 cannot
+    hold. `values`: the JSON numbers `arr` was made of (tells the two apart)."""
     windows: npt.NDArray[np.float32]
     if arr.dtype == np.float32:
-        windows = arr.reshape(shape).copy()  # frombuffer's view of the body is read-only
+        windows = arr.reshape(shape)
+        if values is None:
+            windows = windows.copy()  # frombuffer's view of the body is read-only
     else:
         with np.errstate(over="ignore"):
             windows = arr.astype(np.float32).reshape(shape)
     if not np.isfinite(windows).all():  # one look when all is well (the usual case)
-        if not np.isfinite(arr).all():
+        wide = arr if values is None else np.asarray(values, dtype=np.float64)
+        if not np.isfinite(wide).all():
             raise _bad(f"input {name}: data holds NaN or infinity")
         raise _bad(f"input {name}: a value is beyond float32's range")
     return windows
@@ -249,7 +336,7 @@ def _timeout(params: dict[str, Any]) -> float | None:
 def encode_response(doc: dict[str, Any], req: InferRequest) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
     if not req.binary_outputs:
-        return json.dumps(doc).encode(), None
+        return dumps(doc), None
     tail = []
     for o in doc["outputs"]:
         if o["name"] in req.binary_outputs:
@@ -257,7 +344,7 @@ def encode_response(doc: dict[str, Any], req: InferRequest) -> tuple[bytes, int 
             raw = np.asarray(o.pop("data"), dtype=tp).tobytes()
             o["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
-    head = json.dumps(doc).encode()
+    head = dumps(doc)
     return head + b"".join(tail), len(head)
 
 
