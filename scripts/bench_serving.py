@@ -18,7 +18,8 @@ throttles'. Model: vibration-ae-fp32-onnx (bench_peers.py's).
 --mlserver: the same client and load against MLServer serving the same ONNX file
 (bench_peers.py's throw-away venv and custom runtime; skipped with the reason when the
 venv cannot be made). Both servers run at once and take turns, R rounds of each
-(figures: the median over rounds), so that the machine's other load falls on both.
+(figures: the median over rounds), so that the machine's other load falls on both;
+each round starts with the next server in turn, each turn after a 1 s pause.
 MLServer gets the normalised windows (its model's own input); the agent gets raw
 windows and normalises them, as a client would send.
 """
@@ -53,6 +54,7 @@ from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal  # noqa:
 from tests.serving_agent import free_port  # noqa: E402
 
 MODEL = "vibration-ae-fp32-onnx"
+SETTLE_S = 1.0  # a pause before each server's turn
 TOKEN = "bench-serving-token-0123456789"
 
 Body = tuple[bytes, dict[str, str]]  # the request body and its own headers
@@ -344,11 +346,16 @@ def main() -> int:
                 ml_post = poster(path, {})
                 runs["mlserver"] = lambda: measure(peer.port, ml_post, norm, args)
         # the servers take turns, round after round: the machine's other load then
-        # falls on all of them alike, and the ratios are taken between neighbours
+        # falls on all of them alike, and the ratios are taken between neighbours. Each
+        # round starts with the next one, and each run after a pause: the one measured
+        # first no longer always follows the same one's saturation runs (their
+        # aftermath: freed memory, a busy event loop, other jobs' catch-up)
         got: dict[str, list[dict[str, Any]]] = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for name, run in runs.items():
-                got[name].append(run())
+        names = list(runs)
+        for r in range(args.rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                time.sleep(SETTLE_S)
+                got[name].append(runs[name]())
         for name, rs in got.items():
             out[name] = _median(rs)
             if args.rounds > 1:
