@@ -19,7 +19,8 @@ throttles'. Model: vibration-ae-fp32-onnx (bench_peers.py's).
 (bench_peers.py's throw-away venv and custom runtime; skipped with the reason when the
 venv cannot be made). Both servers run at once and take turns, R rounds of each
 (figures: the median over rounds), so that the machine's other load falls on both;
-each round starts with the next server in turn, each turn after a 1 s pause.
+each round starts with the next server in turn, each turn after a 1 s pause, and
+each server first gets 300 unrecorded requests.
 MLServer gets the normalised windows (its model's own input); the agent gets raw
 windows and normalises them, as a client would send.
 """
@@ -55,6 +56,7 @@ from tests.serving_agent import free_port  # noqa: E402
 
 MODEL = "vibration-ae-fp32-onnx"
 SETTLE_S = 1.0  # a pause before each server's turn
+WARMUP = 300  # requests to each server before the measured rounds
 TOKEN = "bench-serving-token-0123456789"
 
 Body = tuple[bytes, dict[str, str]]  # the request body and its own headers
@@ -336,6 +338,12 @@ def main() -> int:
             "agent": lambda: measure(port, post, raw, args),
             "agent_binary_tensors": lambda: measure(port, post, raw, args, _binary_body),
         }
+        warmups: dict[str, Callable[[], object]] = {
+            "agent": lambda: latency(port, post, raw, WARMUP, client=args.client),
+            "agent_binary_tensors": lambda: latency(
+                port, post, raw, WARMUP, make=_binary_body, client=args.client
+            ),
+        }
         if args.mlserver:
             started = _mlserver(work)
             if isinstance(started, str):
@@ -345,6 +353,9 @@ def main() -> int:
                 up.callback(peer.stop)
                 ml_post = poster(path, {})
                 runs["mlserver"] = lambda: measure(peer.port, ml_post, norm, args)
+                warmups["mlserver"] = lambda: latency(
+                    peer.port, ml_post, norm, WARMUP, client=args.client
+                )
         # the servers take turns, round after round: the machine's other load then
         # falls on all of them alike, and the ratios are taken between neighbours. Each
         # round starts with the next one, and each run after a pause: the one measured
@@ -352,6 +363,10 @@ def main() -> int:
         # aftermath: freed memory, a busy event loop, other jobs' catch-up)
         got: dict[str, list[dict[str, Any]]] = {k: [] for k in runs}
         names = list(runs)
+        # not recorded: each server past its start (MLServer's goes on in the background
+        # a while) and its first requests' costs
+        for name in names:
+            warmups[name]()
         for r in range(args.rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 time.sleep(SETTLE_S)
