@@ -218,9 +218,12 @@ def store_group(
 ) -> GroupResult:
     """Insert `batch` in one transaction (BEGIN IMMEDIATE .. COMMIT; no fsync here).
 
-    A record of kind `replaces` (status) deletes stored ones of that kind first; while
-    the budget `max_bytes` would be exceeded, the oldest record of the first kind in
-    `drop_order` that has any is deleted and counted. `next_seq` raises the stored
+    A record of kind `replaces` (status) deletes stored ones of that kind first. Then,
+    while the budget `max_bytes` is exceeded, the oldest record of the first kind in
+    `drop_order` that has any is deleted and counted; the whole group is inserted first,
+    so a record of a kind dropped earlier that came in the same group goes before an
+    older one of a kind dropped later (an event is not dropped to make room for the
+    group's own telemetry). `next_seq` raises the stored
     counter; `drop_totals` (drops counted elsewhere, e.g. in memory) raise the stored
     drop counters. Raises sqlite3.Error after rolling back."""
     drops: Counter[str] = Counter()
@@ -230,20 +233,22 @@ def store_group(
             if h.kind == replaces:
                 d, b = delete_where(db, "kind = ?", (replaces,))
                 depth, nbytes = depth - d, nbytes - b
-            while nbytes + h.size > max_bytes:
-                victim = _oldest(db, drop_order)
-                if victim is None:
-                    break
-                vid, vkind, vsize = victim
-                db.execute("DELETE FROM records WHERE id = ?", (vid,))
-                depth, nbytes = depth - 1, nbytes - vsize
-                drops[vkind] += 1
             db.execute(
                 "INSERT INTO records (seq, kind, lane, topic, payload, retain, created, size)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (h.seq, h.kind, lane(h.kind), h.topic, h.payload, int(h.retain), h.created, h.size),
             )
             depth, nbytes = depth + 1, nbytes + h.size
+        # Nothing is visible before COMMIT, so inserting first costs no more than a group's
+        # bytes (GROUP_MAX_BYTES) of WAL and never shows an over-budget outbox.
+        while nbytes > max_bytes:
+            victim = _oldest(db, drop_order)
+            if victim is None:
+                break
+            vid, vkind, vsize = victim
+            db.execute("DELETE FROM records WHERE id = ?", (vid,))
+            depth, nbytes = depth - 1, nbytes - vsize
+            drops[vkind] += 1
         _raise_counter(db, "next_seq", next_seq)
         for k, n in (drop_totals or {}).items():
             _raise_counter(db, f"drops.{k}", n)
