@@ -333,9 +333,13 @@ def test_agent_on_a_4mb_state_fs_rides_out_an_hour_long_outage(tmp_path: Path) -
         cfg = tmp_path / "agent.toml"
         streams = "".join(
             f'[[streams]]\nname = "s{i}"\nsource = {{kind = "synthetic", speed = 0.0, '
-            "first_anomaly_s = 1.0, anomaly_every_s = 3.0, anomaly_duration_s = 1.0}\n"
+            "first_anomaly_s = 60000.0, anomaly_every_s = 3.0, anomaly_duration_s = 1.0}\n"
             for i in range(4)
         )
+        # The first anomaly comes ~15 s in (signal time runs >4,000x real time here).
+        # Events come at ~1,600/s and would fill the budget before the main loop's first
+        # telemetry (one tick, 1 s, after start); with no telemetry stored anywhere an
+        # event is rightly the first drop, and the telemetry-first order is untestable.
         cfg.write_text(
             f'device_id = "{DEVICE}"\nstate_dir = "{state}"\n'
             # port 9 (discard): nothing listens, the broker is away for the whole run
