@@ -266,10 +266,18 @@ class StreamRuntime:
         raises when the source failed past its own budget or its thread died, so the
         supervisor restarts the stream with a fresh source runner.
         """
-        stop = loop.stop
         if not self._runner_started:
             self._runner_started = True
             self.runner.start()
+        try:
+            self._serve(loop, sinks)
+        finally:
+            # a max-speed source's turn (runner.TurnGate) is not kept while this stream
+            # is down or finished
+            self.runner.end_turn()
+
+    def _serve(self, loop: Loop, sinks: StreamSinks) -> None:
+        stop = loop.stop
         while not stop.is_set():
             loop.beat()
             runner = self.runner

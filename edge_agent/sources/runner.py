@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import os
 import threading
 import time
 
@@ -26,7 +27,7 @@ from edge_agent.backoff import Backoff, RestartBudget
 from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.sources.base import Block, Source
 
-__all__ = ["RestartBudget", "SourceRunner", "SourceState"]
+__all__ = ["TURN_GATE", "RestartBudget", "SourceRunner", "SourceState", "TurnGate"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,63 @@ MERGE_MAX_BYTES = 256 * 1024
 # (and the GIL held) per turn when blocks are tiny (64 streams of 1-sample blocks read 4,096
 # each per turn without it; the watchdog went 2.3 s without a ping)
 PULL_MAX_READS = 64
+
+
+class TurnGate:
+    """At most `slots` streams inside at once, let in in arrival order: a slot that frees
+    passes to the longest waiter, never to a newcomer, so no stream starves.
+
+    Why: a stream whose source runs ahead of it (a file or generator at max speed) has
+    a full turn of work every time (read, window, score ~1,000 windows). 64 such streams
+    each in its own thread took turns at random, each turn on data and state another
+    thread left in the cache: the CPU per window was 1.6x one stream's (1.3x with the
+    same turns taken in one thread by 64 threads, one at a time; 1.1x by one thread).
+    One slot per CPU keeps the CPUs busy, and the streams that wait hold no data."""
+
+    def __init__(self, slots: int | None = None) -> None:
+        self.slots = max(1, slots if slots is not None else (os.cpu_count() or 1))
+        self._lock = threading.Lock()
+        self._free = self.slots
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+        self.inside = 0  # holders now
+        self.max_inside = 0  # the most at once (for tests)
+        self.entries = 0  # turns let in
+
+    def _enter(self) -> None:  # with _lock held
+        self.inside += 1
+        self.entries += 1
+        self.max_inside = max(self.max_inside, self.inside)
+
+    def acquire(self, timeout: float) -> bool:
+        """A slot (True), or False after `timeout` seconds without one."""
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                self._enter()
+                return True
+            w = threading.Lock()
+            w.acquire()
+            self._waiters.append(w)
+        if w.acquire(timeout=timeout):
+            return True  # release() counted us in and handed its slot over
+        with self._lock:
+            if w in self._waiters:
+                self._waiters.remove(w)
+                return False
+        return True  # handed a slot between the timeout and the look above
+
+    def release(self) -> None:
+        with self._lock:
+            self.inside -= 1
+            if self._waiters:
+                self._enter()
+                self._waiters.popleft().release()
+            else:
+                self._free += 1
+
+
+# One for the process: its streams share the CPUs.
+TURN_GATE = TurnGate()
 
 
 class SourceState(str, enum.Enum):
@@ -62,6 +120,7 @@ class SourceRunner:
         backoff_max_s: float = 30.0,
         merge_below: int = 0,
         merge_backlog: bool = True,
+        gate: TurnGate | None = None,
     ) -> None:
         """`merge_below`: a queued block shorter than this takes the next one into
         itself when they are contiguous (e.g. the stream's hop: 1-sample blocks from a
@@ -72,7 +131,9 @@ class SourceRunner:
         source that is not live (a file or generator at max speed) is read in the
         consumer's thread, in `get` (see _pull): its thread only opens and reopens it.
         `merge_backlog` False: blocks keep the source's size (beyond merge_below), for a
-        consumer whose work depends on it (an adaptive baseline learns between blocks)."""
+        consumer whose work depends on it (an adaptive baseline learns between blocks).
+        `gate`: where a pull-mode source that runs ahead of its consumer waits for its
+        turns (see TurnGate; TURN_GATE by default)."""
         self.source = source
         self._q: collections.deque[Block] = collections.deque()
         self._queued = 0  # samples in _q
@@ -100,12 +161,21 @@ class SourceRunner:
         self._pulling = False
         self._pull_error: BaseException | None = None
         self._read_lock = threading.Lock()  # a read in get() vs the thread's close()
+        # A pull-mode source that filled its last turn (it runs ahead of the consumer:
+        # max speed) takes its next turns through the gate; the consumer holds a turn
+        # from get() until its next get() (the turn's blocks are scored meanwhile), or
+        # until stop() or the end of the data.
+        self._gate = gate or TURN_GATE
+        self._ahead = False
+        self._holding = False
+        self._turn_lock = threading.Lock()  # _holding: the consumer vs stop()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        self.end_turn()
         with self._cv:
             self._cv.notify_all()
         if self._thread.is_alive():
@@ -121,7 +191,17 @@ class SourceRunner:
         tiny blocks are then handed over together, one wake-up instead of one each.
         `max_samples`: a backlog is merged only up to this many samples (a run bounded
         by a number of windows takes no more than it needs in one block)."""
+        if self._holding:
+            self.end_turn()  # the last turn's blocks are done with
         if self._pulling:
+            if self._ahead:
+                if not self._gate.acquire(timeout):
+                    return []  # the consumer comes back (it beats meanwhile)
+                with self._turn_lock:
+                    self._holding = True
+                if self._stop.is_set():  # stop() may have looked before we held it
+                    self.end_turn()
+                    return []
             return self._pull(timeout, max_samples)
         with self._cv:
             if self._queued < min_samples and not self.done:
@@ -146,11 +226,12 @@ class SourceRunner:
         out: list[Block] = []
         nbytes = n = reads = 0
         small = self._merge_below
+        first_wait = 0.0 if self._holding else timeout  # no wait inside a turn
         with self._read_lock:
             while self._pulling and not self._stop.is_set():
                 try:
                     # (a source at max speed does not wait; one that might, only at first)
-                    blk = self.source.read(0.0 if out else timeout)
+                    blk = self.source.read(0.0 if out else first_wait)
                     reads += 1
                 except Exception as e:  # noqa: BLE001 - the thread sorts it out (see _run)
                     with self._cv:
@@ -183,9 +264,27 @@ class SourceRunner:
                     or (max_samples is not None and n >= max_samples)
                 ):
                     break
+        # a full turn: the source runs ahead, its next turns go through the gate
+        self._ahead = self._pulling and (nbytes >= MERGE_MAX_BYTES or reads >= PULL_MAX_READS)
+        if not self._pulling:
+            self.end_turn()  # the data ended or a read failed: no turn to hold
         if not self._merge_backlog or len(out) < 2:
             return out
         return _coalesced(out, MERGE_MAX_BYTES, max_samples)
+
+    @property
+    def in_turn(self) -> bool:
+        """The consumer holds a turn of the gate (the blocks of its last get())."""
+        return self._holding
+
+    def end_turn(self) -> None:
+        """The consumer is done with its turn's blocks (also when it leaves with an
+        error: a stream restarting after a fault must not keep a turn meanwhile)."""
+        with self._turn_lock:
+            if not self._holding:
+                return
+            self._holding = False
+        self._gate.release()
 
     @property
     def alive(self) -> bool:
