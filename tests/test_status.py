@@ -6,10 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +154,17 @@ def test_crashed_agent_pid_gone_is_down(tmp_path: Path) -> None:
     assert doc["state"]["device_id"] == "gw-01"
 
 
-def test_empty_state_dir_never_ran_here(tmp_path: Path) -> None:
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A temporary directory with a short path: the tests below look for the whole path
+    on an 80-column line, and pytest's own (longer under xdist) would be cut to fit."""
+    d = Path(tempfile.mkdtemp(prefix="st-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_empty_state_dir_never_ran_here(short_dir: Path) -> None:
+    tmp_path = short_dir
     r = status_cli("--state-dir", str(tmp_path))
     assert r.returncode == 3
     lines = r.stdout.splitlines()
@@ -176,7 +189,8 @@ def test_degraded_exit_code_and_reasons(tmp_path: Path) -> None:
     assert "mqtt     NOT CONNECTED to 127.0.0.1:1883" in r.stdout
 
 
-def test_state_dir_comes_from_the_config(tmp_path: Path) -> None:
+def test_state_dir_comes_from_the_config(short_dir: Path) -> None:
+    tmp_path = short_dir
     sd = tmp_path / "state"
     sd.mkdir()
     atomic_write_json(sd / "status.json", state(time.time()))
