@@ -1,0 +1,109 @@
+"""Review of issue 18: infer bodies that are valid JSON but hold numbers or nesting
+Python cannot take (an integer past float's range, an id over the int-to-str digit
+limit, arrays nested past the recursion limit) are malformed requests: 400 in the
+protocol's error form, as docs/serving.md's error table says. They were answered 500
+"internal error" with a traceback in the agent's log.
+
+Real in-process Endpoint (catalogue, model pool, scheduler worker) on a real socket."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import ServingConfig
+from edge_agent.profiles import load_profiles, select
+from edge_agent.runtime.model import find_models
+from edge_agent.runtime.pool import ModelPool
+from edge_agent.runtime.scheduler import InferenceScheduler, SchedulerSet
+from edge_agent.serving.http import Endpoint
+from edge_agent.serving.models import Catalogue, Scorer
+from tests.agentutil import MODELS
+
+TOKEN = "review18-token-0123456789"
+MODEL = "vibration-ae-int8-onnx"
+CARD = next(c for c in find_models(MODELS) if c.name == MODEL)
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+
+    def beat(self) -> None:
+        pass
+
+
+@pytest.fixture
+def endpoint(tmp_path: Path) -> Iterator[Endpoint]:
+    (tmp_path / "token").write_text(TOKEN)
+    cfg = ServingConfig(enabled=True, port=0, token_file=str(tmp_path / "token"))
+    profile = select("auto", load_profiles()).profile
+    pool, scheds = ModelPool(profile), SchedulerSet(profile)
+    loop = _Stop()
+
+    def worker(_name: str, s: InferenceScheduler) -> None:
+        threading.Thread(target=s.run, args=(loop,), daemon=True).start()
+
+    scheds.on_new = worker
+    pool.on_load = lambda e: scheds.add(e.model)
+    catalogue = Catalogue(MODELS, profile)
+    ep = Endpoint(cfg, catalogue, Scorer(catalogue, pool, scheds))
+    t = threading.Thread(target=ep.run, args=(loop,), daemon=True)
+    t.start()
+    try:
+        yield ep
+    finally:
+        loop.stop.set()
+        t.join(10)
+        ep.close()
+
+
+def _window_json(first: bytes = b"0.1") -> bytes:
+    """The input tensor of one window as JSON, its first value `first` (raw bytes)."""
+    n = CARD.preprocessing.window * CARD.preprocessing.columns
+    shape = [1, CARD.preprocessing.window, CARD.preprocessing.columns]
+    head = f'{{"name": "{CARD.input.name}", "datatype": "FP32", "shape": {shape}, "data": ['
+    return head.encode() + first + b", 0.1" * (n - 1) + b"]}"
+
+
+BIG_INT = str(10**400).encode()  # valid JSON; beyond float64's range
+
+BODIES = {
+    "integer past float range in data": b'{"inputs": [' + _window_json(BIG_INT) + b"]}",
+    "integer past float range in parameters.timeout": (
+        b'{"parameters": {"timeout": ' + BIG_INT + b'}, "inputs": [' + _window_json() + b"]}"
+    ),
+    "id of 5000 digits": b'{"id": ' + b"1" * 5000 + b', "inputs": [' + _window_json() + b"]}",
+    "data nested 100000 deep": (
+        b'{"inputs": [{"name": "window", "datatype": "FP32", "shape": [1, 64, 4], "data": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}]}"
+    ),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BODIES))
+def test_unreadable_numbers_and_nesting_are_400_not_500(endpoint: Endpoint, what: str) -> None:
+    body = BODIES[what]
+    assert len(body) < endpoint.cfg.max_body_kb * 1024  # not a size refusal
+    conn = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            f"/v2/models/{MODEL}/infer",
+            body,
+            {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        r = conn.getresponse()
+        status, doc = r.status, json.loads(r.read())
+    finally:
+        conn.close()
+    assert list(doc) == ["error"], doc
+    assert status == 400, (what, status, doc)
+    assert "internal error" not in doc["error"]
