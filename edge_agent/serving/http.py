@@ -91,10 +91,12 @@ def read_token(path: str) -> str | None:
     return token[0].strip()
 
 
-def _refuse_busy(sock: socket.socket) -> None:
+def _refuse_busy(sock: socket.socket) -> bool:
     """A 503 for a connection over the limit, after reading its request head (and what
-    of a body is already there) so that closing does not reset the connection."""
+    of a body is already there) so that closing does not reset the connection. True if
+    the answer was sent."""
     body = error_body("too many connections to the inference endpoint; try again shortly")
+    sent = False
     with contextlib.suppress(OSError):
         sock.settimeout(REFUSE_READ_S)
         got = b""
@@ -104,10 +106,12 @@ def _refuse_busy(sock: socket.socket) -> None:
                 break
             got += chunk
         sock.sendall(response(503, body, headers={"Retry-After": "1"}, close=True))
+        sent = True
         sock.settimeout(0.05)
         with contextlib.suppress(OSError):
             while sock.recv(RECV):  # the rest of a body already sent
                 pass
+    return sent
 
 
 def _listen(cfg: ServingConfig) -> socket.socket:
@@ -253,7 +257,8 @@ class Endpoint:
 
     def _refuse(self, conn: socket.socket) -> None:
         try:
-            _refuse_busy(conn)
+            if _refuse_busy(conn):
+                self.count("busy")  # a refusal for load, like a full in-flight limit
         finally:
             conn.close()
             self._refusers.release()
