@@ -276,9 +276,16 @@ def test_notify_ready_without_samples_watchdog_through_a_silent_sensor_and_sigte
 
         # 5. Data again: OK again without a restart.
         writer.flowing.set()
-        _until(lambda: _status_cli(state).returncode == 0, 15, "OK again after the data came back")
+        # Drained while waiting: the agent's notifications do not block, and a datagram
+        # queue left full (net.unix.max_dgram_qlen, often 10) would drop STOPPING=1.
+        _until(
+            lambda: notify.drain() is not None and _status_cli(state).returncode == 0,
+            15,
+            "OK again after the data came back",
+        )
 
         # 6. SIGTERM: STOPPING=1, clean exit 0, final status written (running false).
+        notify.drain()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, log.read_text()
         stopping = notify.wait_for("STOPPING", 2)
