@@ -92,6 +92,15 @@ def _infer(data: str, *, rid: str = '"r"', shape: str = "[1, 2, 3]") -> bytes:
         (_infer("1, 2, 3, 4, 5, 6", shape="[1e19, 2, 3]"), "does not match"),
         (_infer("1, 2, 3, 4, 5,"), "request body is not JSON: Expecting value"),
         (b'{"inputs": [], "x": NaN', "request body is not JSON"),
+        # valid JSON Python cannot take: 400, never a 500 with a traceback (review of #18)
+        (_infer("1, 2, 1" + "0" * 400 + ", 4, 5, 6"), "a value is beyond float32's range"),
+        (_infer("1, 2, 3, 4, 5, 6", rid="1" * 5000), "a number cannot be read"),
+        (
+            b'{"parameters": {"timeout": 1' + b"0" * 400 + b"}, " + _infer("1, 2, 3, 4, 5, 6")[1:],
+            "parameters.timeout: expected a positive number",
+        ),
+        (_infer("[" * 100_000 + "]" * 100_000), "nested too deeply"),
+        (_infer("[" * 900 + "1" + "]" * 900), "1 values, shape [1, 2, 3] needs 6"),
     ],
 )
 def test_a_bad_request_gets_the_same_refusal_either_way(body: bytes, message: str) -> None:

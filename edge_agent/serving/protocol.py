@@ -190,6 +190,16 @@ def parse_infer(body: bytes, spec: ModelSpec, header_len: int | None = None) -> 
     """An infer request's body -> InferRequest; ProtocolError(400) saying what is wrong
     (not JSON, wrong input name, shape, datatype, non-finite data). `header_len`: the
     Inference-Header-Content-Length of a body carrying binary tensor data."""
+    try:
+        return _parse_infer(body, spec, header_len)
+    except RecursionError:  # nesting the parser took (stdlib) but a walk over it did not
+        raise _bad(_TOO_DEEP) from None
+
+
+_TOO_DEEP = "request body: JSON nested too deeply (tensor data is [n, window, columns] at most)"
+
+
+def _parse_infer(body: bytes, spec: ModelSpec, header_len: int | None) -> InferRequest:
     binary = b""
     if header_len is not None:
         if not 0 <= header_len <= len(body):
@@ -197,8 +207,13 @@ def parse_infer(body: bytes, spec: ModelSpec, header_len: int | None = None) -> 
         body, binary = body[:header_len], body[header_len:]
     try:
         doc = loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise _bad(_TOO_DEEP) from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer too long
+        # for int() (Python's 4300-digit limit): valid JSON the endpoint cannot read
+        if isinstance(e, (UnicodeDecodeError, json.JSONDecodeError)):
+            raise _bad(f"request body is not JSON: {e}") from None
+        raise _bad(f"request body: a number cannot be read: {e}") from None
     if not isinstance(doc, dict):
         raise _bad("request body: expected a JSON object with 'inputs'")
     params = doc.get("parameters") or {}
@@ -274,6 +289,8 @@ def _tensor_data(
         return np.asarray(flat, dtype=np.float64), flat
     except (TypeError, ValueError) as e:
         raise _bad(f"input {name}: data must be numbers ({e})") from None
+    except OverflowError:  # an integer past float64's range (JSON allows any size)
+        raise _bad(f"input {name}: a value is beyond float32's range") from None
 
 
 def _finite_fp32(
@@ -328,9 +345,16 @@ def _timeout(params: dict[str, Any]) -> float | None:
     us = params.get("timeout")
     if us is None:
         return None
-    if isinstance(us, bool) or not isinstance(us, (int, float)) or not math.isfinite(us) or us <= 0:
-        raise _bad("parameters.timeout: expected a positive number of microseconds")
-    return float(us) / 1e6
+    bad = _bad("parameters.timeout: expected a positive number of microseconds")
+    if isinstance(us, bool) or not isinstance(us, (int, float)):
+        raise bad
+    try:
+        s = float(us) / 1e6
+    except OverflowError:  # an integer past float64's range: longer than any deadline
+        raise bad from None
+    if not math.isfinite(s) or s <= 0:
+        raise bad
+    return s
 
 
 def encode_response(doc: dict[str, Any], req: InferRequest) -> tuple[bytes, int | None]:
