@@ -69,7 +69,7 @@ def test_health_and_server_metadata(agent: Served) -> None:
     assert status == 200
     assert doc["name"] == "edge-agent"
     assert doc["version"]
-    assert doc["extensions"] == []
+    assert doc["extensions"] == ["binary_tensor_data"]  # supported both ways: say so
     status, doc, _ = agent.request("/v2/models")
     assert status == 200
     assert doc["models"] == sorted([*CARDS, *FAMILIES])

@@ -2,7 +2,8 @@
 
 First the schema (TOML, known keys, types, limits), then what can be checked without
 running (`edge_agent.preflight`): models resolve and fit their sources, the files and
-credentials the config names exist and are readable. Every error is printed with its
+credentials the config names exist and are readable; with `[serving]` on, the checks
+the endpoint makes when it starts (token file, socket directory). Every error is printed with its
 key path; exit 2 if there is one, else 0 (warnings do not fail).
 """
 
@@ -37,6 +38,11 @@ def _validate(args: argparse.Namespace) -> int:
     # streams validates where no device_profiles are installed, e.g. a build host).
     profile = select(cfg.profile, load_profiles()).profile if cfg.streams else Profile("none")
     findings = check_runnable(cfg, profile)
+    if cfg.serving.enabled:  # the very checks the endpoint makes at start (serving/checks.py)
+        from edge_agent.preflight import Finding
+        from edge_agent.serving.checks import check_serving
+
+        findings += [Finding(k, m, fatal=f) for k, m, f in check_serving(cfg.serving)]
     errors = [f for f in findings if f.fatal]
     for f in findings:
         kind = "error" if f.fatal else "warning"

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from edge_agent import __version__
 from edge_agent.config import ServingConfig
 from edge_agent.errors import ServingError
+from edge_agent.serving.checks import read_token, socket_dir_problem, token_warning
 from edge_agent.serving.limits import Slots, TokenBucket
 from edge_agent.serving.models import Catalogue, Scorer
 from edge_agent.serving.protocol import (
@@ -60,12 +61,19 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # the component beats at least this often
 IDLE_CONNECTION_S = 30.0  # a keep-alive connection silent this long is closed
+# A request head must be whole this long after its first byte (the first request's:
+# after accept). Without a total, a client trickling a byte at a time (slowloris)
+# would hold its connection slot forever: each byte restarts a per-recv timeout.
+HEAD_DEADLINE_S = 10.0
 DISCARD_LIMIT = 8  # an oversized body up to this many times the limit is read and dropped
 REFUSERS = 4  # threads answering connections over max_connections with a 503
-REFUSE_READ_S = 1.0  # how long such a connection may take to send its request head
+REFUSE_READ_S = 1.0  # how long (in all) such a connection may take to send its head
 LINGER_S = 0.5  # after a closing answer: how long unread input is still read and dropped
 RECV = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Server metadata's extensions, named as Triton names them. Not "statistics": ours is
+# a subset (no per-model route, no inference_stats durations) a client could not rely on.
+EXTENSIONS = ["binary_tensor_data"]
 
 
 class _Loop(Protocol):  # service.supervisor.Loop
@@ -78,19 +86,6 @@ class _ClientGoneError(Exception):
     """The client closed its side (or went silent) before a request was whole."""
 
 
-def read_token(path: str) -> str | None:
-    """The bearer token from `path` (first line, stripped); None when `path` is empty."""
-    if not path:
-        return None
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip().splitlines()
-    except OSError as e:
-        raise ServingError(f"[serving] token_file {path}: {e.strerror or e}") from e
-    if not token or len(token[0].strip()) < 16:
-        raise ServingError(f"[serving] token_file {path}: needs a token of at least 16 characters")
-    return token[0].strip()
-
-
 def _refuse_busy(sock: socket.socket) -> bool:
     """A 503 for a connection over the limit, after reading its request head (and what
     of a body is already there) so that closing does not reset the connection. True if
@@ -98,13 +93,21 @@ def _refuse_busy(sock: socket.socket) -> bool:
     body = error_body("too many connections to the inference endpoint; try again shortly")
     sent = False
     with contextlib.suppress(OSError):
-        sock.settimeout(REFUSE_READ_S)
+        end = time.monotonic() + REFUSE_READ_S  # in all, not per recv: a trickle ends too
         got = b""
         while b"\r\n\r\n" not in got and len(got) < RECV:
-            chunk = sock.recv(RECV)
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            try:
+                chunk = sock.recv(RECV)
+            except TimeoutError:
+                break  # answered all the same: the client may still read it
             if not chunk:
                 break
             got += chunk
+        sock.settimeout(REFUSE_READ_S)
         sock.sendall(response(503, body, headers={"Retry-After": "1"}, close=True))
         sent = True
         sock.settimeout(0.05)
@@ -114,9 +117,34 @@ def _refuse_busy(sock: socket.socket) -> bool:
     return sent
 
 
+_BUSY = response(
+    503,
+    error_body("too many connections to the inference endpoint; try again shortly"),
+    headers={"Retry-After": "1"},
+    close=True,
+)
+
+
+def _refuse_at_once(sock: socket.socket) -> None:
+    """A 503 for a connection over the limit while every refuser is busy, from the
+    accepting thread, which must not wait: what of the request is there already is
+    read, the answer written without blocking and the socket closed. A client whose
+    request arrives after that may see a reset instead of the answer."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while sock.recv(RECV):
+                pass
+        sock.send(_BUSY)  # a few hundred bytes: fits an empty send buffer
+        sock.shutdown(socket.SHUT_WR)
+    sock.close()
+
+
 def _listen(cfg: ServingConfig) -> socket.socket:
     """The bound, listening socket of `cfg` (OSError when it cannot be)."""
     if cfg.socket:
+        if why := socket_dir_problem(cfg.socket):
+            raise ServingError(why)
         _clear_stale_socket(cfg.socket)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -158,6 +186,8 @@ class Endpoint:
         self.scorer = scorer
         self.ready = ready
         self.token = read_token(cfg.token_file)
+        if warn := token_warning(cfg.token_file):
+            log.warning("%s", warn)
         self.rate = TokenBucket(cfg.rate_per_s, max(1.0, cfg.rate_per_s))
         self.inflight = Slots(cfg.max_inflight)
         self.counts: dict[str, int] = {
@@ -166,6 +196,7 @@ class Endpoint:
             "rate_limited": 0,
             "busy": 0,
             "errors": 0,
+            "unauthorized": 0,  # requests with a missing or wrong token (401)
         }
         self._counts_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(cfg.max_connections)
@@ -239,7 +270,8 @@ class Endpoint:
         elif self._refusers.acquire(blocking=False):
             target, name = self._refuse, "serving-refuse"
         else:
-            conn.close()
+            _refuse_at_once(conn)
+            self.count("busy")
             return
         try:
             threading.Thread(target=target, args=(conn,), name=name, daemon=True).start()
@@ -299,6 +331,8 @@ class _Connection:
         self.head: Head | None = None
         self.body_read = False  # this request's body was read (or dropped)
         self.close = False  # close the connection after this answer
+        # when the request head being read must be whole (monotonic); None: not begun
+        self.head_deadline: float | None = None
 
     def serve(self) -> None:
         sock = self.sock
@@ -306,6 +340,7 @@ class _Connection:
             # one sendall per answer already; no Nagle wait on a pipelined second one
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(IDLE_CONNECTION_S)
+        self.head_deadline = time.monotonic() + HEAD_DEADLINE_S  # the first: from accept
         with contextlib.suppress(_ClientGoneError, OSError):  # a client gone: nobody to answer
             while not self.close:
                 raw = self._read_head()
@@ -313,13 +348,15 @@ class _Connection:
                     if not self.close:
                         return  # the client left, or stayed silent
                     break  # its head was refused: answered, then closed
+                self.head_deadline = None  # the next head's starts at its first byte
                 self._request(raw)
             self._linger()
 
     def _read_head(self) -> bytes | None:
         """The next request head (without its blank line); None when the client closed
         or stayed silent between requests, or when its head was over MAX_HEAD (answered
-        431, `close` set). Raises _ClientGoneError when it closes mid-head."""
+        431) or not whole by its deadline (answered 408; both set `close`). Raises
+        _ClientGoneError when it closes mid-head."""
         seen = 0
         while True:
             if self.buf.startswith(b"\r\n"):  # stray CRLF between requests (RFC 9112 2.2)
@@ -327,21 +364,45 @@ class _Connection:
             i = self.buf.find(b"\r\n\r\n", max(0, seen - 3))
             if 0 <= i <= MAX_HEAD:
                 raw, self.buf = self.buf[:i], self.buf[i + 4 :]
+                self.sock.settimeout(IDLE_CONNECTION_S)  # for its body
                 return raw
             if len(self.buf) > MAX_HEAD:
                 self.close = True
                 self._answer_error(ProtocolError(431, f"request head over {MAX_HEAD} bytes"))
                 return None
             seen = len(self.buf)
+            if not self._head_time_left():
+                return None
             try:
                 chunk = self.sock.recv(RECV)
             except TimeoutError:
+                if self.head_deadline is not None:
+                    continue  # answered above
                 chunk = b""
             if not chunk:
                 if self.buf:
                     raise _ClientGoneError
                 return None
             self.buf += chunk
+
+    def _head_time_left(self) -> bool:
+        """Set the socket's timeout for the next recv of a head; False when its deadline
+        has passed (a partial head answered 408 and `close` set; none: nothing to say)."""
+        now = time.monotonic()
+        if self.buf and self.head_deadline is None:
+            self.head_deadline = now + HEAD_DEADLINE_S
+        if self.head_deadline is None:
+            self.sock.settimeout(IDLE_CONNECTION_S)  # between requests
+            return True
+        if now < self.head_deadline:
+            self.sock.settimeout(self.head_deadline - now)
+            return True
+        if self.buf:  # (nothing sent at all: closed like an idle connection)
+            self.close = True
+            self._answer_error(
+                ProtocolError(408, f"request head not whole within {HEAD_DEADLINE_S:g} s")
+            )
+        return False
 
     def _request(self, raw: bytes) -> None:
         ep = self.ep
@@ -363,13 +424,21 @@ class _Connection:
             if parts[1:2] == ["health"]:
                 self._health(head.method, parts[2:])
                 return
-            self._authorise(head)
-            # the statistics are how an operator watches a flood: not refused by it
-            wait = 0.0 if parts[1:] == ["models", "stats"] else ep.rate.take(time.monotonic())
+            authorised = self._authorised(head)
+            # the statistics are how an operator watches a flood: not refused by it; a
+            # wrong token always counts (a brute force is slowed like a flood)
+            stats = parts[1:] == ["models", "stats"]
+            wait = 0.0 if stats and authorised else ep.rate.take(time.monotonic())
+            if not authorised:
+                ep.count("unauthorized")
             if wait > 0:
                 ep.count("rate_limited")
                 raise ProtocolError(
                     429, f"over the endpoint's rate limit ({ep.cfg.rate_per_s:g}/s)", wait
+                )
+            if not authorised:
+                raise ProtocolError(
+                    401, "missing or wrong bearer token (Authorization: Bearer ...)"
                 )
             self._route(head.method, parts[1:])
         except ProtocolError as e:
@@ -437,22 +506,22 @@ class _Connection:
         else:
             raise ProtocolError(404, f"no route /v2/health/{'/'.join(rest)}")
 
-    def _authorise(self, head: Head) -> None:
+    def _authorised(self, head: Head) -> bool:
         token = self.ep.token
         if token is None:
-            return
+            return True
         got = head.headers.get("authorization", "")
         scheme, _, value = got.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
+        return scheme.lower() == "bearer" and hmac.compare_digest(
             value.strip().encode(), token.encode()
-        ):
-            raise ProtocolError(401, "missing or wrong bearer token (Authorization: Bearer ...)")
+        )
 
     def _route(self, method: str, parts: list[str]) -> None:
         ep = self.ep
         if not parts:
             _method(method, "GET")
-            self._send(200, {"name": "edge-agent", "version": __version__, "extensions": []})
+            meta = {"name": "edge-agent", "version": __version__, "extensions": EXTENSIONS}
+            self._send(200, meta)
             return
         if parts[0] != "models":
             raise ProtocolError(404, f"no route /v2/{'/'.join(parts)}")
