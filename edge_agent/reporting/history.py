@@ -14,9 +14,11 @@ this history, keeps the alarm itself: docs/adr/0003-outbox-semantics.md).
 
 Bounded on disk: when the file would pass MAX_BYTES it becomes `events.jsonl.1`
 (replacing the older one), so the history holds between MAX_BYTES and 2 x MAX_BYTES of
-the newest events. `read_history` reads both, oldest first, skipping a torn last line (a
-crash mid-write). Writing never raises into a stream: an I/O error is logged once per
-failure spell and the event still goes to the outbox.
+the newest events. `read_history` reads both, oldest first, skipping a torn line (a
+crash or a full disk mid-write); the writer ends a torn last line with a newline before
+it appends, so the torn line never swallows the next event. Writing never raises into a
+stream: an I/O error is logged once per failure spell and the event still goes to the
+outbox.
 """
 
 from __future__ import annotations
@@ -159,8 +161,13 @@ class EventHistory:
             self._append(b"".join(chunk))
 
     def _append(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A group written only in part (disk full, a crash) left a torn line: end
+                # it, so it stays its own (skipped) line instead of swallowing our first.
+                data = b"\n" + data
             view = memoryview(data)
             while view:  # a regular file takes it all at once, except near a full disk
                 view = view[os.write(fd, view) :]
