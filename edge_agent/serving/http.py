@@ -12,8 +12,9 @@ connections -> 503; a body over `max_body_kb` -> 413; over `rate_per_s` -> 429; 
 than `max_inflight` requests scoring -> 503; a deadline the model's scheduler cannot
 meet -> 503. Refusals for load carry Retry-After. With a token file every route but
 the health probes needs `Authorization: Bearer <token>` (401 otherwise); all but
-those and the statistics count against the rate limit. A malformed
-request head is answered 400 (431 when oversized) and the connection closed.
+those and the statistics count against the rate limit (a wrong token too). A malformed
+request head is answered 400 (431 when oversized, 408 when not whole HEAD_DEADLINE_S
+after its first byte) and the connection closed.
 
 Why not http.server: at batch 1 its per-request work (email.parser headers, a write
 per header line, buffered file objects) cost as much as scoring the window. Here a
