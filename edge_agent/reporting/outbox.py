@@ -87,6 +87,12 @@ APPEND_WAIT_S = 2.0
 # a stream at max speed must not outrun the disk (and fill the memory spill); streams in
 # real time queue a few records per group at most.
 APPEND_BACKLOG = 64
+# A writer whose current step has lasted this long is stalled (a hung or very slow disk:
+# no error, so no fault): appenders stop waiting for it, as under a fault, and records
+# wait in the bounded memory spill. Back-pressure applies only to a writer that moves.
+WRITER_STALLED_S = 1.0
+# How long stop() waits for the database lock held by a writer stuck in a disk write.
+CLOSE_LOCK_S = 0.5
 # The writer's retry backoff while the database cannot be written.
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 2.0
@@ -119,7 +125,9 @@ class Outbox:
         # _cv (its lock) guards seq issue, the spill, the fault and the durable mark:
         # short sections only, never disk I/O (except a rare synchronous reservation).
         self._cv = threading.Condition()
-        # _db_lock guards the connection and the depth/bytes/drops accounting.
+        # _db_lock guards the connection; it is held across disk I/O, so nothing the
+        # main loop or the status path calls waits for it (they read the accounting
+        # below under _cv, or try the lock briefly and fall back to a cached answer).
         self._db_lock = threading.Lock()
         self._spill = Spill(
             max_records=memory_max_records,
@@ -144,9 +152,13 @@ class Outbox:
         # Called by the writer (no lock held) after a group became durable: the drain's
         # wake-up for records appended without waiting.
         self.on_durable: Callable[[], None] | None = None
+        # depth/bytes change under both locks (after each commit): read under _cv alone.
         self._depth = 0
         self._bytes = 0
         self._drops: dict[str, int] = {k.value: 0 for k in Kind}
+        # the oldest stored record's created time, as last read (None: none stored)
+        self._oldest_cached: float | None = None
+        self._pending_cached: dict[str, int] = {}
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -207,6 +219,7 @@ class Outbox:
             if not existed:
                 fsync_dir(self._dir)
             row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+            oldest = outbox_db.oldest_created(db)
             drops = {
                 k.value: counter(db, f"drops.{k.value}") + self._spill.dropped[k.value]
                 for k in Kind
@@ -214,9 +227,10 @@ class Outbox:
         except BaseException:
             db.close()
             raise
-        with self._db_lock:
+        with self._db_lock, self._cv:
             self._db = db
             self._depth, self._bytes = int(row[0]), int(row[1])
+            self._oldest_cached = oldest
             self._drops = drops
             self._drops_saved = -1 if any(self._spill.dropped.values()) else self._drops_version
 
@@ -281,13 +295,26 @@ class Outbox:
             self._cv.notify_all()
             deadline = time.monotonic() + APPEND_WAIT_S
             if len(self._spill) > APPEND_BACKLOG and self._fault is None:
-                wait = True  # the writer is behind: back-pressure, as before
-            while wait and self._durable < seq and self._fault is None and not self._closing:
+                wait = True  # the writer is behind: back-pressure while it moves
+            while (
+                wait
+                and self._durable < seq
+                and self._fault is None
+                and not self._closing
+                and not self._writer_stalled()
+            ):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._cv.wait(left)
+                # in slices: a writer that stalls (a hung disk) sets no fault to wake us
+                self._cv.wait(min(left, WRITER_STALLED_S / 4))
             return seq
+
+    def _writer_stalled(self) -> bool:
+        """The writer's current step has lasted WRITER_STALLED_S: the disk hangs or is
+        very slow. Appenders then treat it like a fault (no waiting; the spill holds)."""
+        started = self._step_started
+        return started is not None and time.monotonic() - started >= WRITER_STALLED_S
 
     def allocate_seq(self) -> int:
         """A seq for a message that is not stored here (the Last Will). Never raises: the
@@ -413,8 +440,13 @@ class Outbox:
                 next_seq=issued,
                 drop_totals=totals,
             )
-            self._depth, self._bytes = res.depth, res.nbytes
+            try:  # committed already: a failed read must not make the group a fault
+                oldest = outbox_db.oldest_created(self._db)
+            except sqlite3.Error:
+                oldest = self._oldest_cached
             with self._cv:
+                self._depth, self._bytes = res.depth, res.nbytes
+                self._oldest_cached = oldest
                 for k, n in res.drops.items():
                     self._drops[k] = self._drops.get(k, 0) + n
                 if totals is not None:
@@ -488,8 +520,14 @@ class Outbox:
             except sqlite3.Error as e:
                 outbox_db.rollback(db)
                 raise OutboxError(f"{self._path}: cannot delete delivered records: {e}") from e
-            self._depth -= d
-            self._bytes -= b
+            try:
+                oldest = outbox_db.oldest_created(db)
+            except sqlite3.Error:
+                oldest = None
+            with self._cv:
+                self._depth -= d
+                self._bytes -= b
+                self._oldest_cached = oldest
             return len(id_list)
 
     def peek(self, limit: int, exclude: Iterable[int] = ()) -> list[Record]:
@@ -515,10 +553,15 @@ class Outbox:
         ]
 
     def pending(self, kind: Kind) -> int:
-        """How many records of one kind wait for delivery (stored or held in memory)."""
+        """How many records of one kind wait for delivery (stored or held in memory).
+        Never waits for a writer stuck on the disk: while the database lock is busy the
+        stored part is the last count read (stop() polls this for the offline status)."""
         with self._cv:
             held = self._spill.count(kind.value)
-        with self._db_lock:
+        if not self._db_lock.acquire(timeout=0.05):
+            with self._cv:
+                return held + self._pending_cached.get(kind.value, 0)
+        try:
             if self._db is None:
                 return held
             try:
@@ -527,7 +570,12 @@ class Outbox:
                 ).fetchone()
             except sqlite3.Error:
                 return held + 1  # unknown: say "something waits"
-            return held + int(row[0])
+            stored = int(row[0])
+        finally:
+            self._db_lock.release()
+        with self._cv:
+            self._pending_cached[kind.value] = stored
+        return held + stored
 
     def health(self) -> OutboxHealth:
         started = self._step_started
@@ -545,31 +593,21 @@ class Outbox:
             )
 
     def stats(self) -> OutboxStats:
+        """Figures for the status snapshot (the agent's main tick): from the accounting
+        kept under _cv, updated after each commit and delete; never touches the disk or
+        waits for a writer stuck on it."""
         health = self.health()
         with self._cv:
             held_oldest = self._spill.oldest_created()
-            groups = self._groups
-        with self._db_lock:
-            oldest: float | None = None
-            if self._db is not None:
-                try:
-                    # Append order is time order, and the id index makes this O(1).
-                    row = self._db.execute(
-                        "SELECT created FROM records ORDER BY id LIMIT 1"
-                    ).fetchone()
-                    oldest = None if row is None else float(row[0])
-                except sqlite3.Error:
-                    log.debug("outbox stats: cannot read the oldest record", exc_info=True)
-            if oldest is None:
-                oldest = held_oldest
+            oldest = self._oldest_cached if self._depth > 0 else None
             return OutboxStats(
                 depth=self._depth,
                 bytes=self._bytes,
-                oldest_created=oldest,
+                oldest_created=oldest if oldest is not None else held_oldest,
                 drops=dict(self._drops),
                 path=str(self._path),
                 health=health,
-                groups=groups,
+                groups=self._groups,
             )
 
     @property
@@ -583,27 +621,44 @@ class Outbox:
 
     def close(self, timeout: float = 2.0) -> None:
         """Store what is held (within `timeout` s, unless the database has a fault), stop
-        the writer, close the database. Records still held are logged as not stored."""
+        the writer, close the database. Records still held are logged as not stored.
+        Returns within about `timeout` + CLOSE_LOCK_S even when the writer is stuck in a
+        disk write (a hung disk): the database is then left to the process's exit, and
+        the records of that unfinished write are counted as only in memory."""
         with self._cv:
             self._closing = True
             self._cv.notify_all()
         self._thread.join(timeout)
+        hung = self._thread.is_alive()
         with self._cv:
             left = Counter(h.kind for h in self._spill.take(len(self._spill)))
         if left:
             log.error(
-                "outbox %s closed with records only in memory, not stored: %s",
+                "outbox %s closed with records only in memory, not stored%s: %s",
                 self._path,
+                " (the disk did not finish a write)" if hung else "",
                 ", ".join(f"{n} {k}" for k, n in sorted(left.items())),
             )
-        with self._db_lock:
-            self._closed = True
+        with self._cv:
+            self._closed = True  # a stuck writer ends after its write instead of retrying
+        if not self._db_lock.acquire(timeout=CLOSE_LOCK_S):
+            log.error(
+                "outbox %s: the writer is stuck in a disk write; not waiting for it to close "
+                "the database",
+                self._path,
+            )
+            return  # the reservation stays as written: the next start skips past it
+        try:
             if self._db is not None:
                 try:
                     self._db.close()
                 except sqlite3.Error:
                     log.debug("closing the outbox failed", exc_info=True)
                 self._db = None
+        finally:
+            self._db_lock.release()
+        if hung:
+            return  # writing the reservation file would wait on the same disk
         # A clean stop knows exactly which numbers were issued: give back the rest of the
         # block so the next start continues without a gap (a crash leaves the reservation
         # as it was, and the next start skips past it).

@@ -39,6 +39,7 @@ __all__ = [
     "fsync_wal",
     "is_corrupt",
     "move_aside",
+    "oldest_created",
     "rollback",
     "store_group",
     "wal_bytes",
@@ -287,6 +288,13 @@ def delete_where(db: sqlite3.Connection, where: str, args: tuple[object, ...]) -
     ).fetchone()
     db.execute(f"DELETE FROM records WHERE {where}", args)  # noqa: S608
     return int(row[0]), int(row[1])
+
+
+def oldest_created(db: sqlite3.Connection) -> float | None:
+    """The oldest stored record's created time (unix s), None when none is stored.
+    Append order is time order, and the id index makes this O(1)."""
+    row = db.execute("SELECT created FROM records ORDER BY id LIMIT 1").fetchone()
+    return None if row is None else float(row[0])
 
 
 def _oldest(db: sqlite3.Connection, order: Sequence[str]) -> tuple[int, str, int] | None:

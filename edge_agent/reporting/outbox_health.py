@@ -24,6 +24,12 @@ FIXES = {
 }
 
 
+# A writer step this long means the state disk hangs or is very slow (no error, so no
+# fault): a DEGRADED reason. Appenders stopped waiting for it long before
+# (outbox.WRITER_STALLED_S); records wait in the memory spill meanwhile.
+DISK_HUNG_S = 10.0
+
+
 def _clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 
@@ -41,6 +47,11 @@ def outbox_health(h: OutboxHealth, refused: dict[str, int]) -> dict[str, Any]:
         problems.append(
             f"outbox: {h.fault}{since}, {h.held} record(s) held in memory ({h.detail})"
             + (f"; {fix}" if fix else "")
+        )
+    if h.fault is None and h.writer_busy_s >= DISK_HUNG_S:
+        problems.append(
+            f"outbox: the state disk has not finished a write for {h.writer_busy_s:.0f} s "
+            f"(hung or very slow storage), {h.held} record(s) held in memory; " + FIXES["I/O error"]
         )
     if h.seq_problem:
         problems.append(f"outbox: {h.seq_problem}")

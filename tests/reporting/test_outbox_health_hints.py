@@ -30,3 +30,17 @@ def test_a_storage_fault_names_its_fix(fault: str, detail: str, fix: str) -> Non
 
 def test_no_fault_no_problem() -> None:
     assert outbox_health(_health(None), {})["problems"] == []
+
+
+def test_a_hung_disk_is_a_problem_once_the_writer_is_stuck_long_enough() -> None:
+    from dataclasses import replace
+
+    from edge_agent.reporting.outbox_health import DISK_HUNG_S
+
+    busy = replace(_health(None), writer_busy_s=1.5)  # a slow commit: not yet a problem
+    assert outbox_health(busy, {})["problems"] == []
+    hung = replace(_health(None), writer_busy_s=DISK_HUNG_S + 2.0)
+    (problem,) = outbox_health(hung, {})["problems"]
+    assert problem.startswith("outbox: the state disk has not finished a write for 12 s")
+    assert "7 record(s) held in memory" in problem
+    assert "check the storage device" in problem
