@@ -16,8 +16,13 @@ Semantics are in docs/adr/0003-outbox-semantics.md. In short:
   kill -9 before its group's fsync loses it (a window of one group commit). While the
   database cannot be written (disk full, locked by another process, I/O error) records
   wait in a bounded in-memory spill (`spill.Spill`) and the writer retries with backoff;
-  once it can write again, everything held is stored in seq order. `health()` says what
+  once it can write again, everything held is stored in seq order. A writer stuck in
+  one step for WRITER_STALLED_S (a hung disk: no error, no fault) is treated the same
+  by appenders: nobody waits for it, records wait in the spill. `health()` says what
   is wrong and since when;
+- the status path never waits on the disk: `stats()`/`health()` read accounting kept
+  under the short `_cv` lock, `pending()` tries the database lock briefly and falls
+  back to its last count, and `close()` returns even while the writer hangs;
 - a disk budget bounds the queued bytes; when it is reached the oldest records are
   dropped in the order of `DROP_ORDER` (telemetry first, anomaly events last), the same
   order the memory spill drops in, and every drop is counted per kind, persistently;
@@ -265,8 +270,9 @@ class Outbox:
         the outbox has a fault (the record then waits in memory and is stored, in seq
         order, when the fault clears), or after APPEND_WAIT_S at most. Without it, returns
         as soon as the record is queued (a stream's scoring thread must not wait for a
-        disk), unless more than APPEND_BACKLOG records already wait for the writer (then
-        it waits as with `wait`: a stream at max speed is held to the disk's pace): the
+        disk), unless more than APPEND_BACKLOG records already wait for a writer that
+        moves (then it waits as with `wait`: a stream at max speed is held to a busy
+        disk's pace; a writer stalled for WRITER_STALLED_S is waited for by nobody): the
         writer makes it durable with its group, calls `on_durable`, and only then may the
         drain offer it; a kill -9 before that group's fsync loses it, like the samples
         still in flight. Never raises on a storage fault; raises
