@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -161,10 +162,10 @@ class EventHistory:
             self._append(b"".join(chunk))
 
     def _append(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size and _last_byte(self.path) != b"\n":
                 # A group written only in part (disk full, a crash) left a torn line: end
                 # it, so it stays its own (skipped) line instead of swallowing our first.
                 data = b"\n" + data
@@ -174,6 +175,16 @@ class EventHistory:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _last_byte(path: Path) -> bytes:
+    """The file's last byte (b"" when empty)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, 1, size - 1) if size else b""
+    finally:
+        os.close(fd)
 
 
 def read_history(state_dir: Path) -> Iterator[dict[str, Any]]:
