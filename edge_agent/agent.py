@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from edge_agent.backoff import RestartBudget
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StateError
-from edge_agent.fsutil import atomic_write_json
 from edge_agent.profiles import Profile, Selection, load_profiles, select
 from edge_agent.reporting.history import EventHistory
 from edge_agent.runtime.pool import ModelPool
@@ -46,6 +45,7 @@ from edge_agent.service.sdnotify import Notifier, watchdog_interval
 from edge_agent.service.snapshot import HealthSection, SnapshotParts, build_snapshot
 from edge_agent.service.statelock import StateDirLock
 from edge_agent.service.status import summary_line
+from edge_agent.service.status_file import StatusFile
 from edge_agent.service.supervisor import ComponentStatus, Supervisor, watch
 from edge_agent.streams import StreamRuntime, StreamSinks
 from edge_agent.updates.ota_runtime import OtaRuntime
@@ -132,6 +132,8 @@ class Agent:
         self._lock: StateDirLock | None = None
         self._live = StallCheck(True)
         self._status_unwritable = False
+        # written by its own thread: a hung state disk must not stop the main loop
+        self._status_file = StatusFile(self.state_dir / STATUS_FILE, self._status_written)
         budget = RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s)
         self._tick = TickGuard(budget)
 
@@ -416,7 +418,7 @@ class Agent:
                 log.exception("reporting did not stop cleanly")
                 self.errors.record("reporting", f"{type(e).__name__}: {e}")
         self.history.close(timeout=1.0)  # writes the events still queued
-        self.write_status(running=False)
+        self.write_status(running=False, wait_s=max(0.5, end - time.monotonic()))
         if self._lock is not None:
             self._lock.release()
 
@@ -469,11 +471,20 @@ class Agent:
             )
         )
 
-    def write_status(self, *, running: bool = True) -> dict[str, Any]:
+    def write_status(self, *, running: bool = True, wait_s: float = 1.0) -> dict[str, Any]:
+        """Build the snapshot and write status.json (waiting `wait_s` at most for the
+        write, and not at all while an earlier write is stuck on a hung disk)."""
         snap = self.snapshot(running=running)
-        try:
-            atomic_write_json(self.state_dir / STATUS_FILE, snap, durable=not running)
-        except OSError as e:  # a full disk must not stop scoring; said once, not each second
+        self._status_file.write(snap, durable=not running, wait_s=wait_s)
+        if self.on_status is not None:
+            self.on_status(snap)
+        for fn in self.status_listeners:
+            fn(snap)
+        return snap
+
+    def _status_written(self, e: OSError | None) -> None:
+        """The status writer's result (its thread)."""
+        if e is not None:  # a full disk must not stop scoring; said once, not each second
             if not self._status_unwritable:
                 log.warning("cannot write status: %s", e)
                 self.errors.record("status", f"cannot write {STATUS_FILE}: {e}")
@@ -482,11 +493,6 @@ class Agent:
             if self._status_unwritable:
                 log.warning("status written again")
             self._status_unwritable = False
-        if self.on_status is not None:
-            self.on_status(snap)
-        for fn in self.status_listeners:
-            fn(snap)
-        return snap
 
 
 def _refuse_foreign_state_dir_as_root(state_dir: Path) -> None:
