@@ -199,11 +199,12 @@ def test_disk_full_during_a_run_loses_no_alarm_and_recovers(tmp_path: Path, brok
         try:
             assert _wait(lambda: read_status(state)["events_total"] >= 2)
             assert _wait(lambda: read_status(state)["mqtt"]["connected"] is True)
-            with filler.open("wb") as f:  # fill the filesystem to the last block
+            # fill the filesystem to the last block; unbuffered, so that closing the file
+            # has no failed chunk left to flush (that raised ENOSPC from the `with` itself)
+            with filler.open("wb", buffering=0) as f:
                 try:
                     while True:
                         f.write(b"\0" * 65536)
-                        f.flush()
                 except OSError:
                     pass
             events_at_full = _logged_events(log)
@@ -285,11 +286,10 @@ def test_full_disk_at_start_is_waited_for_never_moved_aside(tmp_path: Path) -> N
         ]
         ob.close()
         filler = state / "filler"
-        with filler.open("wb") as f:
+        with filler.open("wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
             try:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
             except OSError:
                 pass
         ob = Outbox(state, max_bytes=1 << 20, now=time.time())
