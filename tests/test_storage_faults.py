@@ -196,34 +196,35 @@ def test_disk_full_during_a_run_loses_no_alarm_and_recovers(tmp_path: Path, brok
         sub = Subscriber(broker.host, broker.port, f"edge/{DEVICE}/events", client_id="full-sub")
         proc, log = _start_agent(tmp_path, state, broker, env={"NOTIFY_SOCKET": str(sock_path)})
         filler = state / "filler"
-        try:
-            assert _wait(lambda: read_status(state)["events_total"] >= 2)
-            assert _wait(lambda: read_status(state)["mqtt"]["connected"] is True)
-            # fill the filesystem to the last block; unbuffered, so that closing the file
-            # has no failed chunk left to flush (that raised ENOSPC from the `with` itself)
-            with filler.open("wb", buffering=0) as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                except OSError:
-                    pass
-            events_at_full = _logged_events(log)
-            t_full = time.monotonic()
+        try:  # the agent is stopped whatever fails, in either phase
+            try:
+                assert _wait(lambda: read_status(state)["events_total"] >= 2)
+                assert _wait(lambda: read_status(state)["mqtt"]["connected"] is True)
+                # fill the filesystem to the last block; unbuffered, so that closing the file
+                # has no failed chunk left to flush (that raised ENOSPC from the `with` itself)
+                with filler.open("wb", buffering=0) as f:
+                    try:
+                        while True:
+                            f.write(b"\0" * 65536)
+                    except OSError:
+                        pass
+                events_at_full = _logged_events(log)
+                t_full = time.monotonic()
 
-            # the status file cannot be written on a full disk: systemd's STATUS= says why
-            def says_full() -> bool:
-                notify.drain(timeout=0.5)
-                return any("outbox: disk full" in m.get("STATUS", "") for _, m in notify.messages)
+                # the status file cannot be written on a full disk: systemd's STATUS= says why
+                def says_full() -> bool:
+                    notify.drain(timeout=0.5)
+                    said = (m.get("STATUS", "") for _, m in notify.messages)
+                    return any("outbox: disk full" in line for line in said)
 
-            assert _wait(says_full, timeout=30)
-            assert _wait(lambda: _logged_events(log) >= events_at_full + 2, timeout=30)
-            left = HOLD_S - (time.monotonic() - t_full)
-            if left > 0:
-                time.sleep(left)
-            assert proc.poll() is None
-        finally:
-            filler.unlink(missing_ok=True)
-        try:
+                assert _wait(says_full, timeout=30)
+                assert _wait(lambda: _logged_events(log) >= events_at_full + 2, timeout=30)
+                left = HOLD_S - (time.monotonic() - t_full)
+                if left > 0:
+                    time.sleep(left)
+                assert proc.poll() is None
+            finally:
+                filler.unlink(missing_ok=True)
             assert _wait(lambda: read_status(state)["outbox"]["fault"] is None, timeout=30)
             assert _wait(lambda: read_status(state)["outbox"]["held_in_memory"] == 0, timeout=30)
             w = _windows(state)
