@@ -239,6 +239,13 @@ def test_tritonclient_works_against_it(agent: Served) -> None:
         np.testing.assert_allclose(
             res.as_numpy("anomaly_score"), load_model(card.directory).scores(x), rtol=1e-6
         )
+        # the statistics route tritonclient reads (counts of the variant the family serves)
+        st = client.get_inference_statistics("skab-ae", headers=auth)["model_stats"]
+        assert [(s["name"], s["version"]) for s in st] == [("skab-ae", str(card.version))]
+        assert st[0]["inference_count"] >= 3
+        assert st[0]["execution_count"] >= 1
+        with pytest.raises(InferenceServerException, match="no-such-model"):
+            client.get_inference_statistics("no-such-model", headers=auth)
         with pytest.raises(InferenceServerException, match="no-such-model"):
             client.get_model_metadata("no-such-model", headers=auth)
         with pytest.raises(InferenceServerException, match="token"):

@@ -4,8 +4,9 @@ connection, a bounded number of them.
 Routes (Open Inference Protocol, REST): GET /v2/health/live, /v2/health/ready, /v2,
 /v2/models (the names served; an addition), /v2/models/{name}[/versions/{v}],
 /v2/models/{name}[/versions/{v}]/ready, /v2/models/stats (the statistics extension's
-subset, plus the model pool); POST /v2/models/{name}[/versions/{v}]/infer (JSON, or
-with the binary tensor data extension).
+subset, plus the model pool), /v2/models/{name}[/versions/{v}]/stats;
+POST /v2/models/{name}[/versions/{v}]/infer (JSON, or with the binary tensor data
+extension).
 
 Limits, each answered at once and never queued: more than `max_connections` open
 connections -> 503; a body over `max_body_kb` -> 413; over `rate_per_s` -> 429; more
@@ -73,7 +74,7 @@ LINGER_S = 0.5  # after a closing answer: how long unread input is still read an
 RECV = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Server metadata's extensions, named as Triton names them. Not "statistics": ours is
-# a subset (no per-model route, no inference_stats durations) a client could not rely on.
+# a subset (counts, no inference_stats durations) a client could not rely on.
 EXTENSIONS = ["binary_tensor_data"]
 
 
@@ -139,6 +140,16 @@ def _refuse_at_once(sock: socket.socket) -> None:
         sock.send(_BUSY)  # a few hundred bytes: fits an empty send buffer
         sock.shutdown(socket.SHUT_WR)
     sock.close()
+
+
+def _model_stats(variant: str, version: int, scheds: dict[str, Any]) -> dict[str, Any]:
+    sn = scheds.get(variant, {})
+    return {
+        "name": variant,
+        "version": str(version),
+        "inference_count": sn.get("windows", 0),
+        "execution_count": sn.get("batches", 0),
+    }
 
 
 def _listen(cfg: ServingConfig) -> socket.socket:
@@ -228,20 +239,19 @@ class Endpoint:
         request counts."""
         scheds = {s.name: s.snapshot() for s in self.scorer.schedulers.all()}
         pool = self.scorer.pool.snapshot()
-        models = []
-        for m in pool["models"]:
-            sn = scheds.get(m["model"], {})
-            models.append(
-                {
-                    "name": m["model"],
-                    "version": str(m["version"]),
-                    "inference_count": sn.get("windows", 0),
-                    "execution_count": sn.get("batches", 0),
-                }
-            )
+        models = [_model_stats(m["model"], m["version"], scheds) for m in pool["models"]]
         with self._counts_lock:
             counts = dict(self.counts)
         return {"model_stats": models, "pool": pool, "endpoint": counts}
+
+    def model_stats(self, spec: ModelSpec) -> dict[str, Any]:
+        """GET /v2/models/{name}/stats: the same subset for the variant `spec` serves
+        (counts 0 while it is not loaded), as tritonclient's get_inference_statistics
+        reads it."""
+        scheds = {s.name: s.snapshot() for s in self.scorer.schedulers.all()}
+        entry = _model_stats(spec.variant, spec.version, scheds)
+        entry["name"] = spec.name  # as addressed (a family or the variant)
+        return {"model_stats": [entry]}
 
     def count(self, what: str) -> None:
         with self._counts_lock:
@@ -547,6 +557,9 @@ class _Connection:
         elif rest == ["ready"]:
             _method(method, "GET")
             self._send(200, {"name": name, "ready": True})
+        elif rest == ["stats"]:
+            _method(method, "GET")
+            self._send(200, ep.model_stats(spec))
         elif rest == ["infer"]:
             _method(method, "POST")
             self._infer(spec)
