@@ -10,57 +10,25 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from edge_agent.config import ServingConfig
-from edge_agent.profiles import load_profiles, select
 from edge_agent.runtime.model import find_models
-from edge_agent.runtime.pool import ModelPool
-from edge_agent.runtime.scheduler import InferenceScheduler, SchedulerSet
 from edge_agent.serving.http import Endpoint
-from edge_agent.serving.models import Catalogue, Scorer
 from tests.agentutil import MODELS
+from tests.serving_inprocess import running_endpoint
 
 TOKEN = "review18-token-0123456789"
 MODEL = "vibration-ae-int8-onnx"
 CARD = next(c for c in find_models(MODELS) if c.name == MODEL)
 
 
-class _Stop:
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-
-    def beat(self) -> None:
-        pass
-
-
 @pytest.fixture
 def endpoint(tmp_path: Path) -> Iterator[Endpoint]:
-    (tmp_path / "token").write_text(TOKEN)
-    cfg = ServingConfig(enabled=True, port=0, token_file=str(tmp_path / "token"))
-    profile = select("auto", load_profiles()).profile
-    pool, scheds = ModelPool(profile), SchedulerSet(profile)
-    loop = _Stop()
-
-    def worker(_name: str, s: InferenceScheduler) -> None:
-        threading.Thread(target=s.run, args=(loop,), daemon=True).start()
-
-    scheds.on_new = worker
-    pool.on_load = lambda e: scheds.add(e.model)
-    catalogue = Catalogue(MODELS, profile)
-    ep = Endpoint(cfg, catalogue, Scorer(catalogue, pool, scheds))
-    t = threading.Thread(target=ep.run, args=(loop,), daemon=True)
-    t.start()
-    try:
+    with running_endpoint(tmp_path, TOKEN) as ep:
         yield ep
-    finally:
-        loop.stop.set()
-        t.join(10)
-        ep.close()
 
 
 def _window_json(first: bytes = b"0.1") -> bytes:

@@ -22,14 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import ServingConfig
-from edge_agent.profiles import load_profiles, select
-from edge_agent.runtime.pool import ModelPool
-from edge_agent.runtime.scheduler import SchedulerSet
 from edge_agent.serving import http
 from edge_agent.serving.http import Endpoint
-from edge_agent.serving.models import Catalogue, Scorer
-from tests.agentutil import MODELS
+from tests.serving_inprocess import running_endpoint
 
 TOKEN = "review18-token-0123456789"
 MAX_CONNECTIONS = 2
@@ -37,35 +32,10 @@ TRICKLE_S = 0.3  # between bytes: under both the idle (30 s) and refuser (1 s) t
 WAIT_S = 75.0  # well past the 30 s idle timeout: a head deadline would have fired
 
 
-class _Stop:
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-
-    def beat(self) -> None:
-        pass
-
-
 @pytest.fixture
 def endpoint(tmp_path: Path) -> Iterator[Endpoint]:
-    (tmp_path / "token").write_text(TOKEN)
-    cfg = ServingConfig(
-        enabled=True,
-        port=0,
-        token_file=str(tmp_path / "token"),
-        max_connections=MAX_CONNECTIONS,
-    )
-    profile = select("auto", load_profiles()).profile
-    catalogue = Catalogue(MODELS, profile)
-    ep = Endpoint(cfg, catalogue, Scorer(catalogue, ModelPool(profile), SchedulerSet(profile)))
-    loop = _Stop()
-    t = threading.Thread(target=ep.run, args=(loop,), daemon=True)
-    t.start()
-    try:
+    with running_endpoint(tmp_path, TOKEN, max_connections=MAX_CONNECTIONS) as ep:
         yield ep
-    finally:
-        loop.stop.set()
-        t.join(10)
-        ep.close()
 
 
 def _trickle(port: int, stop: threading.Event) -> None:

@@ -26,35 +26,14 @@ from edge_agent.serving.checks import check_serving, token_warning
 from edge_agent.serving.http import Endpoint
 from edge_agent.serving.models import Catalogue, Scorer
 from tests.agentutil import MODELS
+from tests.serving_inprocess import running_endpoint
 
 TOKEN = "guards-token-0123456789"
 
 
-class _Stop:
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-
-    def beat(self) -> None:
-        pass
-
-
 def _endpoint(tmp_path: Path, **kw: object) -> Iterator[Endpoint]:
-    tok = tmp_path / "token"
-    tok.write_text(TOKEN)
-    tok.chmod(0o640)
-    cfg = ServingConfig(enabled=True, port=0, token_file=str(tok), **kw)  # type: ignore[arg-type]
-    profile = select("auto", load_profiles()).profile
-    catalogue = Catalogue(MODELS, profile)
-    ep = Endpoint(cfg, catalogue, Scorer(catalogue, ModelPool(profile), SchedulerSet(profile)))
-    loop = _Stop()
-    t = threading.Thread(target=ep.run, args=(loop,), daemon=True)
-    t.start()
-    try:
+    with running_endpoint(tmp_path, TOKEN, **kw) as ep:
         yield ep
-    finally:
-        loop.stop.set()
-        t.join(10)
-        ep.close()
 
 
 def _get(ep: Endpoint, path: str, token: str | None) -> tuple[int, dict[str, object]]:

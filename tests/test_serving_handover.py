@@ -16,20 +16,13 @@ from edge_agent.profiles import Profile
 from edge_agent.runtime.pool import ModelPool
 from edge_agent.runtime.scheduler import InferenceScheduler, Priority
 from tests.agentutil import MODELS
+from tests.serving_inprocess import StopLoop
 
 MODEL = MODELS / "vibration-ae-fp32-onnx"
 
 
-class _Loop:
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-
-    def beat(self) -> None:
-        pass
-
-
-def _running(sched: InferenceScheduler) -> _Loop:
-    loop = _Loop()
+def _running(sched: InferenceScheduler) -> StopLoop:
+    loop = StopLoop()
     threading.Thread(target=sched.run, args=(loop,), daemon=True).start()
     end = time.monotonic() + 30
     while not sched.running:

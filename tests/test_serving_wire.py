@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +15,13 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import ServingConfig
-from edge_agent.profiles import load_profiles, select
 from edge_agent.runtime.model import find_models
-from edge_agent.runtime.pool import ModelPool
-from edge_agent.runtime.scheduler import InferenceScheduler, SchedulerSet
 from edge_agent.serving import http
 from edge_agent.serving.http import Endpoint
-from edge_agent.serving.models import Catalogue, Scorer
 from edge_agent.serving.protocol import ProtocolError
 from edge_agent.serving.wire import MAX_HEAD, parse_head
 from tests.agentutil import MODELS
+from tests.serving_inprocess import running_endpoint
 
 TOKEN = "wire-test-token-0123456789"
 MODEL = "skab-zsq-int8-onnx"
@@ -79,40 +74,11 @@ def test_malformed_heads_are_refused_saying_what(head: bytes, status: int, words
 
 
 # -- raw sockets against a real endpoint ---------------------------------------------------
-class _Stop:
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-
-    def beat(self) -> None:
-        pass
-
-
 @pytest.fixture
 def endpoint(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Endpoint]:
-    (tmp_path / "token").write_text(TOKEN)
     extra: dict[str, Any] = getattr(request, "param", {})
-    cfg = ServingConfig(
-        enabled=True, port=0, token_file=str(tmp_path / "token"), deadline_ms=10000, **extra
-    )
-    profile = select("auto", load_profiles()).profile
-    pool, scheds = ModelPool(profile), SchedulerSet(profile)
-    loop = _Stop()
-
-    def worker(_name: str, s: InferenceScheduler) -> None:
-        threading.Thread(target=s.run, args=(loop,), daemon=True).start()
-
-    scheds.on_new = worker
-    pool.on_load = lambda e: scheds.add(e.model)
-    catalogue = Catalogue(MODELS, profile)
-    ep = Endpoint(cfg, catalogue, Scorer(catalogue, pool, scheds))
-    t = threading.Thread(target=ep.run, args=(loop,), daemon=True)
-    t.start()
-    try:
+    with running_endpoint(tmp_path, TOKEN, deadline_ms=10000, **extra) as ep:
         yield ep
-    finally:
-        loop.stop.set()
-        t.join(10)
-        ep.close()
 
 
 def _connect(ep: Endpoint) -> socket.socket:
