@@ -23,19 +23,44 @@ runpy.run_module("edge_agent", run_name="__main__")
 """
 
 
-def test_run_without_metrics_or_trust_anchor_leaves_other_commands_http_and_crypto_out(
-    tmp_path: Path,
-) -> None:
+def _modules_of_run(tmp_path: Path, *args: str) -> set[str]:
     out = tmp_path / "modules.json"
     p = subprocess.run(
-        [sys.executable, "-c", WRAPPER, str(out), "run", "--demo", "--max-windows", "200",
-         "--state-dir", str(tmp_path / "state")],
+        [sys.executable, "-c", WRAPPER, str(out), "run", *args],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
-    modules = set(json.loads(out.read_text()))
-    assert "edge_agent.commands.run" in modules
+    modules: set[str] = set(json.loads(out.read_text()))
     assert "edge_agent.pipeline.stream" in modules  # it did run
+    return modules
+
+
+def _modules_of_config_run(tmp_path: Path, device_id: str, source: str, sections: str) -> set[str]:
+    """_modules_of_run of 100 windows of the demo model's fp32 variant from `source` (a
+    TOML inline table), with the agent's other `sections` (TOML text)."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f"""device_id = "{device_id}"
+state_dir = "{tmp_path / "state"}"
+models_dir = "{REPO / "models"}"
+{sections}
+[[streams]]
+name = "vib"
+model = "vibration-ae"
+variant = "fp32-onnx"
+source = {source}
+"""
+    )
+    return _modules_of_run(tmp_path, "--config", str(cfg), "--max-windows", "100")
+
+
+def test_run_without_metrics_or_trust_anchor_leaves_other_commands_http_and_crypto_out(
+    tmp_path: Path,
+) -> None:
+    modules = _modules_of_run(
+        tmp_path, "--demo", "--max-windows", "200", "--state-dir", str(tmp_path / "state")
+    )
+    assert "edge_agent.commands.run" in modules
     others = {f"edge_agent.commands.{c}" for c in _COMMANDS if c != "run"}
     assert not others & modules, sorted(others & modules)
     # metrics are off: no HTTP server; OTA has no trust anchor: no signature code
@@ -54,18 +79,6 @@ def test_every_command_is_still_offered_and_runs_from_its_own_parser() -> None:
     r = run_cli("no-such-command")
     assert r.returncode == 2, r.stderr
     assert "invalid choice: 'no-such-command'" in r.stderr, r.stderr
-
-
-def _modules_of_run(tmp_path: Path, *args: str) -> set[str]:
-    out = tmp_path / "modules.json"
-    p = subprocess.run(
-        [sys.executable, "-c", WRAPPER, str(out), "run", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stderr
-    modules: set[str] = set(json.loads(out.read_text()))
-    assert "edge_agent.pipeline.stream" in modules  # it did run
-    return modules
 
 
 def test_demo_run_keeps_subprocess_and_numpy_ma_out(tmp_path: Path) -> None:
@@ -87,21 +100,13 @@ def test_replay_source_loads_neither_numpy_ma_nor_numpy_random(tmp_path: Path) -
     signal = tmp_path / "signal.npy"
     np.save(signal, SyntheticSignal(SignalSpec(seed=1, anomalies=False)).render(0, 20_000))
     cols = ", ".join(f'"{c}"' for c in CHANNELS)
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(
-        f"""device_id = "lean-replay"
-state_dir = "{tmp_path / "state"}"
-models_dir = "{REPO / "models"}"
-[ota]
-enabled = false
-[[streams]]
-name = "vib"
-model = "vibration-ae"
-variant = "fp32-onnx"
-source = {{ kind = "replay", path = "{signal}", columns = [{cols}], rate_hz = 100.0, speed = 50.0 }}
-"""
+    modules = _modules_of_config_run(
+        tmp_path,
+        "lean-replay",
+        f'{{ kind = "replay", path = "{signal}", columns = [{cols}], '
+        "rate_hz = 100.0, speed = 50.0 }",
+        "[ota]\nenabled = false",
     )
-    modules = _modules_of_run(tmp_path, "--config", str(cfg), "--max-windows", "100")
     assert "edge_agent.sources.replay" in modules
     # the synthetic generator's noise needs numpy.random; a file does not (~3 MB each)
     out = {"numpy.ma", "numpy.random", "edge_agent.sources.synthetic", "subprocess"}
@@ -122,24 +127,12 @@ def test_announcement_root_keeps_update_steps_out_until_an_update_runs(tmp_path:
         doc = doc.sign(k)
     root = tmp_path / "root.json"
     root.write_bytes(doc.to_bytes())
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(
-        f"""device_id = "lean-ota"
-state_dir = "{tmp_path / "state"}"
-models_dir = "{REPO / "models"}"
-[mqtt]
-host = "127.0.0.1"
-port = 9
-[ota]
-root_file = "{root}"
-[[streams]]
-name = "vib"
-model = "vibration-ae"
-variant = "fp32-onnx"
-source = {{ kind = "synthetic", speed = 50.0 }}
-"""
+    modules = _modules_of_config_run(
+        tmp_path,
+        "lean-ota",
+        '{ kind = "synthetic", speed = 50.0 }',
+        f'[mqtt]\nhost = "127.0.0.1"\nport = 9\n[ota]\nroot_file = "{root}"',
     )
-    modules = _modules_of_run(tmp_path, "--config", str(cfg), "--max-windows", "100")
     assert "edge_agent.updates.updater" in modules  # the updater waits for announcements
     # the shadow run, the calibration carried over, the bundle reader and unpacker
     # (tarfile), the channel's install path: loaded when an update reaches them;
@@ -153,23 +146,12 @@ source = {{ kind = "synthetic", speed = 50.0 }}
 
 
 def test_mqtt_disabled_keeps_paho_ssl_and_email_out(tmp_path: Path) -> None:
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(
-        f"""device_id = "lean-offline"
-state_dir = "{tmp_path / "state"}"
-models_dir = "{REPO / "models"}"
-[mqtt]
-enabled = false
-[ota]
-enabled = false
-[[streams]]
-name = "vib"
-model = "vibration-ae"
-variant = "fp32-onnx"
-source = {{ kind = "synthetic", speed = 50.0 }}
-"""
+    modules = _modules_of_config_run(
+        tmp_path,
+        "lean-offline",
+        '{ kind = "synthetic", speed = 50.0 }',
+        "[mqtt]\nenabled = false\n[ota]\nenabled = false",
     )
-    modules = _modules_of_run(tmp_path, "--config", str(cfg), "--max-windows", "100")
     assert "edge_agent.reporting.outbox" in modules  # records are still kept
     # paho imports ssl, urllib.request (http.client, email) at its top: ~8 MB resident
     out = {
