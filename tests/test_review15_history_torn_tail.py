@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from edge_agent.reporting.history import HISTORY_FILE, EventHistory, read_history
-from tests.test_storage_faults import small_fs
+from tests.diskfaults import small_fs
 
 
 def _rec(i: int) -> dict[str, object]:

@@ -12,41 +12,13 @@ dropped 50-173 blocks each while nothing was lost from the outbox.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from edge_agent.reporting.outbox import APPEND_BACKLOG, Kind, Outbox
-
-
-@contextmanager
-def ext4_fs(where: Path) -> Iterator[Path]:
-    """A small loop-mounted ext4 (root and loop devices only; skips otherwise)."""
-    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
-        pytest.skip("needs root and mkfs.ext4 to mount a filesystem that can be frozen")
-    img = where.with_suffix(".img")
-    with img.open("wb") as f:
-        f.truncate(32 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
-    where.mkdir()
-    r = subprocess.run(
-        ["mount", "-o", "loop", str(img), str(where)], check=False, capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot loop-mount here: {r.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["fsfreeze", "-u", str(where)], check=False, capture_output=True)
-        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=False)
+from tests.diskfaults import ext4_fs
 
 
 def test_stream_appends_do_not_wait_while_the_disk_hangs(tmp_path: Path) -> None:

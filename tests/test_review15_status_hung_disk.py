@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from edge_agent.reporting.outbox import Kind, Outbox
-from tests.test_review15_outbox_hung_disk import ext4_fs
+from tests.diskfaults import ext4_fs
 
 
 def test_stats_answers_while_the_writer_hangs_on_the_disk(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from edge_agent.service.status_file import StatusFile
-from tests.test_review15_outbox_hung_disk import ext4_fs
+from tests.diskfaults import ext4_fs
 
 
 def test_writes_are_synchronous_while_the_disk_works(tmp_path: Path) -> None:

@@ -18,8 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import pytest
 
 from edge_agent.reporting.outbox import OUTBOX_FILE
 from tests.agentutil import REPO, read_status
+from tests.diskfaults import small_fs
 from tests.mosquitto import Broker, mosquitto_available
 from tests.notify_socket import NotifySocket
 from tests.subscriber import Subscriber
@@ -52,27 +52,6 @@ def _wait(pred: Callable[[], bool], timeout: float = 60.0) -> bool:
             pass  # the status file is being replaced (or cannot be written): try again
         time.sleep(0.1)
     return False
-
-
-@contextmanager
-def small_fs(where: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `where` (root only; skips the test otherwise)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small filesystem for the state dir")
-    where.mkdir(parents=True)
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def _start_agent(

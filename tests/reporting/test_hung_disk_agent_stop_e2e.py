@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from edge_agent.agent import SHUTDOWN_S
-from tests.test_review15_outbox_hung_disk import ext4_fs
+from tests.diskfaults import ext4_fs
 from tests.test_supervision_e2e import AgentProc, _config, _stream, agents  # noqa: F401
 
 OFTEN = ", first_anomaly_s = 1, anomaly_every_s = 2, anomaly_duration_s = 1"

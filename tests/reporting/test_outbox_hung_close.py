@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.reporting.outbox import Kind, Outbox
-from tests.test_review15_outbox_hung_disk import ext4_fs
+from tests.diskfaults import ext4_fs
 
 
 def test_close_returns_while_the_writer_hangs_on_the_disk(
