@@ -54,3 +54,15 @@ def small_fs(where: Path, size: str) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(where)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_up(path: Path, chunk: int = 65536) -> None:
+    """Write zeros to the file `path` until its filesystem is full. Unbuffered: closing
+    the file then has no failed chunk left to flush (a buffered file raised ENOSPC
+    again from its close)."""
+    with path.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * chunk)
+        except OSError:
+            pass

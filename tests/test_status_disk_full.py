@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 from edge_agent.fsutil import atomic_write_json
 from edge_agent.service.status import Snapshot, Verdict, assess
 from tests.agentutil import run_cli
+from tests.diskfaults import fill_up, small_fs
 from tests.test_status import state
 
 
@@ -46,28 +44,11 @@ def test_a_dead_agent_on_a_full_disk_is_down() -> None:
 
 
 def test_status_cli_on_a_really_full_tmpfs(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small filesystem for the state dir")
-    sd = tmp_path / "state"
-    sd.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(sd)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with small_fs(tmp_path / "state", "1m") as sd:
         now = time.time()
         # the last status a running agent (this process stands in for it) wrote
         atomic_write_json(sd / "status.json", state(now, written_at=now - 30))
-        with (sd / "filler").open("wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError:
-                pass
+        fill_up(sd / "filler", chunk=4096)
         res = run_cli("status", "--state-dir", str(sd), "--json", timeout=30)
         doc = json.loads(res.stdout)
         assert doc["verdict"] == "DEGRADED", res.stdout
@@ -76,6 +57,3 @@ def test_status_cli_on_a_really_full_tmpfs(tmp_path: Path) -> None:
         text = run_cli("status", "--state-dir", str(sd), timeout=30).stdout
         assert "disk full" in text, text
         assert "not responding" not in text, text
-    finally:
-        if subprocess.run(["umount", str(sd)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(sd)], check=False)

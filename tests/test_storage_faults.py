@@ -26,7 +26,7 @@ import pytest
 
 from edge_agent.reporting.outbox import OUTBOX_FILE
 from tests.agentutil import REPO, read_status
-from tests.diskfaults import small_fs
+from tests.diskfaults import fill_up, small_fs
 from tests.mosquitto import Broker, mosquitto_available
 from tests.notify_socket import NotifySocket
 from tests.subscriber import Subscriber
@@ -179,14 +179,7 @@ def test_disk_full_during_a_run_loses_no_alarm_and_recovers(tmp_path: Path, brok
             try:
                 assert _wait(lambda: read_status(state)["events_total"] >= 2)
                 assert _wait(lambda: read_status(state)["mqtt"]["connected"] is True)
-                # fill the filesystem to the last block; unbuffered, so that closing the file
-                # has no failed chunk left to flush (that raised ENOSPC from the `with` itself)
-                with filler.open("wb", buffering=0) as f:
-                    try:
-                        while True:
-                            f.write(b"\0" * 65536)
-                    except OSError:
-                        pass
+                fill_up(filler)  # the filesystem, to the last block
                 events_at_full = _logged_events(log)
                 t_full = time.monotonic()
 
@@ -266,12 +259,7 @@ def test_full_disk_at_start_is_waited_for_never_moved_aside(tmp_path: Path) -> N
         ]
         ob.close()
         filler = state / "filler"
-        with filler.open("wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        fill_up(filler)
         ob = Outbox(state, max_bytes=1 << 20, now=time.time())
         try:
             late = ob.append(Kind.EVENT, "edge/d/events", lambda s: b"{}", now=time.time())
