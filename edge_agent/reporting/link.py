@@ -19,7 +19,7 @@ import os
 import queue
 import random
 import socket
-import ssl
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -37,6 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
 from edge_agent.errors import ConfigError, PacketTooLargeError, PublishError
+from edge_agent.reporting.paho_lean import paho
 from edge_agent.reporting.session_watch import (
     PACKET_TOO_LARGE,
     DropKind,
@@ -171,6 +171,8 @@ def apply_credentials(c: paho.Client, cfg: MqttConfig) -> None:
             raise ConfigError(f"mqtt.tls.{what}: {f}: no such file")
     if bool(tls.cert_file) != bool(tls.key_file):
         raise ConfigError("mqtt.tls: cert_file and key_file go together (mTLS)")
+    import ssl  # only with TLS configured (paho_lean: ~1.2 MB resident otherwise)
+
     try:
         c.tls_set(
             ca_certs=tls.ca_file or None,
@@ -196,14 +198,17 @@ def _close_sockets_of(e: BaseException) -> None:
 
 
 def describe_connect_error(e: OSError, broker: str) -> str:
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return (
-            f"TLS handshake with {broker} failed: certificate verify failed "
-            f"({e.verify_message}) -- the broker's certificate is not signed by "
-            "mqtt.tls.ca_file, or its name does not match the host"
-        )
-    if isinstance(e, ssl.SSLError):
-        return f"TLS handshake with {broker} failed: {e.reason or e}"
+    if "ssl" in sys.modules:  # not loaded: no TLS socket exists, e is no TLS error
+        import ssl
+
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return (
+                f"TLS handshake with {broker} failed: certificate verify failed "
+                f"({e.verify_message}) -- the broker's certificate is not signed by "
+                "mqtt.tls.ca_file, or its name does not match the host"
+            )
+        if isinstance(e, ssl.SSLError):
+            return f"TLS handshake with {broker} failed: {e.reason or e}"
     return f"cannot connect to {broker}: {e.strerror or e}"
 
 
