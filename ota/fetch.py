@@ -18,7 +18,6 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -215,7 +214,9 @@ class FileFetcher(Fetcher):
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme != "file":
             raise DownloadError(f"{url}: not a file:// URL")
-        path = Path(urllib.request.url2pathname(parsed.path))
+        from urllib.request import url2pathname
+
+        path = Path(url2pathname(parsed.path))
         if self.root is not None:
             real = path.resolve()
             if real != self.root and self.root not in real.parents:
@@ -248,6 +249,10 @@ class HttpFetcher(Fetcher):
             self.limits = limits
 
     def _open(self, url: str, offset: int) -> FetchStream:
+        # here, not at the top: urllib.request brings http.client, email and ssl (~2 MB
+        # resident), and the agent imports this module whether or not it downloads
+        import urllib.request
+
         req = urllib.request.Request(url)  # noqa: S310 - scheme checked in _fetch
         if offset:
             req.add_header("Range", f"bytes={offset}-")
