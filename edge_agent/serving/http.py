@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -330,9 +331,23 @@ def _clear_stale_socket(path: str) -> None:
     raise ServingError(f"[serving] socket {path}: another process listens on it")
 
 
+def _timeval(seconds: float) -> bytes:
+    """SO_RCVTIMEO's struct timeval (native longs, as the C library declares it)."""
+    sec = int(seconds)
+    usec = int((seconds - sec) * 1e6)
+    return struct.pack("@ll", sec, usec if sec or usec else 1)  # all zero: no timeout
+
+
 class _Connection:
     """One client connection: requests read and answered in turn (pipelined ones
-    too: bytes past a request stay in the buffer for the next)."""
+    too: bytes past a request stay in the buffer for the next).
+
+    The socket is blocking, its receive timeout the kernel's (SO_RCVTIMEO), changed
+    only when a different one is due: a Python socket timeout would poll() before
+    every recv and switch the descriptor's blocking mode (ioctl) at every settimeout,
+    four system calls a request that cost as much as parsing its head. An answer is
+    sent without blocking; only one the send buffer cannot take at once falls back to
+    a sendall under the idle timeout (the same total bound as before)."""
 
     def __init__(self, ep: Endpoint, sock: socket.socket) -> None:
         self.ep = ep
@@ -344,13 +359,14 @@ class _Connection:
         self.close = False  # close the connection after this answer
         # when the request head being read must be whole (monotonic); None: not begun
         self.head_deadline: float | None = None
+        self._rcvtimeo = 0.0  # the receive timeout set on the socket (0: none yet)
 
     def serve(self) -> None:
         sock = self.sock
         if sock.family != socket.AF_UNIX:
             # one sendall per answer already; no Nagle wait on a pipelined second one
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(IDLE_CONNECTION_S)
+        sock.settimeout(None)  # blocking: timeouts by SO_RCVTIMEO (_recv_timeout)
         self.head_deadline = time.monotonic() + HEAD_DEADLINE_S  # the first: from accept
         with contextlib.suppress(_ClientGoneError, OSError):  # a client gone: nobody to answer
             while not self.close:
@@ -375,7 +391,7 @@ class _Connection:
             i = self.buf.find(b"\r\n\r\n", max(0, seen - 3))
             if 0 <= i <= MAX_HEAD:
                 raw, self.buf = self.buf[:i], self.buf[i + 4 :]
-                self.sock.settimeout(IDLE_CONNECTION_S)  # for its body
+                self._recv_timeout(IDLE_CONNECTION_S)  # for its body
                 return raw
             if len(self.buf) > MAX_HEAD:
                 self.close = True
@@ -386,7 +402,7 @@ class _Connection:
                 return None
             try:
                 chunk = self.sock.recv(RECV)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out: EAGAIN
                 if self.head_deadline is not None:
                     continue  # answered above
                 chunk = b""
@@ -403,10 +419,10 @@ class _Connection:
         if self.buf and self.head_deadline is None:
             self.head_deadline = now + HEAD_DEADLINE_S
         if self.head_deadline is None:
-            self.sock.settimeout(IDLE_CONNECTION_S)  # between requests
+            self._recv_timeout(IDLE_CONNECTION_S)  # between requests
             return True
         if now < self.head_deadline:
-            self.sock.settimeout(self.head_deadline - now)
+            self._recv_timeout(self.head_deadline - now)
             return True
         if self.buf:  # (nothing sent at all: closed like an idle connection)
             self.close = True
@@ -414,6 +430,26 @@ class _Connection:
                 ProtocolError(408, f"request head not whole within {HEAD_DEADLINE_S:g} s")
             )
         return False
+
+    def _recv_timeout(self, seconds: float) -> None:
+        """The socket's receive timeout (a system call only when it changes)."""
+        if seconds != self._rcvtimeo:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+            self._rcvtimeo = seconds
+
+    def _sendall(self, data: bytes) -> None:
+        """`data` sent: at once when the send buffer takes it (one system call), else
+        the rest within IDLE_CONNECTION_S (TimeoutError: the client does not read)."""
+        try:
+            sent = self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self.sock.settimeout(IDLE_CONNECTION_S)
+            try:
+                self.sock.sendall(memoryview(data)[sent:])
+            finally:
+                self.sock.settimeout(None)
 
     def _request(self, raw: bytes) -> None:
         ep = self.ep
@@ -482,7 +518,7 @@ class _Connection:
         if log.isEnabledFor(logging.DEBUG):
             h = self.head
             log.debug("serving: %s %s -> %d", h and h.method, h and h.target, status)
-        self.sock.sendall(
+        self._sendall(
             response(status, body, content_type=content_type, headers=headers, close=self.close)
         )
 
@@ -624,7 +660,7 @@ class _Connection:
             )
         self.body_read = True
         if head.expect_continue:
-            self.sock.sendall(CONTINUE)
+            self._sendall(CONTINUE)
         return self._take(n)
 
     def _take(self, n: int) -> bytes:
@@ -636,7 +672,7 @@ class _Connection:
             while have < n:
                 try:
                     chunk = self.sock.recv(max(RECV, n - have))
-                except TimeoutError:
+                except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out
                     chunk = b""
                 if not chunk:
                     raise _ClientGoneError
