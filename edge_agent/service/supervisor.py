@@ -16,6 +16,10 @@ What happens when it ends:
   backend call or a storage write that does not return). The agent withholds
   systemd's WATCHDOG=1 then, so a wedged process gets restarted.
 
+A stepped component (`add_stepped`: the streams) has no thread of its own: it runs one
+turn at a time on the supervisor's few shared workers (service/turns.py), with the same
+life as above; its backoff and retry waits are timers, not sleeping threads.
+
 No exception of a component reaches the main thread. `join(deadline)` waits for all
 components at once against one deadline (a parallel stop, not one timeout each).
 """
@@ -29,12 +33,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.backoff import Backoff, RestartBudget
 from edge_agent.service.faults import Faults
+from edge_agent.service.turns import TurnPool
 
-__all__ = ["ComponentState", "ComponentStatus", "Loop", "Supervisor", "ThreadDiedError", "watch"]
+__all__ = [
+    "ComponentState",
+    "ComponentStatus",
+    "Loop",
+    "Stepped",
+    "Supervisor",
+    "ThreadDiedError",
+    "watch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +114,17 @@ Body = Callable[[Loop], None]
 Hook = Callable[[], None]
 
 
+class Stepped(Protocol):
+    """A component run in turns (see service/turns.py for what `step` returns)."""
+
+    def step(self, loop: Loop) -> float | None:
+        """One bounded turn: beat, do what is ready, say when the next turn is wanted
+        (YIELD, 0.0, seconds at the latest, or None: done). Raises on a fault."""
+
+    def set_waker(self, wake: Callable[[], None]) -> None:
+        """`wake()` brings the next turn forward (e.g. called when samples arrive)."""
+
+
 @dataclass
 class _Component:
     name: str
@@ -119,6 +143,10 @@ class _Component:
     retry_at: float | None = None
     thread: threading.Thread | None = None
     transient: bool = False  # forgotten when it finishes (e.g. an evicted model's worker)
+    task: Stepped | None = None  # run in turns on the shared workers instead of a thread
+    started: float = 0.0  # monotonic: when its current run began
+    resume_at: float | None = None  # a stepped one waits out a backoff or retry until then
+    in_turn: bool = False  # a stepped one is inside a turn now
 
 
 class Supervisor:
@@ -131,9 +159,11 @@ class Supervisor:
         faults: Faults | None = None,
         on_error: Callable[[str, str], None] | None = None,
         retry_failed_s: float | None = RETRY_FAILED_S,
+        turn_workers: int | None = None,
     ) -> None:
         """`retry_failed_s`: seconds before a component past its budget is tried again
-        (None: never)."""
+        (None: never). `turn_workers`: threads that run the stepped components (default
+        one per CPU)."""
         if hang_after_s <= 0:
             raise ValueError("hang_after_s must be positive")
         if retry_failed_s is not None and retry_failed_s <= 0:
@@ -147,6 +177,7 @@ class Supervisor:
         self._components: dict[str, _Component] = {}
         self._lock = threading.Lock()
         self._started = False
+        self.turns = TurnPool(turn_workers, name="turns")
 
     @property
     def faults(self) -> Faults:
@@ -162,11 +193,14 @@ class Supervisor:
         on_retry: Hook | None = None,
         hang_after_s: float | None = None,
         transient: bool = False,
+        task: Stepped | None = None,
     ) -> None:
         """Register a component (before or after start(); it starts at once if running).
         `on_retry` undoes `on_give_up` before a failed component is tried again (default:
         `on_restart`). A `transient` one is dropped from the table when it finishes, so
-        components that come and go (one per loaded model) do not pile up in status."""
+        components that come and go (one per loaded model) do not pile up in status.
+        `task`: run it in turns on the shared workers instead (`body` is then unused;
+        see add_stepped)."""
         if name in self._components:
             raise ValueError(f"component {name!r} registered twice")
         c = _Component(
@@ -179,11 +213,34 @@ class Supervisor:
             RestartBudget(*self._budget),
             Loop(name, self.stop_event, self._faults),
             transient=transient,
+            task=task,
         )
         with self._lock:
             self._components[name] = c
         if self._started:
             self._spawn(c)
+
+    def add_stepped(
+        self,
+        name: str,
+        task: Stepped,
+        *,
+        on_restart: Hook | None = None,
+        on_give_up: Hook | None = None,
+        on_retry: Hook | None = None,
+        hang_after_s: float | None = None,
+    ) -> None:
+        """Register a component run in turns on the shared workers (see `add` for the
+        hooks); it lives, fails, restarts and is retried as a threaded one does."""
+        self.add(
+            name,
+            lambda _loop: None,  # never run: the pool calls task.step
+            on_restart=on_restart,
+            on_give_up=on_give_up,
+            on_retry=on_retry,
+            hang_after_s=hang_after_s,
+            task=task,
+        )
 
     def start(self) -> None:
         self._started = True
@@ -191,14 +248,23 @@ class Supervisor:
             self._spawn(c)
 
     def _spawn(self, c: _Component) -> None:
+        if c.task is not None:
+            c.task.set_waker(self.turns.add(c.name, lambda: self._turn(c)).wake)
+            self.turns.start()  # (once: its threads come with the first stepped component)
+            return
         c.thread = threading.Thread(target=self._run, args=(c,), name=c.name, daemon=True)
         c.thread.start()
+
+    def tend(self, now: float | None = None) -> None:
+        """Called periodically (the agent's tick): a turn stuck in a call that does not
+        return gets its worker replaced, so the other stepped components keep going."""
+        self.turns.tend(now)
 
     def _run(self, c: _Component) -> None:
         stop = self.stop_event
         while not stop.is_set():
-            started = time.monotonic()
-            c.loop.beat_at = started
+            c.started = time.monotonic()
+            c.loop.beat_at = c.started
             c.state = ComponentState.RUNNING
             try:
                 c.body(c.loop)
@@ -206,24 +272,86 @@ class Supervisor:
                 if stop.is_set():
                     log.info("%s ended while stopping: %r", c.name, e)
                     break
-                self._failed_once(c, e, started)
-                if c.state is ComponentState.FAILED and not self._wait_retry(c):
+                delay = self._failed_once(c, e)
+                if delay is not None:
+                    if stop.wait(delay):
+                        break
+                    self._hook(c, c.on_restart, "on_restart")
+                    continue
+                if self._retry_failed_s is None or stop.wait(self._retry_failed_s):
+                    self._no_retry(c)
                     return
+                self._retry(c)
                 continue
-            c.state = ComponentState.STOPPED if stop.is_set() else ComponentState.FINISHED
-            if c.state is ComponentState.FINISHED:
-                log.info("%s finished", c.name)
-                if c.transient:
-                    with self._lock:
-                        self._components.pop(c.name, None)
+            self._ended(c)
             return
         c.state = ComponentState.STOPPED
 
-    def _failed_once(self, c: _Component, e: Exception, started: float) -> None:
+    def _turn(self, c: _Component) -> float | None:
+        """One turn of a stepped component, with _run's life: its answer for the pool
+        (service/turns.py), or None when the component is done."""
+        stop = self.stop_event
+        if stop.is_set():
+            self._stopped(c)
+            return None
+        now = time.monotonic()
+        if c.resume_at is not None:  # waiting out a backoff or the retry of a failed one
+            if now < c.resume_at:
+                return c.resume_at - now  # woken early (e.g. by its source): wait on
+            c.resume_at = None
+            if c.state is ComponentState.FAILED:
+                self._retry(c)
+            else:
+                self._hook(c, c.on_restart, "on_restart")
+        if c.state is not ComponentState.RUNNING:
+            c.started = c.loop.beat_at = time.monotonic()
+            c.state = ComponentState.RUNNING
+        assert c.task is not None
+        c.in_turn = True
+        try:
+            nxt = c.task.step(c.loop)
+        except Exception as e:  # noqa: BLE001 - a component's bug must not end the process
+            if stop.is_set():
+                log.info("%s ended while stopping: %r", c.name, e)
+                c.state = ComponentState.STOPPED
+                return None
+            delay = self._failed_once(c, e)
+            if delay is None:
+                delay = self._retry_failed_s
+                if delay is None:
+                    self._no_retry(c)
+                    return None
+            c.resume_at = time.monotonic() + delay
+            return delay
+        finally:
+            c.in_turn = False
+        if nxt is None:
+            self._ended(c)
+        return nxt
+
+    def _stopped(self, c: _Component) -> None:
+        """The agent stops: a stepped component outside its turn ends as _run would."""
+        if c.state is ComponentState.FAILED:
+            self._no_retry(c)
+        elif c.state is not ComponentState.FINISHED:
+            c.state = ComponentState.STOPPED
+
+    def _ended(self, c: _Component) -> None:
+        """Its body returned (or its last turn said done)."""
+        c.state = ComponentState.STOPPED if self.stop_event.is_set() else ComponentState.FINISHED
+        if c.state is ComponentState.FINISHED:
+            log.info("%s finished", c.name)
+            if c.transient:
+                with self._lock:
+                    self._components.pop(c.name, None)
+
+    def _failed_once(self, c: _Component, e: Exception) -> float | None:
+        """Record a failure: seconds to wait before the restart (RESTARTING), or None
+        when the budget is spent (FAILED, on_give_up run, retry_at set)."""
         msg = f"{type(e).__name__}: {e}"
         c.last_error, c.last_error_at = msg, time.time()
         now = time.monotonic()
-        if now - started > self._budget[1]:
+        if now - c.started > self._budget[1]:
             c.backoff.reset()  # it ran well for a while: start the backoff from the bottom
         if self._on_error is not None:
             self._on_error(c.name, msg)
@@ -244,24 +372,21 @@ class Supervisor:
             if retry is not None:
                 c.retry_at = time.time() + retry
             c.state = ComponentState.FAILED
-            return
+            return None
         c.restarts += 1
         c.state = ComponentState.RESTARTING
         delay = c.backoff.next_delay(random.random())  # noqa: S311 - jitter, not crypto
         log.error("%s failed, restart %d in %.1f s: %s", c.name, c.restarts, delay, msg, exc_info=e)
-        if self.stop_event.wait(delay):
-            return
-        self._hook(c, c.on_restart, "on_restart")
+        return delay
 
-    def _wait_retry(self, c: _Component) -> bool:
-        """A failed component waits `retry_failed_s`, then gets a fresh budget; False when
-        it is never retried or the agent stops meanwhile."""
-        if self._retry_failed_s is None:
-            return False
-        if self.stop_event.wait(self._retry_failed_s):
+    def _no_retry(self, c: _Component) -> None:
+        """A failed component that is not tried again (never, or the agent stops)."""
+        if self._retry_failed_s is not None:
             c.retry_at = None
             c.state = ComponentState.STOPPED
-            return False
+
+    def _retry(self, c: _Component) -> None:
+        """`retry_failed_s` after it failed: a fresh budget, then on_retry."""
         c.retry_at = None
         c.budget = RestartBudget(*self._budget)
         c.backoff.reset()
@@ -272,7 +397,6 @@ class Supervisor:
             self._retry_failed_s,
         )
         self._hook(c, c.on_retry or c.on_restart, "on_retry")
-        return True
 
     def _hook(self, c: _Component, hook: Hook | None, what: str) -> None:
         if hook is None:
@@ -287,11 +411,20 @@ class Supervisor:
         self.stop_event.set()
 
     def join(self, deadline: float) -> list[str]:
-        """Wait (monotonic `deadline`) for every component; names still running after it."""
+        """Wait (monotonic `deadline`) for every component; names still running after it
+        (a thread alive, or a stepped one inside a turn)."""
+        self.turns.close()  # workers end after their turn; parked components get no more
         for c in list(self._components.values()):
             if c.thread is not None:
                 c.thread.join(max(0.0, deadline - time.monotonic()))
-        return [c.name for c in list(self._components.values()) if c.thread and c.thread.is_alive()]
+        self.turns.join(deadline)
+        left = []
+        for c in list(self._components.values()):
+            if c.task is not None and not c.in_turn and self.stop_event.is_set():
+                self._stopped(c)
+            if (c.thread and c.thread.is_alive()) or c.in_turn:
+                left.append(c.name)
+        return left
 
     # -- looking ------------------------------------------------------------------------
     def state(self, name: str) -> ComponentState:
