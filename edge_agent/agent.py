@@ -246,10 +246,12 @@ class Agent:
         sinks = StreamSinks(
             self.relay.on_event, self.relay.on_health, self._on_progress, self._windows_left
         )
+        # Streams run in turns on the supervisor's few workers: threads grow with the
+        # CPUs and the models (their schedulers), not with the streams.
         for s in self.streams:
-            self.supervisor.add(
+            self.supervisor.add_stepped(
                 f"stream-{s.name}",
-                lambda loop, s=s: s.serve(loop, sinks),  # type: ignore[misc]
+                s.bind(sinks),
                 on_restart=s.restart_source,
                 on_give_up=lambda s=s: s.give_up(  # type: ignore[misc]
                     "scoring stopped: restart budget spent (see supervisor in status)"
@@ -368,6 +370,7 @@ class Agent:
     def _check_live(self, now: float) -> None:
         """Liveness (WATCHDOG=1) from the loops' heartbeats; logged once per change."""
         was = self._live
+        self.supervisor.tend(now)  # a stream stuck in a call must not hold the others up
         self._live = liveness(self.supervisor.hung(now))
         if was.ok and not self._live.ok:
             log.error(

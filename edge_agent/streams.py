@@ -42,6 +42,7 @@ from edge_agent.runtime.model import LoadedModel, load_model, resolve_model_dir
 from edge_agent.runtime.pool import ModelPool
 from edge_agent.runtime.scheduler import Priority, SchedulerSet
 from edge_agent.service.supervisor import Loop
+from edge_agent.service.turns import YIELD
 from edge_agent.sources.base import Block, Source
 from edge_agent.sources.registry import create_source
 from edge_agent.sources.runner import SourceRunner, SourceState
@@ -187,6 +188,8 @@ class StreamRuntime:
         check_source_fits(self.source, pre, cfg.source_file or "config", sc.name, model.card.name)
         self._source_budget = RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s)
         self._hop = sc.hop or pre.hop
+        self._waker: Callable[[], None] | None = None  # see set_waker
+        self._sinks: StreamSinks | None = None  # see bind
         self.runner = self._new_runner()
         self._runner_started = False
         self.pipeline = StreamPipeline(
@@ -249,7 +252,7 @@ class StreamRuntime:
         return sched.score(model, x, priority=Priority.REALTIME)
 
     def _new_runner(self) -> SourceRunner:
-        return SourceRunner(
+        r = SourceRunner(
             self.source,
             max_blocks=self.config.queue_blocks,
             budget=self._source_budget,
@@ -257,52 +260,93 @@ class StreamRuntime:
             # an adaptive baseline learns between blocks: a backlog keeps its blocks
             merge_backlog=self.config.baseline.mode != "adaptive",
         )
+        r.set_waker(self._waker)
+        return r
+
+    def set_waker(self, wake: Callable[[], None]) -> None:
+        """Who to call when the source has samples for the next turn (the supervisor's
+        turn pool; kept for the runners of restarts)."""
+        self._waker = wake
+        self.runner.set_waker(wake)
+
+    def bind(self, sinks: StreamSinks) -> StreamRuntime:
+        """Where `step` sends what it finds; returns self (for Supervisor.add_stepped)."""
+        self._sinks = sinks
+        return self
 
     def serve(self, loop: Loop, sinks: StreamSinks) -> None:
-        """The stream's supervised body: read blocks, watch sensor health, score, emit.
+        """The stream run on a thread of its own (tests, tools): `step` in a loop, waiting
+        between turns for its source. Returns when the data ended or the agent stops;
+        raises what `step` raises."""
+        woken = threading.Event()
+        self.bind(sinks).set_waker(woken.set)
+        while not loop.stop.is_set():
+            woken.clear()
+            nxt = self.step(loop)
+            if nxt is None:
+                return
+            if nxt > 0:
+                woken.wait(nxt)
 
-        Beats at every turn, also when the source is silent (a read timeout is a turn).
-        Returns when the source reached the end of its data (or the agent stops);
-        raises when the source failed past its own budget or its thread died, so the
-        supervisor restarts the stream with a fresh source runner.
+    def step(self, loop: Loop) -> float | None:
+        """One turn of the stream: take what its source queued, watch sensor health,
+        score, emit (to the sinks given to `bind`). Never waits for the source: returns
+        when it wants its next turn (see service/turns.py: YIELD when the source runs
+        ahead, 0.0 when more is ready, else GET_TIMEOUT_S at the latest: the silence of
+        a sensor is a turn too), or None at the end of the data (the only way a stream
+        finishes) or when the agent stops. Raises when the source failed past its own
+        budget or its thread died, so the supervisor restarts the stream with a fresh
+        source runner.
         """
+        sinks, stop = self._sinks, loop.stop
+        assert sinks is not None, "bind() the stream's sinks first"
+        if stop.is_set():
+            return None
         if not self._runner_started:
             self._runner_started = True
             self.runner.start()
-        try:
-            self._serve(loop, sinks)
-        finally:
-            # a max-speed source's turn (runner.TurnGate) is not kept while this stream
-            # is down or finished
-            self.runner.end_turn()
+        loop.beat()
+        got = self._turn(sinks, stop)
+        return None if stop.is_set() else self._next_turn(got)
 
-    def _serve(self, loop: Loop, sinks: StreamSinks) -> None:
-        stop = loop.stop
-        while not stop.is_set():
-            loop.beat()
-            runner = self.runner
-            # up to the end of the next window: tiny blocks arrive as one hand-over
-            need = self.pipeline.windower.samples_to_next_window()
-            left = sinks.windows_left()
-            most = None if left is None else need + max(0, left - 1) * self.pipeline.hop
-            blocks = runner.get(GET_TIMEOUT_S, need, most)
-            now = time.time()
-            connected = source_connected(runner.state)
-            hevents = [] if connected is None else self.health.set_connected(connected, now)
-            self.health.set_rate(self.source.nominal_rate_hz, now)  # a camera's, once open
-            hevents += self._score(blocks, sinks, now, stop)
-            if not runner.done:
-                hevents += self.health.check(now)
-            for h in hevents:
-                sinks.health(h)
-            if blocks:
-                continue
+    def _turn(self, sinks: StreamSinks, stop: threading.Event) -> bool:
+        """Take what the source has, watch sensor health, score, emit; True when blocks
+        were taken."""
+        runner = self.runner
+        # up to the end of the next window: tiny blocks arrive as one hand-over
+        need = self.pipeline.windower.samples_to_next_window()
+        left = sinks.windows_left()
+        most = None if left is None else need + max(0, left - 1) * self.pipeline.hop
+        blocks = runner.get(0.0, need, most)
+        now = time.time()
+        connected = source_connected(runner.state)
+        hevents = [] if connected is None else self.health.set_connected(connected, now)
+        self.health.set_rate(self.source.nominal_rate_hz, now)  # a camera's, once open
+        hevents += self._score(blocks, sinks, now, stop)
+        if not runner.done:
+            hevents += self.health.check(now)
+        for h in hevents:
+            sinks.health(h)
+        return bool(blocks)
+
+    def _next_turn(self, got: bool) -> float | None:
+        """When the next turn is wanted (see step); raises for a source that failed."""
+        runner = self.runner
+        if got:
+            if runner.ahead:
+                return YIELD  # at max speed: after the turns that are ready now
+        else:
             if runner.state is SourceState.FINISHED:
-                return  # the end of the data: the only way this stream finishes
+                return None
             if runner.state is SourceState.FAILED:
                 raise SourceError(f"source {self.name}: {runner.last_error}")
-            if not stop.is_set() and not runner.alive:
+            if not runner.alive:
                 raise SourceError(f"source {self.name}: reader thread ended unexpectedly")
+            if runner.pulling:
+                return GET_TIMEOUT_S  # read in the turn and nothing came: not at once again
+        # the next turn when the next window's samples are in (0: they came meanwhile)
+        need = self.pipeline.windower.samples_to_next_window()
+        return 0.0 if runner.arm(need) else GET_TIMEOUT_S
 
     def _score(
         self, blocks: list[Block], sinks: StreamSinks, now: float, stop: threading.Event
@@ -334,6 +378,7 @@ class StreamRuntime:
             return
         self.runner.stop(timeout=0.5)
         self.runner = self._new_runner()
+        self._runner_started = True
         self.runner.start()
         log.info("stream %s: source reader started again", self.name)
 

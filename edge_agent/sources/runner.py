@@ -16,9 +16,9 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-import os
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +27,7 @@ from edge_agent.backoff import Backoff, RestartBudget
 from edge_agent.errors import SourceDisconnectedError, SourceError
 from edge_agent.sources.base import Block, Source
 
-__all__ = ["TURN_GATE", "RestartBudget", "SourceRunner", "SourceState", "TurnGate"]
+__all__ = ["RestartBudget", "SourceRunner", "SourceState"]
 
 log = logging.getLogger(__name__)
 
@@ -41,63 +41,6 @@ MERGE_MAX_BYTES = 256 * 1024
 # (and the GIL held) per turn when blocks are tiny (64 streams of 1-sample blocks read 4,096
 # each per turn without it; the watchdog went 2.3 s without a ping)
 PULL_MAX_READS = 64
-
-
-class TurnGate:
-    """At most `slots` streams inside at once, let in in arrival order: a slot that frees
-    passes to the longest waiter, never to a newcomer, so no stream starves.
-
-    Why: a stream whose source runs ahead of it (a file or generator at max speed) has
-    a full turn of work every time (read, window, score ~1,000 windows). 64 such streams
-    each in its own thread took turns at random, each turn on data and state another
-    thread left in the cache: the CPU per window was 1.6x one stream's (1.3x with the
-    same turns taken in one thread by 64 threads, one at a time; 1.1x by one thread).
-    One slot per CPU keeps the CPUs busy, and the streams that wait hold no data."""
-
-    def __init__(self, slots: int | None = None) -> None:
-        self.slots = max(1, slots if slots is not None else (os.cpu_count() or 1))
-        self._lock = threading.Lock()
-        self._free = self.slots
-        self._waiters: collections.deque[threading.Lock] = collections.deque()
-        self.inside = 0  # holders now
-        self.max_inside = 0  # the most at once (for tests)
-        self.entries = 0  # turns let in
-
-    def _enter(self) -> None:  # with _lock held
-        self.inside += 1
-        self.entries += 1
-        self.max_inside = max(self.max_inside, self.inside)
-
-    def acquire(self, timeout: float) -> bool:
-        """A slot (True), or False after `timeout` seconds without one."""
-        with self._lock:
-            if self._free and not self._waiters:
-                self._free -= 1
-                self._enter()
-                return True
-            w = threading.Lock()
-            w.acquire()
-            self._waiters.append(w)
-        if w.acquire(timeout=timeout):
-            return True  # release() counted us in and handed its slot over
-        with self._lock:
-            if w in self._waiters:
-                self._waiters.remove(w)
-                return False
-        return True  # handed a slot between the timeout and the look above
-
-    def release(self) -> None:
-        with self._lock:
-            self.inside -= 1
-            if self._waiters:
-                self._enter()
-                self._waiters.popleft().release()
-            else:
-                self._free += 1
-
-
-# One for the process: its streams share the CPUs.
-TURN_GATE = TurnGate()
 
 
 class SourceState(str, enum.Enum):
@@ -120,7 +63,6 @@ class SourceRunner:
         backoff_max_s: float = 30.0,
         merge_below: int = 0,
         merge_backlog: bool = True,
-        gate: TurnGate | None = None,
     ) -> None:
         """`merge_below`: a queued block shorter than this takes the next one into
         itself when they are contiguous (e.g. the stream's hop: 1-sample blocks from a
@@ -132,8 +74,10 @@ class SourceRunner:
         consumer's thread, in `get` (see _pull): its thread only opens and reopens it.
         `merge_backlog` False: blocks keep the source's size (beyond merge_below), for a
         consumer whose work depends on it (an adaptive baseline learns between blocks).
-        `gate`: where a pull-mode source that runs ahead of its consumer waits for its
-        turns (see TurnGate; TURN_GATE by default)."""
+
+        A consumer that does not wait in `get` (a stream run in turns) calls `arm`
+        instead, and is called back by the waker it gave `set_waker` once `get` has
+        something for it."""
         self.source = source
         self._q: collections.deque[Block] = collections.deque()
         self._queued = 0  # samples in _q
@@ -154,32 +98,68 @@ class SourceRunner:
         self.dropped_blocks = 0
         self.samples_in = 0
         self._reopened = False  # the next block follows a reconnect: a hole before it
-        # Pull mode (see _pull): the consumer reads while `_pulling`; a read error is
-        # handed to the thread (`_pull_error`), which reopens the source and pulls again.
+        # Pull mode (see _pull): the consumer reads while `_pulling`; the thread only
+        # opens the source and ends; a read error starts a thread that reopens it.
         self._merge_backlog = merge_backlog
         self._pull_mode = self._merge_below > 0 and not source.live
         self._pulling = False
-        self._pull_error: BaseException | None = None
         self._read_lock = threading.Lock()  # a read in get() vs the thread's close()
-        # A pull-mode source that filled its last turn (it runs ahead of the consumer:
-        # max speed) takes its next turns through the gate; the consumer holds a turn
-        # from get() until its next get() (the turn's blocks are scored meanwhile), or
-        # until stop() or the end of the data.
-        self._gate = gate or TURN_GATE
+        # A pull-mode source that filled its last hand-over runs ahead of its consumer
+        # (max speed): the consumer's next turn may wait behind live ones (see ahead).
         self._ahead = False
-        self._holding = False
-        self._turn_lock = threading.Lock()  # _holding: the consumer vs stop()
+        self._waker: Callable[[], None] | None = None
+        self._armed = False  # the waker is owed a call (see arm)
 
     def start(self) -> None:
         self._thread.start()
 
+    def set_waker(self, wake: Callable[[], None] | None) -> None:
+        """`wake()` is called (from any thread, once per `arm`) when `get` has something
+        for an armed consumer."""
+        self._waker = wake
+
+    def arm(self, min_samples: int = 1) -> bool:
+        """For a consumer that does not wait in `get`: True when `get` has something for
+        it now (`min_samples` queued, the source is read in the consumer's turn, or the
+        source ended, failed or stops); else False, and the waker is called once when
+        that becomes so (or a full queue is about to drop a block)."""
+        with self._cv:
+            if self._queued >= min_samples or self._pulling or self.done:
+                self._armed = False
+                return True
+            self._want = max(1, min_samples)
+            self._armed = True
+            return False
+
+    def _signal(self) -> None:
+        """With _cv held: something changed for the consumer (data, an end, a stop)."""
+        self._cv.notify_all()
+        if self._armed:
+            self._armed = False
+            self._want = 1
+            if self._waker is not None:
+                self._waker()
+
+    @property
+    def pulling(self) -> bool:
+        """The source is read in the consumer's `get` (not live, see _pull)."""
+        return self._pulling
+
+    @property
+    def ahead(self) -> bool:
+        """The source is read in the consumer's turn and filled the last one: it runs
+        ahead of its consumer (a file or generator at max speed)."""
+        return self._ahead and self._pulling
+
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
-        self.end_turn()
         with self._cv:
-            self._cv.notify_all()
+            self._signal()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._pull_mode:  # no thread of its own to close it (see _run)
+            with self._read_lock:
+                self.source.close()
         if self.state not in (SourceState.FINISHED, SourceState.FAILED):
             self.state = SourceState.STOPPED
 
@@ -191,20 +171,10 @@ class SourceRunner:
         tiny blocks are then handed over together, one wake-up instead of one each.
         `max_samples`: a backlog is merged only up to this many samples (a run bounded
         by a number of windows takes no more than it needs in one block)."""
-        if self._holding:
-            self.end_turn()  # the last turn's blocks are done with
         if self._pulling:
-            if self._ahead:
-                if not self._gate.acquire(timeout):
-                    return []  # the consumer comes back (it beats meanwhile)
-                with self._turn_lock:
-                    self._holding = True
-                if self._stop.is_set():  # stop() may have looked before we held it
-                    self.end_turn()
-                    return []
             return self._pull(timeout, max_samples)
         with self._cv:
-            if self._queued < min_samples and not self.done:
+            if self._queued < min_samples and not self.done and timeout > 0:
                 self._want = max(1, min_samples)
                 self._cv.wait(timeout)
                 self._want = 1
@@ -226,25 +196,28 @@ class SourceRunner:
         out: list[Block] = []
         nbytes = n = reads = 0
         small = self._merge_below
-        first_wait = 0.0 if self._holding else timeout  # no wait inside a turn
+        first_wait = 0.0 if self._ahead else timeout  # a source that runs ahead has data
         with self._read_lock:
             while self._pulling and not self._stop.is_set():
                 try:
                     # (a source at max speed does not wait; one that might, only at first)
                     blk = self.source.read(0.0 if out else first_wait)
                     reads += 1
-                except Exception as e:  # noqa: BLE001 - the thread sorts it out (see _run)
+                except Exception as e:  # noqa: BLE001 - a thread sorts it out (_recover_pull)
                     with self._cv:
                         self._pulling = False
-                        self._pull_error = e
-                        self._cv.notify_all()
+                    self._thread = threading.Thread(
+                        target=self._recover_pull, args=(e,), name=self._thread.name, daemon=True
+                    )
+                    self._thread.start()  # (it closes the source once this read lock is free)
                     break
                 if blk is None:
                     if self.source.finished:
+                        self.source.close()
                         with self._cv:
                             self._pulling = False
                             self.state = SourceState.FINISHED
-                            self._cv.notify_all()
+                            self._signal()
                     break
                 if self._reopened:
                     self._reopened = False
@@ -264,32 +237,17 @@ class SourceRunner:
                     or (max_samples is not None and n >= max_samples)
                 ):
                     break
-        # a full turn: the source runs ahead, its next turns go through the gate
+        # a full hand-over: the source runs ahead of its consumer
         self._ahead = self._pulling and (nbytes >= MERGE_MAX_BYTES or reads >= PULL_MAX_READS)
-        if not self._pulling:
-            self.end_turn()  # the data ended or a read failed: no turn to hold
         if not self._merge_backlog or len(out) < 2:
             return out
         return _coalesced(out, MERGE_MAX_BYTES, max_samples)
 
     @property
-    def in_turn(self) -> bool:
-        """The consumer holds a turn of the gate (the blocks of its last get())."""
-        return self._holding
-
-    def end_turn(self) -> None:
-        """The consumer is done with its turn's blocks (also when it leaves with an
-        error: a stream restarting after a fault must not keep a turn meanwhile)."""
-        with self._turn_lock:
-            if not self._holding:
-                return
-            self._holding = False
-        self._gate.release()
-
-    @property
     def alive(self) -> bool:
-        """The reader thread runs (False before start() and once it ended, for any reason)."""
-        return self._thread.is_alive()
+        """The reader thread runs, or the consumer reads the source (pull mode); False
+        before start() and once it ended, for any reason."""
+        return self._pulling or self._thread.is_alive()
 
     @property
     def done(self) -> bool:
@@ -315,7 +273,7 @@ class SourceRunner:
                     self._queued += n
                     self.samples_in += n
                     if self._queued >= self._want:
-                        self._cv.notify()
+                        self._signal()
                     return
             if len(self._q) >= self._max:
                 self._queued -= len(self._q.popleft().samples)
@@ -329,7 +287,7 @@ class SourceRunner:
             self._queued += n
             self.samples_in += n
             if self._queued >= self._want or len(self._q) >= self._max:
-                self._cv.notify()
+                self._signal()
 
     def _open(self) -> bool:
         self._backoff.reset()
@@ -368,16 +326,16 @@ class SourceRunner:
         self.last_error = why
         log.error("source %s failed: %s", self.source.name, why)
         with self._cv:
-            self._cv.notify_all()
+            self._signal()
 
     def _run(self) -> None:
         if not self._open():
             return
+        if self._pull_mode:
+            self._start_pulling()
+            return  # no thread while the consumer reads: one per stream cost a wake-up
+            # every READ_TIMEOUT_S for nothing (64 streams at max speed: 320 a second)
         while not self._stop.is_set():
-            if self._pull_mode:
-                if not self._serve_pull():
-                    break
-                continue
             try:
                 blk = self.source.read(READ_TIMEOUT_S)
             except Exception as e:  # noqa: BLE001 - sorted out by _recover
@@ -389,24 +347,22 @@ class SourceRunner:
             elif self.source.finished:
                 self.state = SourceState.FINISHED
                 with self._cv:
-                    self._cv.notify_all()
+                    self._signal()
                 break
         with self._read_lock:  # not while the consumer reads
             self.source.close()
 
-    def _serve_pull(self) -> bool:
-        """Pull mode: let the consumer read until it stops, finishes or hits an error
-        (recovered here, as a read error in this thread would be). False: done."""
+    def _start_pulling(self) -> None:
         with self._cv:
-            self._pulling = True
-            self._cv.notify_all()  # a consumer waiting in get() pulls at its next turn
-            while self._pulling and not self._stop.is_set():
-                self._cv.wait(READ_TIMEOUT_S)
-            self._pulling = False
-            error, self._pull_error = self._pull_error, None
-        if error is None:
-            return False  # stopping, or the data ended
-        return self._recover(error)
+            if not self._stop.is_set():
+                self._pulling = True
+            self._signal()  # a consumer waiting in get() (or armed) pulls at its next turn
+
+    def _recover_pull(self, e: BaseException) -> None:
+        """Pull mode, after a read failed in the consumer: what _run does for a read
+        error in its own thread, then the consumer reads again."""
+        if self._recover(e):
+            self._start_pulling()
 
     def _recover(self, e: BaseException) -> bool:
         """After a failed read: reopen within the budget (waiting for a vanished device
