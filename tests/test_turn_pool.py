@@ -184,3 +184,45 @@ def test_a_turn_that_raises_does_not_end_its_worker() -> None:
     _until(lambda: hg.done and hb.done, "both ran")
     assert ran == ["bad", "good"]
     _closed(pool)
+
+
+def test_one_turn_of_those_that_yielded_at_a_time_and_a_live_one_beside_it() -> None:
+    """Max-speed turns (all Python, one GIL) take one worker; another stays free for live
+    turns."""
+    pool = TurnPool(2)
+    lock = threading.Lock()
+    bulk_inside = [0]
+    bulk_most = [0]
+    live_beside = threading.Event()
+    stop = threading.Event()
+
+    turns: dict[str, int] = {}
+
+    def bulk_of(name: str) -> Callable[[], float | None]:
+        def bulk() -> float | None:
+            turns[name] = turns.get(name, 0) + 1
+            counted = turns[name] > 1  # (a first turn is not one that yielded)
+            with lock:
+                bulk_inside[0] += counted
+                bulk_most[0] = max(bulk_most[0], bulk_inside[0])
+            live_beside.wait(0.002)  # a turn's work
+            with lock:
+                bulk_inside[0] -= counted
+            return None if stop.is_set() else YIELD
+
+        return bulk
+
+    def live() -> float | None:
+        with lock:
+            if bulk_inside[0]:
+                live_beside.set()  # ran while a bulk turn was running
+        return None if live_beside.is_set() else 0.001
+
+    handles = [pool.add(f"b{i}", bulk_of(f"b{i}")) for i in range(4)]
+    hl = pool.add("live", live)
+    pool.start()
+    _until(lambda: hl.done, "the live component ran beside a bulk turn")
+    stop.set()
+    _until(lambda: all(h.done for h in handles), "bulk done")
+    assert bulk_most[0] == 1
+    _closed(pool)
