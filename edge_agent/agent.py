@@ -233,8 +233,11 @@ class Agent:
 
     def _on_progress(self) -> None:
         lim = self.limits.max_windows
+        if lim is None:
+            return  # (the sum below is over every stream, after every block: 64 streams
+            # at max speed spent 1.4% of their CPU on it)
         done = self.windows_total()
-        if lim is not None and done >= lim:
+        if done >= lim:
             # a block yields several windows at once: say how many, as the summary does
             self.request_stop(f"{done} windows scored (--max-windows {lim})")
 
