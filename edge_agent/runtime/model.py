@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -272,31 +273,56 @@ def find_models(models_dir: Path) -> list[ModelCard]:
     cards = []
     for d in sorted(p.parent for p in models_dir.glob(f"*/{CARD_FILE}")):
         try:
-            cards.append(_card_unverified(d))
+            cards.append(load_card(d, verify_hash=False))
         except ModelError as e:
             log.warning("skipping %s: %s", d, e)
     return cards
 
 
-# Cards read without their hash check, by card file, while the file is unchanged: every
-# stream resolves its model by family, and each read parses every variant's golden
-# vectors (64 streams x 15 cards took seconds of start-up).
-_CARDS: dict[Path, tuple[tuple[int, int], ModelCard]] = {}
+@dataclass(frozen=True)
+class _Variant:
+    """What resolving a stream's model needs of a card (a whole card holds its golden
+    vectors, raw and parsed: ~0.1 MB each, 1.6 MB for the 15 demo cards if kept)."""
+
+    directory: Path
+    family: str
+    precision: str
+    backend: str
+
+    @staticmethod
+    def of(c: ModelCard) -> _Variant:
+        return _Variant(c.directory, c.family, c.precision, c.backend)
 
 
-def _card_unverified(d: Path) -> ModelCard:
+# Variants read from cards (checked, hashes not), by card file, while the file is
+# unchanged: every stream resolves its model by family, and each read parses every
+# variant's golden vectors (64 streams x 15 cards took seconds of start-up).
+_VARIANTS: dict[Path, tuple[tuple[int, int], _Variant]] = {}
+
+
+def _variant(d: Path) -> _Variant:
     f = d / CARD_FILE
     try:
         st = f.stat()
         key = (st.st_mtime_ns, st.st_size)
     except OSError:
-        return load_card(d, verify_hash=False)  # says what is wrong
-    hit = _CARDS.get(f)
+        return _Variant.of(load_card(d, verify_hash=False))  # says what is wrong
+    hit = _VARIANTS.get(f)
     if hit is not None and hit[0] == key:
         return hit[1]
-    card = load_card(d, verify_hash=False)
-    _CARDS[f] = (key, card)
-    return card
+    v = _Variant.of(load_card(d, verify_hash=False))
+    _VARIANTS[f] = (key, v)
+    return v
+
+
+def _variants(models_dir: Path) -> list[_Variant]:
+    out = []
+    for d in sorted(p.parent for p in models_dir.glob(f"*/{CARD_FILE}")):
+        try:
+            out.append(_variant(d))
+        except ModelError as e:
+            log.warning("skipping %s: %s", d, e)
+    return out
 
 
 def resolve_model_dir(
@@ -320,7 +346,7 @@ def resolve_model_dir(
     base = models_dir or find_resource_dir("models")
     if p.is_dir() and any(p.glob(f"*/{CARD_FILE}")):
         # a directory of one family's variants (what `edge-agent model new --out` writes)
-        fams = sorted({c.family for c in find_models(p)})
+        fams = sorted({c.family for c in _variants(p)})
         if len(fams) != 1:
             raise ModelError(f"model {name!r}: holds families {fams}; name one of its variants")
         name, base = fams[0], p
@@ -328,7 +354,7 @@ def resolve_model_dir(
         raise ModelError(f"model {name!r}: no models directory found (set models_dir)")
     if (base / name / CARD_FILE).is_file():
         return base / name
-    family = [c for c in find_models(base) if c.family == name]
+    family = [c for c in _variants(base) if c.family == name]
     if not family:
         raise ModelError(f"model {name!r}: not found in {base} (neither a directory nor a family)")
     if variant != "auto":
@@ -343,7 +369,7 @@ def resolve_model_dir(
     )
 
 
-def _profile_choice(family: list[ModelCard], profile: Profile) -> Path | None:
+def _profile_choice(family: list[_Variant], profile: Profile) -> Path | None:
     """The first variant in the profile's precision, then backend, order whose runtime
     is installed."""
     for prec in profile.precision:
@@ -356,7 +382,7 @@ def _profile_choice(family: list[ModelCard], profile: Profile) -> Path | None:
     return None
 
 
-def _named_variant(name: str, family: list[ModelCard], variant: str) -> Path:
+def _named_variant(name: str, family: list[_Variant], variant: str) -> Path:
     for c in family:
         if f"{c.precision}-{c.backend}" == variant:
             return c.directory
@@ -364,7 +390,7 @@ def _named_variant(name: str, family: list[ModelCard], variant: str) -> Path:
     raise ModelError(f"model {name!r}: no variant {variant!r} (have: {have})")
 
 
-def _measured_choice(family: str, cards: list[ModelCard], state_dir: Path | None) -> Path | None:
+def _measured_choice(family: str, cards: list[_Variant], state_dir: Path | None) -> Path | None:
     """The variant `bench --select` recorded for `family`, if it is still installed."""
     if state_dir is None:
         return None
