@@ -327,6 +327,9 @@ def main() -> int:
         "secs": args.secs,
         "client": args.client,
         "rounds": args.rounds,
+        # the machine's other load changes every figure here (a loaded VM's CPUs never
+        # go idle, so its thread wake-ups are cheaper): recorded with the run
+        "loadavg_start": list(os.getloadavg()),
     }
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as d, contextlib.ExitStack() as up:
         work = Path(d)
@@ -375,6 +378,7 @@ def main() -> int:
             out[name] = _median(rs)
             if args.rounds > 1:
                 out[name]["rounds"] = rs
+    out["loadavg_end"] = list(os.getloadavg())
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
