@@ -6,7 +6,6 @@ Real in-process Endpoint on real loopback sockets."""
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +28,18 @@ def endpoint(tmp_path: Path) -> Iterator[Endpoint]:
 
 
 def test_timeval_is_never_zero_which_would_mean_no_timeout() -> None:
-    sec, usec = struct.unpack("@ll", http._timeval(0.0000001))
-    assert (sec, usec) == (0, 1)
-    assert struct.unpack("@ll", http._timeval(2.25)) == (2, 250000)
-    assert struct.unpack("@ll", http._timeval(30.0)) == (30, 0)
+    assert http._TIMEVAL.unpack(http._timeval(0.0000001)) == (0, 1)
+    assert http._TIMEVAL.unpack(http._timeval(2.25)) == (2, 250000)
+    assert http._TIMEVAL.unpack(http._timeval(30.0)) == (30, 0)
+
+
+def test_the_kernel_reads_back_the_timeout_set() -> None:
+    """The struct's layout is the kernel's (a wrong size is EINVAL, a wrong layout
+    another timeout)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, http._timeval(2.5))
+        got = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, http._TIMEVAL.size)
+    assert http._TIMEVAL.unpack(got) == (2, 500000)
 
 
 def test_answers_the_send_buffer_cannot_take_at_once_arrive_whole(endpoint: Endpoint) -> None:

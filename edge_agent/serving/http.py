@@ -355,11 +355,23 @@ def _clear_stale_socket(path: str) -> None:
     raise ServingError(f"[serving] socket {path}: another process listens on it")
 
 
+def _timeval_struct() -> struct.Struct:
+    """SO_RCVTIMEO's struct timeval as this kernel and C library take it, by its size:
+    16 bytes (64-bit; 32-bit with a 64-bit time_t, where SO_RCVTIMEO is the _NEW option)
+    or 8 (32-bit time_t)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        size = len(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+    return struct.Struct("=qq" if size == 16 else "=ii")
+
+
+_TIMEVAL = _timeval_struct()
+
+
 def _timeval(seconds: float) -> bytes:
-    """SO_RCVTIMEO's struct timeval (native longs, as the C library declares it)."""
+    """`seconds` as SO_RCVTIMEO's struct timeval (never all zero: that is no timeout)."""
     sec = int(seconds)
     usec = int((seconds - sec) * 1e6)
-    return struct.pack("@ll", sec, usec if sec or usec else 1)  # all zero: no timeout
+    return _TIMEVAL.pack(sec, usec if sec or usec else 1)
 
 
 class _Connection:
