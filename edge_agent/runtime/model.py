@@ -55,6 +55,9 @@ SATURATED_SCORE = 1e300
 _CLIP_SIGMAS = np.float32(1e30)
 
 
+_FAR_SQUARED = FAR_SIGMAS**2
+
+
 def _sum_squares(x: npt.NDArray[np.float32]) -> float:
     """One BLAS dot: inf/NaN if any value is (or squares past float32), else a bound on
     every value's square. Cheaper than min and max, or a mask, on a live stream's tiny
@@ -68,7 +71,7 @@ def far_windows(x_norm: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_] | None
     """Which normalised windows (n, ...) hold a value beyond +-FAR_SIGMAS; None when
     none does (pure). NaN is not far: an invalid reading is sensor health's, and the
     pipeline never scores it."""
-    if not len(x_norm) or _sum_squares(x_norm) <= FAR_SIGMAS**2:
+    if not len(x_norm) or _sum_squares(x_norm) <= _FAR_SQUARED:
         return None  # every |value| <= sqrt(sum of squares) <= FAR_SIGMAS: the usual case
     far: npt.NDArray[np.bool_] = np.abs(x_norm).reshape(len(x_norm), -1).max(axis=1) > FAR_SIGMAS
     return far if far.any() else None
@@ -109,9 +112,11 @@ def score_outputs(
     if kind == "reconstruction_mse":
         # float32 throughout (relative error ~1e-7, far inside golden tolerances): half the
         # cost of accumulating in float64 on the hot path.
-        d = (x_norm - y).reshape(len(y), -1)
-        if len(d) == 1:  # a live stream's usual batch: one BLAS dot beats einsum's setup
-            return np.array([float(np.dot(d[0], d[0])) / d.shape[1]])
+        diff = x_norm - y
+        if len(diff) == 1:  # a live stream's usual batch: one BLAS dot beats einsum's setup
+            row = diff.reshape(-1)
+            return np.array([float(np.dot(row, row)) / row.size])
+        d = diff.reshape(len(y), -1)
         mse: npt.NDArray[np.float64] = np.einsum("ij,ij->i", d, d).astype(np.float64) / d.shape[1]
         return mse
     if kind == "output":
