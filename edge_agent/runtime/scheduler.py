@@ -149,7 +149,9 @@ class InferenceScheduler:
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
         self._q: list[Request] = []
         self._queued_windows = 0
-        self._cv = threading.Condition()
+        # try_now takes the lock itself: Condition's __enter__/__exit__ are Python calls
+        self._lock = threading.RLock()
+        self._cv = threading.Condition(self._lock)
         self._seq = itertools.count()
         self._workers = 0  # worker loops running now
         self._executing = False  # a batch (the worker's, or a try_now) is being scored
@@ -235,8 +237,8 @@ class InferenceScheduler:
         ModelError."""
         if model.backend is not self.backend:
             raise ModelError(f"{model.card.name}: not the model of scheduler {self.name}")
-        with self._cv:
-            if self._q or self._executing or not self.running:
+        with self._lock:
+            if self._q or self._executing or self._workers <= 0 or self._closed:
                 return None
             self._admit(len(x), deadline, time.monotonic())
             self._executing = True
@@ -246,9 +248,12 @@ class InferenceScheduler:
             self._account(len(x), time.perf_counter() - t0)
             return scores
         finally:
-            with self._cv:
-                self._executing = False
-                if self._q:  # only then does the worker wait for this (an idle one sleeps on)
+            # Cleared without the lock, as the worker clears its own: a request queued
+            # before this point is seen below and its waiting worker woken; one queued
+            # after it finds the flag clear. An idle worker sleeps on.
+            self._executing = False
+            if self._q:
+                with self._cv:
                     self._cv.notify_all()
 
     def score(
