@@ -61,7 +61,7 @@ class _State(enum.Enum):
 class TurnHandle:
     """One component in the pool: `wake()` brings its next turn forward (any thread)."""
 
-    __slots__ = ("_pool", "_token", "bulk", "name", "state", "turn", "woken")
+    __slots__ = ("_pool", "_token", "name", "state", "turn", "woken")
 
     def __init__(self, pool: TurnPool, name: str, turn: Turn) -> None:
         self._pool = pool
@@ -69,7 +69,6 @@ class TurnHandle:
         self.turn = turn
         self.state = _State.QUEUED
         self.woken = False  # woken while running: its next turn comes at once
-        self.bulk = False  # its running turn was taken from the queue of those that yielded
         self._token = 0  # bumped at each park: a stale timer does nothing
 
     def wake(self) -> None:
@@ -81,10 +80,11 @@ class TurnHandle:
 
 
 class _Worker:
-    __slots__ = ("busy_since", "thread")
+    __slots__ = ("bulk", "busy_since", "thread")
 
     def __init__(self) -> None:
         self.busy_since: float | None = None  # monotonic start of its current turn
+        self.bulk = False  # its current turn came from the queue of those that yielded
         self.thread: threading.Thread | None = None
 
 
@@ -96,7 +96,6 @@ class TurnPool:
         how many of them may run turns of components that yielded at once."""
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.bulk_workers = max(1, bulk_workers)
-        self._bulk_running = 0
         self.name = name
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
@@ -173,6 +172,16 @@ class TurnPool:
                 self.extra_started += 1
             return missing
 
+    def _bulk_free_locked(self, now: float) -> int:
+        """Bulk turns that may start now: a stuck one (see tend) does not hold its slot,
+        or one hung max-speed stream would stop every other."""
+        running = sum(
+            1
+            for w in self._threads
+            if w.bulk and w.busy_since is not None and now - w.busy_since < STUCK_S
+        )
+        return self.bulk_workers - running
+
     def _free_locked(self, now: float) -> int:
         return sum(1 for w in self._threads if w.busy_since is None or now - w.busy_since < STUCK_S)
 
@@ -205,11 +214,9 @@ class TurnPool:
                     self._live.append(h)
             if self._live:
                 return self._live.popleft()
-            if self._bulk and self._bulk_running < self.bulk_workers:
-                h = self._bulk.popleft()
-                h.bulk = True
-                self._bulk_running += 1
-                return h
+            if self._bulk and self._bulk_free_locked(now) > 0:
+                w.bulk = True
+                return self._bulk.popleft()
             if self._free_locked(now) > self.workers:
                 return None  # an extra worker with nothing to do: the stuck one is back
             wait = IDLE_WAIT_S
@@ -237,9 +244,7 @@ class TurnPool:
                     nxt = None
                 with self._cv:
                     self._running -= 1
-                    if h.bulk:
-                        h.bulk = False
-                        self._bulk_running -= 1
+                    w.bulk = False
                     w.busy_since = None
                     self.turns += 1
                     self._after_locked(h, nxt)
@@ -271,6 +276,6 @@ class TurnPool:
         # This worker takes the next ready turn itself: another is woken only for the
         # rest, or to watch the new timer while this one is busy. (Waking one for every
         # turn moved a lone max-speed stream between workers at each turn: 10% slower.)
-        ready = len(self._live) + min(len(self._bulk), self.bulk_workers - self._bulk_running)
+        ready = len(self._live) + min(len(self._bulk), self._bulk_free_locked(time.monotonic()))
         if ready > 1 or (parked and ready > 0):
             self._cv.notify()
