@@ -154,6 +154,7 @@ class SourceRunner:
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         with self._cv:
+            self._pulling = False  # (a stopped runner is not alive: a restart replaces it)
             self._signal()
         if self._thread.is_alive():
             self._thread.join(timeout)
