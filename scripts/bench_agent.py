@@ -192,42 +192,59 @@ def subscriber_latency(
 ) -> dict[str, Any]:
     """Sample-to-subscriber latency of events from `streams` real-time streams (the
     checkout at `root`), median of `repeats` runs; also the agent's CPU share."""
-    runs = []
-    for _ in range(repeats):
-        tag = f"lat{len(list(work.iterdir()))}"
-        state = work / tag
-        cfg = _config(work / f"{tag}.toml", port, state, streams=streams, sync=sync)
-        sink = _EventSink(port, "edge/bench-gw/events")
-        proc = subprocess.Popen(
-            _agent_cmd(cfg, "--duration", str(seconds)),
-            cwd=root,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        cpu = 0.0
-        try:
-            # CPU read just before the end (a process that exited has no /proc entry)
-            end = time.monotonic() + seconds - 0.5
-            while time.monotonic() < end and proc.poll() is None:
-                cpu = _cpu_s(proc.pid)
-                time.sleep(0.2)
-            proc.wait(seconds + 60)
-        finally:
-            if proc.poll() is None:
-                _stop(proc)
-        time.sleep(0.5)  # the last PUBACKed records reach the subscriber
-        sink.close()
-        lat_ms = [x * 1e3 for x in sink.lat[20:]]  # skip the connect/birth burst
-        s = LatencySummary.of(lat_ms)
-        runs.append(
-            {
-                "events": s.n,
-                "p50_ms": s.p50,
-                "p99_ms": s.p99,
-                "max_ms": s.max,
-                "cpu_share": cpu / seconds,
-            }
-        )
+    return _latency_summary(
+        [
+            _latency_run(port, work, seconds, streams=streams, sync=sync, root=root)
+            for _ in range(repeats)
+        ],
+        streams=streams,
+        sync=sync,
+        seconds=seconds,
+        root=root,
+    )
+
+
+def _latency_run(
+    port: int, work: Path, seconds: float, *, streams: int, sync: str | None, root: Path
+) -> dict[str, Any]:
+    """One run of subscriber_latency."""
+    tag = f"lat{len(list(work.iterdir()))}"
+    state = work / tag
+    cfg = _config(work / f"{tag}.toml", port, state, streams=streams, sync=sync)
+    sink = _EventSink(port, "edge/bench-gw/events")
+    proc = subprocess.Popen(
+        _agent_cmd(cfg, "--duration", str(seconds)),
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cpu = 0.0
+    try:
+        # CPU read just before the end (a process that exited has no /proc entry)
+        end = time.monotonic() + seconds - 0.5
+        while time.monotonic() < end and proc.poll() is None:
+            cpu = _cpu_s(proc.pid)
+            time.sleep(0.2)
+        proc.wait(seconds + 60)
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
+    time.sleep(0.5)  # the last PUBACKed records reach the subscriber
+    sink.close()
+    lat_ms = [x * 1e3 for x in sink.lat[20:]]  # skip the connect/birth burst
+    s = LatencySummary.of(lat_ms)
+    return {
+        "events": s.n,
+        "p50_ms": s.p50,
+        "p99_ms": s.p99,
+        "max_ms": s.max,
+        "cpu_share": cpu / seconds,
+    }
+
+
+def _latency_summary(
+    runs: list[dict[str, Any]], *, streams: int, sync: str | None, seconds: float, root: Path
+) -> dict[str, Any]:
     return {
         "agent": "baseline" if root != ROOT else "this",
         "streams": streams,
@@ -251,9 +268,20 @@ def run_latency(
         broker = Broker(work / "broker")
         broker.start()
         try:
-            for root in [ROOT] if baseline is None else [baseline, ROOT]:
-                r = subscriber_latency(
-                    broker.port, work, seconds, repeats, streams=streams, sync=sync, root=root
+            # the two checkouts take turns, run after run: a change in the machine's load
+            # during the measurement falls on both alike
+            roots = [ROOT] if baseline is None else [baseline, ROOT]
+            runs: dict[Path, list[dict[str, Any]]] = {r: [] for r in roots}
+            for _ in range(repeats):
+                for root in roots:
+                    runs[root].append(
+                        _latency_run(
+                            broker.port, work, seconds, streams=streams, sync=sync, root=root
+                        )
+                    )
+            for root in roots:
+                r = _latency_summary(
+                    runs[root], streams=streams, sync=sync, seconds=seconds, root=root
                 )
                 out["runs"].append(r)
                 _print_latency(r)
