@@ -15,7 +15,8 @@ component's turn to the next with a function call.
 
 Order: a component woken by its data (or whose timer is due) goes before one that
 yielded, so a live sensor's block is not queued behind turns of streams replaying files
-at max speed; each queue is first come, first served, so no component starves. At most
+at max speed, yet waits no longer than BULK_MAX_WAIT_S behind them; each queue is first
+come, first served, so no component starves. At most
 `bulk_workers` (default one) turns of components that yielded run at once: they are
 all Python work under one GIL, and two workers taking them cost 1.3-1.45x the CPU per
 window of one (64 streams replaying at max speed, side by side); the other workers stay
@@ -23,8 +24,9 @@ free for live turns (a camera's model call beside a sensor's block).
 
 A turn that blocks (a backend call or a disk that does not return) holds its worker;
 `tend()` starts another worker whenever fewer than `workers` are free of a turn older
-than STUCK_S, so the other components keep their turns. An extra worker ends once the
-stuck one is back. How long a component has been waiting or inside its turn is for the
+than STUCK_S, so the other components keep their turns, up to `workers` extra threads
+(slow turns must not grow the threads toward one per stream). An extra worker ends once
+the stuck one is back. How long a component has been waiting or inside its turn is for the
 supervisor's heartbeats, not for this pool.
 """
 
@@ -40,12 +42,18 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["STUCK_S", "YIELD", "TurnHandle", "TurnPool"]
+__all__ = ["BULK_MAX_WAIT_S", "HUNG_BULK_S", "STUCK_S", "YIELD", "TurnHandle", "TurnPool"]
 
 log = logging.getLogger(__name__)
 
 YIELD = -1.0  # a turn's answer: run me again after every component that is ready now
 STUCK_S = 1.0  # a worker this long in one turn no longer counts as free (see tend)
+# A max-speed turn this long is taken for hung and gives its slot up (the supervisor
+# shows its stream hung from its hang limit, at least 5 s too); a slow one keeps it.
+HUNG_BULK_S = 5.0
+# A component that yielded waits at most this long behind live turns (that are always
+# ready when live streams keep every worker busy)
+BULK_MAX_WAIT_S = 0.1
 IDLE_WAIT_S = 5.0  # an idle worker looks around at least this often (close() wakes it)
 
 Turn = Callable[[], "float | None"]
@@ -61,7 +69,7 @@ class _State(enum.Enum):
 class TurnHandle:
     """One component in the pool: `wake()` brings its next turn forward (any thread)."""
 
-    __slots__ = ("_pool", "_token", "name", "state", "turn", "woken")
+    __slots__ = ("_pool", "_token", "name", "queued_at", "state", "turn", "woken")
 
     def __init__(self, pool: TurnPool, name: str, turn: Turn) -> None:
         self._pool = pool
@@ -69,6 +77,7 @@ class TurnHandle:
         self.turn = turn
         self.state = _State.QUEUED
         self.woken = False  # woken while running: its next turn comes at once
+        self.queued_at = 0.0  # monotonic: when it yielded (see BULK_MAX_WAIT_S)
         self._token = 0  # bumped at each park: a stale timer does nothing
 
     def wake(self) -> None:
@@ -157,7 +166,8 @@ class TurnPool:
             if not self._started or self._closed:
                 return 0
             free = self._free_locked(t)
-            missing = self.workers - free
+            room = 2 * self.workers - len(self._threads)
+            missing = min(self.workers - free, room)
             if missing <= 0:
                 return 0
             log.warning(
@@ -178,7 +188,7 @@ class TurnPool:
         running = sum(
             1
             for w in self._threads
-            if w.bulk and w.busy_since is not None and now - w.busy_since < STUCK_S
+            if w.bulk and w.busy_since is not None and now - w.busy_since < HUNG_BULK_S
         )
         return self.bulk_workers - running
 
@@ -212,11 +222,12 @@ class TurnPool:
                 if h.state is _State.PARKED and h._token == token:
                     h.state = _State.QUEUED
                     self._live.append(h)
-            if self._live:
-                return self._live.popleft()
-            if self._bulk and self._bulk_free_locked(now) > 0:
+            bulk = bool(self._bulk) and self._bulk_free_locked(now) > 0
+            if bulk and (not self._live or now - self._bulk[0].queued_at > BULK_MAX_WAIT_S):
                 w.bulk = True
                 return self._bulk.popleft()
+            if self._live:
+                return self._live.popleft()
             if self._free_locked(now) > self.workers:
                 return None  # an extra worker with nothing to do: the stuck one is back
             wait = IDLE_WAIT_S
@@ -252,6 +263,7 @@ class TurnPool:
                         len(self._threads) > self.workers
                         and self._free_locked(time.monotonic()) > self.workers
                     ):
+                        self._cv.notify()  # what it queued is taken by another
                         return  # more free workers than asked for: this one goes
         finally:
             with self._cv:
@@ -264,6 +276,7 @@ class TurnPool:
         parked = False
         if nxt < 0:
             h.state = _State.QUEUED
+            h.queued_at = time.monotonic()
             self._bulk.append(h)
         elif nxt == 0 or h.woken:
             h.state = _State.QUEUED
