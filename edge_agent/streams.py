@@ -186,7 +186,8 @@ class StreamRuntime:
         spec = sc.source.with_default_channels(pre.channels)  # channels left out: the card's
         self.source = create_source(spec.kind, sc.name, spec.options)
         check_source_fits(self.source, pre, cfg.source_file or "config", sc.name, model.card.name)
-        self._source_budget = RestartBudget(cfg.health.restart_budget, cfg.health.restart_window_s)
+        self._budget_args = (cfg.health.restart_budget, cfg.health.restart_window_s)
+        self._source_budget = RestartBudget(*self._budget_args)
         self._hop = sc.hop or pre.hop
         self._waker: Callable[[], None] | None = None  # see set_waker
         self._sinks: StreamSinks | None = None  # see bind
@@ -333,7 +334,7 @@ class StreamRuntime:
         """When the next turn is wanted (see step); raises for a source that failed."""
         runner = self.runner
         if got:
-            if runner.ahead:
+            if runner.pulling:
                 return YIELD  # at max speed: after the turns that are ready now
         else:
             if runner.state is SourceState.FINISHED:
@@ -390,8 +391,10 @@ class StreamRuntime:
         self.runner.stop(timeout=2.0)
 
     def revive(self) -> None:
-        """Before the supervisor tries a stream that gave up again: a fresh source."""
+        """Before the supervisor tries a stream that gave up again: a fresh source, with
+        a fresh restart budget of its own (as the stream gets)."""
         self.error = ""
+        self._source_budget = RestartBudget(*self._budget_args)
         self.restart_source()
 
     def _calibrate(self, b: Block, now: float) -> Block:

@@ -24,10 +24,10 @@ free for live turns (a camera's model call beside a sensor's block).
 
 A turn that blocks (a backend call or a disk that does not return) holds its worker;
 `tend()` starts another worker whenever fewer than `workers` are free of a turn older
-than STUCK_S, so the other components keep their turns, up to `workers` extra threads
-(slow turns must not grow the threads toward one per stream). An extra worker ends once
-the stuck one is back. How long a component has been waiting or inside its turn is for the
-supervisor's heartbeats, not for this pool.
+than STUCK_S, so the other components keep their turns: one more thread for each turn
+that is stuck (in a fault only; a cap would let a few hung streams stop every healthy
+one). An extra worker ends once the stuck one is back. How long a component has been
+waiting or inside its turn is for the supervisor's heartbeats, not for this pool.
 """
 
 from __future__ import annotations
@@ -166,8 +166,7 @@ class TurnPool:
             if not self._started or self._closed:
                 return 0
             free = self._free_locked(t)
-            room = 2 * self.workers - len(self._threads)
-            missing = min(self.workers - free, room)
+            missing = self.workers - free
             if missing <= 0:
                 return 0
             log.warning(

@@ -4,7 +4,9 @@ Overflow policy: when the consumer falls behind a live source, the oldest block 
 dropped and counted (`dropped_blocks`), so memory stays bounded and the newest data
 wins; the block after a dropped one is marked `gap_before`, as is the first block
 after a reopen, so no window spans what was lost. A source that is not live (a file
-replayed, or the demo, faster than real time) is made to wait instead. A
+replayed, or the demo, at max speed: `speed = 0`) is made to wait instead (any other
+speed is live: it runs on its own clock and drops like a sensor when its stream falls
+behind). A
 failing source is reopened with exponential backoff inside a restart budget; past
 the budget it is reported `failed` (degraded), never a crash of the agent. A device
 that vanished (SourceDisconnectedError: unplugged, re-enumerating, broker down) is
@@ -144,12 +146,6 @@ class SourceRunner:
     def pulling(self) -> bool:
         """The source is read in the consumer's `get` (not live, see _pull)."""
         return self._pulling
-
-    @property
-    def ahead(self) -> bool:
-        """The source is read in the consumer's turn and filled the last one: it runs
-        ahead of its consumer (a file or generator at max speed)."""
-        return self._ahead and self._pulling
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
