@@ -340,7 +340,8 @@ class InferenceScheduler:
                 loop.beat()
                 with self._cv:  # re-entrant: taken and marked at once, no try_now between
                     batch = self.next_batch(TAKE_TIMEOUT_S)
-                    self._executing = bool(batch)
+                    if batch:  # (an empty one may be a try_now's turn: its flag stays)
+                        self._executing = True
                 if batch:
                     try:
                         self._execute(batch)
