@@ -222,6 +222,10 @@ class ModelPool:
             e.last_used = time.monotonic()
             return e.model
 
+    def has(self, directory: Path) -> bool:
+        """`directory`'s model is loaded (as `acquire` keys it; no load, no pin)."""
+        return directory in self._entries or directory.resolve() in self._entries
+
     def release(self, user: str) -> None:
         """`user` holds no model any more: what only it held becomes idle (evictable)."""
         with self._lock:

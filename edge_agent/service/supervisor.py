@@ -26,8 +26,10 @@ components at once against one deadline (a parallel stop, not one timeout each).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import os
 import random
 import threading
 import time
@@ -178,6 +180,8 @@ class Supervisor:
         self._lock = threading.Lock()
         self._started = False
         self.turns = TurnPool(turn_workers, name="turns")
+        # The CPUs the process may use, for every component's thread (see _run)
+        self._cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
     @property
     def faults(self) -> Faults:
@@ -261,6 +265,12 @@ class Supervisor:
         self.turns.tend(now)
 
     def _run(self, c: _Component) -> None:
+        if self._cpus is not None and os.sched_getaffinity(0) != self._cpus:
+            # A thread inherits its creator's CPU affinity: a model's scheduler started
+            # by a request of the endpoint (whose connection threads share one CPU)
+            # must not stay on that CPU for the rest of the run.
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, self._cpus)
         stop = self.stop_event
         while not stop.is_set():
             c.started = time.monotonic()

@@ -68,9 +68,11 @@ IDLE_CONNECTION_S = 30.0  # a keep-alive connection silent this long is closed
 # after accept). Without a total, a client trickling a byte at a time (slowloris)
 # would hold its connection slot forever: each byte restarts a per-recv timeout.
 HEAD_DEADLINE_S = 10.0
+BODY_DEADLINE_S = 10.0  # ... and its body this long after its head (408 after that)
 DISCARD_LIMIT = 8  # an oversized body up to this many times the limit is read and dropped
 REFUSERS = 4  # threads answering connections over max_connections with a 503
 REFUSE_READ_S = 1.0  # how long (in all) such a connection may take to send its head
+REFUSE_DRAIN_MAX = 1 << 20  # and the most of its body read and dropped after the 503
 LINGER_S = 0.5  # after a closing answer: how long unread input is still read and dropped
 RECV = 65536
 # A client whose next request came within this long of our answer is waited for by
@@ -124,9 +126,15 @@ def _refuse_busy(sock: socket.socket) -> bool:
         sock.sendall(response(503, body, headers={"Retry-After": "1"}, close=True))
         sent = True
         sock.settimeout(0.05)
+        end, dropped = time.monotonic() + REFUSE_READ_S, 0
         with contextlib.suppress(OSError):
-            while sock.recv(RECV):  # the rest of a body already sent
-                pass
+            # the rest of a body already sent, bounded: a client that keeps sending
+            # must not hold a refuser (and a CPU) for as long as it likes
+            while time.monotonic() < end and dropped < REFUSE_DRAIN_MAX:
+                chunk = sock.recv(RECV)
+                if not chunk:
+                    break
+                dropped += len(chunk)
     return sent
 
 
@@ -226,6 +234,8 @@ class Endpoint:
         self._refusers = threading.BoundedSemaphore(REFUSERS)
         self.polling = threading.Lock()  # held by the one connection busy-polling
         self.cpu = _connection_cpu()
+        # the process's CPUs: a connection thread takes them back while a model loads
+        self.all_cpus = os.sched_getaffinity(0) if self.cpu is not None else None
         try:
             self._sock = _listen(cfg)
         except OSError as e:
@@ -307,8 +317,7 @@ class Endpoint:
     def _serve(self, conn: socket.socket) -> None:
         try:
             if self.cpu is not None:
-                with contextlib.suppress(OSError):  # this thread only (Linux)
-                    os.sched_setaffinity(0, self.cpu)
+                _set_cpus(self.cpu)
             _Connection(self, conn).serve()
         finally:
             conn.close()
@@ -328,6 +337,13 @@ class Endpoint:
         if self.cfg.socket:
             with contextlib.suppress(OSError):
                 os.unlink(self.cfg.socket)
+
+
+def _set_cpus(cpus: set[int] | None) -> None:
+    """This thread's CPU affinity (Linux; nothing when unknown or refused)."""
+    if cpus is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cpus)
 
 
 def _connection_cpu() -> set[int] | None:
@@ -392,6 +408,7 @@ class _Connection:
         # per request
         self.head: Head | None = None
         self.body_read = False  # this request's body was read (or dropped)
+        self.body_deadline = 0.0  # when its body must be in (monotonic; see _take)
         self.close = False  # close the connection after this answer
         # when the request head being read must be whole (monotonic); None: not begun
         self.head_deadline: float | None = None
@@ -525,6 +542,7 @@ class _Connection:
             return
         self.head = head
         self.close = not head.keep_alive
+        self.body_deadline = time.monotonic() + BODY_DEADLINE_S
         ep.count("requests")
         self._nth = ep.counts["requests"]  # another request after ours: not alone (_poll)
         path = head.target.split("?", 1)[0]
@@ -679,7 +697,16 @@ class _Connection:
             budget = ep.cfg.deadline_ms / 1000.0
             if req.timeout_s is not None:
                 budget = min(budget, req.timeout_s)
-            scores, threshold = ep.scorer.score(spec, req.windows, budget, req.stream)
+            # A model loaded on demand starts threads (its scheduler, the runtime's),
+            # which would inherit this thread's one CPU for the rest of the run.
+            unpin = ep.cpu is not None and not ep.scorer.loaded(spec)
+            if unpin:
+                _set_cpus(ep.all_cpus)
+            try:
+                scores, threshold = ep.scorer.score(spec, req.windows, budget, req.stream)
+            finally:
+                if unpin:
+                    _set_cpus(ep.cpu)
         finally:
             ep.inflight.give()
         ep.count("scored")
@@ -729,16 +756,24 @@ class _Connection:
         return self._take(n)
 
     def _take(self, n: int) -> bytes:
-        """The next `n` bytes of the connection (the buffer first). Raises _ClientGoneError when
-        the client closes or goes silent first."""
+        """The next `n` bytes of the request body (the buffer first). Raises
+        _ClientGoneError when the client closes first, ProtocolError 408 (and sets
+        `close`) when they are not in by the body's deadline: without a total, a client
+        trickling a byte at a time would hold its connection slot for as long as it
+        likes, as a slow head would."""
         if len(self.buf) < n:
             parts = [self.buf]
             have = len(self.buf)
             while have < n:
+                left = self.body_deadline - time.monotonic()
+                if left <= 0:
+                    self.close = self.body_read = True
+                    raise ProtocolError(408, f"request body not whole within {BODY_DEADLINE_S:g} s")
+                self._recv_timeout(left)
                 try:
                     chunk = self.sock.recv(max(RECV, n - have))
                 except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out
-                    chunk = b""
+                    continue  # answered above
                 if not chunk:
                     raise _ClientGoneError
                 parts.append(chunk)
@@ -771,7 +806,10 @@ class _Connection:
             self.close = True  # its end is not known without parsing chunks
             return
         if head.content_length:
-            self._discard(head.content_length, self.ep.cfg.max_body_kb * 1024)
+            try:
+                self._discard(head.content_length, self.ep.cfg.max_body_kb * 1024)
+            except ProtocolError:  # not in by its deadline: the first error is answered
+                self.close = True
 
 
 def _method(got: str, want: str) -> None:

@@ -128,6 +128,10 @@ class Scorer:
             d = self._dirs[variant] = (self.catalogue.models_dir / variant).resolve()
         return d
 
+    def loaded(self, spec: ModelSpec) -> bool:
+        """`spec`'s model is in the pool now (a request for it loads nothing)."""
+        return self.pool.has(self._dir(spec.variant))
+
     def score(
         self,
         spec: ModelSpec,
