@@ -191,6 +191,7 @@ class StreamRuntime:
         self._hop = sc.hop or pre.hop
         self._waker: Callable[[], None] | None = None  # see set_waker
         self._sinks: StreamSinks | None = None  # see bind
+        self._yielded = False  # the last turn said YIELD (see step)
         self.runner = self._new_runner()
         self._runner_started = False
         self.pipeline = StreamPipeline(
@@ -307,8 +308,17 @@ class StreamRuntime:
             self._runner_started = True
             self.runner.start()
         loop.beat()
+        if self.runner.pulling and not self._yielded:
+            # a source read in the turn (max speed) woke this one as a live turn (its
+            # open, a timer): it takes its turns with the other max-speed ones, one at a
+            # time (two at once, each bounded by the windows then left, doubled a
+            # --max-windows run's last turn)
+            self._yielded = True
+            return YIELD
         got = self._turn(sinks, stop)
-        return None if stop.is_set() else self._next_turn(got)
+        nxt = None if stop.is_set() else self._next_turn(got)
+        self._yielded = nxt == YIELD
+        return nxt
 
     def _turn(self, sinks: StreamSinks, stop: threading.Event) -> bool:
         """Take what the source has, watch sensor health, score, emit; True when blocks
