@@ -49,6 +49,9 @@ def test_locked_outbox_holds_records_in_memory_and_stores_them_in_seq_order_afte
 ) -> None:
     ob = _open(tmp_path)
     before = [_add(ob) for _ in range(3)]
+    # stored, and counted once: while the writer holds the database (retrying against
+    # the lock below) pending() answers with the last count it read, not a fresh one
+    assert wait_until(lambda: ob.health().held == 0 and ob.pending(Kind.EVENT) == 3, 30)
     locker = _lock(tmp_path)
     try:
         t0 = time.monotonic()
