@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +70,59 @@ def first_stream_scoring(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+class AgentProc:
+    """A real `edge-agent run --config CFG --state-dir STATE` process, its output in `log`,
+    outside any systemd notify socket of the test run (kill it with `kill()`, or take it
+    from the `agents` fixture, which kills what is left)."""
+
+    def __init__(
+        self, cfg: Path, state: Path, log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+        full.update(env or {})
+        self.log = log
+        self.state = state
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg),
+                 "--state-dir", str(state)],
+                cwd=REPO,
+                env=full,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return read_status(self.state)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def until(self, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> Any:
+        """`pred(status)` once it is true, polled every 0.1 s; AssertionError (with the
+        log) when the agent exits first, or after `timeout` seconds (with the status)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}: {self.text()}")
+            st = self.status()
+            got = pred(st) if st is not None else None
+            if got:
+                return got
+            time.sleep(0.1)
+        raise AssertionError(f"not within {timeout} s: {what}; last status: {self.status()}")
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

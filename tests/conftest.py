@@ -1,4 +1,5 @@
-"""Shared fixtures: real mosquitto brokers on free loopback ports."""
+"""Shared fixtures: real mosquitto brokers on free loopback ports; real agent processes
+killed at the end of a test."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agentutil import AgentProc
 from tests.mosquitto import (
     MOSQUITTO_PASSWD,
     Broker,
@@ -76,3 +78,12 @@ def auth_broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProc]]:
+    """Agents a test started (append them): any still running at its end are killed."""
+    started: list[AgentProc] = []
+    yield started
+    for a in started:
+        a.kill()

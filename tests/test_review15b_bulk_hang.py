@@ -10,21 +10,14 @@ as the one turn hangs, and is shown `hung` itself (it never got a turn).
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge_agent.service.turns import STUCK_S, YIELD, TurnPool
-from tests.agentutil import MODELS, REPO
+from tests.agentutil import MODELS, AgentProc
 
 
 def _until(
@@ -76,49 +69,6 @@ def test_a_stuck_max_speed_turn_does_not_stop_the_other_max_speed_components() -
         pool.join(time.monotonic() + 10)
 
 
-class _Agent:
-    def __init__(self, cfg: Path, state: Path, log: Path, env: dict[str, str]) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        full.update(env)
-        self.state, self.log = state, log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg),
-                 "--state-dir", str(state)],
-                cwd=REPO, env=full, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def until(self, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        st: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text(errors="replace")
-            try:
-                st = json.loads((self.state / "status.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                st = None
-            got = pred(st) if st is not None else None
-            if got:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"not within {timeout} s: {what}; last status: {st}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
-@pytest.fixture
-def agents() -> Iterator[list[_Agent]]:
-    started: list[_Agent] = []
-    yield started
-    for a in started:
-        if a.proc.poll() is None:
-            a.proc.kill()
-            a.proc.wait(10)
-
-
 def _windows(st: dict[str, Any], name: str) -> int:
     n: int = next(s["windows"] for s in st["streams"] if s["name"] == name)
     return n
@@ -130,7 +80,7 @@ def _comp(st: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_a_hung_max_speed_stream_leaves_the_other_max_speed_stream_scoring(
-    tmp_path: Path, agents: list[_Agent]
+    tmp_path: Path, agents: list[AgentProc]
 ) -> None:
     streams = "".join(
         f'[[streams]]\nname = "{n}"\nvariant = "int8-onnx"\n'
@@ -144,7 +94,7 @@ def test_a_hung_max_speed_stream_leaves_the_other_max_speed_stream_scoring(
     )
     # a's 20th heartbeat hangs: by then its turns come from the max-speed queue
     env = {"EDGE_AGENT_TEST_FAULT": "hang:stream-a,20"}
-    a = _Agent(cfg, tmp_path / "state", tmp_path / "a.log", env)
+    a = AgentProc(cfg, tmp_path / "state", tmp_path / "a.log", env)
     agents.append(a)
     a.until(lambda s: _comp(s, "stream-a")["hung"], 60, "stream-a hung (injected)")
     st = a.until(lambda s: s, 5, "a status")

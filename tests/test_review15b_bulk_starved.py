@@ -13,21 +13,13 @@ all keeping up.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge_agent.service.turns import YIELD, TurnPool
-from tests.agentutil import MODELS, REPO
+from tests.agentutil import MODELS, AgentProc
 
 
 def test_a_yielded_component_gets_turns_while_live_turns_are_always_ready() -> None:
@@ -62,48 +54,6 @@ def test_a_yielded_component_gets_turns_while_live_turns_are_always_ready() -> N
         pool.join(time.monotonic() + 10)
 
 
-class _Agent:
-    def __init__(self, cfg: Path, state: Path, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        self.state, self.log = state, log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg),
-                 "--state-dir", str(state)],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def until(self, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        st: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text(errors="replace")
-            try:
-                st = json.loads((self.state / "status.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                st = None
-            got = pred(st) if st is not None else None
-            if got:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"not within {timeout} s: {what}; last status: {st}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
-@pytest.fixture
-def agents() -> Iterator[list[_Agent]]:
-    started: list[_Agent] = []
-    yield started
-    for a in started:
-        if a.proc.poll() is None:
-            a.proc.kill()
-            a.proc.wait(10)
-
-
 def _bulk(st: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     w: int = next(s["windows"] for s in st["streams"] if s["name"] == "bulk")
     c: dict[str, Any] = next(
@@ -113,7 +63,7 @@ def _bulk(st: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 
 def test_a_max_speed_stream_keeps_scoring_beside_busy_live_streams(
-    tmp_path: Path, agents: list[_Agent]
+    tmp_path: Path, agents: list[AgentProc]
 ) -> None:
     live = "".join(
         f'[[streams]]\nname = "l{i}"\nvariant = "int8-onnx"\n'
@@ -127,7 +77,7 @@ def test_a_max_speed_stream_keeps_scoring_beside_busy_live_streams(
         '[[streams]]\nname = "bulk"\nvariant = "int8-onnx"\n'
         'source = { kind = "synthetic", speed = 0.0 }\n' + live
     )
-    a = _Agent(cfg, tmp_path / "state", tmp_path / "a.log")
+    a = AgentProc(cfg, tmp_path / "state", tmp_path / "a.log")
     agents.append(a)
     st = a.until(lambda s: s["windows_total"] > 10_000 and s, 60, "the live streams score")
     w0, _ = _bulk(st)

@@ -14,62 +14,11 @@ turns did not grow the pool before the cap.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.agentutil import MODELS, REPO
-
-
-class _Agent:
-    def __init__(self, cfg: Path, state: Path, log: Path, env: dict[str, str]) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        full.update(env)
-        self.state, self.log = state, log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg),
-                 "--state-dir", str(state)],
-                cwd=REPO, env=full, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def until(self, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        st: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text(errors="replace")
-            try:
-                st = json.loads((self.state / "status.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                st = None
-            got = pred(st) if st is not None else None
-            if got:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"not within {timeout} s: {what}; last status: {st}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
-@pytest.fixture
-def agents() -> Iterator[list[_Agent]]:
-    started: list[_Agent] = []
-    yield started
-    for a in started:
-        if a.proc.poll() is None:
-            a.proc.kill()
-            a.proc.wait(10)
+from tests.agentutil import MODELS, AgentProc
 
 
 def _ok_windows(st: dict[str, Any]) -> int:
@@ -78,7 +27,7 @@ def _ok_windows(st: dict[str, Any]) -> int:
 
 
 def test_a_healthy_stream_scores_on_while_twice_the_cpus_of_streams_hang(
-    tmp_path: Path, agents: list[_Agent]
+    tmp_path: Path, agents: list[AgentProc]
 ) -> None:
     hung = [f"h{i}" for i in range(2 * (os.cpu_count() or 1))]  # the pool's cap, reached
     streams = "".join(
@@ -92,7 +41,7 @@ def test_a_healthy_stream_scores_on_while_twice_the_cpus_of_streams_hang(
         f'[logging]\nformat = "plain"\n{streams}'
     )
     env = {"EDGE_AGENT_TEST_FAULT": ";".join(f"hang:stream-{n},3" for n in hung)}
-    a = _Agent(cfg, tmp_path / "state", tmp_path / "a.log", env)
+    a = AgentProc(cfg, tmp_path / "state", tmp_path / "a.log", env)
     agents.append(a)
 
     def all_hung(s: dict[str, Any]) -> bool:

@@ -10,13 +10,7 @@ says `stopped` and it never scores again. A live source (`speed = 1`) recovers.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +18,7 @@ import pytest
 
 from edge_agent.sources.runner import SourceRunner, SourceState
 from edge_agent.sources.synthetic import Options, SyntheticSource
-from tests.agentutil import MODELS, REPO
+from tests.agentutil import MODELS, AgentProc
 
 
 def test_a_stopped_pull_mode_runner_is_not_alive() -> None:
@@ -41,49 +35,6 @@ def test_a_stopped_pull_mode_runner_is_not_alive() -> None:
     assert not r.alive, "a stopped runner is not alive: a restart must replace it"
 
 
-class _Agent:
-    def __init__(self, cfg: Path, state: Path, log: Path, env: dict[str, str]) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        full.update(env)
-        self.state, self.log = state, log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg),
-                 "--state-dir", str(state)],
-                cwd=REPO, env=full, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def until(self, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        st: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text(errors="replace")
-            try:
-                st = json.loads((self.state / "status.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                st = None
-            got = pred(st) if st is not None else None
-            if got:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"not within {timeout} s: {what}; last status: {st}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
-@pytest.fixture
-def agents() -> Iterator[list[_Agent]]:
-    started: list[_Agent] = []
-    yield started
-    for a in started:
-        if a.proc.poll() is None:
-            a.proc.kill()
-            a.proc.wait(10)
-
-
 def _comp(st: dict[str, Any], name: str) -> dict[str, Any]:
     found: dict[str, Any] = next(c for c in st["supervisor"]["components"] if c["name"] == name)
     return found
@@ -91,7 +42,7 @@ def _comp(st: dict[str, Any], name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("speed", [0.0, 1.0])
 def test_a_stream_retried_after_its_budget_scores_again(
-    tmp_path: Path, agents: list[_Agent], speed: float
+    tmp_path: Path, agents: list[AgentProc], speed: float
 ) -> None:
     cfg = tmp_path / "a.toml"
     cfg.write_text(
@@ -113,7 +64,9 @@ source = {{ kind = "synthetic", speed = {speed} }}
 """
     )
     # two raises: one restart (the budget), then past it: failed, given up, retried in 1 s
-    a = _Agent(cfg, tmp_path / "state", tmp_path / "a.log", {"EDGE_AGENT_TEST_FAULT": "stream-a,2"})
+    a = AgentProc(
+        cfg, tmp_path / "state", tmp_path / "a.log", {"EDGE_AGENT_TEST_FAULT": "stream-a,2"}
+    )
     agents.append(a)
     a.until(
         lambda s: (

@@ -5,19 +5,14 @@ streams and a backlog. Every wait polls a condition with a generous deadline."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.agentutil import MODELS, REPO, read_status, run_cli
+from tests.agentutil import MODELS, REPO, AgentProc, read_status, run_cli
 from tests.mosquitto import Broker
 from tests.subscriber import Subscriber
 
@@ -62,61 +57,6 @@ format = "plain"
 """
     )
     return path
-
-
-class AgentProc:
-    def __init__(self, cfg: Path, state: Path, log: Path, env: dict[str, str]) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        full.update(env)
-        self.log = log
-        self.state = state
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [*CLI, "run", "--config", str(cfg), "--state-dir", str(state)],
-                cwd=REPO,
-                env=full,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def status(self) -> dict[str, Any] | None:
-        try:
-            return read_status(self.state)
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def until(self, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited {self.proc.returncode}: {self.text()}")
-            st = self.status()
-            got = pred(st) if st is not None else None
-            if got:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"not within {timeout} s: {what}; last status: {self.status()}")
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProc]]:
-    started: list[AgentProc] = []
-    yield started
-    for a in started:
-        a.kill()
 
 
 def _component(st: dict[str, Any], name: str) -> dict[str, Any]:

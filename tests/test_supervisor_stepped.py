@@ -8,20 +8,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from edge_agent.service.faults import Faults
 from edge_agent.service.supervisor import ComponentState, ComponentStatus, Loop, Supervisor
-
-
-def _until(pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.01)
-    raise AssertionError(f"{what}: not within {timeout} s")
+from tests.waits import until
 
 
 class _Task:
@@ -64,7 +54,7 @@ def test_a_failing_stepped_component_is_restarted_and_the_others_turn_on() -> No
     before = threading.active_count()
     sup.start()
     assert threading.active_count() - before == 1, "one worker for both"
-    _until(lambda: _status(sup, "flaky").restarts == 2 and flaky.turns > 6, "restarted twice")
+    until(lambda: _status(sup, "flaky").restarts == 2 and flaky.turns > 6, "restarted twice")
     assert restarts == [3, 4]  # after each failure, before the next turn
     assert sup.state("flaky") is ComponentState.RUNNING
     assert _status(sup, "flaky").last_error == "RuntimeError: boom at turn 4"
@@ -80,9 +70,9 @@ def test_past_its_budget_a_stepped_component_fails_and_is_tried_again_later() ->
     broken = _Task(raise_at={1, 2})  # works from turn 3 on: after the retry
     sup.add_stepped("broken", broken, on_give_up=gave_up.set, on_retry=retried.set)
     sup.start()
-    _until(gave_up.is_set, "gave up")
-    _until(retried.is_set, "tried again after retry_failed_s")
-    _until(lambda: broken.turns > 4, "turns again")
+    until(gave_up.is_set, "gave up")
+    until(retried.is_set, "tried again after retry_failed_s")
+    until(lambda: broken.turns > 4, "turns again")
     assert sup.state("broken") is ComponentState.RUNNING
     assert _status(sup, "broken").restarts == 2  # one restart, then the retry
     assert _status(sup, "broken").retry_at is None
@@ -93,7 +83,7 @@ def test_a_stepped_component_that_is_done_is_finished() -> None:
     sup = Supervisor(budget=1, window_s=60, hang_after_s=30)
     sup.add_stepped("replay", _Task(last=3))
     sup.start()
-    _until(lambda: sup.all_finished(["replay"]), "finished")
+    until(lambda: sup.all_finished(["replay"]), "finished")
     assert _stop(sup) == []
     assert sup.state("replay") is ComponentState.FINISHED
 
@@ -112,14 +102,14 @@ def test_a_turn_that_never_returns_shows_hung_and_the_others_keep_turning() -> N
     sup.add_stepped("stuck", stuck)
     sup.add_stepped("other", other)
     sup.start()
-    _until(lambda: _status(sup, "stuck").hung, "the stuck one shows hung")
+    until(lambda: _status(sup, "stuck").hung, "the stuck one shows hung")
     turns = other.turns
 
     def tended() -> bool:
         sup.tend()  # as the agent's tick does
         return other.turns > turns + 10
 
-    _until(tended, "the other turns again")
+    until(tended, "the other turns again")
     assert not _status(sup, "other").hung
     assert [s.name for s in sup.hung()] == ["stuck"]
     assert _stop(sup) == []  # the injected hang ends when the agent stops
@@ -129,6 +119,6 @@ def test_stop_while_waiting_out_a_backoff_ends_stopped() -> None:
     sup = Supervisor(budget=5, window_s=60, hang_after_s=30)
     sup.add_stepped("flaky", _Task(raise_at={1}))
     sup.start()
-    _until(lambda: sup.state("flaky") is ComponentState.RESTARTING, "waiting out its backoff")
+    until(lambda: sup.state("flaky") is ComponentState.RESTARTING, "waiting out its backoff")
     assert _stop(sup) == []
     assert sup.state("flaky") is ComponentState.STOPPED

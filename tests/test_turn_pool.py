@@ -14,13 +14,7 @@ import pytest
 
 from edge_agent.service import turns
 from edge_agent.service.turns import YIELD, TurnHandle, TurnPool
-
-
-def _until(cond: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.005)
+from tests.waits import until
 
 
 def _closed(pool: TurnPool) -> None:
@@ -51,7 +45,7 @@ def test_sixty_four_components_run_on_the_pools_threads_at_most_that_many_at_onc
     before = threading.active_count()
     handles = [pool.add(f"c{i}", turn_of(i)) for i in range(64)]
     pool.start()
-    _until(lambda: all(h.done for h in handles), "every component ran its 20 turns")
+    until(lambda: all(h.done for h in handles), "every component ran its 20 turns")
     assert threading.active_count() - before == 2, "the threads grew with the components"
     assert most[0] <= 2
     assert pool.max_running <= 2
@@ -72,7 +66,7 @@ def test_components_that_yield_take_turns_in_order() -> None:
 
     handles = [pool.add(f"c{i}", turn_of(i)) for i in range(4)]
     pool.start()
-    _until(lambda: all(h.done for h in handles), "all done")
+    until(lambda: all(h.done for h in handles), "all done")
     assert order == [0, 1, 2, 3] * 3
     _closed(pool)
 
@@ -103,7 +97,7 @@ def test_a_woken_component_goes_before_those_that_yielded(
     handles = [pool.add(n, bulk(n)) for n in "abc"]
     live_h.append(pool.add("live", live))
     pool.start()
-    _until(lambda: all(h.done for h in [*handles, *live_h]), "all done")
+    until(lambda: all(h.done for h in [*handles, *live_h]), "all done")
     # b and c had yielded before a's second turn, yet the woken one went first
     assert order[:6] == ["a", "b", "c", "live", "a", "live"]
     assert order[6:] == ["b", "c", "a", "b", "c", "a", "b", "c"]
@@ -137,11 +131,11 @@ def test_a_parked_component_runs_when_woken_or_when_its_time_comes() -> None:
     ht = pool.add("timed", timed)
     h_box.append(pool.add("self", self_waking))
     pool.start()
-    _until(lambda: runs.count("t") == 2, "the timer brought the second turn")
-    _until(lambda: "s" in runs, "a wake during the turn was not lost")
+    until(lambda: runs.count("t") == 2, "the timer brought the second turn")
+    until(lambda: "s" in runs, "a wake during the turn was not lost")
     assert runs.count("w") == 1
     hw.wake()
-    _until(lambda: runs.count("w") == 2, "the wake brought the turn")
+    until(lambda: runs.count("w") == 2, "the wake brought the turn")
     assert ht.done
     _closed(pool)
 
@@ -165,11 +159,11 @@ def test_a_stuck_turn_gets_its_worker_replaced_and_the_extra_one_ends_after() ->
     pool.start()
     entered.wait(30)
     h = pool.add("other", other)
-    _until(lambda: pool.tend() == 1, "a worker was started beside the stuck one")
-    _until(lambda: h.done, "the other component ran beside the stuck one")
+    until(lambda: pool.tend() == 1, "a worker was started beside the stuck one")
+    until(lambda: h.done, "the other component ran beside the stuck one")
     assert pool.threads == 2
     release.set()
-    _until(lambda: pool.threads == 1, "the extra worker ended once the stuck one was back")
+    until(lambda: pool.threads == 1, "the extra worker ended once the stuck one was back")
     _closed(pool)
 
 
@@ -188,7 +182,7 @@ def test_a_turn_that_raises_does_not_end_its_worker() -> None:
     hb = pool.add("bad", bad)
     hg = pool.add("good", good)
     pool.start()
-    _until(lambda: hg.done and hb.done, "both ran")
+    until(lambda: hg.done and hb.done, "both ran")
     assert ran == ["bad", "good"]
     _closed(pool)
 
@@ -228,8 +222,8 @@ def test_one_turn_of_those_that_yielded_at_a_time_and_a_live_one_beside_it() -> 
     handles = [pool.add(f"b{i}", bulk_of(f"b{i}")) for i in range(4)]
     hl = pool.add("live", live)
     pool.start()
-    _until(lambda: hl.done, "the live component ran beside a bulk turn")
+    until(lambda: hl.done, "the live component ran beside a bulk turn")
     stop.set()
-    _until(lambda: all(h.done for h in handles), "bulk done")
+    until(lambda: all(h.done for h in handles), "bulk done")
     assert bulk_most[0] == 1
     _closed(pool)
