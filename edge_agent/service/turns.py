@@ -116,10 +116,8 @@ class TurnPool:
         self._closed = False
         self._started = False
         self._names = itertools.count(1)
-        self.turns = 0  # turns run (for tests and status)
-        self.max_running = 0  # the most turns run at once
+        self.max_running = 0  # the most turns run at once (for tests)
         self.extra_started = 0  # workers started beside stuck ones
-        self._running = 0
 
     # -- components -----------------------------------------------------------------
     def add(self, name: str, turn: Turn) -> TurnHandle:
@@ -245,18 +243,16 @@ class TurnPool:
                     h.state = _State.RUNNING
                     h.woken = False
                     w.busy_since = time.monotonic()
-                    self._running += 1
-                    self.max_running = max(self.max_running, self._running)
+                    running = sum(1 for x in self._threads if x.busy_since is not None)
+                    self.max_running = max(self.max_running, running)
                 try:
                     nxt = h.turn()
                 except Exception:  # a turn's bug must not end the worker
                     log.exception("%s: turn of %s failed", self.name, h.name)
                     nxt = None
                 with self._cv:
-                    self._running -= 1
                     w.bulk = False
                     w.busy_since = None
-                    self.turns += 1
                     self._after_locked(h, nxt)
                     if (
                         len(self._threads) > self.workers
