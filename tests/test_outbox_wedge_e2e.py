@@ -13,8 +13,9 @@ import os
 import time
 from pathlib import Path
 
+from tests.agentutil import AgentProc
 from tests.notify_socket import NotifySocket
-from tests.test_supervision_e2e import AgentProc, _config, _stream, agents  # noqa: F401
+from tests.test_supervision_e2e import _config, _stream
 
 
 def _late_watchdogs(sock: NotifySocket, after: float) -> list[float]:
@@ -23,7 +24,7 @@ def _late_watchdogs(sock: NotifySocket, after: float) -> list[float]:
 
 def test_an_outbox_write_that_blocks_stops_the_watchdog_until_it_returns(
     tmp_path: Path,
-    agents: list[AgentProc],  # noqa: F811
+    agents: list[AgentProc],
 ) -> None:
     sock = NotifySocket(tmp_path / "notify.sock")
     try:

@@ -12,8 +12,9 @@ from typing import Any
 
 from edge_agent.service.status import Snapshot, Verdict, assess
 from edge_agent.service.supervisor import ComponentState, Loop, Supervisor
+from tests.agentutil import AgentProc
 from tests.test_status import state
-from tests.test_supervision_e2e import AgentProc, _component, _config, _stream, agents  # noqa: F401
+from tests.test_supervision_e2e import _component, _config, _stream
 
 
 def _until(pred: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -105,7 +106,7 @@ def test_status_says_when_a_failed_component_is_tried_next() -> None:
 
 def test_a_stream_that_gave_up_is_revived_by_the_slow_retry_in_a_real_agent(
     tmp_path: Path,
-    agents: list[AgentProc],  # noqa: F811
+    agents: list[AgentProc],
 ) -> None:
     """restart_budget 2: the 3rd failure gives the stream up (its source stopped); the
     retry 3 s later gets one more failure (the fault outlasts the budget) and then runs:

@@ -12,15 +12,16 @@ import time
 from pathlib import Path
 
 from edge_agent.agent import SHUTDOWN_S
+from tests.agentutil import AgentProc
 from tests.diskfaults import ext4_fs
-from tests.test_supervision_e2e import AgentProc, _config, _stream, agents  # noqa: F401
+from tests.test_supervision_e2e import _config, _stream
 
 OFTEN = ", first_anomaly_s = 1, anomaly_every_s = 2, anomaly_duration_s = 1"
 
 
 def test_the_agent_stops_in_time_while_its_state_disk_hangs(
     tmp_path: Path,
-    agents: list[AgentProc],  # noqa: F811
+    agents: list[AgentProc],
 ) -> None:
     with ext4_fs(tmp_path / "fs") as fs:
         streams = "".join(_stream(f"s{i}", anomalies=OFTEN) for i in range(2))
