@@ -130,7 +130,7 @@ class Stepped(Protocol):
 @dataclass
 class _Component:
     name: str
-    body: Body
+    body: Body | None  # None: a stepped one (`task`)
     on_restart: Hook | None
     on_give_up: Hook | None
     on_retry: Hook | None
@@ -197,32 +197,24 @@ class Supervisor:
         on_retry: Hook | None = None,
         hang_after_s: float | None = None,
         transient: bool = False,
-        task: Stepped | None = None,
     ) -> None:
         """Register a component (before or after start(); it starts at once if running).
         `on_retry` undoes `on_give_up` before a failed component is tried again (default:
         `on_restart`). A `transient` one is dropped from the table when it finishes, so
-        components that come and go (one per loaded model) do not pile up in status.
-        `task`: run it in turns on the shared workers instead (`body` is then unused;
-        see add_stepped)."""
-        if name in self._components:
-            raise ValueError(f"component {name!r} registered twice")
-        c = _Component(
-            name,
-            body,
-            on_restart,
-            on_give_up,
-            on_retry,
-            hang_after_s or self._hang_after_s,
-            RestartBudget(*self._budget),
-            Loop(name, self.stop_event, self._faults),
-            transient=transient,
-            task=task,
+        components that come and go (one per loaded model) do not pile up in status."""
+        self._register(
+            _Component(
+                name,
+                body,
+                on_restart,
+                on_give_up,
+                on_retry,
+                hang_after_s or self._hang_after_s,
+                RestartBudget(*self._budget),
+                Loop(name, self.stop_event, self._faults),
+                transient=transient,
+            )
         )
-        with self._lock:
-            self._components[name] = c
-        if self._started:
-            self._spawn(c)
 
     def add_stepped(
         self,
@@ -236,15 +228,27 @@ class Supervisor:
     ) -> None:
         """Register a component run in turns on the shared workers (see `add` for the
         hooks); it lives, fails, restarts and is retried as a threaded one does."""
-        self.add(
-            name,
-            lambda _loop: None,  # never run: the pool calls task.step
-            on_restart=on_restart,
-            on_give_up=on_give_up,
-            on_retry=on_retry,
-            hang_after_s=hang_after_s,
-            task=task,
+        self._register(
+            _Component(
+                name,
+                None,
+                on_restart,
+                on_give_up,
+                on_retry,
+                hang_after_s or self._hang_after_s,
+                RestartBudget(*self._budget),
+                Loop(name, self.stop_event, self._faults),
+                task=task,
+            )
         )
+
+    def _register(self, c: _Component) -> None:
+        if c.name in self._components:
+            raise ValueError(f"component {c.name!r} registered twice")
+        with self._lock:
+            self._components[c.name] = c
+        if self._started:
+            self._spawn(c)
 
     def start(self) -> None:
         self._started = True
@@ -276,6 +280,7 @@ class Supervisor:
             c.started = time.monotonic()
             c.loop.beat_at = c.started
             c.state = ComponentState.RUNNING
+            assert c.body is not None  # (a stepped one is never run here)
             try:
                 c.body(c.loop)
             except Exception as e:  # noqa: BLE001 - a component's bug must not end the process
