@@ -203,17 +203,12 @@ class Supervisor:
         `on_restart`). A `transient` one is dropped from the table when it finishes, so
         components that come and go (one per loaded model) do not pile up in status."""
         self._register(
-            _Component(
-                name,
-                body,
-                on_restart,
-                on_give_up,
-                on_retry,
-                hang_after_s or self._hang_after_s,
-                RestartBudget(*self._budget),
-                Loop(name, self.stop_event, self._faults),
-                transient=transient,
-            )
+            name,
+            body,
+            None,
+            (on_restart, on_give_up, on_retry),
+            hang_after_s=hang_after_s,
+            transient=transient,
         )
 
     def add_stepped(
@@ -229,24 +224,39 @@ class Supervisor:
         """Register a component run in turns on the shared workers (see `add` for the
         hooks); it lives, fails, restarts and is retried as a threaded one does."""
         self._register(
-            _Component(
-                name,
-                None,
-                on_restart,
-                on_give_up,
-                on_retry,
-                hang_after_s or self._hang_after_s,
-                RestartBudget(*self._budget),
-                Loop(name, self.stop_event, self._faults),
-                task=task,
-            )
+            name,
+            None,
+            task,
+            (on_restart, on_give_up, on_retry),
+            hang_after_s=hang_after_s,
+            transient=False,
         )
 
-    def _register(self, c: _Component) -> None:
-        if c.name in self._components:
-            raise ValueError(f"component {c.name!r} registered twice")
+    def _register(
+        self,
+        name: str,
+        body: Body | None,
+        task: Stepped | None,
+        hooks: tuple[Hook | None, Hook | None, Hook | None],
+        *,
+        hang_after_s: float | None,
+        transient: bool,
+    ) -> None:
+        """`hooks`: on_restart, on_give_up, on_retry."""
+        if name in self._components:
+            raise ValueError(f"component {name!r} registered twice")
+        c = _Component(
+            name,
+            body,
+            *hooks,
+            hang_after_s or self._hang_after_s,
+            RestartBudget(*self._budget),
+            Loop(name, self.stop_event, self._faults),
+            transient=transient,
+            task=task,
+        )
         with self._lock:
-            self._components[c.name] = c
+            self._components[name] = c
         if self._started:
             self._spawn(c)
 
