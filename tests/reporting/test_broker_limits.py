@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 
 from edge_agent.reporting import Reporter
+from edge_agent.reporting.link import MqttLink
+from edge_agent.reporting.session_watch import PACKET_TOO_LARGE
+from edge_agent.reporting.topics import Topic
 from tests.conftest import _need_mosquitto
 from tests.mosquitto import Broker
 from tests.reporting.helpers import event_seqs, make_config, wait_until
@@ -136,3 +141,54 @@ def test_connection_closed_during_connect_leaves_its_reason_in_status(tmp_path: 
     finally:
         r.stop()
         tiny.stop()
+
+
+def test_a_drop_seen_before_the_publisher_has_its_mid_still_blames_the_message(
+    limited_broker: Broker,
+) -> None:
+    """On a loaded machine paho's thread can write a message, and see a 3.1.1 broker
+    close the connection for it, before the thread that published it runs again. The drop
+    must still be put down to that message: two drops set it aside, no third connect."""
+    link = MqttLink(
+        make_config(limited_broker, protocol="3.1.1").mqtt,
+        client_id="gw-held",
+        will=lambda: (Topic("edge/gw-held/status"), b"{}"),
+        on_connected=lambda _present: None,
+        on_message=lambda _msg: None,
+    )
+    link.start()
+    try:
+        assert wait_until(lambda: link.connected, 20)
+        real = link._client.publish
+        dropped = threading.Event()
+
+        def publish_then_lose_the_cpu(*a: Any, **kw: Any) -> Any:
+            info = real(*a, **kw)
+            # the publisher is descheduled until paho's thread has handled the close
+            dropped.wait(20)
+            return info
+
+        link._client.publish = publish_then_lose_the_cpu  # type: ignore[method-assign]
+        link.wake_hook = lambda: None
+
+        def watch() -> None:
+            if wait_until(lambda: not link.connected, 20):
+                dropped.set()
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        mid = link.publish("edge/gw-held/events", b"x" * 700)
+        watcher.join()
+        assert dropped.is_set()
+        ack = link.acks.get(timeout=30)  # set aside at the second drop
+        assert (ack.mid, ack.reason) == (mid, PACKET_TOO_LARGE)
+        s = link.stats()
+        assert s.oversized == 1
+        assert s.max_packet_size is not None
+        assert s.max_packet_size < 726  # learned: below the packet it closed for
+        assert s.takeovers == 0, s.last_error  # never mistaken for a duplicate client id
+        assert wait_until(lambda: link.connected, 20)
+        connects = re.findall(r"New client connected .* as gw-held", limited_broker.log())
+        assert len(connects) == 3, limited_broker.log()  # first, after each of two drops
+    finally:
+        link.stop(timeout=2.0)
