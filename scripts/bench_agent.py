@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+STAGES_HOOK = ROOT / "scripts" / "latency_stages"  # a sitecustomize that times the stages
 sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as paho  # noqa: E402
@@ -205,16 +206,34 @@ def subscriber_latency(
 
 
 def _latency_run(
-    port: int, work: Path, seconds: float, *, streams: int, sync: str | None, root: Path
+    port: int,
+    work: Path,
+    seconds: float,
+    *,
+    streams: int,
+    sync: str | None,
+    root: Path,
+    stages: bool = False,
 ) -> dict[str, Any]:
-    """One run of subscriber_latency."""
+    """One run of subscriber_latency; with `stages`, also the agent's per-stage timing
+    (scripts/latency_stages)."""
     tag = f"lat{len(list(work.iterdir()))}"
     state = work / tag
     cfg = _config(work / f"{tag}.toml", port, state, streams=streams, sync=sync)
     sink = _EventSink(port, "edge/bench-gw/events")
+    env = None
+    stage_dir = work / f"{tag}-stages"
+    if stages:
+        stage_dir.mkdir()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            x for x in (str(STAGES_HOOK), env.get("PYTHONPATH", "")) if x
+        )
+        env["EDGE_AGENT_LATENCY_STAGES"] = str(stage_dir)
     proc = subprocess.Popen(
         _agent_cmd(cfg, "--duration", str(seconds)),
         cwd=root,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -233,13 +252,17 @@ def _latency_run(
     sink.close()
     lat_ms = [x * 1e3 for x in sink.lat[20:]]  # skip the connect/birth burst
     s = LatencySummary.of(lat_ms)
-    return {
+    out: dict[str, Any] = {
         "events": s.n,
         "p50_ms": s.p50,
         "p99_ms": s.p99,
         "max_ms": s.max,
         "cpu_share": cpu / seconds,
     }
+    if stages:
+        found = sorted(stage_dir.glob("stages-*.json"))
+        out["stages"] = json.loads(found[0].read_text()) if found else {}
+    return out
 
 
 def _latency_summary(
@@ -255,11 +278,30 @@ def _latency_summary(
         "p99_ms": statistics.median(r["p99_ms"] for r in runs),
         "max_ms": statistics.median(r["max_ms"] for r in runs),
         "runs": runs,
+        "stages": _stage_medians(runs),
     }
 
 
+def _stage_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each stage's p50/p90/p99/max: the median over the runs that measured it."""
+    names: list[str] = []
+    for r in runs:
+        names += [k for k in r.get("stages", {}) if k not in names]
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        got = [r["stages"][name] for r in runs if name in r.get("stages", {})]
+        out[name] = {q: statistics.median(g[q] for g in got) for q in ("p50", "p90", "p99", "max")}
+    return out
+
+
 def run_latency(
-    streams: int, seconds: float, repeats: int, sync: str, baseline: Path | None
+    streams: int,
+    seconds: float,
+    repeats: int,
+    sync: str,
+    baseline: Path | None,
+    *,
+    stages: bool = False,
 ) -> dict[str, Any]:
     """--latency: this checkout's agent (and `baseline`'s), run after run, one broker."""
     out: dict[str, Any] = {"runs": []}
@@ -276,7 +318,13 @@ def run_latency(
                 for root in roots:
                     runs[root].append(
                         _latency_run(
-                            broker.port, work, seconds, streams=streams, sync=sync, root=root
+                            broker.port,
+                            work,
+                            seconds,
+                            streams=streams,
+                            sync=sync,
+                            root=root,
+                            stages=stages,
                         )
                     )
             for root in roots:
@@ -300,6 +348,12 @@ def _print_latency(r: dict[str, Any]) -> None:
         f"{statistics.median(x['cpu_share'] for x in runs) * 100:.1f}% of a core)",
         flush=True,
     )
+    for name, q in r["stages"].items():
+        print(
+            f"         stage {name:20} p50 {q['p50']:6.2f}  p90 {q['p90']:6.2f}  "
+            f"p99 {q['p99']:6.2f}  max {q['max']:6.2f} ms",
+            flush=True,
+        )
 
 
 def swap_pause(seconds: float) -> dict[str, Any]:
@@ -695,6 +749,12 @@ def main() -> int:
     )
     ap.add_argument("--latency-streams", type=int, default=16, help="--latency: streams")
     ap.add_argument("--sync", choices=("always", "normal"), default="always")
+    ap.add_argument(
+        "--stages",
+        action="store_true",
+        help="--latency: also time the agent's stages (scripts/latency_stages; adds a "
+        "little work to the agent)",
+    )
     ap.add_argument("--streams", default="1,16,64", help="--matrix: stream counts")
     ap.add_argument("--blocks", default="1,16,1024", help="--matrix: block sizes")
     ap.add_argument("--seconds", type=float, default=3.0, help="--matrix: measured per run")
@@ -718,6 +778,7 @@ def main() -> int:
             args.repeats,
             args.sync,
             Path(args.baseline_root) if args.baseline_root else None,
+            stages=args.stages,
         )
     elif args.matrix:
         r = run_matrix(
