@@ -10,6 +10,7 @@ withheld from scoring.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,19 +72,23 @@ class Windower:
         elif self._expected is None:
             self._buf_start = self._next_start = seq
         self._expected = seq + n
-        self._ensure(n)
-        self._buf[self._len : self._len + n] = samples
+        self._drop_consumed()
+        buf, badb = self._space(n)
+        buf[self._len : self._len + n] = samples
         # One reduction tells whether any sample is NaN/inf (or huge): then look per row.
         if bad is not None or not np.isfinite(samples.sum()):
             badm = ~np.isfinite(samples).all(axis=1)
             if bad is not None:
                 badm |= bad
-            self._bad[self._len : self._len + n] = badm
+            badb[self._len : self._len + n] = badm
             self._any_bad = self._any_bad or bool(badm.any())
         else:
-            self._bad[self._len : self._len + n] = False
+            badb[self._len : self._len + n] = False
         self._len += n
-        return self._cut()
+        out = self._cut(buf, badb)
+        if buf is not self._buf:
+            self._keep_rest(buf, badb)
+        return out
 
     def samples_to_next_window(self) -> int:
         """Samples still to come before the next window is complete (>= 1), assuming
@@ -98,9 +103,9 @@ class Windower:
         self._buf[: self._len] *= scale
         self._buf[: self._len] += offset
 
-    def _ensure(self, n: int) -> None:
-        # Drop what no future window needs, then grow only if a huge block demands it.
-        # (With hop > window the next start can lie beyond what has arrived.)
+    def _drop_consumed(self) -> None:
+        """Drop what no future window needs. (With hop > window the next start can lie
+        beyond what has arrived.)"""
         drop = min(self._next_start - self._buf_start, self._len)
         if drop > 0:
             keep = self._len - drop
@@ -109,25 +114,56 @@ class Windower:
             self._len, self._buf_start = keep, self._buf_start + drop
             if self._any_bad:
                 self._any_bad = bool(self._bad[:keep].any())
-        if self._len + n > self._cap:
-            self._cap = 2 * (self._len + n)
-            buf = np.empty((self._cap, self.channels), dtype=np.float32)
-            buf[: self._len] = self._buf[: self._len]
-            badb = np.zeros(self._cap, dtype=bool)
-            badb[: self._len] = self._bad[: self._len]
-            self._buf, self._bad = buf, badb
 
-    def _cut(self) -> Windows:
+    def _space(self, n: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Where the buffered samples and `n` more are windowed: the stream's own buffer
+        when they fit, else this thread's scratch buffer (the buffered samples copied
+        in), or for a huge block the own buffer grown."""
+        need = self._len + n
+        if need <= self._cap:
+            return self._buf, self._bad
+        if need * self.channels * 4 <= SCRATCH_MAX_BYTES:
+            buf, badb = _scratch(need, self.channels)
+            buf[: self._len] = self._buf[: self._len]
+            badb[: self._len] = self._bad[: self._len]
+            return buf, badb
+        self._grow(need)
+        return self._buf, self._bad
+
+    def _grow(self, need: int) -> None:
+        self._cap = 2 * need
+        buf = np.empty((self._cap, self.channels), dtype=np.float32)
+        buf[: self._len] = self._buf[: self._len]
+        badb = np.zeros(self._cap, dtype=bool)
+        badb[: self._len] = self._bad[: self._len]
+        self._buf, self._bad = buf, badb
+
+    def _keep_rest(self, buf: npt.NDArray[np.float32], badb: npt.NDArray[np.bool_]) -> None:
+        """After windowing in the scratch buffer: what future windows need, back into the
+        stream's own buffer (at most a window's worth)."""
+        drop = min(self._next_start - self._buf_start, self._len)
+        keep = self._len - drop
+        if keep > self._cap:  # (the own buffer holds 4 windows: not for a window)
+            self._cap = 2 * keep
+            self._buf = np.empty((self._cap, self.channels), dtype=np.float32)
+            self._bad = np.zeros(self._cap, dtype=bool)
+        self._buf[:keep] = buf[drop : drop + keep]
+        self._bad[:keep] = badb[drop : drop + keep]
+        self._len, self._buf_start = keep, self._buf_start + drop
+        if self._any_bad:
+            self._any_bad = bool(self._bad[:keep].any())
+
+    def _cut(self, buf: npt.NDArray[np.float32], badb: npt.NDArray[np.bool_]) -> Windows:
         first = self._next_start - self._buf_start
         avail = self._len - first - self.window
         if avail < 0:
             return Windows(np.empty((0, self.window, self.channels), np.float32), _NO_STARTS, 0)
         k = avail // self.hop + 1
         w, hop = self.window, self.hop
-        rs, cs = self._buf.strides
+        rs, cs = buf.strides
         # (k, window, channels) view onto the buffer, then one contiguous copy for the model
         view: npt.NDArray[np.float32] = np.ndarray(
-            (k, w, self.channels), np.float32, self._buf, first * rs, (hop * rs, rs, cs)
+            (k, w, self.channels), np.float32, buf, first * rs, (hop * rs, rs, cs)
         )
         rel = hop * np.arange(k)
         starts = self._buf_start + first + rel
@@ -135,9 +171,27 @@ class Windower:
         if not self._any_bad:
             return Windows(view.copy(), starts, 0)
         # bad samples per window from a running count: no (k, window) mask needed
-        counts = np.concatenate(([0], np.cumsum(self._bad[first : first + rel[-1] + w])))
+        counts = np.concatenate(([0], np.cumsum(badb[first : first + rel[-1] + w])))
         good = (counts[rel + w] - counts[rel]) == 0
         return Windows(view[good].copy(), starts[good], int(k - good.sum()))
 
 
 _NO_STARTS = np.empty(0, dtype=np.int64)
+# A turn's samples are windowed in a buffer of its thread's (a stream's own buffer keeps
+# only what its next windows need): the few workers that run every stream's turns write
+# and cut in memory still in their cache, not in one buffer per stream gone cold since
+# that stream's last turn. Larger pushes grow the stream's own buffer, as before.
+SCRATCH_MAX_BYTES = 4 << 20
+_local = threading.local()
+
+
+def _scratch(rows: int, channels: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """This thread's scratch buffer as (rows, channels) float32 and (rows,) bool."""
+    flat: npt.NDArray[np.float32] | None = getattr(_local, "flat", None)
+    bad: npt.NDArray[np.bool_] | None = getattr(_local, "bad", None)
+    if flat is None or bad is None or len(flat) < rows * channels or len(bad) < rows:
+        size = max(rows * channels * 5 // 4, 1 << 16)  # room for a slightly larger turn
+        rows_cap = size // channels
+        flat = _local.flat = np.empty(size, dtype=np.float32)
+        bad = _local.bad = np.zeros(rows_cap, dtype=bool)
+    return flat[: rows * channels].reshape(rows, channels), bad[:rows]
