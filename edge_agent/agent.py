@@ -44,7 +44,7 @@ from edge_agent.service.logs import MSG_AGENT_READY, MSG_AGENT_STOPPING, MSG_WAT
 from edge_agent.service.sdnotify import Notifier, watchdog_interval
 from edge_agent.service.snapshot import HealthSection, SnapshotParts, build_snapshot
 from edge_agent.service.statelock import StateDirLock
-from edge_agent.service.status import summary_line
+from edge_agent.service.status import assess_own, summary_line
 from edge_agent.service.status_file import StatusFile
 from edge_agent.service.supervisor import ComponentStatus, Supervisor, watch
 from edge_agent.streams import StreamRuntime, StreamSinks
@@ -362,9 +362,11 @@ class Agent:
             return ""
         self.ota.poll_manual_rollback(self.streams, self._profile())
         snap = self.write_status()
+        now = time.time()
+        a = assess_own(snap, now)  # once for both: ~1 ms with 16 streams
         if self.device_state is not None:
-            self.device_state.tick(snap, time.time())
-        return summary_line(snap, time.time())
+            self.device_state.tick(snap, now, a)
+        return summary_line(snap, now, a)
 
     def _profile(self) -> Profile:
         assert self.selection is not None

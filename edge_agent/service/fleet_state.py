@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from edge_agent.reporting.device_state import StateGate, build_sections
-from edge_agent.service.status import Snapshot, assess
+from edge_agent.service.status import Assessment, assess_own
 
 __all__ = ["DeviceStatePublisher", "StateSink"]
 
@@ -59,22 +59,27 @@ class DeviceStatePublisher:
             self._resend.set()
         self._connected.set()
 
-    def tick(self, snap: Mapping[str, Any], now: float) -> list[str]:
-        """Publish what is due for this snapshot (`now`: wall time, for the verdict).
-        Returns the sections sent. Never raises: the tick must go on."""
+    def tick(
+        self, snap: Mapping[str, Any], now: float, assessment: Assessment | None = None
+    ) -> list[str]:
+        """Publish what is due for this snapshot (`now`: wall time, for the verdict;
+        `assessment`: the snapshot's, when the caller made it already). Returns the
+        sections sent. Never raises: the tick must go on."""
         try:
-            return self._tick(snap, now)
+            return self._tick(snap, now, assessment)
         except Exception:  # a fleet view must never stop the agent's tick
             log.exception("device state not published")
             return []
 
-    def _tick(self, snap: Mapping[str, Any], now: float) -> list[str]:
+    def _tick(
+        self, snap: Mapping[str, Any], now: float, assessment: Assessment | None
+    ) -> list[str]:
         if not self._connected.is_set():
             return []
         if self._resend.is_set():
             self._resend.clear()
             self._gate.forget()
-        a = assess(Snapshot("", True, snap, pid_alive=True), now)
+        a = assessment if assessment is not None else assess_own(snap, now)
         sections = build_sections(snap, self._families(), self._group, a.verdict.value, a.reasons)
         mono = self._clock()
         due = self._gate.due(sections, mono)

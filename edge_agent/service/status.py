@@ -322,10 +322,17 @@ def _mqtt_findings(m: Any, now: float, reasons: list[str], notes: list[str]) -> 
         )
 
 
-def summary_line(state: Mapping[str, Any], now: float) -> str:
+def assess_own(state: Mapping[str, Any], now: float) -> Assessment:
+    """The verdict on the agent's own state dict (it runs: no file or pid to check)."""
+    return assess(Snapshot("", True, state, pid_alive=True), now)
+
+
+def summary_line(state: Mapping[str, Any], now: float, a: Assessment | None = None) -> str:
     """One line for systemd's STATUS= from the agent's own state dict, e.g.
-    'OK: 2 streams, 4000 windows, 3 alarms, mqtt up, outbox 0'."""
-    a = assess(Snapshot("", True, state, pid_alive=True), now)
+    'OK: 2 streams, 4000 windows, 3 alarms, mqtt up, outbox 0'. `a`: its assessment,
+    when the caller made it already."""
+    if a is None:
+        a = assess_own(state, now)
     streams = get(state, "streams", list, [])
     windows = sum(get(s, "windows", int, 0) for s in streams)
     alarms = sum(get(s, "alarms", int, 0) for s in streams)

@@ -43,6 +43,10 @@ class OtaRuntime:
         self.note = ""  # why updates are off, for status
         self.publish: Publish | None = None
         self._streams: list[StreamRuntime] = []
+        # stream name -> (its model card then, where that card came from): status asks
+        # each second, and resolving every directory each time was ~3 ms of the tick
+        self._sources: dict[str, tuple[object, str]] = {}
+        self._slot_dirs: dict[Path, str] | None = None
 
     def open_slots(self) -> Callable[[Path, Profile, str], LoadedModel] | None:
         """The model loader streams use at start (None: OTA off, bundled models serve).
@@ -261,7 +265,15 @@ class OtaRuntime:
 
         assert self.boot is not None
         out = dict(self.boot.sources)
-        slots = {self.boot.store.slot_dir(sl).resolve(): f"slot {sl.value}" for sl in Slot}
+        if self._slot_dirs is None:
+            self._slot_dirs = {
+                self.boot.store.slot_dir(sl).resolve(): f"slot {sl.value}" for sl in Slot
+            }
         for s in self._streams:
-            out[s.name] = slots.get(s.pipeline.model.card.directory.resolve(), "bundled")
+            card = s.pipeline.model.card
+            known = self._sources.get(s.name)
+            if known is None or known[0] is not card:  # a promotion or rollback loads anew
+                known = (card, self._slot_dirs.get(card.directory.resolve(), "bundled"))
+                self._sources[s.name] = known
+            out[s.name] = known[1]
         return out
