@@ -2,6 +2,7 @@
 
     python scripts/bench_serving.py [--n 500] [--secs 5] [--clients 4] [--json FILE]
                                     [--mlserver] [--rounds R] [--client lean|stdlib]
+                                    [--baseline-root DIR]
 
 Latency: sequential batch-1 infer requests over one keep-alive connection (p50/p99, ms).
 Client (--client, the same for every server): `lean` (default) sends each request,
@@ -23,6 +24,10 @@ each round starts with the next server in turn, each turn after a 1 s pause, and
 each server first gets 300 unrecorded requests.
 MLServer gets the normalised windows (its model's own input); the agent gets raw
 windows and normalises them, as a client would send.
+
+--baseline-root DIR: a second agent run from the code in DIR (e.g. `git archive
+<commit> | tar -x -C DIR`), same model and config, measured with JSON tensors as
+"baseline" in the same rounds: a change side by side with what it changes.
 """
 
 from __future__ import annotations
@@ -224,7 +229,9 @@ def throughput(
     return sum(counts) * batch / (time.perf_counter() - t0)
 
 
-def start_agent(work: Path, clients: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_agent(work: Path, clients: int, code: Path = ROOT) -> tuple[subprocess.Popen[bytes], int]:
+    """An `edge-agent run` of the code in `code` (this tree's by default), in `work`."""
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     (work / "token").write_text(TOKEN)
     cfg = work / "agent.toml"
@@ -247,11 +254,12 @@ deadline_ms = 1000
 """
     )
     log = (work / "agent.log").open("wb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
+    env["PYTHONPATH"] = str(code)  # `-m edge_agent` from `code`, not the installed tree
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg),
          "--state-dir", str(work / "state")],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        cwd=code, stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -319,6 +327,11 @@ def main() -> int:
     p.add_argument(
         "--client", choices=sorted(CLIENTS), default="lean", help="the same for both servers"
     )
+    p.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="also measure an agent run from the code in this directory (JSON tensors)",
+    )
     args = p.parse_args()
     raw, norm = _windows(1024)
     out: dict[str, Any] = {
@@ -331,6 +344,8 @@ def main() -> int:
         # go idle, so its thread wake-ups are cheaper): recorded with the run
         "loadavg_start": list(os.getloadavg()),
     }
+    if args.baseline_root:
+        out["baseline_root"] = str(args.baseline_root)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as d, contextlib.ExitStack() as up:
         work = Path(d)
         proc, port = start_agent(work, args.clients)
@@ -347,6 +362,11 @@ def main() -> int:
                 port, post, raw, WARMUP, make=_binary_body, client=args.client
             ),
         }
+        if args.baseline_root:
+            bproc, bport = start_agent(work / "baseline", args.clients, args.baseline_root)
+            up.callback(_stop, bproc)
+            runs["baseline"] = lambda: measure(bport, post, raw, args)
+            warmups["baseline"] = lambda: latency(bport, post, raw, WARMUP, client=args.client)
         if args.mlserver:
             started = _mlserver(work)
             if isinstance(started, str):

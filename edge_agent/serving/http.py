@@ -50,9 +50,8 @@ from edge_agent.serving.protocol import (
     ModelSpec,
     ProtocolError,
     dumps,
-    encode_response,
     error_body,
-    infer_response,
+    infer_body,
     model_metadata,
     parse_infer,
 )
@@ -217,6 +216,7 @@ class Endpoint:
         self.scorer = scorer
         self.ready = ready
         self.token = read_token(cfg.token_file)
+        self._token_bytes = None if self.token is None else self.token.encode()
         if warn := token_warning(cfg.token_file):
             log.warning("%s", warn)
         self.rate = TokenBucket(cfg.rate_per_s, max(1.0, cfg.rate_per_s))
@@ -545,8 +545,7 @@ class _Connection:
         self.body_deadline = time.monotonic() + BODY_DEADLINE_S
         ep.count("requests")
         self._nth = ep.counts["requests"]  # another request after ours: not alone (_poll)
-        path = head.target.split("?", 1)[0]
-        parts = [p for p in path.split("/") if p]
+        path, parts = _split_target(head.target)
         try:
             if parts[:1] != ["v2"]:
                 raise ProtocolError(404, f"no route {path} (the protocol's routes start /v2)")
@@ -637,14 +636,12 @@ class _Connection:
             raise ProtocolError(404, f"no route /v2/health/{'/'.join(rest)}")
 
     def _authorised(self, head: Head) -> bool:
-        token = self.ep.token
+        token = self.ep._token_bytes
         if token is None:
             return True
         got = head.headers.get("authorization", "")
         scheme, _, value = got.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            value.strip().encode(), token.encode()
-        )
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token)
 
     def _route(self, method: str, parts: list[str]) -> None:
         ep = self.ep
@@ -710,7 +707,7 @@ class _Connection:
         finally:
             ep.inflight.give()
         ep.count("scored")
-        payload, head_len = encode_response(infer_response(spec, req, scores, threshold), req)
+        payload, head_len = infer_body(spec, req, scores, threshold)
         if head_len is None:
             self._send_bytes(200, payload)
         else:
@@ -810,6 +807,23 @@ class _Connection:
                 self._discard(head.content_length, self.ep.cfg.max_body_kb * 1024)
             except ProtocolError:  # not in by its deadline: the first error is answered
                 self.close = True
+
+
+_targets: dict[str, tuple[str, list[str]]] = {}  # a request target -> its path and parts
+
+
+def _split_target(target: str) -> tuple[str, list[str]]:
+    """(the path, its non-empty segments): kept for the targets seen (a client asks for
+    the same few again and again; ~1 us a request). The list is read, never changed."""
+    got = _targets.get(target)
+    if got is None:
+        path = target.split("?", 1)[0]
+        got = (path, [p for p in path.split("/") if p])
+        if len(target) <= 256:  # bounded: short targets, the catalogue's names x routes
+            if len(_targets) >= 256:
+                _targets.clear()
+            _targets[target] = got
+    return got
 
 
 def _method(got: str, want: str) -> None:

@@ -37,9 +37,10 @@ REASONS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Head:
-    """A parsed request head. `headers`: lower-case names, the first of repeated ones."""
+    """A parsed request head. `headers`: lower-case names, the first of repeated ones.
+    Read-only by convention: a frozen dataclass is ~1 us slower to make, every request."""
 
     method: str
     target: str
@@ -77,17 +78,20 @@ def parse_head(raw: bytes) -> Head:
 
 def _request_line(line: str) -> tuple[str, str, str]:
     parts = line.split(" ")
-    bad = ProtocolError(400, f"malformed request line {line[:80]!r}")
     if len(parts) != 3:
-        raise bad
+        raise _bad_line(line)
     method, target, version = parts
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
+    if version not in {"HTTP/1.1", "HTTP/1.0"}:
         if version.startswith("HTTP/") and version[5:6].isdigit():
             raise ProtocolError(505, f"{version[:16]} is not spoken here; use HTTP/1.1")
-        raise bad
+        raise _bad_line(line)
     if not method.isalpha() or not method.isupper() or not target.startswith("/"):
-        raise bad
+        raise _bad_line(line)
     return method, target, version
+
+
+def _bad_line(line: str) -> ProtocolError:  # made only when refused: ~1 us a request
+    return ProtocolError(400, f"malformed request line {line[:80]!r}")
 
 
 def _headers(lines: list[str]) -> tuple[dict[str, str], int | None]:
@@ -112,15 +116,21 @@ def _headers(lines: list[str]) -> tuple[dict[str, str], int | None]:
 
 
 class _DateCache:
-    """The Date header's value, formatted once a second (it has second resolution)."""
+    """The Date header's value, formatted once a second (it has second resolution), and
+    the head of a 200 JSON answer up to its Content-Length value with it."""
 
     def __init__(self) -> None:
-        self.at, self.text = -1, ""
+        self.at, self.text, self.ok_json = -1, "", b""
 
     def now(self) -> str:
         t = int(time.time())
         if t != self.at:
-            self.at, self.text = t, formatdate(t, usegmt=True)
+            text = formatdate(t, usegmt=True)
+            self.ok_json = (
+                f"HTTP/1.1 200 OK\r\nServer: edge-agent\r\nDate: {text}\r\n"
+                "Content-Type: application/json\r\nContent-Length: "
+            ).encode("latin-1")
+            self.at, self.text = t, text  # (a thread reading meanwhile: either second's)
         return self.text
 
 
@@ -137,6 +147,9 @@ def response(
 ) -> bytes:
     """A whole response (head and body) as one buffer: one send, one TCP segment for a
     small answer, so Nagle and the client's delayed ACK never meet."""
+    if status == 200 and content_type == "application/json" and not headers and not close:
+        _date.now()  # the usual answer: its head made once a second (~1.5 us less)
+        return b"%s%d\r\n\r\n%s" % (_date.ok_json, len(body), body)
     head = [
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
         "Server: edge-agent",
