@@ -599,9 +599,12 @@ class _Connection:
         if log.isEnabledFor(logging.DEBUG):
             h = self.head
             log.debug("serving: %s %s -> %d", h and h.method, h and h.target, status)
-        self._sendall(
-            response(status, body, content_type=content_type, headers=headers, close=self.close)
-        )
+        data = response(status, body, content_type=content_type, headers=headers, close=self.close)
+        if self.head is not None and self.head.method == "HEAD":
+            # the head GET would answer, no body (RFC 9110 9.3.2): a client reads the
+            # next answer right after it
+            data = data[: data.index(b"\r\n\r\n") + 4]
+        self._sendall(data)
         self._answered_at = time.perf_counter()
 
     def _answer_error(self, e: ProtocolError) -> None:
@@ -827,5 +830,5 @@ def _split_target(target: str) -> tuple[str, list[str]]:
 
 
 def _method(got: str, want: str) -> None:
-    if got != want:
+    if got != want and not (got == "HEAD" and want == "GET"):  # HEAD: GET's head only
         raise ProtocolError(405, f"use {want} here, not {got}")
