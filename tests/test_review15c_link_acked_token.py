@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 import pytest
 
 from edge_agent.reporting.link import MqttLink
@@ -39,7 +40,7 @@ def limited_broker(tmp_path: Path) -> Iterator[Broker]:
 def _take_over(broker: Broker) -> None:
     """Another client with our client id connects (the broker closes our connection
     without a reason, as MQTT 3.1.1 brokers do) and leaves."""
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=CID, protocol=paho.MQTTv311)
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=CID, protocol=paho.MQTTv311)
     c.connect("127.0.0.1", broker.port, 5)
     c.loop_start()
     wait_until(c.is_connected, 10)
