@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.reporting.link import MqttLink
 from edge_agent.reporting.session_watch import PACKET_TOO_LARGE
