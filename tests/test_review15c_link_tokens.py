@@ -6,7 +6,6 @@ before the publisher registers its mid."""
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from edge_agent.reporting.topics import Topic
 from tests.conftest import _need_mosquitto
 from tests.mosquitto import Broker
 from tests.reporting.helpers import make_config, wait_until
+from tests.reporting.test_broker_limits import hold_publisher_until_paho_waits
 
 pytestmark = pytest.mark.broker
 
@@ -79,35 +79,22 @@ def test_v5_a_publish_in_progress_at_connack_is_judged_by_the_announced_limit(
         link.stop(timeout=2.0)
 
 
-def test_v311_a_token_set_aside_by_the_verdict_is_waited_for_by_the_supervisor(
+def test_v311_a_publisher_away_during_both_drops_still_gets_its_message_set_aside(
     limited_broker: Broker,
 ) -> None:
-    """The supervisor is to wait (up to 1 s) for publishes still getting their mid before
-    it discards what a drop set aside. But _no_tokens looks only in _inflight, and the
-    verdict has just popped the token it set aside from there: the supervisor does not
-    wait at all. The mid, known 0.3 s later, goes to _pending_aside after the swap; paho
-    re-sends the message on the next connect, the broker closes a third time (a drop
-    blamed on nothing) and only then is it discarded. Expected: 3 connects, not 4."""
+    """Found against 9821ee5's tokens: a token the verdict set aside was not waited for,
+    the message was re-sent, and drops blamed on nothing were taken for a duplicate client
+    id (4 connects). The redesign (paho's callbacks wait for publishes in progress) has no
+    tokens; the same fault, a publisher away while paho handles the broker's closes: the
+    message is blamed, set aside at the second drop, 3 connects, no takeover."""
     link = _link(limited_broker, "3.1.1", "gw-held2")
     link.start()
     try:
         assert wait_until(lambda: link.connected, 20)
-        real = link._client.publish
-        released = threading.Event()
-
-        def publish_then_lose_the_cpu(*a: Any, **kw: Any) -> Any:
-            info = real(*a, **kw)
-            # descheduled until the second drop has set the token aside, and 0.3 s more
-            # (well within the supervisor's 1 s wait for tokens)
-            wait_until(lambda: link.stats().oversized >= 1, 30)
-            time.sleep(0.3)
-            released.set()
-            return info
-
-        link._client.publish = publish_then_lose_the_cpu  # type: ignore[method-assign]
         link.wake_hook = lambda: None
+        waited = hold_publisher_until_paho_waits(link)
         mid = link.publish("edge/gw-held2/events", b"x" * 700)
-        assert released.is_set()
+        assert waited.is_set()
         ack = link.acks.get(timeout=30)
         assert (ack.mid, ack.reason) == (mid, PACKET_TOO_LARGE)
         time.sleep(3.0)

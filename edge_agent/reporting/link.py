@@ -14,7 +14,6 @@ thread consumes.
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 import os
 import queue
@@ -70,6 +69,11 @@ _PAHO_INFLIGHT_HEADROOM = 10
 # Ack.reason of a message the link stopped sending because a newer retained message to
 # its topic was queued (supersede()): not delivered, not refused; the outbox decides.
 SUPERSEDED = -1
+
+
+# How long paho's thread waits in a callback for publishes in progress (see
+# MqttLink._await_publishes): a descheduled publisher is back within milliseconds.
+PUBLISH_WAIT_S = 1.0
 
 
 class LinkState(str, enum.Enum):
@@ -258,12 +262,11 @@ class MqttLink:
         self._inflight: OrderedDict[int, Sent] = OrderedDict()
         self._acked_early: set[int] = set()
         self._pending_aside: list[Sent] = []  # judged at a drop, discarded after it
-        # A publish is in `_inflight` under a negative token from before paho may write it
-        # until paho has given its mid: paho's thread writes it and may see the broker
-        # close the connection before the publisher runs again, and that drop must know
-        # the message it came after.
-        self._tokens = itertools.count(1)
-        self._writing = threading.Condition(self._lock)
+        # Publishes between "paho may write it" and "we know its mid": paho's thread can
+        # write one and see the broker's answer to it (a close, a CONNACK's limit) before
+        # the publisher runs again. Its callbacks wait for these first (PUBLISH_WAIT_S).
+        self._publishing = 0
+        self._published = threading.Condition(self._lock)
         self._retained: dict[int, str] = {}  # unacknowledged retained mid -> its topic
         self._stale: set[int] = set()  # superseded: never to be re-sent
         self._stop = threading.Event()
@@ -338,10 +341,8 @@ class MqttLink:
                 self._client.loop_stop()
                 if self._state is LinkState.CONNECTED:
                     self._set_state(LinkState.DISCONNECTED, None)
-                # paho's thread has ended: now its queue may change. A publish paho took
-                # before the drop gets its mid now (bounded: paho's locks are free).
-                with self._writing:
-                    self._writing.wait_for(self._no_tokens, timeout=1.0)
+                # paho's thread has ended: now its queue may change
+                with self._lock:
                     aside, self._pending_aside = self._pending_aside, []
                 self._set_aside(aside)
                 self._drop_stale()
@@ -416,15 +417,13 @@ class MqttLink:
         with self._lock:
             self._connects += 1
             self._watch.connected(now, announced)
+            self._await_publishes()
             # paho re-sends every unacknowledged message right after this callback
             for mid, sent in self._inflight.items():
                 self._inflight[mid] = Sent(mid, sent.size, now, sent.key)
             # queued before the limit was known: take them out before paho re-sends them
             # (it does so right after this callback)
-            # (not a publish still getting its mid: it is judged once it has one)
-            aside = [
-                x for x in self._inflight.values() if x.mid > 0 and self._watch.too_large(x.size)
-            ]
+            aside = [x for x in self._inflight.values() if self._watch.too_large(x.size)]
             for sent in aside:
                 del self._inflight[sent.mid]
             self._oversized += len(aside)
@@ -461,6 +460,7 @@ class MqttLink:
 
     def _judge_drop(self, reason: ReasonCode) -> None:
         with self._lock:
+            self._await_publishes()
             verdict = self._watch.dropped(
                 time.monotonic(),
                 time.time(),
@@ -489,8 +489,6 @@ class MqttLink:
         """Never send these again (paho would re-send them on every connect). Only while
         paho's thread is stopped, or from its on_connect (before it re-sends)."""
         for sent in messages:
-            if sent.mid < 0:  # a token: the publish sets its mid aside once it has one
-                continue
             self._client.discard_outgoing(sent.mid)
             with self._lock:
                 self._forget(sent.mid)
@@ -594,43 +592,38 @@ class MqttLink:
                 f"accepts (maximum packet size {limit}); set aside, not retried"
             )
         with self._lock:
-            # a negative token until paho gives the mid
-            token = Sent(-next(self._tokens), size, time.monotonic(), topic if retain else None)
-            self._inflight[token.mid] = token
+            self._publishing += 1
+            written = time.monotonic()  # paho may write it from now on
+        mid: int | None = None
         try:
             # Not under self._lock: paho's thread holds paho's locks when it calls us.
             info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                # NO_CONN: paho keeps QoS 1 messages and sends them after the reconnect.
+                raise PublishError(f"cannot publish to {topic!r}: {paho.error_string(info.rc)}")
+            mid = int(info.mid)
         except (ValueError, TypeError, OSError) as e:
-            self._resolve(token, None)
             raise PublishError(f"cannot publish to {topic!r}: {e}") from e
-        mid = int(info.mid)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            # NO_CONN: paho keeps QoS 1 messages and sends them after the reconnect.
-            self._resolve(token, None)
-            raise PublishError(f"cannot publish to {topic!r}: {paho.error_string(info.rc)}")
-        self._resolve(token, mid)
+        finally:
+            with self._published:
+                self._publishing -= 1
+                if mid is not None:
+                    if mid in self._acked_early:  # the PUBACK beat us here
+                        self._acked_early.discard(mid)
+                    else:
+                        self._inflight[mid] = Sent(mid, size, written, topic if retain else None)
+                        if retain:
+                            self._retained[mid] = topic
+                self._published.notify_all()
         return mid
 
-    def _resolve(self, token: Sent, mid: int | None) -> None:
-        """The publish registered as `token` has its `mid` from paho (None: paho did not
-        take it). A drop judged meanwhile may have blamed the token or set it aside."""
-        with self._writing:
-            held = self._inflight.pop(token.mid, None)
-            self._writing.notify_all()
-            self._watch.renamed(token.mid, mid)
-            if mid is None:
-                return
-            if held is None:  # set aside by a drop's verdict while paho took it
-                self._pending_aside.append(Sent(mid, token.size, token.at, token.key))
-            elif mid in self._acked_early:  # the PUBACK beat us here
-                self._acked_early.discard(mid)
-            else:
-                self._inflight[mid] = Sent(mid, held.size, held.at, held.key)
-                if held.key is not None:
-                    self._retained[mid] = held.key
-
-    def _no_tokens(self) -> bool:
-        return not any(m < 0 for m in self._inflight)
+    def _await_publishes(self) -> None:
+        """Under self._lock, on paho's thread: let publishes paho may already have
+        written register their mids, so that what the broker answered (a close right
+        after one, a CONNACK's limit) is judged with them. Bounded: a publisher that
+        waits for a paho lock this thread holds is not waited for."""
+        if self._publishing:
+            self._published.wait_for(lambda: not self._publishing, PUBLISH_WAIT_S)
 
     def packet_size(self, topic: str, payload: bytes, props: Properties | None = None) -> int:
         """Bytes of the PUBLISH packet for this message, as the broker's limit counts them."""

@@ -124,13 +124,6 @@ class SessionWatch:
     def too_large(self, size: int) -> bool:
         return self.limit is not None and size > self.limit
 
-    def renamed(self, token: int, mid: int | None) -> None:
-        """A message blamed under a publisher's token now has paho's `mid` (None: it was
-        never queued): its strikes follow it."""
-        strikes = self._strikes.pop(token, 0)
-        if strikes and mid is not None:
-            self._strikes[mid] = self._strikes.get(mid, 0) + strikes
-
     def acked(self, size: int) -> None:
         """The broker acknowledged a message of `size` bytes: its limit is at least that."""
         self._largest_acked = max(self._largest_acked, size)

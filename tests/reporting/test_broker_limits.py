@@ -143,6 +143,32 @@ def test_connection_closed_during_connect_leaves_its_reason_in_status(tmp_path: 
         tiny.stop()
 
 
+def hold_publisher_until_paho_waits(link: MqttLink, extra_s: float = 0.3) -> threading.Event:
+    """Make `link`'s next publish lose the CPU the way a loaded machine makes it: paho has
+    taken (and may write) the message, but the publisher runs again only once paho's
+    thread, handling what the broker answered, waits for it, and `extra_s` later (within
+    PUBLISH_WAIT_S). Returns an event set when that wait was seen."""
+    real_publish = link._client.publish
+    real_await = link._await_publishes
+    waited = threading.Event()
+
+    def await_publishes() -> None:
+        if link._publishing:
+            waited.set()
+        real_await()
+
+    def publish_then_lose_the_cpu(*a: Any, **kw: Any) -> Any:
+        info = real_publish(*a, **kw)
+        if waited.wait(20):
+            time.sleep(extra_s)
+        link._client.publish = real_publish  # type: ignore[method-assign]
+        return info
+
+    link._await_publishes = await_publishes  # type: ignore[method-assign]
+    link._client.publish = publish_then_lose_the_cpu  # type: ignore[method-assign]
+    return waited
+
+
 def test_a_drop_seen_before_the_publisher_has_its_mid_still_blames_the_message(
     limited_broker: Broker,
 ) -> None:
@@ -159,27 +185,10 @@ def test_a_drop_seen_before_the_publisher_has_its_mid_still_blames_the_message(
     link.start()
     try:
         assert wait_until(lambda: link.connected, 20)
-        real = link._client.publish
-        dropped = threading.Event()
-
-        def publish_then_lose_the_cpu(*a: Any, **kw: Any) -> Any:
-            info = real(*a, **kw)
-            # the publisher is descheduled until paho's thread has handled the close
-            dropped.wait(20)
-            return info
-
-        link._client.publish = publish_then_lose_the_cpu  # type: ignore[method-assign]
         link.wake_hook = lambda: None
-
-        def watch() -> None:
-            if wait_until(lambda: not link.connected, 20):
-                dropped.set()
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
+        waited = hold_publisher_until_paho_waits(link)
         mid = link.publish("edge/gw-held/events", b"x" * 700)
-        watcher.join()
-        assert dropped.is_set()
+        assert waited.is_set()  # the drop was handled while the publisher was away
         ack = link.acks.get(timeout=30)  # set aside at the second drop
         assert (ack.mid, ack.reason) == (mid, PACKET_TOO_LARGE)
         s = link.stats()
