@@ -265,7 +265,7 @@ class MqttLink:
         # Publishes between "paho may write it" and "we know its mid": paho's thread can
         # write one and see the broker's answer to it (a close, a CONNACK's limit) before
         # the publisher runs again. Its callbacks wait for these first (PUBLISH_WAIT_S).
-        self._publishing = 0
+        self._publishers: dict[int, int] = {}  # thread id -> its publishes in progress
         self._published = threading.Condition(self._lock)
         self._retained: dict[int, str] = {}  # unacknowledged retained mid -> its topic
         self._stale: set[int] = set()  # superseded: never to be re-sent
@@ -591,8 +591,9 @@ class MqttLink:
                 f"a {size}-byte message to {topic!r} is larger than broker {self.broker} "
                 f"accepts (maximum packet size {limit}); set aside, not retried"
             )
+        me = threading.get_ident()
         with self._lock:
-            self._publishing += 1
+            self._publishers[me] = self._publishers.get(me, 0) + 1
             written = time.monotonic()  # paho may write it from now on
         mid: int | None = None
         try:
@@ -606,7 +607,9 @@ class MqttLink:
             raise PublishError(f"cannot publish to {topic!r}: {e}") from e
         finally:
             with self._published:
-                self._publishing -= 1
+                left = self._publishers.pop(me) - 1
+                if left:
+                    self._publishers[me] = left
                 if mid is not None:
                     if mid in self._acked_early:  # the PUBACK beat us here
                         self._acked_early.discard(mid)
@@ -621,9 +624,11 @@ class MqttLink:
         """Under self._lock, on paho's thread: let publishes paho may already have
         written register their mids, so that what the broker answered (a close right
         after one, a CONNACK's limit) is judged with them. Bounded: a publisher that
-        waits for a paho lock this thread holds is not waited for."""
-        if self._publishing:
-            self._published.wait_for(lambda: not self._publishing, PUBLISH_WAIT_S)
+        waits for a paho lock this thread holds is not waited for, nor this thread's own
+        publish (paho without its thread writes, and may see the close, in publish())."""
+        me = threading.get_ident()
+        if any(t != me for t in self._publishers):
+            self._published.wait_for(lambda: all(t == me for t in self._publishers), PUBLISH_WAIT_S)
 
     def packet_size(self, topic: str, payload: bytes, props: Properties | None = None) -> int:
         """Bytes of the PUBLISH packet for this message, as the broker's limit counts them."""

@@ -153,7 +153,7 @@ def hold_publisher_until_paho_waits(link: MqttLink, extra_s: float = 0.3) -> thr
     waited = threading.Event()
 
     def await_publishes() -> None:
-        if link._publishing:
+        if link._publishers:
             waited.set()
         real_await()
 
