@@ -34,6 +34,18 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
+@pytest.fixture
+def limited_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker whose maximum packet size is 300 bytes (announced to MQTT 5 clients; a
+    3.1.1 client learns it when the broker closes the connection): below the agent's
+    full birth."""
+    _need_mosquitto()
+    b = Broker(tmp_path / "limited-broker", extra=("max_packet_size 300",))
+    b.start()
+    yield b
+    b.stop()
+
+
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls_files(tmp_path_factory.mktemp("tls"))

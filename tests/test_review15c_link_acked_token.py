@@ -8,8 +8,6 @@ and the broker's limit is "learned" from a message it took."""
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -19,22 +17,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.reporting.link import MqttLink
 from edge_agent.reporting.session_watch import PACKET_TOO_LARGE
 from edge_agent.reporting.topics import Topic
-from tests.conftest import _need_mosquitto
 from tests.mosquitto import Broker
 from tests.reporting.helpers import make_config, wait_until
 
 pytestmark = pytest.mark.broker
 
 CID = "gw-acktok"
-
-
-@pytest.fixture
-def limited_broker(tmp_path: Path) -> Iterator[Broker]:
-    _need_mosquitto()
-    b = Broker(tmp_path / "broker", extra=("max_packet_size 300",))
-    b.start()
-    yield b
-    b.stop()
 
 
 def _take_over(broker: Broker) -> None:

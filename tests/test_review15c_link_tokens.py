@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,22 +14,11 @@ import pytest
 from edge_agent.reporting.link import MqttLink
 from edge_agent.reporting.session_watch import PACKET_TOO_LARGE
 from edge_agent.reporting.topics import Topic
-from tests.conftest import _need_mosquitto
 from tests.mosquitto import Broker
 from tests.reporting.helpers import make_config, wait_until
 from tests.reporting.test_broker_limits import hold_publisher_until_paho_waits
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def limited_broker(tmp_path: Path) -> Iterator[Broker]:
-    """Maximum packet size 300 bytes (announced to MQTT 5 clients)."""
-    _need_mosquitto()
-    b = Broker(tmp_path / "broker", extra=("max_packet_size 300",))
-    b.start()
-    yield b
-    b.stop()
 
 
 def _link(broker: Broker, protocol: str, cid: str) -> MqttLink:

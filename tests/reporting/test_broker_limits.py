@@ -8,7 +8,6 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,6 @@ MAX_CONNECTS_IN_30_S = 6
 
 def _big_birth() -> dict[str, object]:
     return {"profile": "test", "models": [{"name": f"model-{i}", "version": i} for i in range(12)]}
-
-
-@pytest.fixture
-def limited_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker whose maximum packet size (300 bytes) is below the agent's birth."""
-    _need_mosquitto()
-    b = Broker(tmp_path / "broker", extra=("max_packet_size 300",))
-    b.start()
-    yield b
-    b.stop()
 
 
 def _trimmed_birth(msg: Received) -> bool:
