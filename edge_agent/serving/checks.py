@@ -18,7 +18,7 @@ MIN_TOKEN = 16  # characters; 24 random bytes in base64 (docs/serving.md) give 3
 
 def read_token(path: str) -> str | None:
     """The bearer token from `path` (first line, stripped); None when `path` is empty.
-    Raises ServingError (unreadable, or shorter than MIN_TOKEN)."""
+    Raises ServingError (unreadable, shorter than MIN_TOKEN, or not printable ASCII)."""
     if not path:
         return None
     try:
@@ -30,7 +30,15 @@ def read_token(path: str) -> str | None:
         raise ServingError(
             f"[serving] token_file {path}: needs a token of at least {MIN_TOKEN} characters"
         )
-    return token[0].strip()
+    got = token[0].strip()
+    if not all("!" <= c <= "~" for c in got):
+        # HTTP carries header values as bytes a client encodes as it likes: a non-ASCII
+        # token sent by curl (UTF-8) would never match what the server reads
+        raise ServingError(
+            f"[serving] token_file {path}: the token must be printable ASCII without spaces "
+            "(e.g. `openssl rand -base64 24`)"
+        )
+    return got
 
 
 def token_warning(path: str) -> str | None:

@@ -821,7 +821,12 @@ def _split_target(target: str) -> tuple[str, list[str]]:
     got = _targets.get(target)
     if got is None:
         path = target.split("?", 1)[0]
-        got = (path, [p for p in path.split("/") if p])
+        parts = [p for p in path.split("/") if p]
+        if "%" in path:  # percent-encoded segments (a client library quoting names)
+            from urllib.parse import unquote
+
+            parts = [unquote(p) for p in parts]
+        got = (path, parts)
         if len(target) <= 256:  # bounded: short targets, the catalogue's names x routes
             if len(_targets) >= 256:
                 _targets.clear()
