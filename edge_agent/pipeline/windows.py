@@ -86,8 +86,8 @@ class Windower:
             badb[self._len : self._len + n] = False
         self._len += n
         out = self._cut(buf, badb)
-        if buf is not self._buf:
-            self._keep_rest(buf, badb)
+        if buf is not self._buf:  # windowed in the scratch buffer
+            self._keep_needed(buf, badb)
         return out
 
     def samples_to_next_window(self) -> int:
@@ -106,14 +106,8 @@ class Windower:
     def _drop_consumed(self) -> None:
         """Drop what no future window needs. (With hop > window the next start can lie
         beyond what has arrived.)"""
-        drop = min(self._next_start - self._buf_start, self._len)
-        if drop > 0:
-            keep = self._len - drop
-            self._buf[:keep] = self._buf[drop : self._len]
-            self._bad[:keep] = self._bad[drop : self._len]
-            self._len, self._buf_start = keep, self._buf_start + drop
-            if self._any_bad:
-                self._any_bad = bool(self._bad[:keep].any())
+        if self._next_start > self._buf_start and self._len > 0:
+            self._keep_needed(self._buf, self._bad)
 
     def _space(self, n: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """Where the buffered samples and `n` more are windowed: the stream's own buffer
@@ -138,12 +132,13 @@ class Windower:
         badb[: self._len] = self._bad[: self._len]
         self._buf, self._bad = buf, badb
 
-    def _keep_rest(self, buf: npt.NDArray[np.float32], badb: npt.NDArray[np.bool_]) -> None:
-        """After windowing in the scratch buffer: what future windows need, back into the
-        stream's own buffer (at most a window's worth)."""
+    def _keep_needed(self, buf: npt.NDArray[np.float32], badb: npt.NDArray[np.bool_]) -> None:
+        """What future windows need of the buffered samples in `buf` (the stream's own
+        buffer, or this thread's scratch buffer a push was windowed in), moved to the
+        front of the stream's own buffer."""
         drop = min(self._next_start - self._buf_start, self._len)
         keep = self._len - drop
-        if keep > self._cap:  # (the own buffer holds 4 windows: not for a window)
+        if keep > self._cap:  # (from the scratch buffer; the own one holds 4 windows)
             self._cap = 2 * keep
             self._buf = np.empty((self._cap, self.channels), dtype=np.float32)
             self._bad = np.zeros(self._cap, dtype=bool)
