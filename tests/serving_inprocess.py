@@ -4,6 +4,8 @@ agent around it (tests/serving_agent.py runs the whole agent)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,3 +59,19 @@ def running_endpoint(tmp_path: Path, token: str, **cfg: Any) -> Iterator[Endpoin
         loop.stop.set()
         t.join(10)
         ep.close()
+
+
+def post(ep: Endpoint, target: str, body: bytes, token: str) -> tuple[int, dict[str, Any]]:
+    """POST a JSON `body` to `target` on `ep` with the bearer `token`: (status, JSON)."""
+    conn = http.client.HTTPConnection("127.0.0.1", ep.port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            target,
+            body,
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()

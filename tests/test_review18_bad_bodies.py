@@ -8,8 +8,6 @@ Real in-process Endpoint (catalogue, model pool, scheduler worker) on a real soc
 
 from __future__ import annotations
 
-import http.client
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 from edge_agent.runtime.model import find_models
 from edge_agent.serving.http import Endpoint
 from tests.agentutil import MODELS
-from tests.serving_inprocess import running_endpoint
+from tests.serving_inprocess import post, running_endpoint
 
 TOKEN = "review18-token-0123456789"
 MODEL = "vibration-ae-int8-onnx"
@@ -60,18 +58,7 @@ BODIES = {
 def test_unreadable_numbers_and_nesting_are_400_not_500(endpoint: Endpoint, what: str) -> None:
     body = BODIES[what]
     assert len(body) < endpoint.cfg.max_body_kb * 1024  # not a size refusal
-    conn = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=30)
-    try:
-        conn.request(
-            "POST",
-            f"/v2/models/{MODEL}/infer",
-            body,
-            {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        )
-        r = conn.getresponse()
-        status, doc = r.status, json.loads(r.read())
-    finally:
-        conn.close()
+    status, doc = post(endpoint, f"/v2/models/{MODEL}/infer", body, TOKEN)
     assert list(doc) == ["error"], doc
     assert status == 400, (what, status, doc)
     assert "internal error" not in doc["error"]

@@ -10,7 +10,6 @@ a bundled model."""
 
 from __future__ import annotations
 
-import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from edge_agent.runtime.model import find_models
 from edge_agent.serving.http import Endpoint
 from tests.agentutil import MODELS
-from tests.serving_inprocess import running_endpoint
+from tests.serving_inprocess import post, running_endpoint
 
 TOKEN = "review18c-token-0123456789"
 MODEL = "skab-zsq-int8-onnx"
@@ -39,18 +38,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
 def _infer(ep: Endpoint, rid: Any) -> tuple[int, dict[str, Any]]:
     tensor = {"name": CARD.input.name, "datatype": "FP32", "shape": [1, WINDOW, COLUMNS]}
     doc = {"id": rid, "inputs": [{**tensor, "data": [0.5] * (WINDOW * COLUMNS)}]}
-    conn = http.client.HTTPConnection("127.0.0.1", ep.port, timeout=30)
-    try:
-        conn.request(
-            "POST",
-            f"/v2/models/{MODEL}/infer",
-            json.dumps(doc).encode(),
-            {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        )
-        r = conn.getresponse()
-        return r.status, json.loads(r.read())
-    finally:
-        conn.close()
+    return post(ep, f"/v2/models/{MODEL}/infer", json.dumps(doc).encode(), TOKEN)
 
 
 def test_a_string_id_is_echoed(endpoint: Endpoint) -> None:

@@ -11,7 +11,6 @@ a bundled model."""
 
 from __future__ import annotations
 
-import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from edge_agent.runtime.model import find_models
 from edge_agent.serving.http import Endpoint
 from tests.agentutil import MODELS
-from tests.serving_inprocess import running_endpoint
+from tests.serving_inprocess import post, running_endpoint
 
 TOKEN = "review18c-token-0123456789"
 MODEL = "skab-zsq-int8-onnx"
@@ -41,18 +40,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
 def _infer(ep: Endpoint, data: list[Any], datatype: str = "FP32") -> tuple[int, dict[str, Any]]:
     tensor = {"name": CARD.input.name, "datatype": datatype, "shape": [1, WINDOW, COLUMNS]}
     body = json.dumps({"inputs": [{**tensor, "data": data}]}).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", ep.port, timeout=30)
-    try:
-        conn.request(
-            "POST",
-            f"/v2/models/{MODEL}/infer",
-            body,
-            {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        )
-        r = conn.getresponse()
-        return r.status, json.loads(r.read())
-    finally:
-        conn.close()
+    return post(ep, f"/v2/models/{MODEL}/infer", body, TOKEN)
 
 
 def test_numbers_are_scored(endpoint: Endpoint) -> None:
