@@ -90,14 +90,35 @@ def _outbox(m: Any) -> None:
             for h in batch:
                 if h.seq in _appended:
                     _add("writer_wake", t0 - _appended[h.seq])
-            r = orig(self, batch, issued)
-            now = time.time()
-            for h in batch:
-                t = _appended.pop(h.seq, None)
-                if t is not None:
-                    _add("append_to_durable", now - t)
-                    _durable[h.seq] = now
-            return r
+            marked = False
+
+            def mark() -> None:
+                nonlocal marked
+                if marked:
+                    return
+                marked = True
+                now = time.time()
+                for h in batch:
+                    t = _appended.pop(h.seq, None)
+                    if t is not None:
+                        _add("append_to_durable", now - t)
+                        _durable[h.seq] = now
+
+            # durable when the writer calls its hook (which may publish on this thread)
+            hook = getattr(self, "on_durable", None)
+            if hook is not None:
+
+                def on_durable() -> None:
+                    mark()
+                    hook()
+
+                self.on_durable = on_durable
+            try:
+                return orig(self, batch, issued)
+            finally:
+                if hook is not None:
+                    self.on_durable = hook
+                mark()
 
         return step
 
