@@ -97,7 +97,7 @@ def _send_one_by_one(p: _Parts, sub: Subscriber, n: int) -> list[int]:
     for _ in range(n):
         seq = _append(p.outbox)
         seqs.append(seq)
-        assert wait_until(lambda s=seq: s in _delivered(sub))
+        assert wait_until(lambda: seq in _delivered(sub))  # noqa: B023 - waited for here
         assert wait_until(lambda: p.outbox.stats().depth == 0)
     return seqs
 
