@@ -35,6 +35,13 @@ windows, one thread) measured in the same run: the ratio is the agent's windows 
 CPU-second over the raw runtime's. Also RSS with one ONNX and one TFLite model, and
 cold start to READY. Counts are read from status.json (written every second) between
 READY + 1 s and the end of the measured interval; CPU from /proc/<pid>/stat.
+
+    python scripts/bench_agent.py --scaling 64 [--pairs 8] [--seconds 3] [--block 1024]
+        [--source replay]
+
+Whether more streams lower total throughput (issue 15): 1 stream and N streams at max
+speed, alternated pair after pair (the order flips each pair), each pair's ratio of
+total windows/s; the median and spread over the pairs.
 """
 
 from __future__ import annotations
@@ -663,6 +670,70 @@ def run_matrix(
     return out
 
 
+def run_scaling(
+    streams: int, pairs: int, seconds: float, variant: str, *, block: int, source: str
+) -> dict[str, Any]:
+    """--scaling: 1 stream and `streams` streams at max speed, alternated `pairs` times
+    (the order flips each pair), each pair's ratio of total windows/s (and windows per
+    CPU-second). One stream alone moved 0.65-0.96 M windows/s between runs minutes apart
+    on this VM: only ratios of runs seconds apart, many of them, say whether more
+    streams lower the total."""
+    out: dict[str, Any] = {
+        "variant": variant,
+        "seconds": seconds,
+        "source": source,
+        "block": block,
+        "streams": streams,
+        "pairs": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as d:
+        work = Path(d)
+        broker = Broker(work / "broker")
+        broker.start()
+        try:
+            for i in range(pairs):
+                got: dict[int, dict[str, Any]] = {}
+                for n in (1, streams) if i % 2 == 0 else (streams, 1):
+                    got[n] = agent_run(
+                        broker.port,
+                        work,
+                        streams=n,
+                        block=block,
+                        speed=0.0,
+                        seconds=seconds,
+                        variant=variant,
+                        source=source,
+                    )
+                one, many = got[1], got[streams]
+                pair = {
+                    "one_windows_per_s": one["windows_per_s"],
+                    "many_windows_per_s": many["windows_per_s"],
+                    "ratio": many["windows_per_s"] / one["windows_per_s"],
+                    "ratio_per_cpu_s": many["windows_per_cpu_s"] / one["windows_per_cpu_s"],
+                    "dropped": one["dropped_blocks"] + many["dropped_blocks"],
+                }
+                out["pairs"].append(pair)
+                print(
+                    f"pair {i + 1}: 1 stream {pair['one_windows_per_s']:,.0f} windows/s, "
+                    f"{streams} streams {pair['many_windows_per_s']:,.0f}: ratio "
+                    f"{pair['ratio']:.2f} ({pair['ratio_per_cpu_s']:.2f} per CPU-s)",
+                    flush=True,
+                )
+        finally:
+            broker.stop()
+    ratios = sorted(p["ratio"] for p in out["pairs"])
+    out["ratio_median"] = statistics.median(ratios)
+    out["ratio_per_cpu_s_median"] = statistics.median(p["ratio_per_cpu_s"] for p in out["pairs"])
+    print(
+        f"{streams} streams / 1 stream, total windows/s, {source} blocks of {block}: median "
+        f"{out['ratio_median']:.2f} of {len(ratios)} pairs (min {ratios[0]:.2f}, max "
+        f"{ratios[-1]:.2f}; {sum(r >= 1.0 for r in ratios)} of {len(ratios)} >= 1); per "
+        f"CPU-s median {out['ratio_per_cpu_s_median']:.2f}",
+        flush=True,
+    )
+    return out
+
+
 def _print_run(r: dict[str, Any]) -> None:
     ratio = (
         f", {r['ratio_per_cpu_s'] * 100:.1f}% of raw per CPU-s" if "ratio_per_cpu_s" in r else ""
@@ -755,6 +826,15 @@ def main() -> int:
         help="--latency: also time the agent's stages (scripts/latency_stages; adds a "
         "little work to the agent)",
     )
+    ap.add_argument(
+        "--scaling",
+        type=int,
+        metavar="N",
+        help="1 stream and N streams at max speed, alternated --pairs times: the ratio of "
+        "total windows/s per pair (issue 15: more streams never lower total throughput)",
+    )
+    ap.add_argument("--pairs", type=int, default=8, help="--scaling: pairs of runs")
+    ap.add_argument("--block", type=int, default=1024, help="--scaling: block size")
     ap.add_argument("--streams", default="1,16,64", help="--matrix: stream counts")
     ap.add_argument("--blocks", default="1,16,1024", help="--matrix: block sizes")
     ap.add_argument("--seconds", type=float, default=3.0, help="--matrix: measured per run")
@@ -779,6 +859,15 @@ def main() -> int:
             args.sync,
             Path(args.baseline_root) if args.baseline_root else None,
             stages=args.stages,
+        )
+    elif args.scaling:
+        r = run_scaling(
+            args.scaling,
+            args.pairs,
+            args.seconds,
+            args.variant,
+            block=args.block,
+            source=args.source,
         )
     elif args.matrix:
         r = run_matrix(
