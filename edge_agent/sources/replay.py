@@ -18,6 +18,11 @@ wrap of `loop = true` are holes: the block after one is marked `gap_before`.
 Every block carries its samples' times. Each `loop` pass continues the clock where
 the previous one ended (times shifted by the file's span), so pacing and times stay
 real time on every pass.
+
+Streams that replay one file (the same file, unchanged, read with the same options)
+share one read-only copy of it (`shared_recording`): 64 streams of a 3 MB recording held
+64 copies (~200 MB of RSS at 64 streams, docs/benchmarks/agent.md) and parsed a CSV 64
+times. Blocks are read-only views of it, as they always were views.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import csv
 import io
 import logging
 import math
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,7 +50,14 @@ from edge_agent.sources.base import Block, Source
 from edge_agent.sources.framing import looks_like_decimal_commas
 from edge_agent.sources.pacing import Pacer
 
-__all__ = ["Options", "Recording", "ReplaySource", "load_recording", "load_table"]
+__all__ = [
+    "Options",
+    "Recording",
+    "ReplaySource",
+    "load_recording",
+    "load_table",
+    "shared_recording",
+]
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +281,44 @@ def load_recording(path: Path, o: Options) -> Recording:  # noqa: PLR0912, PLR09
     return Recording(np.asarray(vals, dtype=np.float32), ts, tuple(wanted), bad, hole_rows, commas)
 
 
+# Recordings being replayed, by the file's identity and the options that shape how it
+# reads. Weak: held by the sources replaying it, freed with the last of them.
+_SHARED: weakref.WeakValueDictionary[tuple[object, ...], Recording] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_recording(path: Path, o: Options) -> Recording:
+    """`load_recording`, shared: a file (the same device, inode, size and modification
+    time) read with the same options is read once while any stream replays it; its arrays
+    are read-only. A changed or replaced file is read again. SourceError as
+    load_recording."""
+    try:
+        st = path.stat()
+    except OSError:
+        return load_recording(path, o)  # which says what is wrong with the file
+    key = (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        o.columns,
+        o.timestamp_column,
+        o.delimiter,
+        o.decimal,
+        o.timestamp_unit,
+    )
+    with _SHARED_LOCK:
+        rec = _SHARED.get(key)
+    if rec is not None:
+        return rec
+    rec = load_recording(path, o)  # outside the lock: a big CSV takes seconds
+    for a in (rec.samples, rec.times, rec.holes):
+        if a is not None:
+            a.flags.writeable = False  # shared by every stream that replays the file
+    with _SHARED_LOCK:
+        return _SHARED.setdefault(key, rec)
+
+
 def load_table(
     path: Path, o: Options
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64] | None, tuple[str, ...], int]:
@@ -302,6 +354,7 @@ class ReplaySource(Source):
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
         self._data = np.empty((0, 0), np.float32)
+        self._recording: Recording | None = None  # keeps the shared copy alive
         self._times: npt.NDArray[np.float64] | None = None
         self._starts = np.zeros(1, np.int64)  # rows where a contiguous run begins
         # the same as a list and a set: looked up once per block (bisect and `in` on a
@@ -337,7 +390,7 @@ class ReplaySource(Source):
 
     def _load(self) -> None:
         o: Options = self.options
-        rec = load_recording(Path(o.path), o)
+        rec = self._recording = shared_recording(Path(o.path), o)
         data, times, holes = rec.samples, rec.times, rec.holes
         if rec.bad_rows:
             self.count("bad_rows", rec.bad_rows)
