@@ -211,7 +211,11 @@ class ModelPool:
         # (its parse and uncached hash: ~5 us of the serving endpoint's every request)
         key = directory if isinstance(directory, Path) else Path(directory)
         if key not in self._entries:
-            key = key.resolve()
+            resolved = key.resolve()
+            # An entry is keyed by the caller's own Path when it is already resolved
+            # (the serving endpoint's, kept per variant): its next look-ups then match
+            # by identity, not by Path.__eq__ (a Python call, ~0.5 us each).
+            key = key if resolved == key else resolved
         with self._lock:
             e = self._entries.get(key)
             if e is None:

@@ -1,0 +1,212 @@
+"""More batch-1 shortcuts of the endpoint, each giving what the general code gives: a
+request head answered from the cache of parsed heads is the head a parse makes (and a
+malformed one is refused every time), the model pool keyed by the caller's resolved
+Path finds, pins and evicts as before, and the busy poll's poll(0) sees a request or a
+closed connection as the failing recv did. Real endpoint and models where it matters."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.profiles import Profile
+from edge_agent.runtime.pool import ModelPool, file_meter
+from edge_agent.serving import http, wire
+from edge_agent.serving.http import Endpoint
+from edge_agent.serving.protocol import ProtocolError
+from tests.agentutil import MODELS
+from tests.serving_inprocess import running_endpoint
+
+TOKEN = "fast-paths-2-token-0123456789"
+
+HEADS = [
+    b"GET /v2/health/live HTTP/1.1",
+    b"GET /v2 HTTP/1.0",
+    b"GET /v2 HTTP/1.0\r\nConnection: keep-alive",
+    b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n"
+    b"Authorization: Bearer abc\r\nConnection: close",
+    b"POST /v2/models/m/infer HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue",
+    b"POST /v2/models/m/infer HTTP/1.1\r\nTransfer-Encoding: chunked",
+    b"POST /x HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\nContent-Length: 3",
+]
+BAD = [
+    b"GET /v2 HTTP/2.0",
+    b"get /v2 HTTP/1.1",
+    b"GET /v2 HTTP/1.1\r\n folded: line",
+    b"GET /v2 HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2",
+    b"GET /v2 HTTP/1.1\r\nContent-Length: -1",
+    b"GET /v2 HTTP/1.1" + b"\r\nA: b" * (wire.MAX_HEADERS + 1),
+]
+
+
+@pytest.mark.parametrize("raw", HEADS)
+def test_a_head_from_the_cache_is_the_head_a_parse_makes(raw: bytes) -> None:
+    wire._heads.clear()
+    fresh = wire._parse_head(raw)
+    first = wire.parse_head(raw)
+    again = wire.parse_head(bytes(raw))  # other bytes objects, same bytes: the cache
+    assert first == fresh
+    assert again is first
+
+
+@pytest.mark.parametrize("raw", BAD)
+def test_a_malformed_head_is_refused_every_time_and_never_kept(raw: bytes) -> None:
+    wire._heads.clear()
+    statuses = []
+    for _ in range(3):
+        with pytest.raises(ProtocolError) as e:
+            wire.parse_head(raw)
+        statuses.append(e.value.status)
+    assert len(set(statuses)) == 1
+    assert statuses[0] in (400, 431, 505)
+    assert raw not in wire._heads
+
+
+def test_the_head_cache_stays_bounded_and_keeps_no_long_heads() -> None:
+    for i in range(3 * wire.HEADS_KEPT):
+        wire.parse_head(f"GET /v2/models/m{i} HTTP/1.1".encode())
+    assert len(wire._heads) <= wire.HEADS_KEPT
+    long = b"GET /v2 HTTP/1.1\r\nX-Pad: " + b"a" * wire.HEAD_KEPT_MAX
+    assert wire.parse_head(long).headers["x-pad"] == "a" * wire.HEAD_KEPT_MAX
+    assert long not in wire._heads
+
+
+def _variant(name: str) -> Path:
+    return (MODELS / name).resolve()
+
+
+def test_the_pool_keys_an_entry_by_the_callers_resolved_path(tmp_path: Path) -> None:
+    pool = ModelPool(Profile(name="t", model_memory_mb=64), meter=file_meter)
+    key = _variant("skab-ae-fp32-onnx")
+    m = pool.acquire(key, "a")
+    assert [e.key for e in pool.entries()] == [key]
+    assert pool.entries()[0].key is key  # found by identity from now on
+    # other spellings of the same directory find the same entry
+    link = tmp_path / "link"
+    link.symlink_to(key)
+    assert pool.acquire(link, "b") is m
+    assert pool.acquire(Path(str(key)), "c") is m
+    assert pool.acquire(str(key), "d") is m  # type: ignore[arg-type]  # a str, as callers may
+    assert pool.has(key)
+    assert pool.has(link)
+    assert pool.entries()[0].users == {"a", "b", "c", "d"}
+    for u in "abcd":
+        pool.release(u)
+    assert not pool.entries()[0].pinned
+
+
+def test_an_entry_keyed_by_an_unresolved_path_is_keyed_resolved(tmp_path: Path) -> None:
+    pool = ModelPool(Profile(name="t", model_memory_mb=64), meter=file_meter)
+    link = tmp_path / "link"
+    link.symlink_to(_variant("skab-ae-fp32-onnx"))
+    pool.acquire(link, "a")
+    assert [e.key for e in pool.entries()] == [_variant("skab-ae-fp32-onnx")]
+
+
+def test_the_pool_still_evicts_an_idle_model_keyed_by_the_callers_path() -> None:
+    a, b = _variant("skab-ae-fp32-onnx"), _variant("vibration-ae-fp32-onnx")
+    sizes = [(d / "model.onnx").stat().st_size / 2**20 for d in (a, b)]
+    budget = max(sizes) + min(sizes) / 2  # either alone, never both
+    pool = ModelPool(Profile(name="t"), budget_mb=budget, meter=file_meter)
+    pool.acquire(a, "x")
+    with pytest.raises(Exception, match="model_memory_mb"):
+        pool.acquire(b, "y")  # a is pinned: never evicted
+    pool.release("x")
+    pool.acquire(b, "y")  # a idle: evicted for b
+    assert [e.key for e in pool.entries()] == [b]
+    assert pool.evictions == 1
+    assert not pool.has(a)
+
+
+# -- the busy poll on a real endpoint -------------------------------------------------
+
+
+@pytest.fixture
+def endpoint(tmp_path: Path) -> Iterator[Endpoint]:
+    with running_endpoint(tmp_path, TOKEN, rate_per_s=1_000_000.0) as ep:
+        yield ep
+
+
+LIVE = b"GET /v2/health/live HTTP/1.1\r\n\r\n"
+
+
+def _answer(s: socket.socket) -> bytes:
+    got = b""
+    while b"\r\n\r\n" not in got or not got.endswith(b"}"):
+        chunk = s.recv(65536)
+        assert chunk, "closed"
+        got += chunk
+    return got
+
+
+def test_requests_that_follow_their_answers_at_once_are_answered(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next request within BUSY_POLL_S of each answer (made long, so that a loaded
+    machine's client is quick enough): found by the poll, and answered."""
+    monkeypatch.setattr(http, "BUSY_POLL_S", 1.0)
+    polled = []
+    orig = http._Connection._poll
+
+    def spy(self: http._Connection) -> bytes | None:
+        got = orig(self)
+        polled.append(got is not None)
+        return got
+
+    http._Connection._poll = spy  # type: ignore[method-assign]
+    try:
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(200):
+                s.sendall(LIVE)
+                assert _answer(s).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        http._Connection._poll = orig  # type: ignore[method-assign]
+    assert any(polled), "no request was found by the busy poll"
+
+
+def test_a_client_closing_while_polled_ends_its_connection(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close right after an answer (while the poll runs) is seen: the connection's
+    thread ends and gives its slot back."""
+    monkeypatch.setattr(http, "BUSY_POLL_S", 1.0)
+    slots = endpoint.cfg.max_connections
+    for _ in range(3 * slots):
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as s:
+            for _ in range(3):
+                s.sendall(LIVE)
+                assert _answer(s).startswith(b"HTTP/1.1 200 OK")
+    deadline = time.monotonic() + 10
+    while endpoint._slots._value < slots and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert endpoint._slots._value == slots
+
+
+def test_the_poll_watches_its_own_socket(endpoint: Endpoint) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        c = http._Connection(endpoint, a)
+        assert c._poller().poll(0) == []
+        b.sendall(b"x")
+        assert c._poller().poll(0) == [(a.fileno(), select.POLLIN)]
+        assert c._poller() is c._poller()
+
+
+def test_no_file_descriptors_are_left_open_by_polled_connections(endpoint: Endpoint) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as s:
+            for _ in range(3):
+                s.sendall(LIVE)
+                _answer(s)
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/fd")) > before + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
