@@ -6,20 +6,23 @@ closed connection as the failing recv did. Real endpoint and models where it mat
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from edge_agent.profiles import Profile
 from edge_agent.runtime.pool import ModelPool, file_meter
-from edge_agent.serving import http, wire
+from edge_agent.serving import http, protocol, wire
 from edge_agent.serving.http import Endpoint
-from edge_agent.serving.protocol import ProtocolError
+from edge_agent.serving.protocol import InferRequest, ModelSpec, ProtocolError, parse_infer
 from tests.agentutil import MODELS
 from tests.serving_inprocess import running_endpoint
 
@@ -210,3 +213,115 @@ def test_no_file_descriptors_are_left_open_by_polled_connections(endpoint: Endpo
     while len(os.listdir("/proc/self/fd")) > before + 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+# -- JSON tensor data: FP32 without looking at each value's type ---------------------
+
+SPEC4 = ModelSpec("m", "m", "m", 1, "onnxruntime_onnx", "window", 2, 2, 1.0)
+
+
+def _body4(data: list[Any], **doc: Any) -> bytes:
+    tensor = {"name": "window", "shape": [1, 2, 2], "datatype": "FP32", "data": data}
+    return json.dumps({"inputs": [tensor], **doc}).encode()
+
+
+DATA: list[list[Any]] = [
+    [0.25, -1.5, 3e-3, 7.0],  # the fast way
+    [1, 2, 3, 4],  # ints: 1 goes the long way
+    [5, 6, 7, 8],  # ints, the fast way
+    [0.0, 2.5, 3.5, 4.5],  # a zero: the long way
+    [1.0, 2.5, 3.5, 4.5],
+    [-0.0, 2.5, 3.5, 4.5],  # -0.0 is not a bool's: the fast way
+    [2**63 + 12345, -(2**70), 2**100, 3.0],  # big ints: one rounding to FP32 either way
+    [1e-46, 7e-46, 1.2e-38, 3.4028234e38],  # FP32's edges
+    [3e38, -3e38, 1e20, 0.5],  # squares overflow: accepted
+    [1e-40, 2.5, 3.5, 4.5],  # subnormal
+]
+REFUSED: list[tuple[list[Any], str]] = [
+    ([True, 2.5, 3.5, 4.5], "must be numbers"),
+    ([2.5, False, 3.5, 4.5], "must be numbers"),
+    ([2.5, "3.5", 3.5, 4.5], "must be numbers"),
+    ([2.5, None, 3.5, 4.5], "NaN"),
+    ([2.5, 3.5, 4.5, 1e39], "float32"),
+    ([2.5, 3.5, 4.5, -1e300], "float32"),
+    ([2.5, 3.5, 4.5, 10**400], "float32"),
+    ([2.5, 3.5, 4.5, {"a": 1}], "must be numbers"),
+    ([2.5, 3.5, 4.5, [1]], "must be numbers"),
+    ([2.5, 3.5, 4.5, 3.4028235677973366e38], "float32"),  # rounds to infinity
+]
+
+
+def _long_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The type of every value looked at, as before the shortcut."""
+    monkeypatch.setattr(protocol, "_fp32_numbers", lambda _flat: None)
+
+
+@pytest.mark.parametrize("data", DATA)
+def test_json_data_reads_as_the_long_way_reads_it(
+    data: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = _body4(data)
+    fast = parse_infer(body, SPEC4)
+    with monkeypatch.context() as m:
+        _long_way(m)
+        slow = parse_infer(body, SPEC4)
+    assert fast.windows.dtype == slow.windows.dtype == np.float32
+    assert fast.windows.shape == slow.windows.shape == (1, 2, 2)
+    assert fast.windows.tobytes() == slow.windows.tobytes()
+    assert fast == InferRequest(None, fast.windows, False, None, None)
+
+
+@pytest.mark.parametrize(("data", "words"), REFUSED)
+@pytest.mark.parametrize("long_way", [False, True])
+def test_json_data_that_is_not_numbers_is_refused_in_the_same_words(
+    data: list[Any], words: str, long_way: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if long_way:
+        _long_way(monkeypatch)
+    with pytest.raises(ProtocolError) as e:
+        parse_infer(_body4(data), SPEC4)
+    assert e.value.status == 400
+    assert words in e.value.message
+
+
+def test_a_bool_elsewhere_in_the_body_changes_nothing() -> None:
+    body = _body4([0.25, -1.5, 3e-3, 7.0], parameters={"alarm": True})
+    req = parse_infer(body, SPEC4)
+    assert req.want_alarm is True
+    np.testing.assert_array_equal(
+        req.windows.reshape(-1), np.array([0.25, -1.5, 3e-3, 7.0], np.float32)
+    )
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {},
+        {"id": "r1"},
+        {"id": 7},
+        {"parameters": {}},
+        {"parameters": None},
+        {"outputs": []},
+        {"outputs": [{"name": "alarm"}]},
+        {"parameters": {"timeout": 5000, "binary_data_output": True, "stream": "s"}},
+        {"parameters": {"alarm": False}, "outputs": [{"name": "anomaly_score"}]},
+    ],
+)
+def test_the_usual_requests_shortcut_reads_the_same_request(doc: dict[str, Any]) -> None:
+    req = parse_infer(_body4([0.25, -1.5, 3e-3, 7.0], **doc), SPEC4)
+    params = doc.get("parameters") or {}
+    outputs = doc.get("outputs")
+    want_alarm = protocol._alarm_asked(params, outputs)
+    assert req.id == (None if "id" not in doc else str(doc["id"]))
+    assert req.want_alarm == want_alarm
+    assert req.stream == params.get("stream")
+    assert req.timeout_s == protocol._timeout(params)
+    assert req.binary_outputs == protocol._binary_outputs(params, outputs, want_alarm)
+
+
+@pytest.mark.parametrize("shape", [[1, 2], [1, 2, 2, 1], [True, 2, 2], [1, 2.0, 2], [1, 2, "2"]])
+def test_a_shape_that_is_not_three_ints_is_still_refused(shape: list[Any]) -> None:
+    tensor = {"name": "window", "shape": shape, "datatype": "FP32", "data": [2.5] * 4}
+    with pytest.raises(ProtocolError) as e:
+        parse_infer(json.dumps({"inputs": [tensor]}).encode(), SPEC4)
+    assert "shape" in e.value.message
