@@ -18,7 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_agent.errors import ModelError
 from edge_agent.profiles import Profile
+from edge_agent.runtime.backend import quantize
+from edge_agent.runtime.model import find_models, load_model
+from edge_agent.runtime.onnx_backend import OnnxBackend
 from edge_agent.runtime.pool import ModelPool, file_meter
 from edge_agent.serving import http, protocol, wire
 from edge_agent.serving.http import Endpoint
@@ -325,3 +329,61 @@ def test_a_shape_that_is_not_three_ints_is_still_refused(shape: list[Any]) -> No
     with pytest.raises(ProtocolError) as e:
         parse_infer(json.dumps({"inputs": [tensor]}).encode(), SPEC4)
     assert "shape" in e.value.message
+
+
+# -- one window through onnxruntime's I/O binding --------------------------------------
+
+ONNX = sorted(c.name for c in find_models(MODELS) if c.backend == "onnx")
+
+
+@pytest.mark.parametrize("name", ONNX)
+def test_one_window_through_the_binding_scores_as_the_plain_run(name: str) -> None:
+    m = load_model(MODELS / name)
+    backend = m.backend
+    assert isinstance(backend, OnnxBackend)
+    assert backend._one is not None, "every bundled ONNX model has static window shapes"
+    xs = m.normalize(m.card.golden.inputs.astype(np.float32))
+    for x in xs[:8]:
+        one = x[None]
+        xin = one if backend.input_quant is None else quantize(one, backend.input_quant)
+        plain = backend._session_run(
+            backend._output_names, {backend.input_name: xin}, backend._run_options
+        )[0]
+        bound = backend._one(xin)
+        assert bound is not None
+        assert bound.dtype == plain.dtype
+        assert bound.tobytes() == plain.tobytes()
+        y1, y2 = backend._run(xin), backend._run(xin)
+        assert y1 is not y2, "each call's output is its own (not the bound buffer)"
+        assert y1.tobytes() == plain.tobytes()
+    # the golden vectors still reproduce through the whole path, one at a time
+    got = np.concatenate([m.scores(w[None]) for w in m.card.golden.inputs.astype(np.float32)])
+    np.testing.assert_allclose(got, m.card.golden.scores, rtol=m.card.golden.rtol, atol=1e-6)
+
+
+def test_another_dtype_or_batch_takes_the_plain_run() -> None:
+    m = load_model(MODELS / "vibration-ae-fp32-onnx")
+    backend = m.backend
+    assert isinstance(backend, OnnxBackend)
+    assert backend._one is not None
+    x = np.zeros((1, *backend._shape), np.float32)
+    assert backend._one(x.astype(np.float64)) is None
+    assert backend._one(np.zeros((2, *backend._shape), np.float32)) is None
+    with pytest.raises(ModelError):  # the plain run's refusal, as before
+        backend.infer(x.astype(np.float64))
+    two = np.stack([x[0], x[0] + 1])
+    np.testing.assert_array_equal(backend.infer(two)[1:], backend.infer(two[1:]))
+
+
+def test_the_binding_follows_bind_and_unbind() -> None:
+    m = load_model(MODELS / "vibration-ae-fp32-onnx")
+    backend = m.backend
+    assert isinstance(backend, OnnxBackend)
+    x = m.normalize(m.card.golden.inputs[:1].astype(np.float32))
+    before = backend.infer(x)
+    backend.unbind()
+    assert backend._one is None
+    assert backend.infer(x).tobytes() == before.tobytes()  # a CPU session of its own
+    backend.bind(["CPUExecutionProvider"])
+    assert backend._one is not None
+    assert backend.infer(x).tobytes() == before.tobytes()

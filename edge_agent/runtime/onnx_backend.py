@@ -8,7 +8,7 @@ from those bytes without touching the disk (nor re-checking the hash) again."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,7 @@ class OnnxBackend(Backend):
         # (~0.7 us of a batch-1 run's ~7; calls on one instance are serialised by the lock).
         self._run_options = _ort().RunOptions()
         self._session_run = _session_run(self.session)
+        self._one = _batch1(self.session, self._run_options)
 
     def _open(self, providers: Sequence[str]) -> tuple[Any, str]:
         """(a session on `providers` as far as they work, why not all of them or "")."""
@@ -109,6 +110,7 @@ class OnnxBackend(Backend):
         with self._lock:  # a call in progress finishes on the old session
             self.session = session
             self._session_run = _session_run(session)
+            self._one = _batch1(session, self._run_options)
             self.providers = list(session.get_providers())
             self.fallback = fallback
 
@@ -116,9 +118,15 @@ class OnnxBackend(Backend):
         with self._lock:
             self.session = None
             self._session_run = None
+            self._one = None
             self.providers = []
 
     def _run(self, x: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        one = self._one
+        if one is not None and len(x) == 1:
+            y = one(x)
+            if y is not None:
+                return y
         run = self._session_run
         if run is None:  # unbound, and used by a holder outside the pool
             self.session, _ = self._open([CPU])
@@ -139,6 +147,69 @@ def _session_run(session: Any) -> Any:
     if inner is not None and list(session.get_providers()) == [CPU]:
         return inner.run
     return session.run
+
+
+_NP_TYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+}
+
+Batch1 = Callable[[npt.NDArray[np.generic]], npt.NDArray[np.generic] | None]
+
+
+def _batch1(session: Any, run_options: Any) -> Batch1 | None:
+    """A one-window run through an I/O binding on buffers bound once (a CPU-only session
+    with static per-window shapes), or None. onnxruntime then neither wraps the input
+    in a new OrtValue nor allocates the output each call: ~1 us of a batch-1 run's ~7.
+    The window is copied in and the output copied out (the buffers are the binding's).
+    Checked at set-up against the plain run on zeros; another shape or dtype than the
+    bound one gets None (the plain run then says what is wrong, as before)."""
+    inner = getattr(session, "_sess", None)
+    if inner is None or list(session.get_providers()) != [CPU]:
+        return None
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    tin, tout = _NP_TYPES.get(inp.type), _NP_TYPES.get(out.type)
+    in_shape, out_shape = _one_window(inp.shape), _one_window(out.shape)
+    if tin is None or tout is None or in_shape is None or out_shape is None:
+        return None
+    try:
+        io = session.io_binding()
+        xin = np.zeros(in_shape, dtype=tin)
+        yout = np.zeros(out_shape, dtype=tout)
+        io.bind_cpu_input(inp.name, xin)
+        io.bind_output(out.name, "cpu", 0, tout, out_shape, yout.ctypes.data)
+        binding, run_bound = io._iobinding, inner.run_with_iobinding
+    except Exception:  # noqa: BLE001 - an onnxruntime without it: the plain run
+        return None
+
+    def one(x: npt.NDArray[np.generic]) -> npt.NDArray[np.generic] | None:
+        if x.shape != xin.shape or x.dtype != xin.dtype:
+            return None
+        np.copyto(xin, x)
+        run_bound(binding, run_options)
+        y: npt.NDArray[np.generic] = yout.copy()
+        return y
+
+    one.keep = (io, xin, yout)  # type: ignore[attr-defined]  # bound by address
+    try:
+        probe = np.zeros(in_shape, dtype=tin)
+        want = inner.run([out.name], {inp.name: probe}, run_options)[0]
+        got = one(probe)
+    except Exception:  # noqa: BLE001 - not usable here: the plain run
+        return None
+    if got is None or not np.array_equal(np.asarray(want), got):
+        return None
+    return one
+
+
+def _one_window(shape: Sequence[Any]) -> list[int] | None:
+    """A tensor's shape for one window: its first dimension (dynamic, or 1) as 1, the
+    others static; None when they are not."""
+    if not shape or (isinstance(shape[0], int) and shape[0] != 1):
+        return None
+    dims = [1, *shape[1:]]
+    return dims if all(type(d) is int and d > 0 for d in dims) else None
 
 
 def _quant_from_card(spec: Any, ort_type: str) -> Quant | None:
