@@ -36,7 +36,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -96,7 +96,8 @@ class Options:
 
 @dataclass
 class Recording:
-    """A file as read: rows in file order (not yet checked for time order)."""
+    """A file as read: rows in file order (load_recording), or in time order with what
+    had to be moved or dropped counted in `order_counts` (shared_recording)."""
 
     samples: npt.NDArray[np.float32]  # (n, channels)
     times: npt.NDArray[np.float64] | None  # (n,) epoch seconds, or None
@@ -104,6 +105,8 @@ class Recording:
     bad_rows: int
     holes: npt.NDArray[np.int64]  # rows that follow a skipped row
     decimal_comma_rows: int = 0
+    # out_of_order_times, bad_times, duplicate_times (set once put in time order)
+    order_counts: dict[str, int] = field(default_factory=dict)
 
 
 def _iso_time(text: str) -> float:
@@ -281,6 +284,45 @@ def load_recording(path: Path, o: Options) -> Recording:  # noqa: PLR0912, PLR09
     return Recording(np.asarray(vals, dtype=np.float32), ts, tuple(wanted), bad, hole_rows, commas)
 
 
+def in_time_order(rec: Recording) -> Recording:
+    """`rec` with its rows in time order, one per time (the first row of a time wins),
+    holes moved with their rows; `order_counts` says how many rows were out of order
+    (`out_of_order_times`), had a non-finite time (`bad_times`, dropped) or a repeated
+    one (`duplicate_times`, dropped). A recording without times is returned as is."""
+    times = rec.times
+    if times is None:
+        return rec
+    finite = np.isfinite(times)
+    counts = {
+        "out_of_order_times": int((np.diff(times) < 0).sum()),
+        "bad_times": int((~finite).sum()),
+    }
+    order = np.argsort(times, kind="stable")  # NaN last
+    st = times[order]
+    keep = np.isfinite(st)
+    keep[1:] &= st[1:] != st[:-1]  # the first row of a time wins
+    counts["duplicate_times"] = int((np.isfinite(st) & ~keep).sum())
+    if not counts["out_of_order_times"] and keep.all():
+        return replace(rec, order_counts=counts)
+    # a hole before row h: before the first kept row at or after its new place
+    place = np.empty_like(order)
+    place[order] = np.arange(len(order))
+    new_index = np.cumsum(keep) - 1
+    kept_holes = set()
+    for h in rec.holes:
+        after = np.flatnonzero(keep[place[h] :])
+        if len(after):
+            kept_holes.add(int(new_index[place[h] + after[0]]))
+    rows = order[keep]
+    return replace(
+        rec,
+        samples=rec.samples[rows],
+        times=st[keep],
+        holes=np.asarray(sorted(kept_holes), dtype=np.int64),
+        order_counts=counts,
+    )
+
+
 # Recordings being replayed, by the file's identity and the options that shape how it
 # reads. Weak: held by the sources replaying it, freed with the last of them.
 _SHARED: weakref.WeakValueDictionary[tuple[object, ...], Recording] = weakref.WeakValueDictionary()
@@ -288,20 +330,22 @@ _SHARED_LOCK = threading.Lock()
 
 
 def shared_recording(path: Path, o: Options) -> Recording:
-    """`load_recording`, shared: a file (the same device, inode, size and modification
-    time) read with the same options is read once while any stream replays it; its arrays
-    are read-only. A changed or replaced file is read again. SourceError as
-    load_recording."""
+    """`load_recording` put in time order (`in_time_order`), shared: a file (the same
+    device, inode, size, modification and change time) read with the same options is
+    read once while any stream replays it; its arrays are read-only. A changed or
+    replaced file is read again (a rewrite that keeps the modification time, as `cp -p`
+    does, still changes the change time). SourceError as load_recording."""
     try:
         st = path.stat()
     except OSError:
-        return load_recording(path, o)  # which says what is wrong with the file
+        return in_time_order(load_recording(path, o))  # which says what is wrong
     key = (
         st.st_dev,
         st.st_ino,
         st.st_size,
         st.st_mtime_ns,
-        o.columns,
+        st.st_ctime_ns,
+        tuple(o.columns),
         o.timestamp_column,
         o.delimiter,
         o.decimal,
@@ -311,7 +355,7 @@ def shared_recording(path: Path, o: Options) -> Recording:
         rec = _SHARED.get(key)
     if rec is not None:
         return rec
-    rec = load_recording(path, o)  # outside the lock: a big CSV takes seconds
+    rec = in_time_order(load_recording(path, o))  # outside the lock: a CSV takes seconds
     for a in (rec.samples, rec.times, rec.holes):
         if a is not None:
             a.flags.writeable = False  # shared by every stream that replays the file
@@ -396,8 +440,10 @@ class ReplaySource(Source):
             self.count("bad_rows", rec.bad_rows)
         if rec.decimal_comma_rows:
             self.count("decimal_comma_rows", rec.decimal_comma_rows)
+        for what, k in rec.order_counts.items():
+            if k:
+                self.count(what, k)
         if times is not None:
-            data, times, holes = self._order(data, times, holes)
             step = median_step(times)
             if not o.rate_hz and step > 0:
                 self._rate = 1.0 / _snap(step)
@@ -416,41 +462,6 @@ class ReplaySource(Source):
         self._start_list = [int(x) for x in self._starts]
         self._start_set = set(self._start_list)
         self._loaded = True
-
-    def _order(
-        self,
-        data: npt.NDArray[np.float32],
-        times: npt.NDArray[np.float64],
-        holes: npt.NDArray[np.int64],
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-        """Rows in time order, one per time; what had to be moved or dropped is counted
-        (`out_of_order_times`, `duplicate_times`, `bad_times` for a non-finite time)."""
-        finite = np.isfinite(times)
-        counts = {
-            "out_of_order_times": int((np.diff(times) < 0).sum()),
-            "bad_times": int((~finite).sum()),
-        }
-        order = np.argsort(times, kind="stable")  # NaN last
-        st = times[order]
-        keep = np.isfinite(st)
-        keep[1:] &= st[1:] != st[:-1]  # the first row of a time wins
-        counts["duplicate_times"] = int((np.isfinite(st) & ~keep).sum())
-        for what, k in counts.items():
-            if k:
-                self.count(what, k)
-        if not counts["out_of_order_times"] and keep.all():
-            return data, times, holes
-        # a hole before row h: before the first kept row at or after its new place
-        place = np.empty_like(order)
-        place[order] = np.arange(len(order))
-        new_index = np.cumsum(keep) - 1
-        kept_holes = set()
-        for h in holes:
-            after = np.flatnonzero(keep[place[h] :])
-            if len(after):
-                kept_holes.add(int(new_index[place[h] + after[0]]))
-        rows = order[keep]
-        return data[rows], st[keep], np.asarray(sorted(kept_holes), dtype=np.int64)
 
     @property
     def rows(self) -> int:
