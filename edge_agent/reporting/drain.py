@@ -1,7 +1,9 @@
 """The drain: moves records from the outbox to the link, at most `window` in flight.
 
-One thread owns the mid -> record map, so an acknowledgement can never be matched
-before its publish was recorded. A record is deleted when its PUBACK arrives; a
+The mid -> record map is touched only under the step lock, by one step at a time (the
+drain thread's, or the outbox writer's offer below) that records a publish's mid before
+it collects acknowledgements, so an acknowledgement can never be matched before its
+publish was recorded. A record is deleted when its PUBACK arrives; a
 PUBACK with a failure reason (ACL denial) also deletes it (retrying cannot succeed),
 and that is counted and logged as an error by the link. A message the link stopped
 sending because a newer retained one to its topic was queued (Ack reason SUPERSEDED) is

@@ -154,8 +154,8 @@ class Outbox:
         self._unlogged_drops: Counter[str] = Counter()
         self._drops_logged = -FAULT_LOG_EVERY_S
         self.moved_aside: MovedAside | None = None
-        # Called by the writer (no lock held) after a group became durable: the drain's
-        # wake-up for records appended without waiting.
+        # Called by the writer (no lock held) after a group became durable: the drain
+        # offers the new records (from this thread while it is idle) or wakes up.
         self.on_durable: Callable[[], None] | None = None
         # depth/bytes change under both locks (after each commit): read under _cv alone.
         self._depth = 0
