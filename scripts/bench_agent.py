@@ -592,6 +592,11 @@ def agent_run(
     dropped = sum(s["dropped_blocks"] for s in s1["streams"])
     samples = sum(s["samples"] for s in s1["streams"]) - sum(s["samples"] for s in s0["streams"])
     cpu, wall = c1 - c0, w1 - w0
+    # the counts are the status writes' own: per second of the time between those writes
+    # (a busier agent writes a little later; our reads' wall time would flatter it ~1%)
+    counted = s1["written_at"] - s0["written_at"]
+    if counted <= 0:
+        counted = wall
     return {
         "agent": "baseline" if root != ROOT else "this",
         "source": source,
@@ -600,10 +605,11 @@ def agent_run(
         "mode": "max-speed" if speed == 0 else "real-time",
         "ready_s": ready_s,
         "windows": windows,
-        "windows_per_s": windows / wall,
-        "samples_per_s": samples / wall,
+        "windows_per_s": windows / counted,
+        "samples_per_s": samples / counted,
         "cpu_share": cpu / wall,  # of one core
-        "windows_per_cpu_s": windows / cpu if cpu > 0 else 0.0,
+        # windows per second of the status interval over CPU per second of ours
+        "windows_per_cpu_s": windows / counted / (cpu / wall) if cpu > 0 else 0.0,
         "dropped_blocks": dropped,
         "rss_mb": rss["VmRSS"] / 1024,
         "watchdog_max_gap_s": max(gaps),  # due every 1 s; systemd kills at 2 s
@@ -706,6 +712,8 @@ def run_scaling(
                     )
                 one, many = got[1], got[streams]
                 pair = {
+                    "one_rss_mb": one["rss_mb"],
+                    "many_rss_mb": many["rss_mb"],
                     "one_windows_per_s": one["windows_per_s"],
                     "many_windows_per_s": many["windows_per_s"],
                     "ratio": many["windows_per_s"] / one["windows_per_s"],
@@ -716,7 +724,8 @@ def run_scaling(
                 print(
                     f"pair {i + 1}: 1 stream {pair['one_windows_per_s']:,.0f} windows/s, "
                     f"{streams} streams {pair['many_windows_per_s']:,.0f}: ratio "
-                    f"{pair['ratio']:.2f} ({pair['ratio_per_cpu_s']:.2f} per CPU-s)",
+                    f"{pair['ratio']:.2f} ({pair['ratio_per_cpu_s']:.2f} per CPU-s); RSS "
+                    f"{pair['one_rss_mb']:.1f} / {pair['many_rss_mb']:.1f} MB",
                     flush=True,
                 )
         finally:
