@@ -51,6 +51,28 @@ def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644, durable: bool 
     atomic_write_bytes(path, data, mode=mode, durable=durable)
 
 
+_LINED = json.JSONEncoder(sort_keys=True, allow_nan=False, separators=(",", ": "))
+
+
+def lined_json(obj: dict[str, Any]) -> bytes:
+    """`obj` as JSON with sorted keys, one top-level key per line and each item of a
+    top-level list on a line of its own, every line written by the C encoder: json.dumps
+    with `indent` runs the pure-Python one, which took 1.8 ms of the GIL each second for
+    16 streams' status.json and 4.9 ms for 64 (0.34 and 1.2 ms this way). The file still
+    reads line by line (less, grep, diff) and parses as any JSON. ValueError for NaN or
+    infinity, as atomic_write_json."""
+    enc = _LINED.encode
+    lines = []
+    for key in sorted(obj):
+        v = obj[key]
+        if isinstance(v, list) and v:
+            v_text = "[\n    " + ",\n    ".join(enc(x) for x in v) + "\n  ]"
+        else:
+            v_text = enc(v)
+        lines.append(f"  {enc(key)}: {v_text}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode() if lines else b"{}\n"
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 64 KiB chunks (models, bundles, slot files)."""
     h = hashlib.sha256()

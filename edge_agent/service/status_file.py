@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_agent.fsutil import atomic_write_json
+from edge_agent.fsutil import atomic_write_bytes, lined_json
 
 __all__ = ["WRITE_WAIT_S", "StatusFile"]
 
@@ -71,7 +71,7 @@ class StatusFile:
                 self._busy = True
             err: OSError | None = None
             try:
-                atomic_write_json(self.path, snap, durable=durable)
+                atomic_write_bytes(self.path, lined_json(snap), durable=durable)
             except OSError as e:
                 err = e
             try:
