@@ -210,14 +210,15 @@ class ModelPool:
         # a loaded model's own key skips resolve's syscalls, and a Path is not built again
         # (its parse and uncached hash: ~5 us of the serving endpoint's every request)
         key = directory if isinstance(directory, Path) else Path(directory)
-        if key not in self._entries:
-            resolved = key.resolve()
-            # An entry is keyed by the caller's own Path when it is already resolved
-            # (the serving endpoint's, kept per variant): its next look-ups then match
-            # by identity, not by Path.__eq__ (a Python call, ~0.5 us each).
-            key = key if resolved == key else resolved
         with self._lock:
-            e = self._entries.get(key)
+            e = self._entries.get(key)  # one look-up: Path's hash is a Python call
+            if e is None:
+                resolved = key.resolve()
+                # An entry is keyed by the caller's own Path when it is already
+                # resolved (the serving endpoint's, kept per variant): its next
+                # look-ups then match by identity, not by Path.__eq__ (a Python call).
+                key = key if resolved == key else resolved
+                e = self._entries.get(key)
             if e is None:
                 e = self._load(key, user)
             elif self._accel_mb > 0 and not e.bound and not e.bind_failed:

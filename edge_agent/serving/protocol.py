@@ -273,7 +273,8 @@ def _request(
     """The InferRequest of `doc` (its parameters `params`) with its `windows`."""
     outputs = doc.get("outputs")
     if not params and outputs is None:  # the usual request: what the looks below give it
-        return InferRequest(_request_id(doc.get("id")), windows, False, None, None)
+        rid = doc.get("id")
+        return InferRequest(None if rid is None else _request_id(rid), windows, False, None, None)
     want_alarm = _alarm_asked(params, outputs)
     stream = params.get("stream")
     if stream is not None and not isinstance(stream, str):
@@ -482,7 +483,13 @@ def infer_body(
     if len(scores) == 1 and req.id is None and not req.want_alarm and not req.binary_outputs:
         score = float(scores[0])
         # an exact float key: 1 == 1.0 == True and 0.0 == -0.0, which encode apart
-        if math.isfinite(score) and type(threshold) is float and _plain(threshold):
+        # (_plain, inline: threshold != 0.0 and finite)
+        if (
+            math.isfinite(score)
+            and type(threshold) is float
+            and threshold != 0.0
+            and math.isfinite(threshold)
+        ):
             key = (spec.name, spec.variant, spec.version, threshold)
             parts = _templates.get(key)
             if parts is None:
@@ -490,10 +497,6 @@ def infer_body(
             if parts:
                 return parts[0] + repr(score).encode() + parts[1], None
     return encode_response(infer_response(spec, req, scores, threshold), req)
-
-
-def _plain(x: float) -> bool:
-    return x != 0.0 and math.isfinite(x)
 
 
 _templates: dict[tuple[str, str, int, float], tuple[bytes, bytes] | tuple[()]] = {}
