@@ -107,10 +107,11 @@ class OnnxBackend(Backend):
             raise
         except Exception as e:
             raise BackendUnavailableError(f"{self.card.name}: could not bind: {e}") from e
+        one = _batch1(session, self._run_options)  # its probe run: not under the lock
         with self._lock:  # a call in progress finishes on the old session
             self.session = session
             self._session_run = _session_run(session)
-            self._one = _batch1(session, self._run_options)
+            self._one = one
             self.providers = list(session.get_providers())
             self.fallback = fallback
 
