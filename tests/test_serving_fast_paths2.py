@@ -230,12 +230,13 @@ def _body4(data: list[Any], **doc: Any) -> bytes:
 
 
 DATA: list[list[Any]] = [
-    [0.25, -1.5, 3e-3, 7.0],  # the fast way
-    [1, 2, 3, 4],  # ints: 1 goes the long way
-    [5, 6, 7, 8],  # ints, the fast way
-    [0.0, 2.5, 3.5, 4.5],  # a zero: the long way
+    [0.25, -1.5, 3e-3, 7.0],
+    [1, 2, 3, 4],  # ints: 1's type looked at
+    [5, 6, 7, 8],
+    [0.0, 2.5, 3.5, 4.5],  # a zero: its type looked at
     [1.0, 2.5, 3.5, 4.5],
-    [-0.0, 2.5, 3.5, 4.5],  # -0.0 is not a bool's: the fast way
+    [0, 1, 0.0, 1.0],  # all four looked at
+    [-0.0, 2.5, 3.5, 4.5],
     [2**63 + 12345, -(2**70), 2**100, 3.0],  # big ints: one rounding to FP32 either way
     [1e-46, 7e-46, 1.2e-38, 3.4028234e38],  # FP32's edges
     [3e38, -3e38, 1e20, 0.5],  # squares overflow: accepted
@@ -244,6 +245,8 @@ DATA: list[list[Any]] = [
 REFUSED: list[tuple[list[Any], str]] = [
     ([True, 2.5, 3.5, 4.5], "must be numbers"),
     ([2.5, False, 3.5, 4.5], "must be numbers"),
+    ([0.0, 1.0, False, 0], "must be numbers"),  # a bool among zeros and ones
+    ([1, True, 1, 1], "must be numbers"),
     ([2.5, "3.5", 3.5, 4.5], "must be numbers"),
     ([2.5, None, 3.5, 4.5], "NaN"),
     ([2.5, 3.5, 4.5, 1e39], "float32"),
@@ -387,3 +390,28 @@ def test_the_binding_follows_bind_and_unbind() -> None:
     backend.bind(["CPUExecutionProvider"])
     assert backend._one is not None
     assert backend.infer(x).tobytes() == before.tobytes()
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [
+        [0.0, 2.5, 3.5, 4.5],
+        [1, 2, 3, 4],
+        [0, 1, 0.0, 1.0],
+        [0.0] * 256,  # every value looked at
+        [float(i % 7 - 3) for i in range(256)],  # integer readings
+    ],
+)
+def test_numbers_that_read_zero_or_one_take_the_shortcut(flat: list[Any]) -> None:
+    """Only a value that reads exactly 0 or 1 can be a bool's: those values' types are
+    looked at, and numbers take the shortcut (not the long way after it)."""
+    got = protocol._fp32_numbers(flat)
+    assert got is not None
+    assert got.tobytes() == np.asarray(flat, dtype=np.float32).tobytes()
+
+
+@pytest.mark.parametrize(
+    "flat", [[True], [False] * 4, [0.0] * 255 + [False], [2.5, 1, True, 0.0], [1.0, True]]
+)
+def test_a_bool_anywhere_leaves_the_shortcut(flat: list[Any]) -> None:
+    assert protocol._fp32_numbers(flat) is None
