@@ -164,7 +164,7 @@ def _batch1(session: Any, run_options: Any) -> Batch1 | None:
     with static per-window shapes), or None. onnxruntime then neither wraps the input
     in a new OrtValue nor allocates the output each call: ~1 us of a batch-1 run's ~7.
     The window is copied in and the output copied out (the buffers are the binding's).
-    Checked at set-up against the plain run on zeros; another shape or dtype than the
+    Checked at set-up against the plain run on two random windows; another shape or dtype than the
     bound one gets None (the plain run then says what is wrong, as before)."""
     inner = getattr(session, "_sess", None)
     if inner is None or list(session.get_providers()) != [CPU]:
@@ -193,15 +193,31 @@ def _batch1(session: Any, run_options: Any) -> Batch1 | None:
         return y
 
     one.keep = (io, xin, yout)  # type: ignore[attr-defined]  # bound by address
+    # Two different windows, neither zeros: a binding that read its input only once (a
+    # copy at bind time) or left a stale output would pass a probe of zeros; NaN in an
+    # output (a model's own) compares equal to NaN.
+    rng = np.random.default_rng(0)
+    floating = np.issubdtype(tout, np.floating)
     try:
-        probe = np.zeros(in_shape, dtype=tin)
-        want = inner.run([out.name], {inp.name: probe}, run_options)[0]
-        got = one(probe)
+        for _ in range(2):
+            probe = _probe_window(rng, in_shape, tin)
+            want = np.asarray(inner.run([out.name], {inp.name: probe}, run_options)[0])
+            got = one(probe)
+            if got is None or not np.array_equal(want, got, equal_nan=floating):
+                return None
     except Exception:  # noqa: BLE001 - not usable here: the plain run
         return None
-    if got is None or not np.array_equal(np.asarray(want), got):
-        return None
     return one
+
+
+def _probe_window(
+    rng: np.random.Generator, shape: list[int], dtype: type[np.generic]
+) -> npt.NDArray[np.generic]:
+    """A window of `dtype` with values all over its range (normal for floats)."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)  # type: ignore[type-var]
+        return rng.integers(int(info.min), int(info.max) + 1, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def _one_window(shape: Sequence[Any]) -> list[int] | None:
