@@ -490,7 +490,7 @@ class Agent:
             fn(snap)
         return snap
 
-    def _status_written(self, e: OSError | None) -> None:
+    def _status_written(self, e: Exception | None) -> None:
         """The status writer's result (its thread)."""
         if e is not None:  # a full disk must not stop scoring; said once, not each second
             if not self._status_unwritable:

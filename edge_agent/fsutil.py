@@ -51,7 +51,7 @@ def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644, durable: bool 
     atomic_write_bytes(path, data, mode=mode, durable=durable)
 
 
-_LINED = json.JSONEncoder(sort_keys=True, allow_nan=False, separators=(",", ": "))
+_LINED = json.JSONEncoder(sort_keys=True, allow_nan=False)
 
 
 def lined_json(obj: dict[str, Any]) -> bytes:
@@ -61,6 +61,8 @@ def lined_json(obj: dict[str, Any]) -> bytes:
     16 streams' status.json and 4.9 ms for 64 (0.34 and 1.2 ms this way). The file still
     reads line by line (less, grep, diff) and parses as any JSON. ValueError for NaN or
     infinity, as atomic_write_json."""
+    if not all(isinstance(k, str) for k in obj):  # json.dumps' own key conversions
+        return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
     enc = _LINED.encode
     lines = []
     for key in sorted(obj):

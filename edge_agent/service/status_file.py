@@ -27,9 +27,10 @@ WRITE_WAIT_S = 1.0
 
 class StatusFile:
     """status.json written by its own thread. `on_result(error)` is called by the writer
-    after each attempt: None when written, the OSError when not."""
+    after each attempt: None when written, the OSError (or, for a snapshot JSON cannot
+    hold, the ValueError/TypeError) when not."""
 
-    def __init__(self, path: Path, on_result: Callable[[OSError | None], None]) -> None:
+    def __init__(self, path: Path, on_result: Callable[[Exception | None], None]) -> None:
         self.path = path
         self._on_result = on_result
         self._cv = threading.Condition()
@@ -69,10 +70,12 @@ class StatusFile:
                 (snap, durable), self._pending = self._pending, None
                 upto = self._queued
                 self._busy = True
-            err: OSError | None = None
+            err: Exception | None = None
             try:
+                # a value JSON cannot hold (NaN, a numpy scalar: a bug) fails this write
+                # only; the thread goes on with the next snapshot
                 atomic_write_bytes(self.path, lined_json(snap), durable=durable)
-            except OSError as e:
+            except (OSError, ValueError, TypeError) as e:
                 err = e
             try:
                 self._on_result(err)
