@@ -12,19 +12,17 @@ overflows to inf/NaN. Such a window scores SATURATED_SCORE, whatever the model s
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import BudgetExceededError, ModelError
 from edge_agent.profiles import Profile
+from edge_agent.quiet_math import overflow_quiet, sum_squares
 from edge_agent.resources import find_resource_dir
 from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.card import CARD_FILE, ModelCard, load_card
@@ -60,36 +58,8 @@ _CLIP_SIGMAS = np.float32(1e30)
 
 _FAR_SQUARED = FAR_SIGMAS**2
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
-
-def _overflow_quiet(f: Callable[_P, _R]) -> Callable[_P, _R]:
-    """`f` run with float overflow and invalid results ignored (inf/NaN are answers
-    here, not faults). numpy 2's errstate as a decorator costs ~0.45 us a call, half
-    its with-block (no object made per call); numpy 1's keeps its saved state on the
-    one instance, which threads would share, so there a with-block per call."""
-    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
-        return np.errstate(over="ignore", invalid="ignore")(f)
-
-    @functools.wraps(f)
-    def quiet(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with np.errstate(over="ignore", invalid="ignore"):
-            return f(*args, **kwargs)
-
-    return quiet
-
-
-@_overflow_quiet
-def _sum_squares(x: npt.NDArray[np.float32]) -> float:
-    """One BLAS dot: inf/NaN if any value is (or squares past float32), else a bound on
-    every value's square. Cheaper than min and max, or a mask, on a live stream's tiny
-    arrays (~0.3 us, where each numpy reduction costs a few)."""
-    flat = x.reshape(-1)
-    return float(np.dot(flat, flat))
-
-
-@_overflow_quiet
+@overflow_quiet
 def _scaled(
     raw: npt.NDArray[np.float32], mean: npt.NDArray[np.float32], inv: npt.NDArray[np.float32]
 ) -> tuple[npt.NDArray[np.float32], float]:
@@ -105,7 +75,7 @@ def far_windows(x_norm: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_] | None
     """Which normalised windows (n, ...) hold a value beyond +-FAR_SIGMAS; None when
     none does (pure). NaN is not far: an invalid reading is sensor health's, and the
     pipeline never scores it."""
-    if not len(x_norm) or _sum_squares(x_norm) <= _FAR_SQUARED:
+    if not len(x_norm) or sum_squares(x_norm) <= _FAR_SQUARED:
         return None  # every |value| <= sqrt(sum of squares) <= FAR_SIGMAS: the usual case
     far: npt.NDArray[np.bool_] = np.abs(x_norm).reshape(len(x_norm), -1).max(axis=1) > FAR_SIGMAS
     return far if far.any() else None

@@ -28,10 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from edge_agent.quiet_math import overflow_quiet, sum_squares
 
 
 def _import_orjson() -> ModuleType | None:
@@ -43,7 +45,6 @@ def _import_orjson() -> ModuleType | None:
 
 
 _orjson = _import_orjson()
-_T = TypeVar("_T")
 
 __all__ = [
     "ALARM",
@@ -372,21 +373,7 @@ def _fp32_numbers(flat: list[Any]) -> npt.NDArray[np.float32] | None:
 _NUMBERS = frozenset((float, int, type(None)))
 
 
-def _quiet(f: Callable[[Any], _T]) -> Callable[[Any], _T]:
-    """`f` with float overflow and invalid results ignored: numpy 2's errstate as a
-    decorator (~0.5 us a call, half its with-block); numpy 1's keeps its state on the
-    one instance, which threads would share: a with-block there."""
-    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
-        return np.errstate(over="ignore", invalid="ignore")(f)
-
-    def quiet(v: Any) -> _T:
-        with np.errstate(over="ignore", invalid="ignore"):
-            return f(v)
-
-    return quiet
-
-
-@_quiet
+@overflow_quiet
 def _zero_or_one(x: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
     """True where x * x == x: at every 0 and 1 (what a bool becomes), and at -0.0 and
     infinity, whose types are then looked at too; two ufuncs, not three."""
@@ -394,17 +381,9 @@ def _zero_or_one(x: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
     return out
 
 
-@_quiet
+@overflow_quiet
 def _to_fp32(values: list[Any]) -> npt.NDArray[np.float32]:
     return np.asarray(values, dtype=np.float32)
-
-
-@_quiet
-def _sum_squares(flat: npt.NDArray[np.float32]) -> float:
-    """One BLAS dot: finite only when every value is finite (a NaN or infinity makes it
-    so; a huge finite value may too, then looked at again). ~1 us less than isfinite
-    and all on a batch-1 window."""
-    return float(np.dot(flat, flat))
 
 
 def _finite_fp32(
@@ -421,7 +400,7 @@ def _finite_fp32(
         with np.errstate(over="ignore"):
             windows = arr.astype(np.float32).reshape(shape)
     flat = windows.reshape(-1)
-    if not math.isfinite(_sum_squares(flat)) and not np.isfinite(flat).all():
+    if not math.isfinite(sum_squares(flat)) and not np.isfinite(flat).all():
         wide = arr if values is None else np.asarray(values, dtype=np.float64)
         if not np.isfinite(wide).all():
             raise _bad(f"input {name}: data holds NaN or infinity")
