@@ -164,8 +164,8 @@ def _batch1(session: Any, run_options: Any) -> Batch1 | None:
     with static per-window shapes), or None. onnxruntime then neither wraps the input
     in a new OrtValue nor allocates the output each call: ~1 us of a batch-1 run's ~7.
     The window is copied in and the output copied out (the buffers are the binding's).
-    Checked at set-up against the plain run on two random windows; another shape or dtype than the
-    bound one gets None (the plain run then says what is wrong, as before)."""
+    Checked at set-up against the plain run on two probe windows; another shape or dtype
+    than the bound one gets None (the plain run then says what is wrong, as before)."""
     inner = getattr(session, "_sess", None)
     if inner is None or list(session.get_providers()) != [CPU]:
         return None
