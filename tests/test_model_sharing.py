@@ -22,14 +22,11 @@ from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.pipeline.windows import Windows, samples_needed
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
-from edge_agent.runtime.pool import ModelPool
-from edge_agent.runtime.scheduler import InferenceScheduler, SchedulerSet
-from edge_agent.service.faults import Faults
-from edge_agent.service.supervisor import Loop
 from edge_agent.sources.base import Block
 from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal
 from edge_agent.streams import StreamRuntime
 from tests.agentutil import MODELS
+from tests.pooled import pool_with_workers
 
 WINDOWS = 10_000
 PROFILE = Profile(name="t")
@@ -176,20 +173,7 @@ def test_two_streams_through_the_scheduler_across_a_promotion_get_their_own_scor
             ],
         }
     )
-    stop = threading.Event()
-    workers: list[threading.Thread] = []
-
-    def supervise(name: str, sched: InferenceScheduler) -> None:  # the agent's on_new
-        t = threading.Thread(target=sched.run, args=(Loop(name, stop, Faults({}, {})),))
-        t.start()
-        workers.append(t)
-
-    pool = ModelPool(PROFILE)
-    scheds = SchedulerSet(PROFILE)
-    scheds.on_new = supervise
-    pool.on_load = lambda e: scheds.add(e.model)
-    pool.on_evict = lambda e: scheds.remove(e.model)
-    try:
+    with pool_with_workers(PROFILE) as (pool, scheds):
         rts = {
             sc.name: StreamRuntime(sc, cfg, PROFILE, None, pool=pool, schedulers=scheds)
             for sc in cfg.streams
@@ -224,11 +208,6 @@ def test_two_streams_through_the_scheduler_across_a_promotion_get_their_own_scor
             t.join(300)
         assert not any(t.is_alive() for t in threads), "a stream did not finish"
         assert errors == []
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(10)
-    assert not any(w.is_alive() for w in workers)
     # before the promotion the scheduler's worker scored both streams, batched together
     assert sched.windows >= WINDOWS // 4
     assert sched.batches < sched.windows

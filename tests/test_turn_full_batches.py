@@ -22,14 +22,12 @@ from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.pipeline.windows import Windows, samples_needed
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
-from edge_agent.runtime.pool import ModelPool
-from edge_agent.runtime.scheduler import DEFAULT_MAX_BATCH, InferenceScheduler, SchedulerSet
-from edge_agent.service.faults import Faults
-from edge_agent.service.supervisor import Loop
+from edge_agent.runtime.scheduler import DEFAULT_MAX_BATCH
 from edge_agent.sources.base import Block
 from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal
 from edge_agent.streams import StreamRuntime
 from tests.agentutil import MODELS
+from tests.pooled import pool_with_workers
 
 PROFILE = Profile(name="t")
 WINDOWS = 4_000
@@ -85,19 +83,7 @@ def test_full_batch_turns_keep_the_reference_scores(variant: str, tmp_path: Path
             ],
         }
     )
-    stop = threading.Event()
-    workers: list[threading.Thread] = []
-
-    def supervise(name: str, sched: InferenceScheduler) -> None:  # the agent's on_new
-        t = threading.Thread(target=sched.run, args=(Loop(name, stop, Faults({}, {})),))
-        t.start()
-        workers.append(t)
-
-    pool = ModelPool(PROFILE)
-    scheds = SchedulerSet(PROFILE)
-    scheds.on_new = supervise
-    pool.on_load = lambda e: scheds.add(e.model)
-    try:
+    with pool_with_workers(PROFILE) as (pool, scheds):
         rts = {
             sc.name: StreamRuntime(sc, cfg, PROFILE, None, pool=pool, schedulers=scheds)
             for sc in cfg.streams
@@ -139,10 +125,6 @@ def test_full_batch_turns_keep_the_reference_scores(variant: str, tmp_path: Path
             t.join(300)
         assert not any(t.is_alive() for t in threads)
         assert errors == []
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(10)
     assert sched.snapshot()["refused"] == 0
     for name in STREAMS:
         got = np.concatenate(scores[name])
