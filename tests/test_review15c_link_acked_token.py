@@ -14,11 +14,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.reporting.link import MqttLink
 from edge_agent.reporting.session_watch import PACKET_TOO_LARGE
-from edge_agent.reporting.topics import Topic
 from tests.mosquitto import Broker
-from tests.reporting.helpers import make_config, wait_until
+from tests.reporting.helpers import bare_link, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -39,13 +37,7 @@ def _take_over(broker: Broker) -> None:
 def test_a_message_acknowledged_before_its_mid_is_known_is_never_set_aside(
     limited_broker: Broker,
 ) -> None:
-    link = MqttLink(
-        make_config(limited_broker, protocol="3.1.1").mqtt,
-        client_id=CID,
-        will=lambda: (Topic(f"edge/{CID}/status"), b"{}"),
-        on_connected=lambda _present: None,
-        on_message=lambda _msg: None,
-    )
+    link = bare_link(limited_broker, CID, protocol="3.1.1")
     link.wake_hook = lambda: None
     link.start()
     try:

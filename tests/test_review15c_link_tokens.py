@@ -13,22 +13,15 @@ import pytest
 
 from edge_agent.reporting.link import MqttLink
 from edge_agent.reporting.session_watch import PACKET_TOO_LARGE
-from edge_agent.reporting.topics import Topic
 from tests.mosquitto import Broker
-from tests.reporting.helpers import make_config, wait_until
+from tests.reporting.helpers import bare_link, wait_until
 from tests.reporting.test_broker_limits import hold_publisher_until_paho_waits
 
 pytestmark = pytest.mark.broker
 
 
 def _link(broker: Broker, protocol: str, cid: str) -> MqttLink:
-    return MqttLink(
-        make_config(broker, protocol=protocol).mqtt,
-        client_id=cid,
-        will=lambda: (Topic(f"edge/{cid}/status"), b"{}"),
-        on_connected=lambda _present: None,
-        on_message=lambda _msg: None,
-    )
+    return bare_link(broker, cid, protocol=protocol)
 
 
 def _connects(broker: Broker, cid: str) -> int:

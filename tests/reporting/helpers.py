@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import AgentConfig, parse_config
+from edge_agent.reporting.link import MqttLink
+from edge_agent.reporting.topics import Topic
 from tests.mosquitto import Broker
 from tests.subscriber import Received
 
@@ -27,6 +29,19 @@ def config_dict(
 
 def make_config(broker: Broker, **kw: Any) -> AgentConfig:
     return parse_config(config_dict(broker, **kw))
+
+
+def bare_link(broker: Broker, client_id: str, **mqtt: Any) -> MqttLink:
+    """An MqttLink to `broker` (config `mqtt` as make_config takes it) with the rest of
+    the reporter left out: a {} Last Will on edge/<client_id>/status, no connect or
+    message handler."""
+    return MqttLink(
+        make_config(broker, **mqtt).mqtt,
+        client_id=client_id,
+        will=lambda: (Topic(f"edge/{client_id}/status"), b"{}"),
+        on_connected=lambda _present: None,
+        on_message=lambda _msg: None,
+    )
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> Path:

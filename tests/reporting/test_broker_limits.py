@@ -17,10 +17,9 @@ import pytest
 from edge_agent.reporting import Reporter
 from edge_agent.reporting.link import MqttLink
 from edge_agent.reporting.session_watch import PACKET_TOO_LARGE
-from edge_agent.reporting.topics import Topic
 from tests.conftest import _need_mosquitto
 from tests.mosquitto import Broker
-from tests.reporting.helpers import event_seqs, make_config, wait_until
+from tests.reporting.helpers import bare_link, event_seqs, make_config, wait_until
 from tests.subscriber import Received, Subscriber
 
 pytestmark = pytest.mark.broker
@@ -164,13 +163,7 @@ def test_a_drop_seen_before_the_publisher_has_its_mid_still_blames_the_message(
     """On a loaded machine paho's thread can write a message, and see a 3.1.1 broker
     close the connection for it, before the thread that published it runs again. The drop
     must still be put down to that message: two drops set it aside, no third connect."""
-    link = MqttLink(
-        make_config(limited_broker, protocol="3.1.1").mqtt,
-        client_id="gw-held",
-        will=lambda: (Topic("edge/gw-held/status"), b"{}"),
-        on_connected=lambda _present: None,
-        on_message=lambda _msg: None,
-    )
+    link = bare_link(limited_broker, "gw-held", protocol="3.1.1")
     link.start()
     try:
         assert wait_until(lambda: link.connected, 20)

@@ -22,9 +22,8 @@ import pytest
 from edge_agent.reporting.drain import Drainer
 from edge_agent.reporting.link import MqttLink
 from edge_agent.reporting.outbox import Kind, Outbox
-from edge_agent.reporting.topics import Topic
 from tests.mosquitto import Broker
-from tests.reporting.helpers import make_config, wait_until
+from tests.reporting.helpers import bare_link, wait_until
 from tests.subscriber import Subscriber
 
 TOPIC = "edge/d/events"
@@ -38,15 +37,8 @@ class _Parts:
 
 @pytest.fixture
 def parts(broker: Broker, tmp_path: Path) -> Iterator[_Parts]:
-    cfg = make_config(broker)
     outbox = Outbox(tmp_path / "state", max_bytes=1 << 20, sync="always", now=time.time())
-    link = MqttLink(
-        cfg.mqtt,
-        client_id="drain-on-writer",
-        will=lambda: (Topic("edge/d/status"), b"{}"),
-        on_connected=lambda _present: None,
-        on_message=lambda _msg: None,
-    )
+    link = bare_link(broker, "drain-on-writer")
     drain = Drainer(outbox, link, window=8)
     p = _Parts(outbox, link, drain)
     publish = link.publish
