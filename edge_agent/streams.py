@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from edge_agent.backoff import RestartBudget
 from edge_agent.config import AgentConfig, StreamConfig
-from edge_agent.errors import CalibrationError, ConfigError, OverloadError, SourceError
+from edge_agent.errors import CalibrationError, ConfigError, SourceError
 from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.baseline_follower import BaselineFollower
 from edge_agent.pipeline.calibration import (
@@ -251,25 +251,7 @@ class StreamRuntime:
         sched = self.schedulers.for_model(model)
         if sched is None:
             return model.scores_normalized(x)
-        mb = sched.max_batch
-        if len(x) < mb or sched.clients <= 1:  # (a lone client is scored inline by score)
-            return sched.score(model, x, priority=Priority.REALTIME)
-        # A full batch of its own (a turn at max speed, a backlog): batching it with
-        # other streams gains nothing, so it is scored here while the worker is idle,
-        # on windows still in this core's cache, instead of handed to the worker's thread
-        # and back (64 max-speed streams, side by side: 1.18x the windows/s; one stream
-        # alone was already scored inline). In parts of whole backend batches (the
-        # scheduler's limit on one request): the same backend calls, so the same scores.
-        step = max(mb, sched.max_queue // mb * mb)
-        parts = []
-        for i in range(0, len(x), step):
-            xp = x[i : i + step]
-            try:
-                s = sched.try_now(model, xp, deadline=None)
-            except OverloadError:  # (not for a request within max_queue: a safety net)
-                s = None
-            parts.append(s if s is not None else sched.score(model, xp, priority=Priority.REALTIME))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return sched.score(model, x, priority=Priority.REALTIME)
 
     def _new_runner(self) -> SourceRunner:
         r = SourceRunner(
