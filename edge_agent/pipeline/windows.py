@@ -36,9 +36,7 @@ class Windower:
         if window <= 0 or hop <= 0:
             raise ValueError("window and hop must be positive")
         self.window, self.hop, self.channels = window, hop, channels
-        self._cap = max(4 * window, 1024)
-        self._buf = np.empty((self._cap, channels), dtype=np.float32)
-        self._bad = np.zeros(self._cap, dtype=bool)
+        self._alloc(max(4 * window, 1024))
         self._len = 0
         self._buf_start = 0  # absolute index of _buf[0]
         self._next_start = 0  # absolute index where the next window starts
@@ -124,13 +122,17 @@ class Windower:
         self._grow(need)
         return self._buf, self._bad
 
+    def _alloc(self, cap: int) -> None:
+        """A new own buffer for `cap` samples (what the old one held is not copied)."""
+        self._cap = cap
+        self._buf = np.empty((cap, self.channels), dtype=np.float32)
+        self._bad = np.zeros(cap, dtype=bool)
+
     def _grow(self, need: int) -> None:
-        self._cap = 2 * need
-        buf = np.empty((self._cap, self.channels), dtype=np.float32)
-        buf[: self._len] = self._buf[: self._len]
-        badb = np.zeros(self._cap, dtype=bool)
-        badb[: self._len] = self._bad[: self._len]
-        self._buf, self._bad = buf, badb
+        buf, badb = self._buf, self._bad
+        self._alloc(2 * need)
+        self._buf[: self._len] = buf[: self._len]
+        self._bad[: self._len] = badb[: self._len]
 
     def _keep_needed(self, buf: npt.NDArray[np.float32], badb: npt.NDArray[np.bool_]) -> None:
         """What future windows need of the buffered samples in `buf` (the stream's own
@@ -139,9 +141,7 @@ class Windower:
         drop = min(self._next_start - self._buf_start, self._len)
         keep = self._len - drop
         if keep > self._cap:  # (from the scratch buffer; the own one holds 4 windows)
-            self._cap = 2 * keep
-            self._buf = np.empty((self._cap, self.channels), dtype=np.float32)
-            self._bad = np.zeros(self._cap, dtype=bool)
+            self._alloc(2 * keep)
         self._buf[:keep] = buf[drop : drop + keep]
         self._bad[:keep] = badb[drop : drop + keep]
         self._len, self._buf_start = keep, self._buf_start + drop
