@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import socket
 import threading
 import time
@@ -82,6 +83,7 @@ class OpcUaServer:
     ) -> None:
         self.port = port or free_port()
         self.url = f"opc.tcp://127.0.0.1:{self.port}/edge/"
+        self._port_free_to_change = port is None  # ours, and not started yet
         self.initial = dict(variables)
         self.certificates = certificates
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,6 +95,23 @@ class OpcUaServer:
         self.idx = 2
 
     def start(self) -> None:
+        """Serve (again on the same port after a stop). A free port picked by us can be
+        taken before the server binds it (another test's server, or any connection's
+        ephemeral source port): the first start then picks another, a few times."""
+        for _ in range(4):
+            try:
+                self._start_once()
+                break
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or not self._port_free_to_change:
+                    raise
+                self.port = free_port()
+                self.url = f"opc.tcp://127.0.0.1:{self.port}/edge/"
+        else:
+            self._start_once()
+        self._port_free_to_change = False  # a restart must come back where it was
+
+    def _start_once(self) -> None:
         ready = threading.Event()
         errors: list[BaseException] = []
 
@@ -100,10 +119,10 @@ class OpcUaServer:
             async def main() -> None:
                 try:
                     await self._start()
-                except BaseException as e:
+                except BaseException as e:  # raised by start() in the caller's thread
                     errors.append(e)
                     ready.set()
-                    raise
+                    return
                 ready.set()
                 assert self._stopped is not None
                 await self._stopped.wait()
