@@ -119,7 +119,7 @@ class OpcUaServer:
             async def main() -> None:
                 try:
                     await self._start()
-                except BaseException as e:  # raised by start() in the caller's thread
+                except BaseException as e:  # noqa: BLE001 - raised by start() in the caller's thread
                     errors.append(e)
                     ready.set()
                     return
