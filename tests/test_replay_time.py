@@ -134,6 +134,27 @@ def test_loop_keeps_real_time_pacing_and_times_run_on(tmp_path: Path) -> None:
     assert all((b.seq % rows) == 0 for b in passes)
 
 
+def test_without_timestamps_blocks_carry_t0_and_rate_and_times_run_on(tmp_path: Path) -> None:
+    """No timestamp column: the rows lie on the rate's grid, so a block carries its first
+    row's time and the rate, not a per-row array; times still run on across passes and
+    contiguous blocks join into one without per-row times."""
+    from edge_agent.sources.runner import _coalesced
+
+    rows, rate = 50, 100.0
+    path = _write(tmp_path / "plain.csv", ["0"] * rows, SyntheticSignal(SPEC).render(0, rows))
+    opts = Options(path=str(path), columns=CHANNELS, rate_hz=rate, speed=0, loop=True, block=20)
+    src = ReplaySource("r", opts)
+    blocks = _read_all(src, limit=9)  # 3 passes of 20 + 20 + 10 rows
+    assert all(b.times is None for b in blocks)
+    times = np.concatenate([[b.time_of(i) for i in range(len(b.samples))] for b in blocks])
+    np.testing.assert_allclose(np.diff(times), 1.0 / rate, atol=1e-6)  # on across passes
+    assert times[0] == pytest.approx(time.time(), abs=60)  # sample 0: when the replay opened
+    joined = _coalesced(blocks[:3], 1 << 20, None)  # one pass, no hole inside
+    assert len(joined) == 1
+    assert joined[0].times is None
+    assert len(joined[0].samples) == rows
+
+
 def test_out_of_order_and_duplicate_times_are_counted_not_fatal(tmp_path: Path) -> None:
     t = [1_700_000_000 + i / 100 for i in range(200)]
     t[50], t[51] = t[51], t[50]  # two rows swapped

@@ -15,7 +15,8 @@ rows with one time the first is kept, the others counted (`duplicate_times`).
 A skipped row, a step in time of more than 1.5 nominal periods (`time_gaps`) and the
 wrap of `loop = true` are holes: the block after one is marked `gap_before`.
 
-Every block carries its samples' times. Each `loop` pass continues the clock where
+Every block carries its samples' times (a timestamp column's per row; without one, the
+first row's time and the rate). Each `loop` pass continues the clock where
 the previous one ended (times shifted by the file's span), so pacing and times stay
 real time on every pass.
 
@@ -492,15 +493,17 @@ class ReplaySource(Source):
         if len(self._data) == 0:
             raise SourceError(f"{self.options.path}: no rows with usable times")
 
-    def _time(self, a: int, b: int) -> npt.NDArray[np.float64]:
-        """Source times of rows a..b-1 in the current pass, seconds."""
+    def _time(self, a: int, b: int) -> tuple[float, float, npt.NDArray[np.float64] | None]:
+        """(time of row a, time of row b-1, per-row times or None) in the current pass,
+        seconds. Without a timestamp column the rows lie on the rate's grid, so a block
+        carries t0 and its rate only (Block.time_of), not an array of times a turn at
+        max speed would make, join and drop for every 1,024 rows."""
         shift = self._pass * self._period_s
         if self._times is not None:
-            return self._times[a:b] + shift
-        t = np.arange(a, b, dtype=np.float64)
-        t /= self._rate
-        t += self._t_base + shift  # in place: the same sums, one array
-        return t
+            times = self._times[a:b] + shift
+            return float(times[0]), float(times[-1]), times
+        at = self._t_base + shift  # the same sums as a per-row array made: row / rate + at
+        return a / self._rate + at, (b - 1) / self._rate + at, None
 
     def read(self, timeout: float) -> Block | None:
         o = self.options
@@ -516,13 +519,13 @@ class ReplaySource(Source):
         nxt = bisect.bisect_right(self._start_list, self._pos)
         stop = self._start_list[nxt] if nxt < len(self._start_list) else n_total
         end = min(self._pos + o.block, stop)
-        times = self._time(self._pos, end)
+        t0, last, times = self._time(self._pos, end)
         # pacing follows the samples' own times, across loop passes too
-        first = self._times[0] if self._times is not None else self._t_base
-        if not self._pacer.wait(float(times[-1] - first), timeout):
+        first = float(self._times[0]) if self._times is not None else self._t_base
+        if not self._pacer.wait(last - first, timeout):
             return None
         gap = self._gap or (self._pos > 0 and self._pos in self._start_set)
-        blk = Block(self._data[self._pos : end], float(times[0]), self._seq, self._rate, gap, times)
+        blk = Block(self._data[self._pos : end], t0, self._seq, self._rate, gap, times)
         self._gap = False
         self._seq += end - self._pos
         self._pos = end
