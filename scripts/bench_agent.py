@@ -578,10 +578,12 @@ def agent_run(
     try:
         sock.wait_for("READY", READY_TIMEOUT_S)
         ready_s = next(t for t, m in sock.messages if "READY" in m) - t0
-        _listen(sock, 1.0)
-        s0, c0, w0 = _status(state), _cpu_s(proc.pid), time.monotonic()
-        _listen(sock, seconds)
-        s1, c1, w1 = _status(state), _cpu_s(proc.pid), time.monotonic()
+        # from the first status written a second after READY (one read at READY + 1 s
+        # could still find the one written at READY, counting the streams' start)
+        s0 = _status_after(state, sock, time.time() + 1.0)
+        c0, w0 = _cpu_s(proc.pid), time.monotonic()
+        s1 = _status_after(state, sock, s0["written_at"] + seconds)
+        c1, w1 = _cpu_s(proc.pid), time.monotonic()
         rss = _proc_status(proc.pid)
     finally:
         _stop(proc)
@@ -614,6 +616,18 @@ def agent_run(
         "rss_mb": rss["VmRSS"] / 1024,
         "watchdog_max_gap_s": max(gaps),  # due every 1 s; systemd kills at 2 s
     }
+
+
+def _status_after(state: Path, sock: NotifySocket, wall: float) -> dict[str, Any]:
+    """The first status written at or after `wall` (epoch seconds; the agent writes one
+    a second), taking the notify messages meanwhile."""
+    while True:
+        s = _status(state)
+        if s["written_at"] >= wall:
+            return s
+        if time.time() > wall + 10.0:
+            raise RuntimeError(f"no status written after {wall:.2f} in {state} (agent hung?)")
+        _listen(sock, min(0.05, max(0.02, wall - time.time())))
 
 
 def _listen(sock: NotifySocket, seconds: float) -> None:
