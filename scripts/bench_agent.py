@@ -37,6 +37,7 @@ cold start to READY. Counts are read from status.json (written every second) bet
 READY + 1 s and the end of the measured interval; CPU from /proc/<pid>/stat.
 
     python scripts/bench_agent.py --scaling 64 [--pairs 8] [--seconds 3] [--block 1024]
+                                  [--turn-costs]
         [--source replay]
 
 Whether more streams lower total throughput (issue 15): 1 stream and N streams at max
@@ -62,6 +63,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES_HOOK = ROOT / "scripts" / "latency_stages"  # a sitecustomize that times the stages
+TURNS_HOOK = ROOT / "scripts" / "turn_costs"  # a sitecustomize that records each turn's CPU
 sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as paho  # noqa: E402
@@ -553,9 +555,11 @@ def agent_run(
     variant: str,
     root: Path = ROOT,
     source: str = "synthetic",
+    turn_costs: bool = False,
 ) -> dict[str, Any]:
     """One real agent process (the checkout at `root`): counts and CPU between READY +
-    1 s and `seconds` later."""
+    1 s and `seconds` later. `turn_costs`: also the CPU a window costs in the run's
+    quiet turns (scripts/turn_costs)."""
     tag = f"n{streams}-b{block}-{'max' if speed == 0 else 'rt'}-{len(list(work.iterdir()))}"
     state = work / tag
     cfg = _stream_config(
@@ -571,6 +575,12 @@ def agent_run(
     sock = NotifySocket(work / f"notify-{tag}")
     # as under systemd with WatchdogSec=2: WATCHDOG=1 due every second
     env = {**os.environ, "NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "2000000"}
+    turns_file = work / f"{tag}-turns.json"
+    if turn_costs:
+        env["PYTHONPATH"] = os.pathsep.join(
+            x for x in (str(TURNS_HOOK), env.get("PYTHONPATH", "")) if x
+        )
+        env["EDGE_AGENT_TURN_COSTS"] = str(turns_file)
     t0 = time.monotonic()
     proc = subprocess.Popen(
         _agent_cmd(cfg), env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -615,7 +625,24 @@ def agent_run(
         "dropped_blocks": dropped,
         "rss_mb": rss["VmRSS"] / 1024,
         "watchdog_max_gap_s": max(gaps),  # due every 1 s; systemd kills at 2 s
+        **({"quiet_turn_ns_per_window": _quiet_turn_cost(turns_file)} if turn_costs else {}),
     }
+
+
+def _quiet_turn_cost(path: Path) -> float:
+    """CPU ns a window costs in the run's quiet turns: of the turns after the first
+    second, the median of the cheapest 40% per window. The host slows the whole VM for
+    seconds at a time (every phase of a turn, onnxruntime's run too, ~1.5-1.8x); its
+    quiet stretches show what the code costs."""
+    import numpy as np
+
+    d = json.loads(path.read_text())
+    at, cpu, win = (np.asarray(d[k], dtype=np.float64) for k in ("at_s", "cpu_s", "windows"))
+    per = (cpu / win)[at > 1.0]
+    if not len(per):
+        return float("nan")
+    quiet = per[per <= np.percentile(per, 40)]
+    return float(np.median(quiet) * 1e9)
 
 
 def _status_after(state: Path, sock: NotifySocket, wall: float) -> dict[str, Any]:
@@ -691,7 +718,14 @@ def run_matrix(
 
 
 def run_scaling(
-    streams: int, pairs: int, seconds: float, variant: str, *, block: int, source: str
+    streams: int,
+    pairs: int,
+    seconds: float,
+    variant: str,
+    *,
+    block: int,
+    source: str,
+    turn_costs: bool = False,
 ) -> dict[str, Any]:
     """--scaling: 1 stream and `streams` streams at max speed, alternated `pairs` times
     (the order flips each pair), each pair's ratio of total windows/s (and windows per
@@ -723,6 +757,7 @@ def run_scaling(
                         seconds=seconds,
                         variant=variant,
                         source=source,
+                        turn_costs=turn_costs,
                     )
                 one, many = got[1], got[streams]
                 pair = {
@@ -734,12 +769,21 @@ def run_scaling(
                     "ratio_per_cpu_s": many["windows_per_cpu_s"] / one["windows_per_cpu_s"],
                     "dropped": one["dropped_blocks"] + many["dropped_blocks"],
                 }
+                quiet = ""
+                if turn_costs:
+                    pair["one_quiet_ns"] = one["quiet_turn_ns_per_window"]
+                    pair["many_quiet_ns"] = many["quiet_turn_ns_per_window"]
+                    pair["quiet_cost_ratio"] = pair["many_quiet_ns"] / pair["one_quiet_ns"]
+                    quiet = (
+                        f"; CPU a window in quiet turns {pair['one_quiet_ns']:.0f} / "
+                        f"{pair['many_quiet_ns']:.0f} ns (x{pair['quiet_cost_ratio']:.3f})"
+                    )
                 out["pairs"].append(pair)
                 print(
                     f"pair {i + 1}: 1 stream {pair['one_windows_per_s']:,.0f} windows/s, "
                     f"{streams} streams {pair['many_windows_per_s']:,.0f}: ratio "
                     f"{pair['ratio']:.2f} ({pair['ratio_per_cpu_s']:.2f} per CPU-s); RSS "
-                    f"{pair['one_rss_mb']:.1f} / {pair['many_rss_mb']:.1f} MB",
+                    f"{pair['one_rss_mb']:.1f} / {pair['many_rss_mb']:.1f} MB{quiet}",
                     flush=True,
                 )
         finally:
@@ -754,6 +798,15 @@ def run_scaling(
         f"CPU-s median {out['ratio_per_cpu_s_median']:.2f}",
         flush=True,
     )
+    if turn_costs:
+        costs = sorted(p["quiet_cost_ratio"] for p in out["pairs"])
+        out["quiet_cost_ratio_median"] = statistics.median(costs)
+        print(
+            f"CPU a window costs in quiet turns, {streams} streams / 1 stream: median "
+            f"{out['quiet_cost_ratio_median']:.3f} (min {costs[0]:.3f}, max {costs[-1]:.3f}; "
+            "below 1: more streams cost less a window)",
+            flush=True,
+        )
     return out
 
 
@@ -858,6 +911,12 @@ def main() -> int:
     )
     ap.add_argument("--pairs", type=int, default=8, help="--scaling: pairs of runs")
     ap.add_argument("--block", type=int, default=1024, help="--scaling: block size")
+    ap.add_argument(
+        "--turn-costs",
+        action="store_true",
+        help="--scaling: also the CPU a window costs in each run's quiet turns "
+        "(scripts/turn_costs), which the host's slow stretches do not move",
+    )
     ap.add_argument("--streams", default="1,16,64", help="--matrix: stream counts")
     ap.add_argument("--blocks", default="1,16,1024", help="--matrix: block sizes")
     ap.add_argument("--seconds", type=float, default=3.0, help="--matrix: measured per run")
@@ -891,6 +950,7 @@ def main() -> int:
             args.variant,
             block=args.block,
             source=args.source,
+            turn_costs=args.turn_costs,
         )
     elif args.matrix:
         r = run_matrix(
