@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import signal
 import statistics
@@ -590,9 +591,9 @@ def agent_run(
         ready_s = next(t for t, m in sock.messages if "READY" in m) - t0
         # from the first status written a second after READY (one read at READY + 1 s
         # could still find the one written at READY, counting the streams' start)
-        s0 = _status_after(state, sock, time.time() + 1.0)
+        s0 = _status_after(state, sock, time.time() + 1.0, proc)
         c0, w0 = _cpu_s(proc.pid), time.monotonic()
-        s1 = _status_after(state, sock, s0["written_at"] + seconds)
+        s1 = _status_after(state, sock, s0["written_at"] + seconds, proc)
         c1, w1 = _cpu_s(proc.pid), time.monotonic()
         rss = _proc_status(proc.pid)
     finally:
@@ -636,7 +637,10 @@ def _quiet_turn_cost(path: Path) -> float:
     quiet stretches show what the code costs."""
     import numpy as np
 
-    d = json.loads(path.read_text())
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):  # the agent was killed before its exit hook ran
+        return float("nan")
     at, cpu, win = (np.asarray(d[k], dtype=np.float64) for k in ("at_s", "cpu_s", "windows"))
     per = (cpu / win)[at > 1.0]
     if not len(per):
@@ -645,13 +649,17 @@ def _quiet_turn_cost(path: Path) -> float:
     return float(np.median(quiet) * 1e9)
 
 
-def _status_after(state: Path, sock: NotifySocket, wall: float) -> dict[str, Any]:
+def _status_after(
+    state: Path, sock: NotifySocket, wall: float, proc: subprocess.Popen[bytes]
+) -> dict[str, Any]:
     """The first status written at or after `wall` (epoch seconds; the agent writes one
     a second), taking the notify messages meanwhile."""
     while True:
         s = _status(state)
         if s["written_at"] >= wall:
             return s
+        if proc.poll() is not None:
+            raise RuntimeError(f"the agent exited ({proc.returncode}) while measured")
         if time.time() > wall + 10.0:
             raise RuntimeError(f"no status written after {wall:.2f} in {state} (agent hung?)")
         _listen(sock, min(0.05, max(0.02, wall - time.time())))
@@ -799,7 +807,9 @@ def run_scaling(
         flush=True,
     )
     if turn_costs:
-        costs = sorted(p["quiet_cost_ratio"] for p in out["pairs"])
+        costs = sorted(c for p in out["pairs"] if math.isfinite(c := p["quiet_cost_ratio"]))
+        if not costs:
+            return out
         out["quiet_cost_ratio_median"] = statistics.median(costs)
         print(
             f"CPU a window costs in quiet turns, {streams} streams / 1 stream: median "

@@ -25,9 +25,7 @@ import time
 from typing import Any
 
 _OUT = os.environ.get("EDGE_AGENT_TURN_COSTS")
-_CPU: list[float] = []
-_WIN: list[int] = []
-_AT: list[float] = []
+_TURNS: list[tuple[float, int, float]] = []  # (CPU s, windows, start): one append a turn
 
 
 def _patch(m: Any) -> None:
@@ -38,10 +36,8 @@ def _patch(m: Any) -> None:
         c0, t0, w0 = cpu(), clock(), self.pipeline.stats.windows
         got = orig(self, *a, **kw)
         n = self.pipeline.stats.windows - w0
-        if n:
-            _CPU.append(cpu() - c0)
-            _WIN.append(n)
-            _AT.append(t0)
+        if n:  # one tuple: turns run on several workers, three appends could interleave
+            _TURNS.append((cpu() - c0, n, t0))
         return got
 
     m.StreamRuntime._turn = _turn
@@ -72,9 +68,17 @@ class _After(importlib.abc.MetaPathFinder):
 
 def _dump() -> None:
     if _OUT:
-        first = _AT[0] if _AT else 0.0
+        turns = list(_TURNS)
+        first = min((t for _c, _n, t in turns), default=0.0)
         with open(_OUT, "w") as f:
-            json.dump({"cpu_s": _CPU, "windows": _WIN, "at_s": [t - first for t in _AT]}, f)
+            json.dump(
+                {
+                    "cpu_s": [c for c, _n, _t in turns],
+                    "windows": [n for _c, n, _t in turns],
+                    "at_s": [t - first for _c, _n, t in turns],
+                },
+                f,
+            )
 
 
 if _OUT:
