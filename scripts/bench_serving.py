@@ -62,6 +62,7 @@ from tests.serving_agent import free_port  # noqa: E402
 MODEL = "vibration-ae-fp32-onnx"
 SETTLE_S = 1.0  # a pause before each server's turn
 WARMUP = 300  # requests to each server before the measured rounds
+INTERLEAVE_CHUNK = 25  # --interleave: requests to one server before the next one's turn
 TOKEN = "bench-serving-token-0123456789"
 
 Body = tuple[bytes, dict[str, str]]  # the request body and its own headers
@@ -196,6 +197,38 @@ def latency(
     return LatencySummary.of(lat)
 
 
+def interleaved_latency(
+    targets: dict[str, tuple[int, Post, np.ndarray]], n: int, chunk: int, client: str
+) -> dict[str, dict[str, float]]:
+    """Batch-1 latency of every server in `targets` (name: port, request encoder,
+    windows), each on its own keep-alive connection, the servers taking turns every
+    `chunk` requests until each has answered `n`. The host slows this VM for seconds
+    at a time (every request ~1.5-1.8x as long); servers measured seconds apart then
+    land in different stretches, and their p50s' ratio moves 0.16-0.34 between runs
+    with neither server changed. Taking turns every few milliseconds, every server
+    sees the same stretches."""
+    conns = {k: CLIENTS[client](port) for k, (port, _p, _x) in targets.items()}
+    reqs = {
+        k: [post(_body(xs[i % len(xs)][None])) for i in range(n)]
+        for k, (_port, post, xs) in targets.items()
+    }
+    for k, c in conns.items():  # warm-up
+        for r in reqs[k][:20]:
+            _post(c, r)
+    lat: dict[str, list[float]] = {k: [] for k in targets}
+    names = list(targets)
+    for turn, start in enumerate(range(0, n, chunk)):
+        for k in names[turn % len(names) :] + names[: turn % len(names)]:
+            c = conns[k]
+            for r in reqs[k][start : start + chunk]:
+                t = time.perf_counter()
+                _post(c, r)
+                lat[k].append((time.perf_counter() - t) * 1e3)
+    for c in conns.values():
+        c.close()
+    return {k: LatencySummary.of(v).__dict__ for k, v in lat.items()}
+
+
 def throughput(
     port: int,
     post: Post,
@@ -316,7 +349,7 @@ def swap_in(port: int, client: str) -> dict[str, float]:
     return {"cold_ms": cold, "warm_p50_ms": float(np.median(warm))}
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--secs", type=float, default=5.0)
@@ -328,11 +361,23 @@ def main() -> int:
         "--client", choices=sorted(CLIENTS), default="lean", help="the same for both servers"
     )
     p.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the rounds, batch-1 latency again with the servers taking turns every "
+        "25 requests until each has answered N (JSON tensors)",
+    )
+    p.add_argument(
         "--baseline-root",
         type=Path,
         help="also measure an agent run from the code in this directory (JSON tensors)",
     )
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = _args()
     raw, norm = _windows(1024)
     out: dict[str, Any] = {
         "model": MODEL,
@@ -352,6 +397,7 @@ def main() -> int:
         up.callback(_stop, proc)
         out["swap_in"] = swap_in(port, args.client)
         post = poster(f"/v2/models/{MODEL}/infer", {"Authorization": f"Bearer {TOKEN}"})
+        targets: dict[str, tuple[int, Post, np.ndarray]] = {"agent": (port, post, raw)}
         runs: dict[str, Callable[[], dict[str, Any]]] = {
             "agent": lambda: measure(port, post, raw, args),
             "agent_binary_tensors": lambda: measure(port, post, raw, args, _binary_body),
@@ -366,6 +412,7 @@ def main() -> int:
             bproc, bport = start_agent(work / "baseline", args.clients, args.baseline_root)
             up.callback(_stop, bproc)
             runs["baseline"] = lambda: measure(bport, post, raw, args)
+            targets["baseline"] = (bport, post, raw)
             warmups["baseline"] = lambda: latency(bport, post, raw, WARMUP, client=args.client)
         if args.mlserver:
             started = _mlserver(work)
@@ -376,6 +423,7 @@ def main() -> int:
                 up.callback(peer.stop)
                 ml_post = poster(path, {})
                 runs["mlserver"] = lambda: measure(peer.port, ml_post, norm, args)
+                targets["mlserver"] = (peer.port, ml_post, norm)
                 warmups["mlserver"] = lambda: latency(
                     peer.port, ml_post, norm, WARMUP, client=args.client
                 )
@@ -398,11 +446,38 @@ def main() -> int:
             out[name] = _median(rs)
             if args.rounds > 1:
                 out[name]["rounds"] = rs
+        if args.interleave:
+            out["interleaved"] = _interleaved(args, targets)
     out["loadavg_end"] = list(os.getloadavg())
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def _interleaved(
+    args: argparse.Namespace, targets: dict[str, tuple[int, Post, np.ndarray]]
+) -> dict[str, Any]:
+    got: dict[str, Any] = {
+        "n": args.interleave,
+        "chunk": INTERLEAVE_CHUNK,
+        "latency_ms_batch1": interleaved_latency(
+            targets, args.interleave, INTERLEAVE_CHUNK, args.client
+        ),
+    }
+    lat = got["latency_ms_batch1"]
+    if "mlserver" in lat:
+        got["p50_over_mlserver"] = {
+            k: lat[k]["p50"] / lat["mlserver"]["p50"] for k in lat if k != "mlserver"
+        }
+    print(
+        "interleaved batch-1 p50 ms: "
+        + ", ".join(f"{k} {v['p50']:.3f} (p99 {v['p99']:.3f})" for k, v in lat.items())
+        + "".join(f"; {k} / mlserver {r:.2f}" for k, r in got.get("p50_over_mlserver", {}).items()),
+        file=sys.stderr,
+        flush=True,
+    )
+    return got
 
 
 def _median(rs: list[dict[str, Any]]) -> dict[str, Any]:
