@@ -82,6 +82,14 @@ class Backend(ABC):
     # bytes in host memory: what the pool's accelerator budget needs (runtime/binding.py).
     bindable: ClassVar[bool] = False
 
+    @classmethod
+    @abstractmethod
+    def load_runtime(cls) -> None:
+        """Import this backend's runtime library, once per process (BackendUnavailableError
+        when it is not installed). The model pool does so before it measures a model's
+        load: the library (onnxruntime: ~30 MB resident on x86) is the process's for good,
+        not any one model's."""
+
     def __init__(self, card: ModelCard, profile: Profile) -> None:
         self.card = card
         self.profile = profile

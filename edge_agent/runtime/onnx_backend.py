@@ -39,6 +39,10 @@ class OnnxBackend(Backend):
     key = "onnx"
     bindable = True
 
+    @classmethod
+    def load_runtime(cls) -> None:
+        _ort()
+
     def _load(self) -> None:
         self.model_bytes = self.card.path.read_bytes()
         # Fixed at load: a re-bind must not look at the file (it may be gone or replaced).

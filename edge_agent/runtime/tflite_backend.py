@@ -50,6 +50,10 @@ def _quant(detail: dict[str, Any]) -> Quant | None:
 class TfliteBackend(Backend):
     key = "tflite"
 
+    @classmethod
+    def load_runtime(cls) -> None:
+        interpreter_class()
+
     def _load(self) -> None:
         cls = interpreter_class()
         self.interp = cls(
