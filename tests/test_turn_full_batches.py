@@ -137,3 +137,39 @@ def _fresh(p: StreamPipeline) -> StreamPipeline:
     q = StreamPipeline(p.name, p.model, AlarmPolicy(p.threshold), window=p.window, hop=p.hop)
     q.scorer = p.scorer
     return q
+
+
+@pytest.mark.parametrize(("block", "queued"), [(1_648, False), (800, True)])
+def test_a_quarter_batch_or_more_is_scored_in_the_stream_thread(
+    block: int, queued: bool, tmp_path: Path
+) -> None:
+    """~100 windows a turn (a max-speed stream's last rows before its file loops) are
+    scored in the stream's thread too; ~50 (below a quarter of a batch) still go to the
+    worker, to be batched with other streams'. Scores stay the reference's either way."""
+    model_dir = MODELS / VARIANTS[0]
+    signal = _signal(3)
+    reference = _reference(model_dir, signal)
+    cfg = parse_config(
+        {
+            "state_dir": str(tmp_path),
+            "streams": [
+                {"name": name, "model": str(model_dir), "source": {"kind": "synthetic"}}
+                for name in ("a", "b")
+            ],
+        }
+    )
+    with pool_with_workers(PROFILE) as (pool, scheds):
+        rt = {
+            sc.name: StreamRuntime(sc, cfg, PROFILE, None, pool=pool, schedulers=scheds)
+            for sc in cfg.streams
+        }["a"]
+        sched = scheds.for_model(rt.pipeline.model)
+        assert sched is not None
+        assert sched.clients == 2
+        got: list[npt.NDArray[np.float64]] = []
+        rt.pipeline.shadow = _recorder(got)
+        _feed(rt.pipeline, signal, block)
+        snap = sched.snapshot()
+    assert (snap["max_queued_windows"] > 0) is queued
+    assert snap["windows"] == WINDOWS
+    np.testing.assert_array_equal(np.concatenate(got), reference)

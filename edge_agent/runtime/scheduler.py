@@ -26,10 +26,10 @@ When no worker runs (not started yet, restarting after a fault, the agent stoppi
 a requester scores its own windows in its thread, as before the scheduler existed:
 a stream never waits on a worker that is not there. So does the only client of a
 model while nothing is queued: there is nothing to batch with. A stream whose turn
-holds a full batch or more (a max-speed turn, a backlog) scores it in its own thread
-through `try_now` while the worker is idle (`score` does so): batching it with
-others gains nothing, and the hand-over to the worker and back cost 64 max-speed
-streams about a sixth of their windows/s. `try_now` counts what it scores in
+holds a quarter of a batch or more (a max-speed turn, its file's last rows before a
+loop, a backlog) scores it in its own thread through `try_now` while the worker is idle
+(`score` does so): batching it with others gains little, and the hand-over to the
+worker and back cost 64 max-speed streams about a sixth of their windows/s. `try_now` counts what it scores in
 `windows` and `batches` (`inline_windows` only counts scoring with no worker running).
 
 Scores are each request's own: scored with its own normalisation (LoadedModel's
@@ -270,12 +270,14 @@ class InferenceScheduler:
         deadline: float | None = None,
     ) -> npt.NDArray[np.float64]:
         """Scores of `x` (one per window), through the worker when one runs, else in the
-        calling thread. A full batch or more of its own (a turn at max speed, a backlog)
-        is scored in the calling thread while the worker is idle: batching it with other
-        clients gains nothing, and the hand-over to the worker and back cost 64
-        max-speed streams a sixth of their windows/s (side by side: 1.18x without it).
-        Raises what scoring raised (ModelError), or OverloadError."""
-        if len(x) >= self.max_batch and self.clients > 1 and self.running:
+        calling thread. A quarter of a batch or more of its own (a turn at max speed,
+        its file's last rows before a loop, a backlog) is scored in the calling thread
+        while the worker is idle: batching it with other clients gains little (the demo
+        model: 0.66-0.81 us a window from 64 to 256 windows a call, 18 at 1), and the
+        hand-over to the worker and back cost 64 max-speed streams a sixth of their
+        windows/s (side by side: 1.18x without it). Raises what scoring raised
+        (ModelError), or OverloadError."""
+        if len(x) * 4 >= self.max_batch and self.clients > 1 and self.running:
             return self._full_batches(model, x, priority, deadline)
         return self._one_request(model, x, priority, deadline)
 
