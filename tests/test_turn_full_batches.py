@@ -1,6 +1,6 @@
-"""A stream's turn that holds a full backend batch or more (a max-speed turn, a backlog)
-is scored in the stream's own thread while the model's scheduler is idle, not handed to
-the scheduler's worker and back: batching it with other streams gains nothing, and the
+"""A stream's turn that holds a quarter of a backend batch or more (a max-speed turn, a
+backlog) is scored in the stream's own thread while the model's scheduler is idle, not
+handed to the scheduler's worker and back: batching it with other streams gains little, and the
 hand-over between threads (and cores) cost 64 max-speed streams about a sixth of their
 windows/s (one stream alone always scored inline). Scores stay exactly the
 single-stream reference's, also for a turn beyond the scheduler's limit on one request,

@@ -29,13 +29,17 @@ model while nothing is queued: there is nothing to batch with. A stream whose tu
 holds a quarter of a batch or more (a max-speed turn, its file's last rows before a
 loop, a backlog) scores it in its own thread through `try_now` while the worker is idle
 (`score` does so): batching it with others gains little, and the hand-over to the
-worker and back cost 64 max-speed streams about a sixth of their windows/s. `try_now` counts what it scores in
-`windows` and `batches` (`inline_windows` only counts scoring with no worker running).
+worker and back cost 64 max-speed streams about a sixth of their windows/s when full
+batches took it (from a quarter: the file-end turns too, one in 13 at 64 streams).
+`try_now` counts what it scores in `windows` and `batches` (`inline_windows` only counts
+scoring with no worker running).
 
 Scores are each request's own: scored with its own normalisation (LoadedModel's
-model_input / scores_from_output) on its slice of the batch output. On every bundled
-model but skab-pca (a batch-1 GEMV path in onnxruntime) a row's output does not depend
-on what else is in the batch, so the scores are bit-identical to scoring alone.
+model_input / scores_from_output) on its slice of the batch output. In batches of two
+windows or more a row's output does not depend on what else is in the batch (every
+bundled model but skab-pca), so those scores are bit-identical to scoring them alone in
+such a batch; a lone window is run by other kernels (a batch-1 GEMV, the I/O binding)
+and may differ in the last bits from the same window batched with others (review 21x).
 """
 
 from __future__ import annotations
@@ -275,8 +279,8 @@ class InferenceScheduler:
         while the worker is idle: batching it with other clients gains little (the demo
         model: 0.66-0.81 us a window from 64 to 256 windows a call, 18 at 1), and the
         hand-over to the worker and back cost 64 max-speed streams a sixth of their
-        windows/s (side by side: 1.18x without it). Raises what scoring raised
-        (ModelError), or OverloadError."""
+        windows/s when full batches took it (side by side: 1.18x without it). Raises
+        what scoring raised (ModelError), or OverloadError."""
         if len(x) * 4 >= self.max_batch and self.clients > 1 and self.running:
             return self._full_batches(model, x, priority, deadline)
         return self._one_request(model, x, priority, deadline)
