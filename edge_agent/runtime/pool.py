@@ -25,7 +25,7 @@ in runtime/binding.py.
 The runtime library is imported before the first load is measured (onnxruntime: ~30 MB
 resident on x86, the process's for good, not a model's: charged to the first model, it
 kept a 42 kB model out of a 32 MB budget). The first model of a runtime still carries the
-runtime's one-off set-up made with its first session (onnxruntime: ~9-11 MB on x86),
+runtime's one-off set-up made with its first session (onnxruntime: ~8-9 MB on x86),
 which is not given back when that model is evicted: the charge is what the process grew
 by, so the budget errs on the safe side.
 """
