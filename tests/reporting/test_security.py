@@ -101,7 +101,11 @@ def test_acl_denial_is_reported_and_counted_not_silent(
         assert obs.wait_for(lambda m: any(x.topic.endswith("/status") for x in m), 10)
         # ... but not events: the broker answers PUBACK 0x87.
         r.publish_event({"event": "start", "stream": "s1"})
-        assert wait_until(lambda: r.snapshot()["mqtt"]["acl_denied"] >= 1)
+        # paho's thread counts the denial when the PUBACK comes; the drain thread counts
+        # the record rejected when it takes that ack: two threads, so wait for both
+        assert wait_until(
+            lambda: (m := r.snapshot()["mqtt"])["acl_denied"] >= 1 and bool(m["rejected"])
+        )
         snap = r.snapshot()
         assert "0x87" in snap["mqtt"]["last_error"]
         assert "ACL" in snap["mqtt"]["last_error"]
