@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -343,7 +343,7 @@ class Outbox:
             "written; dropped the oldest %s",
             self._spill.max_records,
             self._spill.max_bytes,
-            ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
+            _in_drop_order(kinds),
         )
 
     # -- the writer thread -----------------------------------------------------------------
@@ -471,8 +471,8 @@ class Outbox:
         log.warning(
             "outbox full (%d bytes budget): dropped the oldest %s (totals so far: %s)",
             self._max_bytes,
-            ", ".join(f"{n} {k}" for k, n in sorted(self._unlogged_drops.items())),
-            ", ".join(f"{n} {k}" for k, n in sorted(self._drops.items()) if n),
+            _in_drop_order(self._unlogged_drops),
+            _in_drop_order(self._drops),
         )
         self._unlogged_drops.clear()
 
@@ -677,3 +677,11 @@ def _free_bytes(path: Path) -> int:
         return shutil.disk_usage(path).free
     except OSError:
         return 1 << 62  # unknown: do not claim the disk is full
+
+
+def _in_drop_order(counts: Mapping[str, int]) -> str:
+    """ "43 telemetry, 8 event": the kinds in the order they are dropped (DROP_ORDER), not
+    alphabetical, so a log line says what went first."""
+    rank = {k.value: i for i, k in enumerate(DROP_ORDER)}
+    kinds = sorted((k for k, n in counts.items() if n), key=lambda k: (rank.get(k, len(rank)), k))
+    return ", ".join(f"{counts[k]} {k}" for k in kinds)
