@@ -105,6 +105,12 @@ def _config(
     return path
 
 
+def _with_hook(env: dict[str, str], hook: Path) -> dict[str, str]:
+    """`env` with the sitecustomize folder `hook` first on PYTHONPATH."""
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(hook), env.get("PYTHONPATH", "")) if x)
+    return env
+
+
 def _agent_cmd(cfg: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg), *extra]
 
@@ -235,10 +241,7 @@ def _latency_run(
     stage_dir = work / f"{tag}-stages"
     if stages:
         stage_dir.mkdir()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            x for x in (str(STAGES_HOOK), env.get("PYTHONPATH", "")) if x
-        )
+        env = _with_hook(dict(os.environ), STAGES_HOOK)
         env["EDGE_AGENT_LATENCY_STAGES"] = str(stage_dir)
     proc = subprocess.Popen(
         _agent_cmd(cfg, "--duration", str(seconds)),
@@ -578,9 +581,7 @@ def agent_run(
     env = {**os.environ, "NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "2000000"}
     turns_file = work / f"{tag}-turns.json"
     if turn_costs:
-        env["PYTHONPATH"] = os.pathsep.join(
-            x for x in (str(TURNS_HOOK), env.get("PYTHONPATH", "")) if x
-        )
+        env = _with_hook(env, TURNS_HOOK)
         env["EDGE_AGENT_TURN_COSTS"] = str(turns_file)
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -626,11 +627,11 @@ def agent_run(
         "dropped_blocks": dropped,
         "rss_mb": rss["VmRSS"] / 1024,
         "watchdog_max_gap_s": max(gaps),  # due every 1 s; systemd kills at 2 s
-        **({"turn_ns_per_window": _quiet_turn_cost(turns_file)} if turn_costs else {}),
+        **({"turn_ns_per_window": _window_costs(turns_file)} if turn_costs else {}),
     }
 
 
-def _quiet_turn_cost(path: Path) -> dict[str, float]:
+def _window_costs(path: Path) -> dict[str, float]:
     """CPU ns a window costs: `quiet_turns`, in the run's quiet turns (of the turns after
     the first second, the median of the cheapest 40% per window), and `outside`, the
     process's CPU outside the turns over those seconds (status, supervision, MQTT, the
@@ -650,7 +651,7 @@ def _quiet_turn_cost(path: Path) -> dict[str, float]:
     keep = at > 1.0
     if keep.sum() < 3:
         return nan
-    at, cpu, win, proc = at[keep], cpu[keep], win[keep], proc[keep]
+    cpu, win, proc = cpu[keep], win[keep], proc[keep]
     per = cpu / win
     quiet = per[per <= np.percentile(per, 40)]
     # from the first kept turn's start to the last's: the turns in between, all of them
@@ -793,13 +794,13 @@ def run_scaling(
                 if turn_costs:
                     o, m = one["turn_ns_per_window"], many["turn_ns_per_window"]
                     pair["one_ns"], pair["many_ns"] = o, m
-                    pair["quiet_cost_ratio"] = (m["quiet_turns"] + m["outside"]) / (
+                    pair["window_cost_ratio"] = (m["quiet_turns"] + m["outside"]) / (
                         o["quiet_turns"] + o["outside"]
                     )
                     quiet = (
                         f"; CPU a window: quiet turns {o['quiet_turns']:.0f} / "
                         f"{m['quiet_turns']:.0f} ns + outside the turns {o['outside']:.0f} / "
-                        f"{m['outside']:.0f} ns (x{pair['quiet_cost_ratio']:.3f})"
+                        f"{m['outside']:.0f} ns (x{pair['window_cost_ratio']:.3f})"
                     )
                 out["pairs"].append(pair)
                 print(
@@ -822,13 +823,13 @@ def run_scaling(
         flush=True,
     )
     if turn_costs:
-        costs = sorted(c for p in out["pairs"] if math.isfinite(c := p["quiet_cost_ratio"]))
+        costs = sorted(c for p in out["pairs"] if math.isfinite(c := p["window_cost_ratio"]))
         if not costs:
             return out
-        out["quiet_cost_ratio_median"] = statistics.median(costs)
+        out["window_cost_ratio_median"] = statistics.median(costs)
         print(
             f"CPU a window (quiet turns + outside them), {streams} streams / 1 stream: median "
-            f"{out['quiet_cost_ratio_median']:.3f} (min {costs[0]:.3f}, max {costs[-1]:.3f}; "
+            f"{out['window_cost_ratio_median']:.3f} (min {costs[0]:.3f}, max {costs[-1]:.3f}; "
             "below 1: more streams cost less a window)",
             flush=True,
         )

@@ -22,7 +22,6 @@ A function a checkout does not have (an older commit) is skipped: its stage is a
 from __future__ import annotations
 
 import atexit
-import importlib.abc
 import json
 import os
 import sys
@@ -30,6 +29,11 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+# the shared finder beside these hooks (scripts/import_hooks), found without an install
+_HOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "import_hooks")
+sys.path.insert(0, _HOOKS)
+from after_import import AfterImport  # noqa: E402 - found through the path just added
 
 _OUT = os.environ.get("EDGE_AGENT_LATENCY_STAGES")
 _T: dict[str, list[float]] = {}
@@ -194,30 +198,6 @@ _PATCHES: dict[str, Callable[[Any], None]] = {
 }
 
 
-class _After(importlib.abc.MetaPathFinder):
-    """Runs a patch right after its module is executed."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        patch = _PATCHES.get(name)
-        if patch is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is None or spec.loader is None:
-                continue
-            run = spec.loader.exec_module
-
-            def exec_module(module: Any, _run: Any = run, _patch: Any = patch) -> None:
-                _run(module)
-                _patch(module)
-
-            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-            return spec
-        return None
-
-
 def _probe() -> None:
     while True:
         t = time.perf_counter()
@@ -244,6 +224,6 @@ def _dump() -> None:
 
 
 if _OUT:
-    sys.meta_path.insert(0, _After())
+    sys.meta_path.insert(0, AfterImport(_PATCHES))
     threading.Thread(target=_probe, name="stage-probe", daemon=True).start()
     atexit.register(_dump)

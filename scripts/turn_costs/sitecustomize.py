@@ -19,12 +19,16 @@ from each run's own distribution, show what a window costs the code.
 from __future__ import annotations
 
 import atexit
-import importlib.abc
 import json
 import os
 import sys
 import time
 from typing import Any
+
+# the shared finder beside these hooks (scripts/import_hooks), found without an install
+_HOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "import_hooks")
+sys.path.insert(0, _HOOKS)
+from after_import import AfterImport  # noqa: E402 - found through the path just added
 
 _OUT = os.environ.get("EDGE_AGENT_TURN_COSTS")
 # (the turn's thread CPU s, windows, start, the whole process's CPU s at its start): one
@@ -47,29 +51,6 @@ def _patch(m: Any) -> None:
     m.StreamRuntime._turn = _turn
 
 
-class _After(importlib.abc.MetaPathFinder):
-    """Patches edge_agent.streams right after it is executed."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "edge_agent.streams":
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is None or spec.loader is None:
-                continue
-            run = spec.loader.exec_module
-
-            def exec_module(module: Any, _run: Any = run) -> None:
-                _run(module)
-                _patch(module)
-
-            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-            return spec
-        return None
-
-
 def _dump() -> None:
     if _OUT:
         turns = sorted(_TURNS, key=lambda r: r[2])
@@ -87,5 +68,5 @@ def _dump() -> None:
 
 
 if _OUT:
-    sys.meta_path.insert(0, _After())
+    sys.meta_path.insert(0, AfterImport({"edge_agent.streams": _patch}))
     atexit.register(_dump)
