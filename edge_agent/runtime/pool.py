@@ -32,6 +32,7 @@ by, so the budget errs on the safe side.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -42,6 +43,7 @@ from typing import Any
 
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.profiles import Profile
+from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.binding import CPU, Binding, BindPlan, is_bound, plan_bind
 from edge_agent.runtime.card import load_card
 from edge_agent.runtime.model import LoadedModel, load_model
@@ -242,44 +244,40 @@ class ModelPool:
                     e.users.discard(user)
                     e.last_used = time.monotonic()
 
-    def _file_facts(self, key: Path) -> tuple[float, bool]:
-        """(the model file's MB, whether its backend can be bound) from its card."""
+    def _card_facts(self, key: Path) -> tuple[float, type[Backend] | None]:
+        """(the model file's MB, its backend class) from its card, read once a load; 0.0
+        and None for what cannot be read (the load itself will say what is wrong)."""
         try:
             card = load_card(key, verify_hash=False)
-            return card.path.stat().st_size / MB, backend_class(card.backend).bindable
         except Exception:  # noqa: BLE001 - the load itself will say what is wrong
-            return 0.0, False
-
-    def _load_runtime(self, key: Path) -> None:
-        """The runtime library of the model at `key`, imported (see Backend.load_runtime)."""
+            return 0.0, None
         try:
-            backend_class(load_card(key, verify_hash=False).backend).load_runtime()
-        except Exception:  # noqa: BLE001 - the load itself will say what is wrong
-            return
-
-    def _estimate(self, key: Path) -> float:
-        known = self._known.get(key)
-        if known is not None:
-            return known
+            file_mb = card.path.stat().st_size / MB
+        except OSError:
+            file_mb = 0.0
         try:
-            return load_card(key, verify_hash=False).path.stat().st_size / MB
+            return file_mb, backend_class(card.backend)
         except Exception:  # noqa: BLE001 - the load itself will say what is wrong
-            return 0.0
+            return file_mb, None
 
     def _load(self, key: Path, user: str) -> PoolEntry:
-        need = self._estimate(key)
+        file_mb, backend = self._card_facts(key)
+        need = self._known.get(key, file_mb)
         self._evict_idle(need, key)
         self._check_fits(need, key, user)
         profile, plan, acc_mb = self.profile, BindPlan(False), 0.0
         if self._accel_mb > 0:
-            acc_mb, bindable = self._file_facts(key)
-            if bindable:
+            acc_mb = file_mb if backend is not None else 0.0
+            if backend is not None and backend.bindable:
                 plan = plan_bind(acc_mb, self._accel_mb, self._bindings())
                 if plan.fits:
                     self._unbind(plan.unbind)
                 else:  # loaded on CPU; bound at a later use when there is room
                     profile = replace(profile, onnx_providers=(CPU,))
-        self._load_runtime(key)  # not measured: the library is the process's, not the model's
+        if backend is not None:
+            # not measured: the runtime library is the process's, not the model's
+            with contextlib.suppress(Exception):  # the load itself will say what is wrong
+                backend.load_runtime()
         t0 = time.perf_counter()
         model, measured = self._meter(lambda: self._loader(key, profile, user))
         load_ms = (time.perf_counter() - t0) * 1e3
