@@ -31,6 +31,19 @@ def run_cli(
     )
 
 
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -c CODE` in a fresh interpreter from the checkout: for what one process
+    imports or holds (memory, modules), which a test's own process cannot show."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
 def read_status(state_dir: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((state_dir / "status.json").read_text())
     return data

@@ -7,11 +7,9 @@ one-off set-up (docs/models.md: about 9-11 MB on x86)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.agentutil import run_cli, run_python
 
 
 def _config(tmp: Path, profile: str) -> Path:
@@ -39,14 +37,7 @@ def _config(tmp: Path, profile: str) -> Path:
 
 def test_one_small_onnx_stream_fits_the_smallest_profile(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "rpi-zero2w")
-    p = subprocess.run(
-        [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg), "--max-windows", "5"],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = run_cli("run", "--config", str(cfg), "--max-windows", "5")
     assert p.returncode == 0, p.stderr[-600:]
 
 
@@ -59,14 +50,7 @@ def test_the_first_onnx_model_is_charged_about_what_the_docs_say() -> None:
         "pool.acquire(Path('models/vibration-ae-int8-onnx'), 'b')\n"
         "print(pool.entries()[0].charge_mb)\n"
     )
-    p = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = run_python(code)
     assert p.returncode == 0, p.stderr[-600:]
     charge = float(p.stdout.split()[-1])
     # docs/models.md: "the first model of a runtime also carries the runtime's one-off

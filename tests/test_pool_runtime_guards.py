@@ -5,33 +5,16 @@ and megabytes. Written by review 21x."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from edge_agent.errors import ConfigError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.pool import ModelPool, file_meter
-from tests.agentutil import MODELS
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _py(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.agentutil import MODELS, run_python
 
 
 def test_a_tflite_load_through_the_pool_leaves_onnxruntime_out() -> None:
-    p = _py(
+    p = run_python(
         "import sys\nfrom pathlib import Path\nfrom edge_agent.profiles import Profile\n"
         "from edge_agent.runtime.pool import ModelPool\n"
         "ModelPool(Profile(name='t')).acquire(Path('models/vibration-ae-int8-tflite'), 'u')\n"
@@ -42,7 +25,7 @@ def test_a_tflite_load_through_the_pool_leaves_onnxruntime_out() -> None:
 
 
 def test_without_onnxruntime_the_pool_reports_the_loads_own_error() -> None:
-    p = _py(
+    p = run_python(
         "import sys\n"
         "class B:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
