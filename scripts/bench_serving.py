@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -46,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,6 +68,15 @@ TOKEN = "bench-serving-token-0123456789"
 
 Body = tuple[bytes, dict[str, str]]  # the request body and its own headers
 Post = Callable[[Body], bytes]  # a body -> the whole request (head and body)
+
+
+class Server(NamedTuple):
+    """One server as measured: its port, request encoder, windows and body encoder."""
+
+    port: int
+    post: Post
+    xs: np.ndarray
+    make: Callable[[np.ndarray], Body]
 
 
 def _windows(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,45 +195,49 @@ def latency(
     client: str = "lean",
 ) -> LatencySummary:
     c = CLIENTS[client](port)
-    reqs = [post(make(xs[i % len(xs)][None])) for i in range(n)]
+    reqs = _batch1_requests(post, xs, n, make)
     for r in reqs[:20]:  # warm-up
         _post(c, r)
-    lat = []
-    for r in reqs:
-        t = time.perf_counter()
-        _post(c, r)
-        lat.append((time.perf_counter() - t) * 1e3)
+    lat: list[float] = []
+    _timed(c, reqs, lat)
     c.close()
     return LatencySummary.of(lat)
 
 
+def _batch1_requests(
+    post: Post, xs: np.ndarray, n: int, make: Callable[[np.ndarray], Body]
+) -> list[bytes]:
+    """`n` batch-1 requests, one window each (the windows in turn), encoded before timing."""
+    return [post(make(xs[i % len(xs)][None])) for i in range(n)]
+
+
+def _timed(c: Connection, reqs: list[bytes], into: list[float]) -> None:
+    """Each request's round trip on `c`, in ms, appended to `into`."""
+    for r in reqs:
+        t = time.perf_counter()
+        _post(c, r)
+        into.append((time.perf_counter() - t) * 1e3)
+
+
 def interleaved_latency(
-    targets: dict[str, tuple[int, Post, np.ndarray]], n: int, chunk: int, client: str
+    servers: dict[str, Server], n: int, chunk: int, client: str
 ) -> dict[str, dict[str, float]]:
-    """Batch-1 latency of every server in `targets` (name: port, request encoder,
-    windows), each on its own keep-alive connection, the servers taking turns every
-    `chunk` requests until each has answered `n`. The host slows this VM for seconds
-    at a time (every request ~1.5-1.8x as long); servers measured seconds apart then
-    land in different stretches, and their p50s' ratio moves 0.16-0.34 between runs
-    with neither server changed. Taking turns every few milliseconds, every server
-    sees the same stretches."""
-    conns = {k: CLIENTS[client](port) for k, (port, _p, _x) in targets.items()}
-    reqs = {
-        k: [post(_body(xs[i % len(xs)][None])) for i in range(n)]
-        for k, (_port, post, xs) in targets.items()
-    }
+    """Batch-1 latency of every server in `servers`, each on its own keep-alive
+    connection, the servers taking turns every `chunk` requests until each has answered
+    `n`. The host slows this VM for seconds at a time (every request ~1.5-1.8x as long);
+    servers measured seconds apart then land in different stretches, and their p50s'
+    ratio moves 0.16-0.34 between runs with neither server changed. Taking turns every
+    few milliseconds, every server sees the same stretches."""
+    conns = {k: CLIENTS[client](s.port) for k, s in servers.items()}
+    reqs = {k: _batch1_requests(s.post, s.xs, n, s.make) for k, s in servers.items()}
     for k, c in conns.items():  # warm-up
         for r in reqs[k][:20]:
             _post(c, r)
-    lat: dict[str, list[float]] = {k: [] for k in targets}
-    names = list(targets)
+    lat: dict[str, list[float]] = {k: [] for k in servers}
+    names = list(servers)
     for turn, start in enumerate(range(0, n, chunk)):
         for k in names[turn % len(names) :] + names[: turn % len(names)]:
-            c = conns[k]
-            for r in reqs[k][start : start + chunk]:
-                t = time.perf_counter()
-                _post(c, r)
-                lat[k].append((time.perf_counter() - t) * 1e3)
+            _timed(conns[k], reqs[k][start : start + chunk], lat[k])
     for c in conns.values():
         c.close()
     return {k: LatencySummary.of(v).__dict__ for k, v in lat.items()}
@@ -366,7 +380,7 @@ def _args() -> argparse.Namespace:
         default=0,
         metavar="N",
         help="after the rounds, batch-1 latency again with the servers taking turns every "
-        "25 requests until each has answered N (JSON tensors)",
+        f"{INTERLEAVE_CHUNK} requests until each has answered N (JSON tensors)",
     )
     p.add_argument(
         "--baseline-root",
@@ -397,23 +411,15 @@ def main() -> int:
         up.callback(_stop, proc)
         out["swap_in"] = swap_in(port, args.client)
         post = poster(f"/v2/models/{MODEL}/infer", {"Authorization": f"Bearer {TOKEN}"})
-        targets: dict[str, tuple[int, Post, np.ndarray]] = {"agent": (port, post, raw)}
-        runs: dict[str, Callable[[], dict[str, Any]]] = {
-            "agent": lambda: measure(port, post, raw, args),
-            "agent_binary_tensors": lambda: measure(port, post, raw, args, _binary_body),
-        }
-        warmups: dict[str, Callable[[], object]] = {
-            "agent": lambda: latency(port, post, raw, WARMUP, client=args.client),
-            "agent_binary_tensors": lambda: latency(
-                port, post, raw, WARMUP, make=_binary_body, client=args.client
-            ),
+        # every server measured, in the order of the rounds' turns
+        servers: dict[str, Server] = {
+            "agent": Server(port, post, raw, _body),
+            "agent_binary_tensors": Server(port, post, raw, _binary_body),
         }
         if args.baseline_root:
             bproc, bport = start_agent(work / "baseline", args.clients, args.baseline_root)
             up.callback(_stop, bproc)
-            runs["baseline"] = lambda: measure(bport, post, raw, args)
-            targets["baseline"] = (bport, post, raw)
-            warmups["baseline"] = lambda: latency(bport, post, raw, WARMUP, client=args.client)
+            servers["baseline"] = Server(bport, post, raw, _body)
         if args.mlserver:
             started = _mlserver(work)
             if isinstance(started, str):
@@ -421,12 +427,17 @@ def main() -> int:
             else:
                 peer, path = started
                 up.callback(peer.stop)
-                ml_post = poster(path, {})
-                runs["mlserver"] = lambda: measure(peer.port, ml_post, norm, args)
-                targets["mlserver"] = (peer.port, ml_post, norm)
-                warmups["mlserver"] = lambda: latency(
-                    peer.port, ml_post, norm, WARMUP, client=args.client
-                )
+                servers["mlserver"] = Server(peer.port, poster(path, {}), norm, _body)
+        runs: dict[str, Callable[[], dict[str, Any]]] = {
+            k: functools.partial(measure, s.port, s.post, s.xs, args, s.make)
+            for k, s in servers.items()
+        }
+        warmups: dict[str, Callable[[], object]] = {
+            k: functools.partial(
+                latency, s.port, s.post, s.xs, WARMUP, make=s.make, client=args.client
+            )
+            for k, s in servers.items()
+        }
         # the servers take turns, round after round: the machine's other load then
         # falls on all of them alike, and the ratios are taken between neighbours. Each
         # round starts with the next one, and each run after a pause: the one measured
@@ -447,7 +458,10 @@ def main() -> int:
             if args.rounds > 1:
                 out[name]["rounds"] = rs
         if args.interleave:
-            out["interleaved"] = _interleaved(args, targets)
+            # JSON tensors, as the rounds' figures compared with MLServer
+            out["interleaved"] = _interleaved(
+                args, {k: s for k, s in servers.items() if s.make is _body}
+            )
     out["loadavg_end"] = list(os.getloadavg())
     print(json.dumps(out, indent=1))
     if args.json:
@@ -455,14 +469,12 @@ def main() -> int:
     return 0
 
 
-def _interleaved(
-    args: argparse.Namespace, targets: dict[str, tuple[int, Post, np.ndarray]]
-) -> dict[str, Any]:
+def _interleaved(args: argparse.Namespace, servers: dict[str, Server]) -> dict[str, Any]:
     got: dict[str, Any] = {
         "n": args.interleave,
         "chunk": INTERLEAVE_CHUNK,
         "latency_ms_batch1": interleaved_latency(
-            targets, args.interleave, INTERLEAVE_CHUNK, args.client
+            servers, args.interleave, INTERLEAVE_CHUNK, args.client
         ),
     }
     lat = got["latency_ms_batch1"]
