@@ -22,7 +22,8 @@ from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.pipeline.windows import Windows, samples_needed
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel, load_model
-from edge_agent.runtime.scheduler import DEFAULT_MAX_BATCH
+from edge_agent.runtime.pool import ModelPool
+from edge_agent.runtime.scheduler import DEFAULT_MAX_BATCH, SchedulerSet
 from edge_agent.sources.base import Block
 from edge_agent.sources.synth_signal import SignalSpec, SyntheticSignal
 from edge_agent.streams import StreamRuntime
@@ -69,25 +70,32 @@ def _reference(model_dir: Path, samples: npt.NDArray[np.float32]) -> npt.NDArray
     return np.concatenate(got)
 
 
+def _runtimes(
+    model_dir: Path, names: list[str], state: Path, pool: ModelPool, scheds: SchedulerSet
+) -> dict[str, StreamRuntime]:
+    """Streams `names` of the model at `model_dir` on one pool and its running schedulers."""
+    cfg = parse_config(
+        {
+            "state_dir": str(state),
+            "streams": [
+                {"name": name, "model": str(model_dir), "source": {"kind": "synthetic"}}
+                for name in names
+            ],
+        }
+    )
+    return {
+        sc.name: StreamRuntime(sc, cfg, PROFILE, None, pool=pool, schedulers=scheds)
+        for sc in cfg.streams
+    }
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_full_batch_turns_keep_the_reference_scores(variant: str, tmp_path: Path) -> None:
     model_dir = MODELS / variant
     signals = {name: _signal(seed) for seed, name in enumerate(STREAMS, start=1)}
     reference = {name: _reference(model_dir, signals[name]) for name in STREAMS}
-    cfg = parse_config(
-        {
-            "state_dir": str(tmp_path),
-            "streams": [
-                {"name": name, "model": str(model_dir), "source": {"kind": "synthetic"}}
-                for name in STREAMS
-            ],
-        }
-    )
     with pool_with_workers(PROFILE) as (pool, scheds):
-        rts = {
-            sc.name: StreamRuntime(sc, cfg, PROFILE, None, pool=pool, schedulers=scheds)
-            for sc in cfg.streams
-        }
+        rts = _runtimes(model_dir, list(STREAMS), tmp_path, pool, scheds)
         sched = scheds.for_model(rts["a"].pipeline.model)
         assert sched is not None
         assert sched.clients == 2
@@ -149,20 +157,8 @@ def test_a_quarter_batch_or_more_is_scored_in_the_stream_thread(
     model_dir = MODELS / VARIANTS[0]
     signal = _signal(3)
     reference = _reference(model_dir, signal)
-    cfg = parse_config(
-        {
-            "state_dir": str(tmp_path),
-            "streams": [
-                {"name": name, "model": str(model_dir), "source": {"kind": "synthetic"}}
-                for name in ("a", "b")
-            ],
-        }
-    )
     with pool_with_workers(PROFILE) as (pool, scheds):
-        rt = {
-            sc.name: StreamRuntime(sc, cfg, PROFILE, None, pool=pool, schedulers=scheds)
-            for sc in cfg.streams
-        }["a"]
+        rt = _runtimes(model_dir, ["a", "b"], tmp_path, pool, scheds)["a"]
         sched = scheds.for_model(rt.pipeline.model)
         assert sched is not None
         assert sched.clients == 2
