@@ -7,8 +7,9 @@ lock makes that safe). Each entry is charged what loading it measurably cost
 file's size) against the profile's `model_memory_mb`; a model loaded again after an
 eviction keeps the charge measured at its first load. A model some user holds is
 pinned; an idle one stays loaded until room is needed, then the least recently used
-goes first. A load that cannot fit even after evicting every idle model is refused
-with a ConfigError naming the models held, the one asked for and the megabytes.
+goes first. A load that cannot fit even after evicting every idle model is refused,
+evicting none, with a ConfigError naming the models held, the one asked for and the
+megabytes.
 
 With an accelerator budget (the profile's `accelerator_memory_mb`), every entry keeps its
 model's bytes in host memory and is bound to the accelerator (a session on the profile's
@@ -167,7 +168,7 @@ class ModelPool:
         """A new budget; idle models are evicted until the pool fits it (pinned stay)."""
         with self._lock:
             self._budget_mb = float(mb)
-            self._evict_idle(0.0, None)
+            self._evict_idle(0.0, None, only_if_room=False)
 
     @property
     def accelerator_budget_mb(self) -> float:
@@ -208,10 +209,13 @@ class ModelPool:
             }
 
     # -- using ---------------------------------------------------------------------
-    def acquire(self, directory: Path, user: str) -> LoadedModel:
+    def acquire(self, directory: Path, user: str, *, owner: str | None = None) -> LoadedModel:
         """The loaded model of `directory` for `user`, loading it if needed; pinned until
-        `release(user)`. Raises ConfigError when it cannot fit beside the pinned models,
-        ModelError when it does not load."""
+        `release(user)`. `owner` (default `user`): who a load is for in the loader's
+        records and in a refusal, for users made one per request (the serving
+        endpoint's: `owner` "serving"), which would otherwise leave a record each.
+        Raises ConfigError when it cannot fit beside the pinned models, ModelError when
+        it does not load."""
         # a loaded model's own key skips resolve's syscalls, and a Path is not built again
         # (its parse and uncached hash: ~5 us of the serving endpoint's every request)
         key = directory if isinstance(directory, Path) else Path(directory)
@@ -225,7 +229,7 @@ class ModelPool:
                 key = key if resolved == key else resolved
                 e = self._entries.get(key)
             if e is None:
-                e = self._load(key, user)
+                e = self._load(key, owner or user)
             elif self._accel_mb > 0 and not e.bound and not e.bind_failed:
                 self._bind(e)
             e.users.add(user)
@@ -309,12 +313,19 @@ class ModelPool:
             self.on_load(e)
         return e
 
-    def _evict_idle(self, need_mb: float, keep: Path | None) -> None:
-        """Drop idle entries, least recently used first, until `need_mb` more fits."""
+    def _evict_idle(self, need_mb: float, keep: Path | None, *, only_if_room: bool = True) -> None:
+        """Drop idle entries, least recently used first, until `need_mb` more fits.
+        `only_if_room`: none at all when `need_mb` would not fit even with every idle
+        one gone (a load that is refused anyway must not empty the pool: each request
+        for a model too big beside a stream's evicted every other, which then loaded
+        again at its next request)."""
         idle = sorted(
             (e for e in self._entries.values() if not e.pinned and e.key != keep),
             key=lambda e: e.last_used,
         )
+        kept_mb = self.used_mb - sum(e.charge_mb for e in idle)
+        if only_if_room and kept_mb + need_mb > self._budget_mb:
+            return
         for e in idle:
             if self.used_mb + need_mb <= self._budget_mb:
                 return

@@ -35,6 +35,10 @@ __all__ = ["Catalogue", "Scorer", "StreamView"]
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite"}
 WORKER_WAIT_S = 1.0  # a model just loaded: its scheduler's worker is starting
 GRACE_S = 1.0  # past the deadline, a request still unanswered is given up
+# Each request holds its model as a pool user of its own ("serving#N", released when it is
+# answered); the pool's loads and refusals name them all "serving", or every load the
+# endpoint causes would leave a record of its own (the OTA boot's model sources in status)
+POOL_OWNER = "serving"
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ class Scorer:
         400 (unknown stream), 500."""
         user = f"serving#{next(self._ids)}"
         try:
-            model = self.pool.acquire(self._dir(spec.variant), user)
+            model = self.pool.acquire(self._dir(spec.variant), user, owner=POOL_OWNER)
         except ConfigError as e:  # the pinned models leave no room
             self._count()
             raise ProtocolError(503, str(e), retry_after_s=5.0) from None
