@@ -76,9 +76,16 @@ def test_a_connection_over_every_limit_gets_503_at_once(one_slot: Endpoint) -> N
         pass
     held = socket.create_connection(("127.0.0.1", one_slot.port), timeout=30)
     try:
-        # the held connection has the slot once the server has accepted it
-        held.sendall(b"GET /v2/health/live HTTP/1.1\r\n\r\n")
+        # the held connection has the slot once the server has accepted it, and keeps
+        # it with a request in hand (its body not yet sent: an idle connection would
+        # give its slot to a new one)
+        auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+        held.sendall(b"GET /v2 HTTP/1.1\r\n" + auth + b"\r\n")
         assert held.recv(65536).startswith(b"HTTP/1.1 200 ")
+        held.sendall(
+            b"POST /v2/models/vibration-ae/infer HTTP/1.1\r\n" + auth
+            + b"Content-Length: 100\r\n\r\n"
+        )  # fmt: skip
         with socket.create_connection(("127.0.0.1", one_slot.port), timeout=30) as s:
             got = b""
             while chunk := s.recv(65536):

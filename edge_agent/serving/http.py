@@ -8,14 +8,25 @@ subset, plus the model pool), /v2/models/{name}[/versions/{v}]/stats;
 POST /v2/models/{name}[/versions/{v}]/infer (JSON, or with the binary tensor data
 extension).
 
-Limits, each answered at once and never queued: more than `max_connections` open
-connections -> 503; a body over `max_body_kb` -> 413; over `rate_per_s` -> 429; more
-than `max_inflight` requests scoring -> 503; a deadline the model's scheduler cannot
-meet -> 503. Refusals for load carry Retry-After. With a token file every route but
-the health probes needs `Authorization: Bearer <token>` (401 otherwise); all but
-those and the statistics count against the rate limit (a wrong token too). A malformed
+Limits, each answered at once and never queued: a body over `max_body_kb` -> 413;
+over `rate_per_s` -> 429; more than `max_inflight` requests scoring -> 503; a deadline
+the model's scheduler cannot meet -> 503. Refusals for load carry Retry-After. With a
+token file every route but the health probes needs `Authorization: Bearer <token>`
+(401 otherwise); all but those and the statistics count against the rate limit. Wrong
+or missing tokens have a bucket of their own (AUTH_FAIL_RATE): a brute force is
+slowed (429) without spending the rate of the clients that hold the token. A malformed
 request head is answered 400 (431 when oversized, 408 when not whole HEAD_DEADLINE_S
 after its first byte) and the connection closed.
+
+Connection slots (`max_connections`), as nginx reuses its connections: a connection
+arriving when every slot is held takes the slot of one that is not using it (_victim):
+first a connection between requests that never sent the token (any idle time: it can
+only ask the health probes), then one whose request head is still partial
+SLOW_HEAD_S after its first byte (a trickle), then one with the token idle at least
+KEEPALIVE_GRACE_S (not at once: a client in a loop would lose its connection between
+two requests). That connection is shut down (the client sees it closed, as after the
+idle timeout IDLE_CONNECTION_S). A connection with a request being read or answered
+is never taken; when every slot is such, the new one gets 503 and Retry-After.
 
 Why not http.server: at batch 1 its per-request work (email.parser headers, a write
 per header line, buffered file objects) cost as much as scoring the window. Here a
@@ -28,6 +39,7 @@ listening socket (each then gets its own thread) and beats between them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import logging
 import math
@@ -64,6 +76,15 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # the component beats at least this often
 IDLE_CONNECTION_S = 30.0  # a keep-alive connection silent this long is closed
+# When every connection slot is held, a new connection takes the slot of an idle one
+# (see the module's docstring): one with the token only once it is idle this long ...
+KEEPALIVE_GRACE_S = 1.0
+SLOW_HEAD_S = 1.0  # ... and one whose request head is still partial this long
+# The body of a request refused for its token is read (and dropped) for at most this
+# long: without a token a connection cannot hold its slot with a trickled body.
+UNAUTH_BODY_S = 1.0
+AUTH_FAIL_RATE = 10.0  # missing or wrong tokens a second, in a bucket of their own
+DRAIN_S = 2.0  # at stop: how long requests being answered are waited for (close())
 # A request head must be whole this long after its first byte (the first request's:
 # after accept). Without a total, a client trickling a byte at a time (slowloris)
 # would hold its connection slot forever: each byte restarts a per-recv timeout.
@@ -99,6 +120,10 @@ class _Loop(Protocol):  # service.supervisor.Loop
 
 class _ClientGoneError(Exception):
     """The client closed its side (or went silent) before a request was whole."""
+
+
+# A connection's phase, for the choice of the one whose slot a new connection takes
+_IDLE, _IN_HEAD, _IN_REQUEST = 0, 1, 2  # between requests; head partly read; request in hand
 
 
 def _refuse_busy(sock: socket.socket) -> bool:
@@ -221,6 +246,8 @@ class Endpoint:
         if warn := token_warning(cfg.token_file):
             log.warning("%s", warn)
         self.rate = TokenBucket(cfg.rate_per_s, max(1.0, cfg.rate_per_s))
+        fail_rate = min(cfg.rate_per_s, AUTH_FAIL_RATE)
+        self.auth_failures = TokenBucket(fail_rate, max(1.0, fail_rate))
         self.inflight = Slots(cfg.max_inflight)
         self.counts: dict[str, int] = {
             "requests": 0,
@@ -229,10 +256,15 @@ class Endpoint:
             "busy": 0,
             "errors": 0,
             "unauthorized": 0,  # requests with a missing or wrong token (401)
+            "taken_over": 0,  # idle connections closed to give their slot to a new one
         }
         self._counts_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(cfg.max_connections)
         self._refusers = threading.BoundedSemaphore(REFUSERS)
+        # the connections holding a slot; their phases and slots change under the lock
+        self._conns: set[_Connection] = set()
+        self._conns_lock = threading.Lock()
+        self.stopping = False  # the agent stops: no new requests, answers close
         self.polling = threading.Lock()  # held by the one connection busy-polling
         self.cpu = _connection_cpu()
         # the process's CPUs: a connection thread takes them back while a model loads
@@ -243,6 +275,7 @@ class Endpoint:
             where = cfg.socket or f"{cfg.host}:{cfg.port}"
             raise ServingError(f"[serving] cannot listen on {where}: {e.strerror or e}") from e
         self._closed = False
+        self._port: int | None = None
         log.info("inference endpoint (Open Inference Protocol) on %s", self.address)
 
     @property
@@ -253,9 +286,12 @@ class Endpoint:
 
     @property
     def port(self) -> int:
-        """The TCP port listened on (0 on a unix socket); `port = 0` in tests picks one."""
-        addr = self._sock.getsockname()
-        return int(addr[1]) if isinstance(addr, tuple) else 0
+        """The TCP port listened on (0 on a unix socket); `port = 0` in tests picks one.
+        Still known once the socket is closed."""
+        if self._port is None:
+            addr = self._sock.getsockname()
+            self._port = int(addr[1]) if isinstance(addr, tuple) else 0
+        return self._port
 
     def stats(self) -> dict[str, Any]:
         """GET /v2/models/stats: the statistics extension's subset for each loaded model,
@@ -282,7 +318,8 @@ class Endpoint:
             self.counts[what] += 1
 
     def run(self, loop: _Loop) -> None:
-        """The supervised body: accept connections until the agent stops."""
+        """The supervised body: accept connections until the agent stops (then stop
+        serving: see stop_serving)."""
         while not loop.stop.is_set() and not self._closed:
             loop.beat()
             try:
@@ -290,39 +327,104 @@ class Endpoint:
             except TimeoutError:
                 continue
             except OSError:
-                if self._closed:
+                if self._closed or self.stopping:
                     return
                 raise  # the supervisor restarts the body
             self._admit(conn)
+        if loop.stop.is_set():
+            self.stop_serving()
 
     def _admit(self, conn: socket.socket) -> None:
-        """A thread for `conn` while there are slots; beyond them a 503 from one of at
-        most REFUSERS short-lived threads (which read the request first, so the client
-        sees the answer rather than a reset), or a close when those are busy too."""
-        if self._slots.acquire(blocking=False):
-            target: Callable[[socket.socket], None] = self._serve
-            name = "serving-conn"
+        """A thread for `conn` while there are slots, or the slot of a connection not
+        using its own (_victim); beyond them a 503 from one of at most REFUSERS
+        short-lived threads (which read the request first, so the client sees the
+        answer rather than a reset), or a close when those are busy too."""
+        c = _Connection(self, conn)
+        undo: Callable[[], None]
+        if self._take_slot(c):
+            t = threading.Thread(target=self._serve, args=(c,), name="serving-conn", daemon=True)
+            undo = functools.partial(self._give_slot, c)
         elif self._refusers.acquire(blocking=False):
-            target, name = self._refuse, "serving-refuse"
+            t = threading.Thread(
+                target=self._refuse, args=(conn,), name="serving-refuse", daemon=True
+            )
+            undo = self._refusers.release
         else:
             self.count("busy")  # before the answer: a client that has read it sees the count
             _refuse_at_once(conn)
             return
         try:
-            threading.Thread(target=target, args=(conn,), name=name, daemon=True).start()
+            t.start()
         except BaseException:
+            undo()
             conn.close()
-            (self._slots if name == "serving-conn" else self._refusers).release()
             raise
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _take_slot(self, c: _Connection) -> bool:
+        """A slot for `c`: a free one, or the slot of the connection _victim names,
+        which is shut down (its thread ends without giving the slot back)."""
+        with self._conns_lock:
+            if self.stopping:
+                return False
+            if not self._slots.acquire(blocking=False):
+                victim = self._victim()
+                if victim is None:
+                    return False
+                self._shut(victim)
+                self.count("taken_over")
+            self._conns.add(c)
+            return True
+
+    def _give_slot(self, c: _Connection) -> None:
+        """`c`'s slot back, unless a new connection took it over (_take_slot)."""
+        with self._conns_lock:
+            self._conns.discard(c)
+            if not c.taken:
+                self._slots.release()
+
+    def _shut(self, c: _Connection) -> None:
+        """Take `c`'s slot (under _conns_lock): shut its socket down, which ends its
+        thread's wait for a request (the thread closes the socket: only it may)."""
+        c.taken = True
+        self._conns.discard(c)
+        with contextlib.suppress(OSError):
+            c.sock.shutdown(socket.SHUT_RDWR)
+
+    def _victim(self) -> _Connection | None:
+        """The connection whose slot a new one takes when every slot is held (under
+        _conns_lock), or None: in this order, one between requests that never sent the
+        token (the longest idle first), one whose request head is still partial
+        SLOW_HEAD_S after its first byte (the oldest first), one with the token idle at
+        least KEEPALIVE_GRACE_S (the longest idle first). One between requests whose
+        next request is already in its socket is left alone."""
+        now, mono = time.perf_counter(), time.monotonic()
+        ranked: list[tuple[int, float, _Connection]] = []
+        for c in self._conns:
+            phase = c.phase
+            if phase == _IDLE:
+                idle = now - max(c.accepted_at, c._answered_at)
+                if not c.trusted:
+                    ranked.append((0, -idle, c))
+                elif idle >= KEEPALIVE_GRACE_S:
+                    ranked.append((2, -idle, c))
+            elif phase == _IN_HEAD and c.head_deadline is not None:
+                age = mono - (c.head_deadline - HEAD_DEADLINE_S)
+                if age >= SLOW_HEAD_S:
+                    ranked.append((1, -age, c))
+        ranked.sort(key=lambda r: r[:2])
+        for _rank, _age, c in ranked:
+            if c.phase != _IDLE or not _has_input(c.sock):
+                return c
+        return None
+
+    def _serve(self, c: _Connection) -> None:
         try:
             if self.cpu is not None:
                 _set_cpus(self.cpu)
-            _Connection(self, conn).serve()
+            c.serve()
         finally:
-            conn.close()
-            self._slots.release()
+            self._give_slot(c)  # before the close: _shut never meets a closed socket
+            c.sock.close()
 
     def _refuse(self, conn: socket.socket) -> None:
         try:
@@ -332,12 +434,58 @@ class Endpoint:
             conn.close()
             self._refusers.release()
 
-    def close(self) -> None:
-        self._closed = True
-        self._sock.close()
-        if self.cfg.socket:
+    def stop_serving(self) -> None:
+        """The agent stops: no new connections (the listening socket is closed, a unix
+        socket's file removed), the connections between requests closed, and each
+        request being answered gets its answer with `Connection: close` (close() waits
+        for those). Called again, it closes the connections gone idle since."""
+        with self._conns_lock:
+            first, self.stopping = not self.stopping, True
+        if first:
             with contextlib.suppress(OSError):
-                os.unlink(self.cfg.socket)
+                # at once: a close alone leaves it listening while run() polls it
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            if self.cfg.socket:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.cfg.socket)
+        with self._conns_lock:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Shut down every connection that has no request in hand (under _conns_lock)."""
+        for c in [c for c in self._conns if c.phase != _IN_REQUEST]:
+            self._shut(c)
+
+    def close(self, drain_s: float = DRAIN_S) -> None:
+        """Stop serving (stop_serving) and wait up to `drain_s` for the requests being
+        answered. A connection still answering after that is left to the process's
+        exit (its client sees the connection reset)."""
+        self.stop_serving()
+        self._closed = True
+        end = time.monotonic() + drain_s
+        while True:
+            with self._conns_lock:
+                self._shed()  # a connection that went idle since: its answer is out
+                busy = len(self._conns)
+            if not busy or time.monotonic() >= end:
+                break
+            time.sleep(0.02)
+
+
+def _missed_deadline(e: ProtocolError) -> bool:
+    """`e` is the scorer's refusal for a deadline (the scheduler's "cannot score within
+    the deadline" or "deadline passed in queue", or the scorer's "not scored in time"),
+    not for a full queue, the memory budget or a worker not yet running."""
+    return e.status == 503 and ("deadline" in e.message or "not scored in time" in e.message)
+
+
+def _has_input(sock: socket.socket) -> bool:
+    """Whether `sock` has bytes waiting to be read (not its end)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # BlockingIOError: nothing there
+        return False
 
 
 def _set_cpus(cpus: set[int] | None) -> None:
@@ -418,6 +566,13 @@ class _Connection:
         self._quick = False  # the last request came within BUSY_POLL_S of the answer before
         self._nth = 0  # the endpoint's request count at this connection's last request
         self._pollobj: select.poll | None = None  # see _poller
+        # for Endpoint._victim: when accepted (perf_counter), where it is (_IDLE, ...;
+        # to _IN_HEAD under the endpoint's _conns_lock), whether it sent the token once,
+        # whether a new connection took its slot
+        self.accepted_at = time.perf_counter()
+        self.phase = _IDLE
+        self.trusted = ep._token_bytes is None
+        self.taken = False
 
     def serve(self) -> None:
         sock = self.sock
@@ -426,13 +581,16 @@ class _Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(None)  # blocking: timeouts by SO_RCVTIMEO (_recv_timeout)
         self.head_deadline = time.monotonic() + HEAD_DEADLINE_S  # the first: from accept
+        ep = self.ep
         with contextlib.suppress(_ClientGoneError, OSError):  # a client gone: nobody to answer
-            while not self.close:
+            while not self.close and not ep.stopping:
+                self.phase = _IN_HEAD if self.buf else _IDLE
                 raw = self._read_head()
                 if raw is None:
                     if not self.close:
-                        return  # the client left, or stayed silent
+                        return  # the client left, stayed silent, or lost its slot
                     break  # its head was refused: answered, then closed
+                self.phase = _IN_REQUEST
                 self.head_deadline = None  # the next head's starts at its first byte
                 self._request(raw)
             self._linger()
@@ -472,7 +630,18 @@ class _Connection:
                 return None
             if not self.buf:  # a request's first bytes: did it follow our answer at once?
                 self._quick = time.perf_counter() - self._answered_at <= BUSY_POLL_S
+                if self.phase == _IDLE:
+                    self._wake()
             self.buf += chunk
+
+    def _wake(self) -> None:
+        """Between requests -> reading one: from now on no new connection takes this
+        one's slot. Raises _ClientGoneError when one just did (the socket is shut down:
+        the request cannot be answered; its client sees the connection closed)."""
+        with self.ep._conns_lock:
+            if self.taken:
+                raise _ClientGoneError
+            self.phase = _IN_HEAD
 
     def _head_time_left(self) -> bool:
         """Set the socket's timeout for the next recv of a head; False when its deadline
@@ -565,25 +734,21 @@ class _Connection:
             if parts[:1] != ["v2"]:
                 raise ProtocolError(404, f"no route {path} (the protocol's routes start /v2)")
             if parts[1:2] == ["health"]:
+                if not self.trusted and "authorization" in head.headers:
+                    self.trusted = self._authorised(head)
                 self._health(head.method, parts[2:])
                 return
-            authorised = self._authorised(head)
-            # the statistics are how an operator watches a flood: not refused by it; a
-            # wrong token always counts (a brute force is slowed like a flood)
-            stats = parts[1:] == ["models", "stats"]
-            wait = 0.0 if stats and authorised else ep.rate.take(time.monotonic())
-            if not authorised:
-                ep.count("unauthorized")
-            if wait > 0:
-                ep.count("rate_limited")
-                raise ProtocolError(
-                    429, f"over the endpoint's rate limit ({ep.cfg.rate_per_s:g}/s)", wait
-                )
-            if not authorised:
-                raise ProtocolError(
-                    401, "missing or wrong bearer token (Authorization: Bearer ...)"
-                )
-            self._route(head.method, parts[1:])
+            if self._authorised(head):
+                self.trusted = True
+                # the statistics are how an operator watches a flood: not refused by it
+                if parts[1:] != ["models", "stats"] and (wait := ep.rate.take(time.monotonic())):
+                    ep.count("rate_limited")
+                    raise ProtocolError(
+                        429, f"over the endpoint's rate limit ({ep.cfg.rate_per_s:g}/s)", wait
+                    )
+                self._route(head.method, parts[1:])
+            else:
+                self._unauthorised()
         except ProtocolError as e:
             if e.status >= 500:
                 ep.count("busy" if e.status == 503 else "errors")
@@ -614,6 +779,8 @@ class _Connection:
         if log.isEnabledFor(logging.DEBUG):
             h = self.head
             log.debug("serving: %s %s -> %d", h and h.method, h and h.target, status)
+        if self.ep.stopping:  # the last answer on this connection: it says so
+            self.close = True
         data = response(status, body, content_type=content_type, headers=headers, close=self.close)
         if self.head is not None and self.head.method == "HEAD":
             # the head GET would answer, no body (RFC 9110 9.3.2): a client reads the
@@ -652,6 +819,23 @@ class _Connection:
             self._send(200, {"ready": True})
         else:
             raise ProtocolError(404, f"no route /v2/health/{'/'.join(rest)}")
+
+    def _unauthorised(self) -> None:
+        """Refuse a request without the right token: 401, or 429 past AUTH_FAIL_RATE (a
+        bucket of their own: a brute force does not spend the rate of the clients that
+        hold the token). Its body is read for at most UNAUTH_BODY_S."""
+        ep = self.ep
+        now = time.monotonic()
+        self.body_deadline = min(self.body_deadline, now + UNAUTH_BODY_S)
+        ep.count("unauthorized")
+        if wait := ep.auth_failures.take(now):
+            ep.count("rate_limited")
+            raise ProtocolError(
+                429,
+                f"too many requests with a missing or wrong token ({ep.auth_failures.rate:g}/s)",
+                wait,
+            )
+        raise ProtocolError(401, "missing or wrong bearer token (Authorization: Bearer ...)")
 
     def _authorised(self, head: Head) -> bool:
         token = self.ep._token_bytes
@@ -710,8 +894,10 @@ class _Connection:
         try:
             req = parse_infer(body, spec, self._header_len())
             budget = ep.cfg.deadline_ms / 1000.0
-            if req.timeout_s is not None:
-                budget = min(budget, req.timeout_s)
+            own = req.timeout_s is not None and req.timeout_s < budget
+            if own:
+                assert req.timeout_s is not None
+                budget = req.timeout_s
             # A model loaded on demand starts threads (its scheduler, the runtime's),
             # which would inherit this thread's one CPU for the rest of the run.
             unpin = ep.cpu is not None and not ep.scorer.loaded(spec)
@@ -719,6 +905,16 @@ class _Connection:
                 _set_cpus(ep.all_cpus)
             try:
                 scores, threshold = ep.scorer.score(spec, req.windows, budget, req.stream)
+            except ProtocolError as e:
+                if own and _missed_deadline(e):
+                    # The client's deadline, not the server's: no retry advice (Triton
+                    # answers a timeout 503 without it); a longer timeout may help.
+                    raise ProtocolError(
+                        503,
+                        f"{e.message} (parameters.timeout: {budget * 1e6:g} us, this "
+                        "request's own deadline; sent again with it, it may fail again)",
+                    ) from None
+                raise
             finally:
                 if unpin:
                     _set_cpus(ep.cpu)
