@@ -5,7 +5,15 @@ A model takes one input tensor: raw sensor windows, FP32 (FP64 accepted), shape
 them as a stream would). It answers `anomaly_score` (FP64 [n], one per window) and,
 when the request's parameters say `"alarm": true` or its `outputs` name it, `alarm`
 (BOOL [n]: score >= threshold, the threshold also given in the response parameters).
-Errors are ProtocolError(status, message), sent as {"error": message}.
+A request that names `outputs` gets those only (the protocol's `outputs`: "the
+outputs requested"), plus `alarm` when its parameters ask for it. Errors are
+ProtocolError(status, message), sent as {"error": message}.
+
+Parameters this endpoint reads are typed: one of the wrong type is a 400 naming the
+parameter and the type expected (`alarm`, `binary_data_output`, an output's
+`binary_data`: true or false; `stream`: a string; `timeout`: a positive number of
+microseconds; an input's `binary_data_size`: a whole number of bytes). Parameters it
+does not know are ignored, as the protocol lets a server do.
 
 The binary tensor data extension is understood both ways: an input whose parameters
 give `binary_data_size` takes its bytes (little-endian) from after the JSON header
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +110,9 @@ class InferRequest:  # read-only by convention: frozen is ~1 us slower to make
     stream: str | None  # take this stream's threshold (and normalisation)
     timeout_s: float | None  # the request's own deadline, from parameters.timeout (us)
     binary_outputs: frozenset[str] = frozenset()  # outputs to send as binary data
+    # anomaly_score is sent: False only when `outputs` names alarm alone (then
+    # want_alarm is True: the one-window template never meets it)
+    want_score: bool = True
 
 
 def _json_encoder() -> Callable[[Any], bytes]:
@@ -231,7 +243,12 @@ def _parse_infer(body: bytes, spec: ModelSpec, header_len: int | None) -> InferR
         # for int() (Python's 4300-digit limit): valid JSON the endpoint cannot read
         if isinstance(e, (UnicodeDecodeError, json.JSONDecodeError)):
             raise _bad(f"request body is not JSON: {e}") from None
-        raise _bad(f"request body: a number cannot be read: {e}") from None
+        # not Python's own words, which advise a setting of the server's interpreter
+        raise _bad(
+            f"request body: a number cannot be read: it has more than "
+            f"{sys.get_int_max_str_digits()} digits (tensor data are FP32, which keeps about "
+            "9 significant digits)"
+        ) from None
     if not isinstance(doc, dict):
         raise _bad("request body: expected a JSON object with 'inputs'")
     params = doc.get("parameters") or {}
@@ -278,9 +295,10 @@ def _request(
         rid = doc.get("id")
         return InferRequest(None if rid is None else _request_id(rid), windows, False, None, None)
     want_alarm = _alarm_asked(params, outputs)
+    want_score = _score_asked(outputs)
     stream = params.get("stream")
     if stream is not None and not isinstance(stream, str):
-        raise _bad("parameters.stream: expected a stream name")
+        raise _bad(f"parameters.stream: expected a stream name (a string), got {_kind(stream)}")
     return InferRequest(
         _request_id(doc.get("id")),
         windows,
@@ -288,6 +306,7 @@ def _request(
         stream,
         _timeout(params),
         _binary_outputs(params, outputs, want_alarm),
+        want_score,
     )
 
 
@@ -307,9 +326,21 @@ def _tensor_data(
     """(the input's values as an array, the JSON numbers they came from or None)."""
     tp = _WIRE_DTYPES[dtype]
     tparams = t.get("parameters") or {}
-    size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
+    if not isinstance(tparams, dict):
+        raise _bad(f"inputs[0].parameters: expected an object, got {_kind(tparams)}")
+    size = tparams.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size != n * tp.itemsize or size > len(binary):
+        if t.get("data") is not None:
+            raise _bad(
+                f"input {name}: both data and binary_data_size given; send the values "
+                "one way (binary_data_size: the bytes after the JSON header)"
+            )
+        if type(size) is not int:
+            raise _bad(
+                f"inputs[0].parameters.binary_data_size: expected a whole number of bytes, "
+                f"got {_kind(size)}"
+            )
+        if size != n * tp.itemsize or size > len(binary):
             raise _bad(
                 f"input {name}: binary_data_size {size!r} does not match shape {shape} of "
                 f"{dtype} ({n * tp.itemsize} bytes; {len(binary)} bytes follow the header)"
@@ -408,38 +439,71 @@ def _finite_fp32(
     return windows
 
 
-def _binary_outputs(params: dict[str, Any], outputs: Any, want_alarm: bool) -> frozenset[str]:
-    names = [SCORE, ALARM] if want_alarm else [SCORE]
-    if params.get("binary_data_output") is True:
-        return frozenset(names)
-    out = set()
-    for o in outputs or []:
-        p = o.get("parameters") or {}
-        if isinstance(p, dict) and p.get("binary_data") is True:
-            out.add(o.get("name"))
-    return frozenset(out)
+def _kind(v: Any) -> str:
+    """A JSON value's kind (and a scalar's value, cut short), for an error message."""
+    if v is None:
+        return "null"
+    if isinstance(v, (list, dict)):
+        return "an array" if isinstance(v, list) else "an object"
+    kind = "boolean" if isinstance(v, bool) else "string" if isinstance(v, str) else "number"
+    text = json.dumps(v)
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
-def _alarm_asked(params: dict[str, Any], outputs: Any) -> bool:
-    flag = params.get(ALARM, False)
-    if not isinstance(flag, bool):
-        raise _bad("parameters.alarm: expected true or false")
+def _flag(params: dict[str, Any], key: str, where: str) -> bool:
+    """params[key] as true or false (absent: false); 400 naming it for another type."""
+    v = params.get(key, False)
+    if type(v) is not bool:
+        raise _bad(f"{where}.{key}: expected true or false, got {_kind(v)}")
+    return v
+
+
+def _output_names(outputs: Any) -> list[str]:
+    """The names `outputs` asks for (none: absent or empty, which asks for the
+    default ones, as tritonclient sends no `outputs` when none are named)."""
     if outputs is None:
-        return flag
+        return []
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise _bad("outputs: expected an array of {'name': ...}")
     names = [o.get("name") for o in outputs]
     unknown = [n for n in names if n not in (SCORE, ALARM)]
     if unknown:
         raise _bad(f"outputs: unknown output {unknown[0]!r} (this model has {SCORE!r}, {ALARM!r})")
-    return flag or ALARM in names
+    return names
+
+
+def _alarm_asked(params: dict[str, Any], outputs: Any) -> bool:
+    """The parameter `alarm` asks for the alarm output, or `outputs` names it."""
+    return _flag(params, ALARM, "parameters") or ALARM in _output_names(outputs)
+
+
+def _score_asked(outputs: Any) -> bool:
+    """`outputs` names anomaly_score, or names nothing (the default outputs)."""
+    names = _output_names(outputs)
+    return not names or SCORE in names
+
+
+def _binary_outputs(params: dict[str, Any], outputs: Any, want_alarm: bool) -> frozenset[str]:
+    """The outputs to send as binary data: those whose parameters say `binary_data`,
+    or every output sent when the request's `binary_data_output` says so."""
+    want_score = _score_asked(outputs)
+    out = set()
+    for i, o in enumerate(outputs or []):
+        p = o.get("parameters") or {}
+        if not isinstance(p, dict):
+            raise _bad(f"outputs[{i}].parameters: expected an object, got {_kind(p)}")
+        if _flag(p, "binary_data", f"outputs[{i}].parameters"):
+            out.add(o["name"])
+    if _flag(params, "binary_data_output", "parameters"):
+        return frozenset([SCORE] * want_score + [ALARM] * want_alarm)
+    return frozenset(out)
 
 
 def _timeout(params: dict[str, Any]) -> float | None:
     us = params.get("timeout")
     if us is None:
         return None
-    bad = _bad("parameters.timeout: expected a positive number of microseconds")
+    bad = _bad(f"parameters.timeout: expected a positive number of microseconds, got {_kind(us)}")
     if isinstance(us, bool) or not isinstance(us, (int, float)):
         raise bad
     try:
@@ -519,9 +583,10 @@ def infer_response(
     threshold: float,
 ) -> dict[str, Any]:
     n = len(scores)
-    outputs: list[dict[str, Any]] = [
-        {"name": SCORE, "datatype": "FP64", "shape": [n], "data": [float(s) for s in scores]}
-    ]
+    outputs: list[dict[str, Any]] = []
+    if req.want_score:
+        data = [float(s) for s in scores]
+        outputs.append({"name": SCORE, "datatype": "FP64", "shape": [n], "data": data})
     if req.want_alarm:
         outputs.append(
             {
