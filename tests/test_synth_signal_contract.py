@@ -120,3 +120,28 @@ def test_noise_is_the_specs_level_fresh_every_sample_and_per_seed(rate: float) -
         assert np.abs(off).max() < 0.015, off  # channels and neighbours uncorrelated
     across = np.corrcoef(noises[0][:, 0], noises[1][:, 0])[0, 1]
     assert abs(across) < 0.015, across
+
+
+@pytest.mark.parametrize("k", [0, 300_000, 2_000_000])  # 2_000_000: ~3.8 years of signal
+def test_an_anomaly_starting_on_a_blocks_last_sample_is_in_that_block(k: int) -> None:
+    # far out, the last sample's time plus a nanosecond is the same float: the block's
+    # search for anomalies must reach to the next sample's time instead
+    sig = SyntheticSignal(SignalSpec())
+    first = round(sig.anomaly_at_index(k).start_s * sig.spec.rate_hz)
+    alone, within = sig.render(first - 7, 8), sig.render(first - 7, 16)[:8]
+    assert np.array_equal(alone, within)
+    labels = sig.labels(first - 7, 8)
+    assert labels[-1]
+    assert not labels[-2]
+
+
+def test_a_negative_seed_is_refused_as_config() -> None:
+    from edge_agent.config import parse_config
+    from edge_agent.errors import ConfigError
+
+    data = {
+        "device_id": "seed-check",
+        "streams": [{"name": "a", "source": {"kind": "synthetic", "seed": -1}}],
+    }
+    with pytest.raises(ConfigError, match="seed"):
+        parse_config(data, source="agent.toml")

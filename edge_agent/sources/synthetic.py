@@ -21,7 +21,7 @@ _RENDER_AHEAD = 1024  # samples rendered at once (the signal is a function of th
 @dataclass(frozen=True)
 class Options:
     rate_hz: float = field(default=100.0, metadata=check("positive"))
-    seed: int = 0
+    seed: int = field(default=0, metadata=check("nonneg"))  # the noise generator's key
     block: int = field(default=32, metadata=check("positive"))
     speed: float = field(default=1.0, metadata=check("nonneg"))
     anomalies: bool = True
