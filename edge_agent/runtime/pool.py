@@ -9,7 +9,9 @@ eviction keeps the charge measured at its first load. A model some user holds is
 pinned; an idle one stays loaded until room is needed, then the least recently used
 goes first. A load that cannot fit even after evicting every idle model is refused,
 evicting none, with a ConfigError naming the models held, the one asked for and the
-megabytes.
+megabytes. The first load of a model is planned from its file's size: when the charge
+measured then is larger and does not fit, the idle models evicted for the file's size
+stay evicted (once: the measured charge plans its next loads).
 
 With an accelerator budget (the profile's `accelerator_memory_mb`), every entry keeps its
 model's bytes in host memory and is bound to the accelerator (a session on the profile's
