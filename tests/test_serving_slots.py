@@ -14,7 +14,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -191,20 +191,66 @@ def test_a_connection_with_a_request_in_hand_is_never_taken(
     _slots_come_back(endpoint)
 
 
-def test_a_trickling_head_keeps_its_slot_only_for_a_moment(
+def test_a_token_holders_trickling_head_keeps_its_slot_only_for_a_moment(
     endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(http, "SLOW_HEAD_S", 60.0)
+    monkeypatch.setattr(http, "KEEPALIVE_GRACE_S", 60.0)
     held = [_connect(endpoint) for _ in range(SLOTS)]
     try:
         for c in held:
-            c.sendall(b"GET /v2 HTTP/1.1\r\n")  # never ends its head
+            assert _ask(c, META) == 200  # it sent the token once
+            c.sendall(b"GET /v2 HTTP/1.1\r\n")  # then never ends its next head
         _settle(endpoint, http._IN_HEAD)
         assert _fresh(endpoint) == 503
         monkeypatch.setattr(http, "SLOW_HEAD_S", 0.1)
         time.sleep(0.2)
         assert _fresh(endpoint) == 200
         assert sum(_closed(c, within=2.0) for c in held) >= 1
+    finally:
+        for c in held:
+            c.close()
+    _slots_come_back(endpoint)
+
+
+def _partial_head(c: socket.socket) -> None:
+    c.sendall(b"GET /v2 HTTP/1.1\r\n")  # never ends its head
+
+
+def _crlf_after_a_probe(c: socket.socket) -> None:
+    assert _ask(c, LIVE) == 200
+    c.sendall(b"\r\n")  # allowed between requests; starts no head
+
+
+def _refused_body_trickling(c: socket.socket) -> None:
+    c.sendall(b"POST /v2/models/x/infer HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc")
+
+
+@pytest.mark.parametrize(
+    ("hold", "phase"),
+    [
+        (_partial_head, http._IN_HEAD),
+        (_crlf_after_a_probe, http._IN_HEAD),
+        (_refused_body_trickling, http._IN_REQUEST),
+    ],
+)
+def test_a_connection_without_the_token_is_taken_whatever_it_is_doing(
+    endpoint: Endpoint,
+    monkeypatch: pytest.MonkeyPatch,
+    hold: Callable[[socket.socket], None],
+    phase: int,
+) -> None:
+    # review 72x: each of these, repeated before its limit ran out, kept a tokenless
+    # slot for good, and every client with the token got 503
+    monkeypatch.setattr(http, "SLOW_HEAD_S", 60.0)
+    monkeypatch.setattr(http, "UNAUTH_BODY_S", 60.0)
+    held = [_connect(endpoint) for _ in range(SLOTS)]
+    try:
+        for c in held:
+            hold(c)
+        _settle(endpoint, phase)  # the server has read what they sent
+        assert _fresh(endpoint) == 200
+        assert sum(_closed(c, within=5.0) for c in held) == 1  # one slot was enough
     finally:
         for c in held:
             c.close()

@@ -20,13 +20,14 @@ after its first byte) and the connection closed.
 
 Connection slots (`max_connections`), as nginx reuses its connections: a connection
 arriving when every slot is held takes the slot of one that is not using it (_victim):
-first a connection between requests that never sent the token (any idle time: it can
-only ask the health probes), then one whose request head is still partial
+first a connection that never sent the token, whatever it is doing (it can only ask
+the health probes or be refused), then one whose request head is still partial
 SLOW_HEAD_S after its first byte (a trickle), then one with the token idle at least
 KEEPALIVE_GRACE_S (not at once: a client in a loop would lose its connection between
 two requests). That connection is shut down (the client sees it closed, as after the
-idle timeout IDLE_CONNECTION_S). A connection with a request being read or answered
-is never taken; when every slot is such, the new one gets 503 and Retry-After.
+idle timeout IDLE_CONNECTION_S). A connection with the token and a request being read
+or answered is never taken; when every slot is such, the new one gets 503 and
+Retry-After.
 
 Why not http.server: at batch 1 its per-request work (email.parser headers, a write
 per header line, buffered file objects) cost as much as scoring the window. Here a
@@ -392,28 +393,34 @@ class Endpoint:
 
     def _victim(self) -> _Connection | None:
         """The connection whose slot a new one takes when every slot is held (under
-        _conns_lock), or None: in this order, one between requests that never sent the
-        token (the longest idle first), one whose request head is still partial
-        SLOW_HEAD_S after its first byte (the oldest first), one with the token idle at
-        least KEEPALIVE_GRACE_S (the longest idle first). One between requests whose
-        next request is already in its socket is left alone."""
+        _conns_lock), or None: in this order, one that never sent the token, in any
+        phase (between requests first, the longest idle first; then the rest, longest
+        since its last answer or its accept first), one with the token whose request head
+        is still partial SLOW_HEAD_S after its first byte (the oldest first), one with the
+        token idle at least KEEPALIVE_GRACE_S (the longest idle first). One with the token
+        between requests whose next request is already in its socket is left alone."""
         now, mono = time.perf_counter(), time.monotonic()
         ranked: list[tuple[int, float, _Connection]] = []
         for c in self._conns:
             phase = c.phase
-            if phase == _IDLE:
-                idle = now - max(c.accepted_at, c._answered_at)
-                if not c.trusted:
-                    ranked.append((0, -idle, c))
-                elif idle >= KEEPALIVE_GRACE_S:
-                    ranked.append((2, -idle, c))
+            idle = now - max(c.accepted_at, c._answered_at)
+            if not c.trusted:
+                # Any phase: kept from its requests (refused bodies trickled in back to
+                # back, stray CRLFs, heads resent before SLOW_HEAD_S), such a connection
+                # held its slot for as long as it kept at it (review 72x). The longest
+                # between requests first, then the oldest: a client with the token is
+                # trusted from its first request's head, microseconds after it connects.
+                ranked.append((0 if phase == _IDLE else 1, -idle, c))
+            elif phase == _IDLE:
+                if idle >= KEEPALIVE_GRACE_S:
+                    ranked.append((3, -idle, c))
             elif phase == _IN_HEAD and c.head_deadline is not None:
                 age = mono - (c.head_deadline - HEAD_DEADLINE_S)
                 if age >= SLOW_HEAD_S:
-                    ranked.append((1, -age, c))
+                    ranked.append((2, -age, c))
         ranked.sort(key=lambda r: r[:2])
         for _rank, _age, c in ranked:
-            if c.phase != _IDLE or not _has_input(c.sock):
+            if not c.trusted or c.phase != _IDLE or not _has_input(c.sock):
                 return c
         return None
 
