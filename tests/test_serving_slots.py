@@ -257,6 +257,34 @@ def test_a_connection_without_the_token_is_taken_whatever_it_is_doing(
     _slots_come_back(endpoint)
 
 
+def test_a_just_accepted_connection_with_its_request_unread_goes_after_busy_tokenless_ones(
+    endpoint: Endpoint,
+) -> None:
+    # a client with the token is tokenless until its first head is read: under a flood of
+    # tokenless partial heads, taking its slot first closed it without an answer (review
+    # 73x). Real connections and sockets; the endpoint is asked to choose between them.
+    (a, a_peer), (b, b_peer) = socket.socketpair(), socket.socketpair()
+    try:
+        waiting = http._Connection(endpoint, a)  # just accepted: between requests
+        waiting.trusted = False
+        a_peer.sendall(META)  # its request sent, not read yet
+        stalled = http._Connection(endpoint, b)
+        stalled.trusted = False
+        stalled.phase = http._IN_HEAD  # a partial head, 0.5 s old
+        stalled.head_deadline = time.monotonic() + http.HEAD_DEADLINE_S - 0.5
+        with endpoint._conns_lock:
+            held, endpoint._conns = endpoint._conns, {waiting, stalled}
+            try:
+                assert endpoint._victim() is stalled
+                endpoint._conns = {waiting}
+                assert endpoint._victim() is waiting  # still tokenless: taken when alone
+            finally:
+                endpoint._conns = held
+    finally:
+        for s in (a, a_peer, b, b_peer):
+            s.close()
+
+
 def test_the_socket_peek_sees_waiting_bytes_but_not_an_end() -> None:
     a, b = socket.socketpair()
     try:

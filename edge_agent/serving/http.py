@@ -394,8 +394,9 @@ class Endpoint:
     def _victim(self) -> _Connection | None:
         """The connection whose slot a new one takes when every slot is held (under
         _conns_lock), or None: in this order, one that never sent the token, in any
-        phase (between requests first, the longest idle first; then the rest, longest
-        since its last answer or its accept first), one with the token whose request head
+        phase (between requests with nothing waiting first, then with a request partly
+        read or in hand, then between requests with a request waiting in its socket; the
+        longest since its last answer or its accept first), one with the token whose request head
         is still partial SLOW_HEAD_S after its first byte (the oldest first), one with the
         token idle at least KEEPALIVE_GRACE_S (the longest idle first). One with the token
         between requests whose next request is already in its socket is left alone."""
@@ -407,17 +408,19 @@ class Endpoint:
             if not c.trusted:
                 # Any phase: kept from its requests (refused bodies trickled in back to
                 # back, stray CRLFs, heads resent before SLOW_HEAD_S), such a connection
-                # held its slot for as long as it kept at it (review 72x). The longest
-                # between requests first, then the oldest: a client with the token is
-                # trusted from its first request's head, microseconds after it connects.
-                ranked.append((0 if phase == _IDLE else 1, -idle, c))
+                # held its slot for as long as it kept at it (review 72x). Between requests
+                # first, then the rest, then one whose request is waiting unread: a client
+                # with the token just accepted (trusted once its first head is read) goes
+                # after the tokenless ones busy with theirs (review 73x).
+                waiting = phase == _IDLE and _has_input(c.sock)
+                ranked.append((1 if phase != _IDLE else 2 if waiting else 0, -idle, c))
             elif phase == _IDLE:
                 if idle >= KEEPALIVE_GRACE_S:
-                    ranked.append((3, -idle, c))
+                    ranked.append((4, -idle, c))
             elif phase == _IN_HEAD and c.head_deadline is not None:
                 age = mono - (c.head_deadline - HEAD_DEADLINE_S)
                 if age >= SLOW_HEAD_S:
-                    ranked.append((2, -age, c))
+                    ranked.append((3, -age, c))
         ranked.sort(key=lambda r: r[:2])
         for _rank, _age, c in ranked:
             if not c.trusted or c.phase != _IDLE or not _has_input(c.sock):
