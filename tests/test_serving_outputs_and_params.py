@@ -93,6 +93,11 @@ def test_alarm_alone_in_binary_carries_only_its_bytes() -> None:
          'outputs[0].parameters.binary_data: expected true or false, got string "true"'),
         ({"outputs": [{"name": "alarm", "parameters": [1]}]},
          "outputs[0].parameters: expected an object, got an array"),
+        # an empty array or false is not an empty object (review 72x)
+        ({"outputs": [{"name": "alarm", "parameters": []}]},
+         "outputs[0].parameters: expected an object, got an array"),
+        ({"parameters": []}, "parameters: expected an object, got an array"),
+        ({"parameters": False}, "parameters: expected an object, got"),
         ({"parameters": {"stream": 5}}, "parameters.stream: expected a stream name"),
         ({"parameters": {"timeout": "100"}},
          'parameters.timeout: expected a positive number of microseconds, got string "100"'),
@@ -105,6 +110,31 @@ def test_a_parameter_of_the_wrong_type_is_named_with_the_type_expected(
         parse_infer(_body(**extra), SPEC)
     assert e.value.status == 400
     assert words in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("every", "own", "binary"),
+    [
+        (True, {"alarm": False}, {"anomaly_score"}),  # the output's own word overrides
+        (True, {"anomaly_score": False, "alarm": False}, set()),
+        (False, {"alarm": True}, {"alarm"}),
+        (True, {}, {"anomaly_score", "alarm"}),
+        (False, {"anomaly_score": True, "alarm": False}, {"anomaly_score"}),
+    ],
+)
+def test_an_outputs_own_binary_data_overrides_binary_data_output(
+    every: bool, own: dict[str, bool], binary: set[str]
+) -> None:
+    outputs = [
+        {"name": n, **({"parameters": {"binary_data": own[n]}} if n in own else {})}
+        for n in ("anomaly_score", "alarm")
+    ]
+    req = parse_infer(_body(outputs=outputs, parameters={"binary_data_output": every}), SPEC)
+    assert req.binary_outputs == binary
+    payload, head = encode_response(infer_response(SPEC, req, np.array([0.5, 1.0]), 1.0), req)
+    doc = json.loads(payload if head is None else payload[:head])
+    in_json = {o["name"] for o in doc["outputs"] if "data" in o}
+    assert in_json == {"anomaly_score", "alarm"} - binary
 
 
 def test_parameters_it_does_not_know_are_ignored() -> None:

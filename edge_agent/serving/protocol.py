@@ -251,9 +251,7 @@ def _parse_infer(body: bytes, spec: ModelSpec, header_len: int | None) -> InferR
         ) from None
     if not isinstance(doc, dict):
         raise _bad("request body: expected a JSON object with 'inputs'")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise _bad("parameters: expected an object")
+    params = _parameters(doc, "parameters")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise _bad(f"inputs: expected exactly one input tensor {spec.input_name!r}")
@@ -325,9 +323,7 @@ def _tensor_data(
 ) -> tuple[npt.NDArray[Any], list[Any] | None]:
     """(the input's values as an array, the JSON numbers they came from or None)."""
     tp = _WIRE_DTYPES[dtype]
-    tparams = t.get("parameters") or {}
-    if not isinstance(tparams, dict):
-        raise _bad(f"inputs[0].parameters: expected an object, got {_kind(tparams)}")
+    tparams = _parameters(t, "inputs[0].parameters")
     size = tparams.get("binary_data_size")
     if size is not None:
         if t.get("data") is not None:
@@ -483,19 +479,31 @@ def _score_asked(outputs: Any) -> bool:
     return not names or SCORE in names
 
 
+def _parameters(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """d's `parameters` (absent or null: none); 400 naming `where` for a non-object (an
+    empty array is not an empty object)."""
+    p = d.get("parameters")
+    if p is None:
+        return {}
+    if not isinstance(p, dict):
+        raise _bad(f"{where}: expected an object, got {_kind(p)}")
+    return p
+
+
 def _binary_outputs(params: dict[str, Any], outputs: Any, want_alarm: bool) -> frozenset[str]:
-    """The outputs to send as binary data: those whose parameters say `binary_data`,
-    or every output sent when the request's `binary_data_output` says so."""
-    want_score = _score_asked(outputs)
-    out = set()
+    """The outputs to send as binary data: every output sent when the request's
+    `binary_data_output` says so, and an output's own `binary_data`, where given,
+    overriding that (as the binary tensor data extension says)."""
+    every = _flag(params, "binary_data_output", "parameters")
+    out = set([SCORE] * _score_asked(outputs) + [ALARM] * want_alarm) if every else set()
     for i, o in enumerate(outputs or []):
-        p = o.get("parameters") or {}
-        if not isinstance(p, dict):
-            raise _bad(f"outputs[{i}].parameters: expected an object, got {_kind(p)}")
-        if _flag(p, "binary_data", f"outputs[{i}].parameters"):
-            out.add(o["name"])
-    if _flag(params, "binary_data_output", "parameters"):
-        return frozenset([SCORE] * want_score + [ALARM] * want_alarm)
+        where = f"outputs[{i}].parameters"
+        p = _parameters(o, where)
+        if "binary_data" in p:
+            if _flag(p, "binary_data", where):
+                out.add(o["name"])
+            else:
+                out.discard(o["name"])
     return frozenset(out)
 
 
