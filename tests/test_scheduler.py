@@ -157,6 +157,21 @@ def test_real_time_requests_go_before_best_effort_ones() -> None:
     assert sched.next_batch(0.0) == []
 
 
+def test_real_time_waits_in_the_queue_are_counted_against_the_budget() -> None:
+    model = ModelPool(PROFILE).acquire(MODEL, "test")
+    sched = InferenceScheduler(model, max_batch=1, max_delay_s=0.0, latency_budget_s=0.02)
+    x = np.zeros((1, 64, 4), np.float32)
+    sched.submit(model, x, priority=Priority.REALTIME)
+    time.sleep(0.05)  # a wait over the budget, whatever the machine's load
+    sched.submit(model, x, priority=Priority.BEST_EFFORT)  # not counted: not a stream's
+    assert len(sched.next_batch(0.0)) == 1
+    assert len(sched.next_batch(0.0)) == 1
+    sn = sched.snapshot()
+    assert (sn["realtime_queued"], sn["realtime_late"]) == (1, 1)
+    assert sn["realtime_max_wait_ms"] >= 50.0
+    assert sn["latency_budget_ms"] == 20.0
+
+
 def test_best_effort_work_beyond_the_queue_or_deadline_is_refused_at_once() -> None:
     model = ModelPool(PROFILE).acquire(MODEL, "test")
     sched = InferenceScheduler(model, max_batch=8, max_queue=8, max_delay_s=0.0)

@@ -150,7 +150,10 @@ class InferenceScheduler:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_delay_s: float = 0.001,
         max_queue: int = 4 * DEFAULT_MAX_BATCH,
+        latency_budget_s: float = 0.010,
     ) -> None:
+        """`latency_budget_s`: the profile's per-window latency budget, which a real-time
+        request's wait in the queue is counted against (`realtime_late`)."""
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_delay_s >= 0")
         self.model = model
@@ -174,6 +177,13 @@ class InferenceScheduler:
         self.refused = 0
         self.expired = 0
         self.max_queued = 0
+        # real-time requests the worker took from the queue: how many, how many waited
+        # there longer than the budget, the longest wait (an endpoint flood must not
+        # hold a live stream's windows back: served first, they wait one batch at most)
+        self.latency_budget_s = latency_budget_s
+        self.realtime_queued = 0
+        self.realtime_late = 0
+        self.realtime_max_wait_s = 0.0
         self._s_per_window = 0.0  # moving average, for deadline refusals
 
     @property
@@ -441,6 +451,8 @@ class InferenceScheduler:
                 elif not batch or n + len(r.x) <= self.max_batch:
                     batch.append(r)
                     n += len(r.x)
+                    if r.priority is Priority.REALTIME:
+                        self._count_realtime(now - r.arrived)
                 else:
                     keep.append(r)
             self._q = keep
@@ -489,6 +501,11 @@ class InferenceScheduler:
             raise
         self._account(n, time.perf_counter() - t0)
 
+    def _count_realtime(self, waited_s: float) -> None:
+        self.realtime_queued += 1
+        self.realtime_late += int(waited_s > self.latency_budget_s)
+        self.realtime_max_wait_s = max(self.realtime_max_wait_s, waited_s)
+
     def _account(self, n: int, dt: float) -> None:
         self.batches += 1
         self.windows += n
@@ -507,6 +524,10 @@ class InferenceScheduler:
             "refused": self.refused,
             "expired": self.expired,
             "max_queued_windows": self.max_queued,
+            "latency_budget_ms": round(self.latency_budget_s * 1e3, 3),
+            "realtime_queued": self.realtime_queued,
+            "realtime_late": self.realtime_late,
+            "realtime_max_wait_ms": round(self.realtime_max_wait_s * 1e3, 3),
         }
 
 
@@ -532,7 +553,11 @@ class SchedulerSet:
             s = self._by_backend.get(id(model.backend))
             if s is not None:
                 return s
-            s = InferenceScheduler(model, max_delay_s=self.max_delay_s())
+            s = InferenceScheduler(
+                model,
+                max_delay_s=self.max_delay_s(),
+                latency_budget_s=self.profile.window_latency_ms / 1000.0,
+            )
             self._by_backend[id(model.backend)] = s
             name = f"scheduler-{model.card.name}-{next(self._count)}"
         if self.on_new is not None:

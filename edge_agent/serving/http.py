@@ -296,14 +296,20 @@ class Endpoint:
 
     def stats(self) -> dict[str, Any]:
         """GET /v2/models/stats: the statistics extension's subset for each loaded model,
-        plus the model pool (budget, measured charges, evictions) and this endpoint's
-        request counts."""
+        plus the model pool (budget, measured charges, evictions), this endpoint's
+        request counts and each model's scheduler (batches, refusals, and how long the
+        real-time streams' windows waited in its queue)."""
         scheds = {s.name: s.snapshot() for s in self.scorer.schedulers.all()}
         pool = self.scorer.pool.snapshot()
         models = [_model_stats(m["model"], m["version"], scheds) for m in pool["models"]]
         with self._counts_lock:
             counts = dict(self.counts)
-        return {"model_stats": models, "pool": pool, "endpoint": counts}
+        return {
+            "model_stats": models,
+            "pool": pool,
+            "endpoint": counts,
+            "schedulers": sorted(scheds.values(), key=lambda sn: str(sn["model"])),
+        }
 
     def model_stats(self, spec: ModelSpec) -> dict[str, Any]:
         """GET /v2/models/{name}/stats: the same subset for the variant `spec` serves
