@@ -48,8 +48,12 @@ def test_a_load_refused_anyway_evicts_no_idle_model() -> None:
     pool.acquire(SMALL, "request-1")
     pool.release("request-1")  # idle
     for _ in range(3):
-        with pytest.raises(ConfigError, match="inspection-ae-int8-onnx needs"):
+        with pytest.raises(ConfigError, match="inspection-ae-int8-onnx needs") as err:
             pool.acquire(MID, "request-2")
+    # the models in use, and only those, are named and counted (SMALL could go)
+    assert "'stream-a'" in str(err.value)
+    assert SMALL.name not in str(err.value)
+    assert f"{_mb(BIG):.1f} of profile" in str(err.value)
     assert pool.evictions == 0
     assert {e.key.name for e in pool.entries()} == {BIG.name, SMALL.name}
 

@@ -170,7 +170,7 @@ class ModelPool:
         """A new budget; idle models are evicted until the pool fits it (pinned stay)."""
         with self._lock:
             self._budget_mb = float(mb)
-            self._evict_idle(0.0, None, only_if_room=False)
+            self._evict_idle(0.0, None)
 
     @property
     def accelerator_budget_mb(self) -> float:
@@ -269,8 +269,8 @@ class ModelPool:
     def _load(self, key: Path, user: str) -> PoolEntry:
         file_mb, backend = self._card_facts(key)
         need = self._known.get(key, file_mb)
+        self._check_fits(need, key, user)  # before evicting: a refused load evicts none
         self._evict_idle(need, key)
-        self._check_fits(need, key, user)
         profile, plan, acc_mb = self.profile, BindPlan(False), 0.0
         if self._accel_mb > 0:
             acc_mb = file_mb if backend is not None else 0.0
@@ -292,8 +292,8 @@ class ModelPool:
         # and freed memory the allocator reuses (one model: 3.1 MB, then 0.25 MB), and a
         # budget planned from the charges would refuse a model that had fitted.
         mb = self._known.setdefault(key, measured)
-        self._evict_idle(mb, key)
         self._check_fits(mb, key, user)  # the model is dropped with the error
+        self._evict_idle(mb, key)
         e = PoolEntry(key, model, mb, last_used=time.monotonic())
         if self._accel_mb <= 0:
             # Nothing re-binds without an accelerator budget: the host copy of the file
@@ -315,19 +315,12 @@ class ModelPool:
             self.on_load(e)
         return e
 
-    def _evict_idle(self, need_mb: float, keep: Path | None, *, only_if_room: bool = True) -> None:
-        """Drop idle entries, least recently used first, until `need_mb` more fits.
-        `only_if_room`: none at all when `need_mb` would not fit even with every idle
-        one gone (a load that is refused anyway must not empty the pool: each request
-        for a model too big beside a stream's evicted every other, which then loaded
-        again at its next request)."""
+    def _evict_idle(self, need_mb: float, keep: Path | None) -> None:
+        """Drop idle entries, least recently used first, until `need_mb` more fits."""
         idle = sorted(
             (e for e in self._entries.values() if not e.pinned and e.key != keep),
             key=lambda e: e.last_used,
         )
-        kept_mb = self.used_mb - sum(e.charge_mb for e in idle)
-        if only_if_room and kept_mb + need_mb > self._budget_mb:
-            return
         for e in idle:
             if self.used_mb + need_mb <= self._budget_mb:
                 return
@@ -398,12 +391,17 @@ class ModelPool:
         log.info("model pool: unbound idle %s from the accelerator", e.model.description)
 
     def _check_fits(self, need_mb: float, key: Path, user: str) -> None:
-        used = self.used_mb
+        """ConfigError unless `need_mb` fits beside the models in use (pinned): idle ones
+        can be evicted, so they neither count nor are named. Checked before evicting,
+        so a load refused anyway leaves the idle models loaded (each request for a model
+        too big beside a stream's evicted every other, which then loaded again)."""
+        pinned = [e for e in self._entries.values() if e.pinned]
+        used = sum(e.charge_mb for e in pinned)
         if used + need_mb <= self._budget_mb:
             return
         held = ", ".join(
             f"{e.model.card.name} {e.charge_mb:.1f} MB (for {', '.join(map(repr, users))})"
-            for e in self._entries.values()
+            for e in pinned
             for users in [sorted(e.users)]
         )
         raise ConfigError(
