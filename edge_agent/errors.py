@@ -50,6 +50,11 @@ class OverloadError(EdgeAgentError):
     cannot be met): refused at once, to be retried later."""
 
 
+class DeadlineError(OverloadError):
+    """Work refused because its deadline cannot be met, or passed while it was queued
+    (not because a queue is full): a longer deadline may help, a retry alone may not."""
+
+
 class CalibrationError(EdgeAgentError):
     """Calibration data cannot give a trustworthy normalisation or threshold (a constant
     or non-finite channel, too few samples), or a stored calibration is unusable."""

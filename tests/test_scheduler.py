@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge_agent.errors import OverloadError
+from edge_agent.errors import DeadlineError, OverloadError
 from edge_agent.pipeline.alarms import AlarmPolicy
 from edge_agent.pipeline.stream import StreamPipeline
 from edge_agent.pipeline.windows import Windows, samples_needed
@@ -194,6 +194,25 @@ def test_best_effort_work_beyond_the_queue_or_deadline_is_refused_at_once() -> N
     assert r.done.is_set()
     assert isinstance(r.error, OverloadError)
     assert fresh.snapshot()["expired"] == 1
+
+
+def test_a_deadline_refusal_is_told_from_a_full_queue() -> None:
+    model = ModelPool(PROFILE).acquire(MODEL, "test")
+    sched = InferenceScheduler(model, max_batch=8, max_queue=8, max_delay_s=0.0)
+    x = np.zeros((8, 64, 4), np.float32)
+    sched.submit(model, x, priority=Priority.BEST_EFFORT)
+    with pytest.raises(OverloadError) as full:
+        sched.submit(model, x[:1], priority=Priority.BEST_EFFORT)
+    assert not isinstance(full.value, DeadlineError)
+    with pytest.raises(DeadlineError):
+        InferenceScheduler(model).submit(
+            model, x[:1], priority=Priority.BEST_EFFORT, deadline=time.monotonic() - 1
+        )
+    fresh = InferenceScheduler(model, max_delay_s=0.0)
+    r = fresh.submit(model, x[:1], priority=Priority.BEST_EFFORT, deadline=time.monotonic() + 0.01)
+    time.sleep(0.05)  # passes while queued
+    assert fresh.next_batch(0.0) == []
+    assert isinstance(r.error, DeadlineError)
 
 
 def test_another_models_windows_are_refused() -> None:

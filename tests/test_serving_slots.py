@@ -374,14 +374,12 @@ def test_at_stop_idle_connections_close_and_a_request_in_hand_is_answered(
 
 
 def test_only_a_refusal_for_the_clients_own_deadline_goes_without_retry_advice() -> None:
-    assert http._missed_deadline(
-        ProtocolError(503, "model m: cannot score within the deadline (about 1.0 ms)", 1.0)
-    )
-    assert http._missed_deadline(ProtocolError(503, "model m: deadline passed in queue", 1.0))
-    assert http._missed_deadline(ProtocolError(503, "model m: not scored in time", 1.0))
-    assert not http._missed_deadline(
-        ProtocolError(503, "model m: 512 windows queued (limit 512); try again shortly", 1.0)
-    )
-    assert not http._missed_deadline(
-        ProtocolError(503, "model m: its scheduler is not running", 1.0)
-    )
+    # the scheduler says which refusals are for a deadline (DeadlineError), the scorer
+    # carries that to the endpoint (ProtocolError.deadline); a full queue is not one
+    from edge_agent.errors import DeadlineError, OverloadError
+    from edge_agent.serving.models import _overload
+
+    assert _overload(DeadlineError("model m: cannot score within the deadline")).deadline
+    assert _overload(DeadlineError("model m: deadline passed in queue")).deadline
+    assert not _overload(OverloadError("model m: 512 windows queued (limit 512)")).deadline
+    assert not ProtocolError(503, "model m: its scheduler is not running", 1.0).deadline

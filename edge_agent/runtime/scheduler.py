@@ -56,7 +56,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.errors import ModelError, OverloadError
+from edge_agent.errors import DeadlineError, ModelError, OverloadError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.model import LoadedModel
 
@@ -240,7 +240,7 @@ class InferenceScheduler:
             wait = (self._queued_windows + n) * self._s_per_window
             if now + wait > deadline:
                 self.refused += 1
-                raise OverloadError(
+                raise DeadlineError(
                     f"model {self.name}: cannot score within the deadline (about "
                     f"{wait * 1e3:.1f} ms of work queued)"
                 )
@@ -447,7 +447,7 @@ class InferenceScheduler:
             for r in self._q:
                 if r.deadline is not None and r.deadline < now:
                     self.expired += 1
-                    r.finish(None, OverloadError(f"model {self.name}: deadline passed in queue"))
+                    r.finish(None, DeadlineError(f"model {self.name}: deadline passed in queue"))
                 elif not batch or n + len(r.x) <= self.max_batch:
                     batch.append(r)
                     n += len(r.x)

@@ -489,13 +489,6 @@ class Endpoint:
             time.sleep(0.02)
 
 
-def _missed_deadline(e: ProtocolError) -> bool:
-    """`e` is the scorer's refusal for a deadline (the scheduler's "cannot score within
-    the deadline" or "deadline passed in queue", or the scorer's "not scored in time"),
-    not for a full queue, the memory budget or a worker not yet running."""
-    return e.status == 503 and ("deadline" in e.message or "not scored in time" in e.message)
-
-
 def _has_input(sock: socket.socket) -> bool:
     """Whether `sock` has bytes waiting to be read (not its end)."""
     try:
@@ -922,7 +915,7 @@ class _Connection:
             try:
                 scores, threshold = ep.scorer.score(spec, req.windows, budget, req.stream)
             except ProtocolError as e:
-                if own and _missed_deadline(e):
+                if own and e.deadline:
                     # The client's deadline, not the server's: no retry advice (Triton
                     # answers a timeout 503 without it); a longer timeout may help.
                     raise ProtocolError(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.errors import ConfigError, ModelError, OverloadError
+from edge_agent.errors import ConfigError, DeadlineError, ModelError, OverloadError
 from edge_agent.profiles import Profile
 from edge_agent.runtime.card import ModelCard
 from edge_agent.runtime.model import LoadedModel, find_models, resolve_model_dir
@@ -207,16 +207,24 @@ class Scorer:
             r = sched.submit(model, x, priority=Priority.BEST_EFFORT, deadline=deadline)
         except OverloadError as e:
             self._count()
-            raise ProtocolError(503, str(e), retry_after_s=1.0) from None
+            raise _overload(e) from None
         except ModelError as e:
             raise ProtocolError(500, f"model {model.card.name}: {e}") from None
         if not r.done.wait(max(0.0, deadline - time.monotonic()) + GRACE_S):
             self._count()
-            raise ProtocolError(503, f"model {model.card.name}: not scored in time", 1.0)
+            raise ProtocolError(
+                503, f"model {model.card.name}: not scored in time", 1.0, deadline=True
+            )
         if isinstance(r.error, OverloadError):
             self._count()
-            raise ProtocolError(503, str(r.error), retry_after_s=1.0)
+            raise _overload(r.error)
         if r.error is not None:
             raise ProtocolError(500, f"model {model.card.name}: {r.error}")
         assert r.scores is not None
         return r.scores
+
+
+def _overload(e: OverloadError) -> ProtocolError:
+    """The scheduler's refusal as the protocol's 503, saying whether it was for the
+    deadline (DeadlineError) or for a full queue."""
+    return ProtocolError(503, str(e), retry_after_s=1.0, deadline=isinstance(e, DeadlineError))

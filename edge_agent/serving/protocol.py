@@ -80,11 +80,21 @@ _WIRE_DTYPES = {k: np.dtype(v).newbyteorder("<") for k, v in ACCEPTED_DTYPES.ite
 class ProtocolError(Exception):
     """A request the protocol answers with `status` and {"error": message}."""
 
-    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after_s: float | None = None,
+        *,
+        deadline: bool = False,
+    ) -> None:
+        """`deadline`: refused because a deadline cannot be or was not met, not because
+        the server is full (the endpoint answers a client's own timeout so)."""
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after_s = retry_after_s
+        self.deadline = deadline
 
 
 @dataclass(frozen=True)
