@@ -318,12 +318,12 @@ def test_the_usual_requests_shortcut_reads_the_same_request(doc: dict[str, Any])
     req = parse_infer(_body4([0.25, -1.5, 3e-3, 7.0], **doc), SPEC4)
     params = doc.get("parameters") or {}
     outputs = doc.get("outputs")
-    want_alarm = protocol._alarm_asked(params, outputs)
+    want_score, want_alarm = protocol._outputs_wanted(params, outputs)
     assert req.id == (None if "id" not in doc else str(doc["id"]))
     assert req.want_alarm == want_alarm
     assert req.stream == params.get("stream")
     assert req.timeout_s == protocol._timeout(params)
-    assert req.binary_outputs == protocol._binary_outputs(params, outputs, want_alarm)
+    assert req.binary_outputs == protocol._binary_outputs(params, outputs, want_score, want_alarm)
 
 
 @pytest.mark.parametrize("shape", [[1, 2], [1, 2, 2, 1], [True, 2, 2], [1, 2.0, 2], [1, 2, "2"]])

@@ -302,8 +302,7 @@ def _request(
     if not params and outputs is None:  # the usual request: what the looks below give it
         rid = doc.get("id")
         return InferRequest(None if rid is None else _request_id(rid), windows, False, None, None)
-    want_alarm = _alarm_asked(params, outputs)
-    want_score = _score_asked(outputs)
+    want_score, want_alarm = _outputs_wanted(params, outputs)
     stream = params.get("stream")
     if stream is not None and not isinstance(stream, str):
         raise _bad(f"parameters.stream: expected a stream name (a string), got {_kind(stream)}")
@@ -313,7 +312,7 @@ def _request(
         want_alarm,
         stream,
         _timeout(params),
-        _binary_outputs(params, outputs, want_alarm),
+        _binary_outputs(params, outputs, want_score, want_alarm),
         want_score,
     )
 
@@ -478,15 +477,11 @@ def _output_names(outputs: Any) -> list[str]:
     return names
 
 
-def _alarm_asked(params: dict[str, Any], outputs: Any) -> bool:
-    """The parameter `alarm` asks for the alarm output, or `outputs` names it."""
-    return _flag(params, ALARM, "parameters") or ALARM in _output_names(outputs)
-
-
-def _score_asked(outputs: Any) -> bool:
-    """`outputs` names anomaly_score, or names nothing (the default outputs)."""
+def _outputs_wanted(params: dict[str, Any], outputs: Any) -> tuple[bool, bool]:
+    """(the score, the alarm) asked for: `outputs` names them (none named: the default,
+    the score), and the parameter `alarm` asks for the alarm too."""
     names = _output_names(outputs)
-    return not names or SCORE in names
+    return not names or SCORE in names, _flag(params, ALARM, "parameters") or ALARM in names
 
 
 def _parameters(d: dict[str, Any], where: str) -> dict[str, Any]:
@@ -500,12 +495,16 @@ def _parameters(d: dict[str, Any], where: str) -> dict[str, Any]:
     return p
 
 
-def _binary_outputs(params: dict[str, Any], outputs: Any, want_alarm: bool) -> frozenset[str]:
-    """The outputs to send as binary data: every output sent when the request's
-    `binary_data_output` says so, and an output's own `binary_data`, where given,
-    overriding that (as the binary tensor data extension says)."""
-    every = _flag(params, "binary_data_output", "parameters")
-    out = set([SCORE] * _score_asked(outputs) + [ALARM] * want_alarm) if every else set()
+def _binary_outputs(
+    params: dict[str, Any], outputs: Any, want_score: bool, want_alarm: bool
+) -> frozenset[str]:
+    """The outputs to send as binary data: every output sent (`want_score`,
+    `want_alarm`) when the request's `binary_data_output` says so, and an output's own
+    `binary_data`, where given, overriding that (as the binary tensor data extension
+    says)."""
+    out: set[str] = set()
+    if _flag(params, "binary_data_output", "parameters"):
+        out.update(name for name, sent in ((SCORE, want_score), (ALARM, want_alarm)) if sent)
     for i, o in enumerate(outputs or []):
         where = f"outputs[{i}].parameters"
         p = _parameters(o, where)
