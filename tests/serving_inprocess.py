@@ -63,6 +63,14 @@ def running_endpoint(tmp_path: Path, token: str, **cfg: Any) -> Iterator[Endpoin
 
 def post(ep: Endpoint, target: str, body: bytes, token: str) -> tuple[int, dict[str, Any]]:
     """POST a JSON `body` to `target` on `ep` with the bearer `token`: (status, JSON)."""
+    status, doc, _headers = post_with_headers(ep, target, body, token)
+    return status, doc
+
+
+def post_with_headers(
+    ep: Endpoint, target: str, body: bytes, token: str
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """As `post`, with the answer's headers: (status, JSON, headers)."""
     conn = http.client.HTTPConnection("127.0.0.1", ep.port, timeout=30)
     try:
         conn.request(
@@ -72,6 +80,6 @@ def post(ep: Endpoint, target: str, body: bytes, token: str) -> tuple[int, dict[
             {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
         r = conn.getresponse()
-        return r.status, json.loads(r.read())
+        return r.status, json.loads(r.read()), dict(r.headers)
     finally:
         conn.close()

@@ -6,7 +6,6 @@ to read is refused in the endpoint's words; and a refusal for the request's own
 
 from __future__ import annotations
 
-import http.client
 import json
 import struct
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from edge_agent.serving.protocol import (
     infer_response,
     parse_infer,
 )
-from tests.serving_inprocess import post, running_endpoint
+from tests.serving_inprocess import post, post_with_headers, running_endpoint
 
 SPEC = ModelSpec("m", "m-int8-onnx", "m", 3, "onnxruntime_onnx", "window", 2, 3, 1.0)
 TOKEN = "outputs-test-token-0123456789"
@@ -206,18 +205,7 @@ def _window(**extra: Any) -> bytes:
 
 
 def _post(ep: Endpoint, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", ep.port, timeout=30)
-    try:
-        conn.request(
-            "POST",
-            "/v2/models/skab-zsq/infer",
-            body,
-            {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        )
-        r = conn.getresponse()
-        return r.status, json.loads(r.read()), dict(r.headers)
-    finally:
-        conn.close()
+    return post_with_headers(ep, "/v2/models/skab-zsq/infer", body, TOKEN)
 
 
 def test_a_timeout_that_cannot_be_met_gets_no_retry_advice(endpoint: Endpoint) -> None:
