@@ -72,6 +72,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 256  # windows per backend call (the demo model: ~1 us a window batched)
+# a request of at least this share of max_batch is scored in its requester's thread while
+# the worker is idle (see score)
+OWN_THREAD_SHARE = 0.25
 TAKE_TIMEOUT_S = 0.25  # the worker's heartbeat period when idle
 WAIT_SLICE_S = 0.25  # a requester re-checks the worker this often
 
@@ -291,7 +294,7 @@ class InferenceScheduler:
         hand-over to the worker and back cost 64 max-speed streams a sixth of their
         windows/s when full batches took it (side by side: 1.18x without it). Raises
         what scoring raised (ModelError), or OverloadError."""
-        if len(x) * 4 >= self.max_batch and self.clients > 1 and self.running:
+        if len(x) >= OWN_THREAD_SHARE * self.max_batch and self.clients > 1 and self.running:
             return self._full_batches(model, x, priority, deadline)
         return self._one_request(model, x, priority, deadline)
 
