@@ -679,9 +679,12 @@ def _free_bytes(path: Path) -> int:
         return 1 << 62  # unknown: do not claim the disk is full
 
 
+_DROP_RANK = {k.value: i for i, k in enumerate(DROP_ORDER)}
+
+
 def _in_drop_order(counts: Mapping[str, int]) -> str:
     """ "43 telemetry, 8 event": the kinds in the order they are dropped (DROP_ORDER), not
     alphabetical, so a log line says what went first."""
-    rank = {k.value: i for i, k in enumerate(DROP_ORDER)}
+    rank = _DROP_RANK
     kinds = sorted((k for k, n in counts.items() if n), key=lambda k: (rank.get(k, len(rank)), k))
     return ", ".join(f"{counts[k]} {k}" for k in kinds)
